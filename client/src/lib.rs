@@ -1,0 +1,2 @@
+//! Bunting's Rust client with shard-aware routing. Empty until the cluster issue lands; see
+//! ARCHITECTURE.md.

@@ -1,0 +1,421 @@
+//! Reading a flagd flag-definition document into a [`FlagSet`]: structure checks, per-flag
+//! validation and targeting compilation, with every problem reported at its JSON path.
+
+use serde_json::{Map, Value};
+
+use crate::context::kind_of;
+use crate::diagnostic::{DefinitionError, Diagnostic, Diagnostics, Path, Severity};
+use crate::flag::{BrokenFlag, Entry, Flag, FlagState, Metadata, Variant, VariantKind};
+use crate::flag_set::FlagSet;
+use crate::targeting::{Compiler, FractionalMode};
+
+/// Which of flagd's two document schemas applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// flagd's daemon configuration (`flagd.json`): `flags` is a map or an array of flags with a
+    /// `key`. What Bunting reads from files and the admin API.
+    #[default]
+    Flagd,
+    /// The provider schema (`flags.json`): `flags` must be a map. What in-process providers read.
+    Provider,
+}
+
+impl Dialect {
+    /// The dialect a document declares through `$schema`, if it names one of flagd's schemas.
+    pub fn declared_by(document: &Value) -> Option<Dialect> {
+        let schema = document.get("$schema")?.as_str()?;
+        if schema.ends_with("flagd.json") {
+            Some(Dialect::Flagd)
+        } else if schema.ends_with("flags.json") {
+            Some(Dialect::Provider)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompileOptions {
+    pub dialect: Dialect,
+    pub fractional: FractionalMode,
+}
+
+/// A compiled flag set and everything worth telling its author.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub flag_set: FlagSet,
+    /// Errors (the flag resolves `PARSE_ERROR`) and warnings (served the way flagd serves it), in
+    /// document order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+    }
+
+    /// The flag set if the definition is clean; otherwise every problem found. For sources that
+    /// must not serve a definition with problems in it (the admin API, a watched file).
+    pub fn into_clean(self) -> Result<FlagSet, Vec<Diagnostic>> {
+        if self.diagnostics.is_empty() {
+            Ok(self.flag_set)
+        } else {
+            Err(self.diagnostics)
+        }
+    }
+}
+
+/// Compiles a flag-definition document given as JSON text.
+pub fn compile(json: &str, options: &CompileOptions) -> Result<Compiled, DefinitionError> {
+    let document: Value =
+        serde_json::from_str(json).map_err(|e| DefinitionError::Json(e.to_string()))?;
+    compile_value(&document, options)
+}
+
+/// Compiles a flag-definition document already parsed as JSON.
+pub fn compile_value(
+    document: &Value,
+    options: &CompileOptions,
+) -> Result<Compiled, DefinitionError> {
+    let shape = |path: &str, message: String| DefinitionError::Shape {
+        path: path.to_owned(),
+        message,
+    };
+    let Value::Object(root) = document else {
+        return Err(shape(
+            "",
+            format!(
+                "a flag definition is a JSON object, found {}",
+                kind_of(document)
+            ),
+        ));
+    };
+    let raw_flags: Vec<(String, Path, &Value)> = match root.get("flags") {
+        None => return Err(shape("flags", "required".to_owned())),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), Path::root("flags").key(k), v))
+            .collect(),
+        Some(Value::Array(items)) if options.dialect == Dialect::Flagd => {
+            array_flags(items).map_err(|(path, message)| shape(&path, message))?
+        }
+        Some(Value::Array(_)) => {
+            return Err(shape(
+                "flags",
+                "the provider schema takes flags as a map of key to flag; the array form is flagd's own"
+                    .to_owned(),
+            ));
+        }
+        Some(other) => {
+            return Err(shape(
+                "flags",
+                format!("must be a map of key to flag, found {}", kind_of(other)),
+            ));
+        }
+    };
+    let evaluators = match root.get("$evaluators") {
+        None => None,
+        Some(Value::Object(map)) => Some(map),
+        Some(other) => {
+            return Err(shape(
+                "$evaluators",
+                format!("must be a map of name to rule, found {}", kind_of(other)),
+            ));
+        }
+    };
+
+    let mut diags = Diagnostics::default();
+    let set_metadata = metadata(root.get("metadata"), &Path::root("metadata"), &mut diags);
+    let mut compiler = Compiler::new(evaluators, options.fractional);
+    compiler.compile_evaluators(&mut diags);
+
+    let mut entries: Vec<Entry> = Vec::with_capacity(raw_flags.len());
+    let mut seen = std::collections::HashSet::new();
+    let mut flags_map = Map::new();
+    for (key, path, raw) in raw_flags {
+        if !seen.insert(key.clone()) {
+            diags.error(&path, format!("flag key {key:?} is defined more than once"));
+            continue;
+        }
+        flags_map.insert(key.clone(), without_key(raw));
+        entries.push(compile_flag(
+            &key,
+            raw,
+            &path,
+            &set_metadata,
+            &mut compiler,
+            &mut diags,
+        ));
+    }
+
+    // The provider form: what flagd's sync protocol sends to in-process providers.
+    let mut provider_document = Map::new();
+    provider_document.insert("flags".into(), Value::Object(flags_map));
+    if let Some(evaluators) = evaluators {
+        provider_document.insert("$evaluators".into(), Value::Object(evaluators.clone()));
+    }
+    if !set_metadata.is_empty() {
+        provider_document.insert("metadata".into(), Value::Object(set_metadata.clone()));
+    }
+
+    Ok(Compiled {
+        flag_set: FlagSet::new(entries, set_metadata, Value::Object(provider_document)),
+        diagnostics: diags.0,
+    })
+}
+
+type ShapeProblem = (String, String);
+
+fn array_flags(items: &[Value]) -> Result<Vec<(String, Path, &Value)>, ShapeProblem> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let path = Path::root("flags").index(i);
+            match item.get("key") {
+                Some(Value::String(key)) if !key.is_empty() => Ok((key.clone(), path, item)),
+                Some(other) => Err((
+                    path.key("key").as_str().to_owned(),
+                    format!("must be a non-empty string, found {other}"),
+                )),
+                None => Err((
+                    path.as_str().to_owned(),
+                    "a flag in the array form needs a \"key\"".to_owned(),
+                )),
+            }
+        })
+        .collect()
+}
+
+fn without_key(raw: &Value) -> Value {
+    let mut flag = raw.clone();
+    if let Value::Object(map) = &mut flag {
+        map.remove("key");
+    }
+    flag
+}
+
+fn compile_flag(
+    key: &str,
+    raw: &Value,
+    path: &Path,
+    set_metadata: &Metadata,
+    compiler: &mut Compiler<'_>,
+    diags: &mut Diagnostics,
+) -> Entry {
+    let mark = diags.len();
+    let flag = match raw {
+        Value::Object(def) => compile_flag_object(key, def, path, set_metadata, compiler, diags),
+        other => {
+            diags.error(
+                path,
+                format!("a flag is a JSON object, found {}", kind_of(other)),
+            );
+            None
+        }
+    };
+    let problem = diags
+        .errors_since(mark)
+        .map(|d| format!("{}: {}", d.path, d.message))
+        .collect::<Vec<_>>();
+    match flag {
+        Some(flag) if problem.is_empty() => Entry::Ready(flag),
+        _ => {
+            let metadata = raw
+                .get("metadata")
+                .and_then(Value::as_object)
+                .map(|own| overlay(set_metadata, own))
+                .unwrap_or_else(|| set_metadata.clone());
+            Entry::Broken(BrokenFlag {
+                key: key.into(),
+                problem: if problem.is_empty() {
+                    "invalid definition".to_owned()
+                } else {
+                    problem.join("; ")
+                },
+                metadata,
+            })
+        }
+    }
+}
+
+fn compile_flag_object(
+    key: &str,
+    def: &Map<String, Value>,
+    path: &Path,
+    set_metadata: &Metadata,
+    compiler: &mut Compiler<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Flag> {
+    let state = match def.get("state") {
+        Some(Value::String(s)) if s == "ENABLED" => Some(FlagState::Enabled),
+        Some(Value::String(s)) if s == "DISABLED" => Some(FlagState::Disabled),
+        Some(other) => {
+            diags.error(
+                &path.key("state"),
+                format!("must be \"ENABLED\" or \"DISABLED\", found {other}"),
+            );
+            None
+        }
+        None => {
+            diags.error(path, "missing \"state\" (\"ENABLED\" or \"DISABLED\")");
+            None
+        }
+    };
+    let variants = variants(def.get("variants"), path, diags);
+    let default_variant = match (def.get("defaultVariant"), &variants) {
+        (None | Some(Value::Null), _) => Some(None),
+        (Some(Value::String(name)), Some((list, _))) => {
+            match list.iter().position(|v| &*v.name == name.as_str()) {
+                Some(i) => Some(Some(i)),
+                None => {
+                    diags.error(
+                        &path.key("defaultVariant"),
+                        format!("names variant {name:?}, which is not among the flag's variants"),
+                    );
+                    None
+                }
+            }
+        }
+        (Some(Value::String(_)), None) => None,
+        (Some(other), _) => {
+            diags.error(
+                &path.key("defaultVariant"),
+                format!("must be a variant name or null, found {other}"),
+            );
+            None
+        }
+    };
+    let targeting = match def.get("targeting") {
+        None | Some(Value::Null) => None,
+        // flagd treats an empty targeting object as no targeting at all.
+        Some(Value::Object(map)) if map.is_empty() => None,
+        Some(rule) => Some(compiler.compile(rule, &path.key("targeting"), diags)),
+    };
+    let own_metadata = metadata(def.get("metadata"), &path.key("metadata"), diags);
+    let (variants, kind) = variants?;
+    Some(Flag {
+        key: key.into(),
+        state: state?,
+        kind,
+        variants,
+        default_variant: default_variant?,
+        targeting,
+        metadata: overlay(set_metadata, &own_metadata),
+    })
+}
+
+fn variants(
+    raw: Option<&Value>,
+    path: &Path,
+    diags: &mut Diagnostics,
+) -> Option<(Box<[Variant]>, VariantKind)> {
+    let vpath = path.key("variants");
+    let map = match raw {
+        Some(Value::Object(map)) if !map.is_empty() => map,
+        Some(Value::Object(_)) => {
+            diags.error(&vpath, "a flag needs at least one variant");
+            return None;
+        }
+        Some(other) => {
+            diags.error(
+                &vpath,
+                format!(
+                    "must be a map of variant name to value, found {}",
+                    kind_of(other)
+                ),
+            );
+            return None;
+        }
+        None => {
+            diags.error(path, "missing \"variants\"");
+            return None;
+        }
+    };
+    let mut kind: Option<(VariantKind, &str)> = None;
+    let mut ok = true;
+    let mut list = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        match (VariantKind::of(value), kind) {
+            (None, _) => {
+                diags.error(
+                    &vpath.key(name),
+                    format!(
+                        "a variant is a boolean, string, number or object, found {}",
+                        kind_of(value)
+                    ),
+                );
+                ok = false;
+            }
+            (Some(k), None) => kind = Some((k, name)),
+            (Some(k), Some((first, first_name))) if k != first => {
+                diags.error(
+                    &vpath.key(name),
+                    format!(
+                        "is {} {k}, but variant {first_name:?} is {} {first}: all variants of a flag share one type",
+                        article(k),
+                        article(first)
+                    ),
+                );
+                ok = false;
+            }
+            (Some(_), Some(_)) => {}
+        }
+        list.push(Variant {
+            name: name.as_str().into(),
+            value: value.clone(),
+        });
+    }
+    match kind {
+        Some((kind, _)) if ok => Some((list.into(), kind)),
+        _ => None,
+    }
+}
+
+fn article(kind: VariantKind) -> &'static str {
+    match kind {
+        VariantKind::Object => "an",
+        _ => "a",
+    }
+}
+
+/// Metadata values are strings, numbers or booleans. Anything else is reported and left out: it is
+/// descriptive data, not worth refusing to serve a flag over.
+fn metadata(raw: Option<&Value>, path: &Path, diags: &mut Diagnostics) -> Metadata {
+    let mut out = Metadata::new();
+    match raw {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                if matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+                    out.insert(k.clone(), v.clone());
+                } else {
+                    diags.warning(
+                        &path.key(k),
+                        format!(
+                            "metadata values are strings, numbers or booleans, found {}; left out",
+                            kind_of(v)
+                        ),
+                    );
+                }
+            }
+        }
+        Some(other) => diags.warning(
+            path,
+            format!("metadata is a map, found {}; left out", kind_of(other)),
+        ),
+    }
+    out
+}
+
+fn overlay(base: &Metadata, own: &Map<String, Value>) -> Metadata {
+    let mut merged = base.clone();
+    for (k, v) in own {
+        if matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+            merged.insert(k.clone(), v.clone());
+        }
+    }
+    merged
+}

@@ -1,0 +1,284 @@
+//! An immutable, versioned snapshot of compiled flags, and flag resolution against it.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::context::EvaluationContext;
+use crate::flag::{Entry, Flag, FlagState, Metadata, Variant, VariantKind};
+use crate::resolution::{ErrorCode, Reason, Resolution, ResolveError};
+use crate::targeting::Scope;
+
+/// Flag keys are chosen by the flag set's authors, not by requests, so a fast unkeyed hash is safe
+/// here: a request can only look keys up, never insert them.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A compiled flag set. Never mutated: an update compiles a new `FlagSet` (callers share it as an
+/// `Arc` and swap the `Arc`), so a reader always sees one whole version.
+#[derive(Debug, Clone)]
+pub struct FlagSet {
+    /// Sorted by key, so resolve-all walks memory in order and answers in a stable order.
+    entries: Box<[Entry]>,
+    index: FastMap<Box<str>, usize>,
+    metadata: Metadata,
+    version: u64,
+    /// The definition in flagd's provider form (flags as a map), for the sync protocol.
+    document: Value,
+}
+
+/// The type a caller asks for; resolving a flag as another type is `TYPE_MISMATCH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagType {
+    Boolean,
+    String,
+    Integer,
+    Float,
+    Object,
+}
+
+impl FlagSet {
+    pub(crate) fn new(mut entries: Vec<Entry>, metadata: Metadata, document: Value) -> FlagSet {
+        entries.sort_by(|a, b| a.key().cmp(b.key()));
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (Box::from(e.key()), i))
+            .collect();
+        FlagSet {
+            entries: entries.into(),
+            index,
+            metadata,
+            version: 0,
+            document,
+        }
+    }
+
+    /// The same flags, stamped with the version their source assigned.
+    pub fn with_version(mut self, version: u64) -> FlagSet {
+        self.version = version;
+        self
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.index.get(key).and_then(|&i| self.entries.get(i))
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The definition as flagd's provider schema writes it: what in-process providers expect.
+    pub fn document(&self) -> &Value {
+        &self.document
+    }
+
+    /// Resolves `key` without asking for a type: the value is whatever the variant holds.
+    pub fn resolve<'s>(&'s self, key: &str, ctx: &EvaluationContext) -> Resolution<'s, &'s Value> {
+        match self.get(key) {
+            Some(entry) => resolve_entry(entry, ctx),
+            None => Resolution::failed(
+                ResolveError::new(ErrorCode::FlagNotFound, format!("flag {key:?} not found")),
+                &self.metadata,
+            ),
+        }
+    }
+
+    pub fn resolve_bool<'s>(&'s self, key: &str, ctx: &EvaluationContext) -> Resolution<'s, bool> {
+        self.resolve_typed(key, ctx, FlagType::Boolean, Value::as_bool)
+    }
+
+    pub fn resolve_string<'s>(
+        &'s self,
+        key: &str,
+        ctx: &EvaluationContext,
+    ) -> Resolution<'s, &'s str> {
+        self.resolve_typed(key, ctx, FlagType::String, Value::as_str)
+    }
+
+    /// Integer resolution accepts whole numbers only: `2.5` is `TYPE_MISMATCH`, never truncated.
+    pub fn resolve_int<'s>(&'s self, key: &str, ctx: &EvaluationContext) -> Resolution<'s, i64> {
+        self.resolve_typed(key, ctx, FlagType::Integer, as_whole_number)
+    }
+
+    pub fn resolve_float<'s>(&'s self, key: &str, ctx: &EvaluationContext) -> Resolution<'s, f64> {
+        self.resolve_typed(key, ctx, FlagType::Float, Value::as_f64)
+    }
+
+    pub fn resolve_object<'s>(
+        &'s self,
+        key: &str,
+        ctx: &EvaluationContext,
+    ) -> Resolution<'s, &'s Map<String, Value>> {
+        self.resolve_typed(key, ctx, FlagType::Object, Value::as_object)
+    }
+
+    /// Every flag in key order, resolved for one context. Lazy: nothing is collected.
+    pub fn resolve_all<'s>(
+        &'s self,
+        ctx: &'s EvaluationContext,
+    ) -> impl Iterator<Item = (&'s str, Resolution<'s, &'s Value>)> + 's {
+        self.entries
+            .iter()
+            .map(move |entry| (entry.key(), resolve_entry(entry, ctx)))
+    }
+
+    fn resolve_typed<'s, T>(
+        &'s self,
+        key: &str,
+        ctx: &EvaluationContext,
+        wanted: FlagType,
+        extract: impl FnOnce(&'s Value) -> Option<T>,
+    ) -> Resolution<'s, T> {
+        let Resolution {
+            value,
+            variant,
+            reason,
+            error,
+            metadata,
+        } = self.resolve(key, ctx);
+        let value = match value.map(|v| (v, extract(v))) {
+            None => None,
+            Some((_, Some(typed))) => Some(typed),
+            Some((raw, None)) => {
+                return Resolution::failed(
+                    ResolveError::new(
+                        ErrorCode::TypeMismatch,
+                        format!(
+                            "flag {key:?} resolved to {raw}, which is not {}",
+                            wanted.article_name()
+                        ),
+                    ),
+                    metadata,
+                );
+            }
+        };
+        Resolution {
+            value,
+            variant,
+            reason,
+            error,
+            metadata,
+        }
+    }
+}
+
+impl FlagType {
+    fn article_name(self) -> &'static str {
+        match self {
+            FlagType::Boolean => "a boolean",
+            FlagType::String => "a string",
+            FlagType::Integer => "an integer",
+            FlagType::Float => "a number",
+            FlagType::Object => "an object",
+        }
+    }
+}
+
+fn as_whole_number(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        let f = v.as_f64()?;
+        // Whole and inside i64's range: the conversion is exact.
+        #[allow(clippy::cast_possible_truncation)]
+        (f.fract() == 0.0 && (-9.223_372_036_854_775e18..=9.223_372_036_854_775e18).contains(&f))
+            .then_some(f as i64)
+    })
+}
+
+fn resolve_entry<'s>(entry: &'s Entry, ctx: &EvaluationContext) -> Resolution<'s, &'s Value> {
+    match entry {
+        Entry::Broken(broken) => Resolution::failed(
+            ResolveError::new(
+                ErrorCode::ParseError,
+                format!("flag {:?} is invalid: {}", broken.key, broken.problem),
+            ),
+            &broken.metadata,
+        ),
+        Entry::Ready(flag) => resolve_flag(flag, ctx),
+    }
+}
+
+fn resolve_flag<'s>(flag: &'s Flag, ctx: &EvaluationContext) -> Resolution<'s, &'s Value> {
+    let done = |variant: Option<&'s Variant>, reason: Reason| Resolution {
+        value: variant.map(|v| &v.value),
+        variant: variant.map(|v| &*v.name),
+        reason,
+        error: None,
+        metadata: &flag.metadata,
+    };
+    if flag.state == FlagState::Disabled {
+        return done(None, Reason::Disabled);
+    }
+    let Some(rule) = &flag.targeting else {
+        return match flag.default_variant() {
+            Some(v) => done(Some(v), Reason::Static),
+            None => done(None, Reason::Default),
+        };
+    };
+    let scope = Scope {
+        root: ctx.fields(),
+        data: None,
+        flag_key: &flag.key,
+        now: ctx.now(),
+    };
+    let chosen = rule.eval(&scope);
+    let name = match &*chosen {
+        Value::Null => return done(flag.default_variant(), Reason::Default),
+        Value::String(name) => name.as_str(),
+        Value::Bool(true) => "true",
+        Value::Bool(false) => "false",
+        other => {
+            return Resolution::failed(
+                ResolveError::new(
+                    ErrorCode::General,
+                    format!(
+                        "targeting of flag {:?} returned {other}, which is not a variant name",
+                        flag.key
+                    ),
+                ),
+                &flag.metadata,
+            );
+        }
+    };
+    match flag.variant(name) {
+        Some(v) => done(Some(v), Reason::TargetingMatch),
+        None => Resolution::failed(
+            ResolveError::new(
+                ErrorCode::General,
+                format!(
+                    "targeting of flag {:?} chose variant {name:?}, which the flag does not define",
+                    flag.key
+                ),
+            ),
+            &flag.metadata,
+        ),
+    }
+}
+
+impl VariantKind {
+    /// Whether values of this kind can be resolved as `wanted`.
+    pub fn serves(self, wanted: FlagType) -> bool {
+        matches!(
+            (self, wanted),
+            (VariantKind::Boolean, FlagType::Boolean)
+                | (VariantKind::String, FlagType::String)
+                | (VariantKind::Number, FlagType::Integer | FlagType::Float)
+                | (VariantKind::Object, FlagType::Object)
+        )
+    }
+}

@@ -1,0 +1,37 @@
+//! Bunting's flag engine: reads flagd flag definitions, compiles their targeting rules once, and
+//! resolves flags for evaluation contexts.
+//!
+//! The engine does no I/O and knows nothing of async runtimes, networks or stores: the server,
+//! the actors and in-process users all call the same two steps.
+//!
+//! ```
+//! use bunting_engine::{compile, CompileOptions, EvaluationContext, Reason};
+//!
+//! let definition = r#"{"flags": {"new-checkout": {
+//!     "state": "ENABLED",
+//!     "variants": {"on": true, "off": false},
+//!     "defaultVariant": "off",
+//!     "targeting": {"if": [{"ends_with": [{"var": "email"}, "@example.com"]}, "on"]}
+//! }}}"#;
+//! let compiled = compile(definition, &CompileOptions::default()).unwrap();
+//! let ctx = EvaluationContext::new().with("email", "ada@example.com");
+//! let resolution = compiled.flag_set.resolve_bool("new-checkout", &ctx);
+//! assert_eq!(resolution.value, Some(true));
+//! assert_eq!(resolution.reason, Reason::TargetingMatch);
+//! ```
+
+mod context;
+mod definition;
+mod diagnostic;
+mod flag;
+mod flag_set;
+mod resolution;
+mod targeting;
+
+pub use context::{ContextError, EvaluationContext};
+pub use definition::{CompileOptions, Compiled, Dialect, compile, compile_value};
+pub use diagnostic::{DefinitionError, Diagnostic, Severity};
+pub use flag::{BrokenFlag, Entry, Flag, FlagState, Metadata, Variant, VariantKind};
+pub use flag_set::{FlagSet, FlagType};
+pub use resolution::{ErrorCode, Reason, Resolution, ResolveError};
+pub use targeting::FractionalMode;

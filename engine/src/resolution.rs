@@ -1,0 +1,113 @@
+//! What a resolution returns: value, variant, reason, error code and metadata, as flagd assigns them.
+
+use std::fmt;
+
+use crate::flag::Metadata;
+
+/// Why a flag resolved the way it did. The names are flagd's (and OpenFeature's) wire strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The flag has no targeting: the default variant.
+    Static,
+    /// Targeting chose a variant.
+    TargetingMatch,
+    /// Targeting ran and returned null, so the default variant (or the caller's default) applies.
+    Default,
+    /// The flag is disabled: the caller's default applies.
+    Disabled,
+    /// Resolution failed; see the error code. The caller's default applies.
+    Error,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Static => "STATIC",
+            Reason::TargetingMatch => "TARGETING_MATCH",
+            Reason::Default => "DEFAULT",
+            Reason::Disabled => "DISABLED",
+            Reason::Error => "ERROR",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// flagd's error codes. On the wire they become gRPC status codes (see `flagd-notes.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    FlagNotFound,
+    TypeMismatch,
+    ParseError,
+    General,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::FlagNotFound => "FLAG_NOT_FOUND",
+            ErrorCode::TypeMismatch => "TYPE_MISMATCH",
+            ErrorCode::ParseError => "PARSE_ERROR",
+            ErrorCode::General => "GENERAL",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed resolution: the code flagd would send and a message naming the flag and the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ResolveError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ResolveError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ResolveError {
+        ResolveError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The outcome of resolving one flag for one context.
+///
+/// `value` is `None` whenever the caller's own default applies: the flag is disabled, it has no
+/// default variant and targeting did not choose one, or resolution failed (`error` says why).
+/// Everything borrows from the flag set, so a resolution allocates nothing unless it fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution<'s, V> {
+    pub value: Option<V>,
+    pub variant: Option<&'s str>,
+    pub reason: Reason,
+    pub error: Option<ResolveError>,
+    /// Flag-set metadata overlaid with the flag's own (the flag's keys win).
+    pub metadata: &'s Metadata,
+}
+
+impl<'s, V> Resolution<'s, V> {
+    pub(crate) fn failed(error: ResolveError, metadata: &'s Metadata) -> Resolution<'s, V> {
+        Resolution {
+            value: None,
+            variant: None,
+            reason: Reason::Error,
+            error: Some(error),
+            metadata,
+        }
+    }
+
+    /// The resolved value, or `default` when the caller's default applies.
+    pub fn value_or(self, default: V) -> V {
+        self.value.unwrap_or(default)
+    }
+}

@@ -1,0 +1,552 @@
+//! Turning targeting JSON into an [`Expr`] tree, once, when a flag set loads: operators looked up,
+//! arities checked, `var` paths split, `$ref`s resolved, constant sub-trees folded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::eval::Scope;
+use super::expr::{Expr, Op, VarPath};
+use super::fractional::{Bucket, Fractional, FractionalMode, MAX_TOTAL_WEIGHT, Weight};
+use super::semver::{Operand, OperatorSpec, SemVerOp, SemVerRule, Version};
+use crate::diagnostic::{Diagnostics, Path};
+
+/// Rules nested deeper than this are refused: no real rule comes close, and evaluation recurses
+/// once per level.
+pub(crate) const MAX_RULE_DEPTH: usize = 64;
+
+/// Whether `var` reads the caller's context (top level) or the current element of a
+/// `map`/`filter`/`reduce`; `$flagd.*` is only injected into the former.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Top,
+    Element,
+}
+
+/// Compiles the rules of one flag set, sharing each `$evaluators` entry between the flags that
+/// reference it.
+#[derive(Debug)]
+pub(crate) struct Compiler<'d> {
+    evaluators: Option<&'d Map<String, Value>>,
+    /// Compiled evaluators; `None` marks one that failed, so every user of it fails too.
+    shared: HashMap<String, Option<Arc<Expr>>>,
+    expanding: Vec<String>,
+    mode: FractionalMode,
+}
+
+impl<'d> Compiler<'d> {
+    pub(crate) fn new(evaluators: Option<&'d Map<String, Value>>, mode: FractionalMode) -> Self {
+        Compiler {
+            evaluators,
+            shared: HashMap::new(),
+            expanding: Vec::new(),
+            mode,
+        }
+    }
+
+    /// Compiles every shared evaluator, so problems in ones no flag uses are reported too.
+    pub(crate) fn compile_evaluators(&mut self, diags: &mut Diagnostics) {
+        let Some(evaluators) = self.evaluators else {
+            return;
+        };
+        for name in evaluators.keys() {
+            if !self.shared.contains_key(name) {
+                self.shared_evaluator(name, &Path::root("$evaluators"), 0, diags);
+            }
+        }
+    }
+
+    pub(crate) fn compile(&mut self, rule: &Value, path: &Path, diags: &mut Diagnostics) -> Expr {
+        self.expr(rule, path, 0, Level::Top, diags)
+    }
+
+    fn expr(
+        &mut self,
+        v: &Value,
+        path: &Path,
+        depth: usize,
+        level: Level,
+        diags: &mut Diagnostics,
+    ) -> Expr {
+        if depth > MAX_RULE_DEPTH {
+            diags.error(
+                path,
+                format!("rule is nested deeper than {MAX_RULE_DEPTH} levels"),
+            );
+            return Expr::Const(Value::Null);
+        }
+        match v {
+            Value::Array(items) => {
+                let items: Vec<Expr> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.expr(item, &path.index(i), depth + 1, level, diags))
+                    .collect();
+                match constants(&items) {
+                    Some(values) => Expr::Const(Value::Array(values)),
+                    None => Expr::Array(items.into()),
+                }
+            }
+            Value::Object(map) => self.operation(map, path, depth, level, diags),
+            other => Expr::Const(other.clone()),
+        }
+    }
+
+    fn operation(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &Path,
+        depth: usize,
+        level: Level,
+        diags: &mut Diagnostics,
+    ) -> Expr {
+        let mut entries = map.iter();
+        let (Some((name, raw)), None) = (entries.next(), entries.next()) else {
+            let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+            diags.error(
+                path,
+                format!(
+                    "a rule must be an object with exactly one operator, found {} keys [{}]",
+                    keys.len(),
+                    keys.join(", ")
+                ),
+            );
+            return Expr::Const(Value::Null);
+        };
+        let args_path = path.key(name);
+        let args: &[Value] = match raw {
+            Value::Array(items) => items,
+            // JsonLogic's unary sugar: {"!": x} means {"!": [x]}.
+            single => std::slice::from_ref(single),
+        };
+        let unary = !raw.is_array();
+        let arg_path = |i: usize| {
+            if unary {
+                args_path.clone()
+            } else {
+                args_path.index(i)
+            }
+        };
+        match name.as_str() {
+            "var" => return self.var(raw, &args_path, depth, level, diags),
+            "$ref" => return self.reference(raw, &args_path, depth, diags),
+            "sem_ver" => return self.sem_ver(args, &arg_path, depth, level, diags),
+            "fractional" => return self.fractional(args, &args_path, depth, level, diags),
+            _ => {}
+        }
+        let Some(op) = Op::from_name(name) else {
+            diags.error(path, format!("unknown operator {name:?}"));
+            return Expr::Const(Value::Null);
+        };
+        let (min, max) = op.arity();
+        if args.len() < min || max.is_some_and(|max| args.len() > max) {
+            let expected = match max {
+                Some(max) if max == min => format!("{min}"),
+                Some(max) => format!("{min} to {max}"),
+                None => format!("at least {min}"),
+            };
+            let message = format!(
+                "{name:?} takes {expected} argument{}, found {}",
+                if expected == "1" { "" } else { "s" },
+                args.len()
+            );
+            if op.is_flagd_custom() {
+                // flagd evaluates this to null rather than rejecting the flag.
+                diags.warning(path, message);
+            } else {
+                diags.error(path, message);
+            }
+            return Expr::Const(Value::Null);
+        }
+        let compiled: Vec<Expr> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let inner = if op.iterates() && i == 1 {
+                    Level::Element
+                } else {
+                    level
+                };
+                self.expr(a, &arg_path(i), depth + 1, inner, diags)
+            })
+            .collect();
+        if op.is_flagd_custom() {
+            for (i, a) in compiled.iter().enumerate() {
+                if let Expr::Const(c) = a
+                    && !c.is_string()
+                {
+                    diags.warning(
+                        &arg_path(i),
+                        format!("{name:?} compares strings, found {c}; the rule answers null"),
+                    );
+                }
+            }
+        }
+        if op == Op::In
+            && let [needle, Expr::Const(Value::Array(list))] = compiled.as_slice()
+            && !matches!(needle, Expr::Const(_))
+        {
+            return Expr::InList(Box::new(needle.clone()), list.clone().into());
+        }
+        fold(Expr::Op(op, compiled.into()))
+    }
+
+    fn var(
+        &mut self,
+        raw: &Value,
+        path: &Path,
+        depth: usize,
+        level: Level,
+        diags: &mut Diagnostics,
+    ) -> Expr {
+        let (target, default) = match raw {
+            Value::Array(items) if items.len() > 2 => {
+                diags.error(
+                    path,
+                    format!(
+                        "\"var\" takes a path and an optional default, found {} arguments",
+                        items.len()
+                    ),
+                );
+                return Expr::Const(Value::Null);
+            }
+            Value::Array(items) => (items.first(), items.get(1)),
+            other => (Some(other), None),
+        };
+        let default = default.map(|d| self.expr(d, &path.index(1), depth + 1, level, diags));
+        let target_path = if raw.is_array() {
+            path.index(0)
+        } else {
+            path.clone()
+        };
+        let segments: Box<[Box<str>]> = match target {
+            None | Some(Value::Null) => Box::default(),
+            Some(Value::String(s)) if s.is_empty() => Box::default(),
+            Some(Value::String(s)) => s.split('.').map(Box::from).collect(),
+            Some(Value::Number(n)) => Box::new([n.to_string().into()]),
+            Some(dynamic @ Value::Object(_)) => {
+                let mut parts = vec![self.expr(dynamic, &target_path, depth + 1, level, diags)];
+                parts.extend(default);
+                return Expr::VarDynamic(parts.into());
+            }
+            Some(other) => {
+                diags.error(
+                    &target_path,
+                    format!("\"var\" takes a string or number path, found {other}"),
+                );
+                return Expr::Const(Value::Null);
+            }
+        };
+        if level == Level::Top && segments.first().is_some_and(|s| &**s == "$flagd") {
+            return match &segments[1..] {
+                [] => Expr::FlagdProperties,
+                [p] if &**p == "flagKey" => Expr::FlagKey,
+                [p] if &**p == "timestamp" => Expr::Timestamp,
+                _ => {
+                    diags.warning(
+                        &target_path,
+                        format!(
+                            "flagd injects only $flagd.flagKey and $flagd.timestamp, not {:?}",
+                            segments.join(".")
+                        ),
+                    );
+                    default.unwrap_or(Expr::Const(Value::Null))
+                }
+            };
+        }
+        Expr::Var(Box::new(VarPath { segments, default }))
+    }
+
+    fn reference(
+        &mut self,
+        raw: &Value,
+        path: &Path,
+        depth: usize,
+        diags: &mut Diagnostics,
+    ) -> Expr {
+        let Value::String(name) = raw else {
+            diags.error(
+                path,
+                format!("\"$ref\" takes the name of an evaluator, found {raw}"),
+            );
+            return Expr::Const(Value::Null);
+        };
+        match self.shared_evaluator(name, path, depth, diags) {
+            Some(shared) => Expr::Shared(shared),
+            None => Expr::Const(Value::Null),
+        }
+    }
+
+    fn shared_evaluator(
+        &mut self,
+        name: &str,
+        path: &Path,
+        depth: usize,
+        diags: &mut Diagnostics,
+    ) -> Option<Arc<Expr>> {
+        if let Some(done) = self.shared.get(name) {
+            if done.is_none() {
+                diags.error(path, format!("evaluator {name:?} is invalid"));
+            }
+            return done.clone();
+        }
+        if self.expanding.iter().any(|n| n == name) {
+            let cycle = format!("{} -> {name}", self.expanding.join(" -> "));
+            diags.error(
+                path,
+                format!("evaluators refer to each other in a cycle: {cycle}"),
+            );
+            return None;
+        }
+        let Some(definition) = self.evaluators.and_then(|e| e.get(name)) else {
+            diags.error(path, format!("no evaluator named {name:?} in $evaluators"));
+            return None;
+        };
+        let before = diags.len();
+        self.expanding.push(name.to_owned());
+        let expr = self.expr(
+            definition,
+            &Path::root("$evaluators").key(name),
+            depth + 1,
+            Level::Top,
+            diags,
+        );
+        self.expanding.pop();
+        let failed = diags.errors_since(before).next().is_some();
+        let shared = (!failed).then(|| Arc::new(expr));
+        self.shared.insert(name.to_owned(), shared.clone());
+        if failed {
+            diags.error(path, format!("evaluator {name:?} is invalid"));
+        }
+        shared
+    }
+
+    fn sem_ver(
+        &mut self,
+        args: &[Value],
+        arg_path: &dyn Fn(usize) -> Path,
+        depth: usize,
+        level: Level,
+        diags: &mut Diagnostics,
+    ) -> Expr {
+        let [left, op, right] = args else {
+            diags.warning(
+                &arg_path(0),
+                format!(
+                    "\"sem_ver\" takes 3 arguments (version, operator, version), found {}; the rule answers null",
+                    args.len()
+                ),
+            );
+            return Expr::Const(Value::Null);
+        };
+        let mut operand = |v: &Value, i: usize, diags: &mut Diagnostics| match self.expr(
+            v,
+            &arg_path(i),
+            depth + 1,
+            level,
+            diags,
+        ) {
+            Expr::Const(c) => match Version::from_value(&c) {
+                Some(version) => Some(Operand::Fixed(version)),
+                None => {
+                    diags.warning(
+                        &arg_path(i),
+                        format!("{c} is not a semantic version; the rule answers null"),
+                    );
+                    None
+                }
+            },
+            computed => Some(Operand::Computed(computed)),
+        };
+        let left = operand(left, 0, diags);
+        let right = operand(right, 2, diags);
+        let op = match self.expr(op, &arg_path(1), depth + 1, level, diags) {
+            Expr::Const(c) => match c.as_str().and_then(SemVerOp::parse) {
+                Some(op) => Some(OperatorSpec::Fixed(op)),
+                None => {
+                    diags.warning(
+                        &arg_path(1),
+                        format!(
+                            "{c} is not a sem_ver operator (=, !=, <, <=, >, >=, ~, ^); the rule answers null"
+                        ),
+                    );
+                    None
+                }
+            },
+            computed => Some(OperatorSpec::Computed(computed)),
+        };
+        match (left, op, right) {
+            (Some(left), Some(op), Some(right)) => {
+                let rule = SemVerRule { left, op, right };
+                fold(Expr::SemVer(Box::new(rule)))
+            }
+            _ => Expr::Const(Value::Null),
+        }
+    }
+
+    fn fractional(
+        &mut self,
+        args: &[Value],
+        path: &Path,
+        depth: usize,
+        level: Level,
+        diags: &mut Diagnostics,
+    ) -> Expr {
+        let null = Expr::Const(Value::Null);
+        let (bucket_by, buckets) = match args.split_first() {
+            Some((first, rest)) if !first.is_array() => {
+                if !first.is_object() {
+                    diags.warning(
+                        &path.index(0),
+                        format!("the bucketing value should be a rule such as {{\"var\": \"email\"}}, found the constant {first}"),
+                    );
+                }
+                let e = self.expr(first, &path.index(0), depth + 1, level, diags);
+                (Some(e), (rest, 1))
+            }
+            _ => (None, (args, 0)),
+        };
+        let (raw_buckets, offset) = buckets;
+        if raw_buckets.is_empty() {
+            diags.warning(
+                path,
+                "\"fractional\" needs at least one [variant, weight] bucket; the rule answers null",
+            );
+            return null;
+        }
+        let mut compiled = Vec::with_capacity(raw_buckets.len());
+        let mut valid = true;
+        for (i, raw) in raw_buckets.iter().enumerate() {
+            let bucket_path = path.index(i + offset);
+            match raw.as_array().map(Vec::as_slice) {
+                Some([variant]) => compiled.push(Bucket {
+                    variant: self.expr(variant, &bucket_path.index(0), depth + 1, level, diags),
+                    weight: Weight::Fixed(1),
+                }),
+                Some([variant, weight]) => {
+                    let variant =
+                        self.expr(variant, &bucket_path.index(0), depth + 1, level, diags);
+                    let weight = self.weight(weight, &bucket_path.index(1), depth, level, diags);
+                    valid &= weight.is_some();
+                    compiled.push(Bucket {
+                        variant,
+                        weight: weight.unwrap_or(Weight::Fixed(0)),
+                    });
+                }
+                _ => {
+                    diags.warning(
+                        &bucket_path,
+                        format!("a fractional bucket is [variant] or [variant, weight], found {raw}; the rule answers null"),
+                    );
+                    valid = false;
+                }
+            }
+        }
+        if !valid {
+            return null;
+        }
+        let fixed_total = compiled
+            .iter()
+            .map(|b| match b.weight {
+                Weight::Fixed(w) => Some(w),
+                Weight::Computed(_) => None,
+            })
+            .sum::<Option<u64>>();
+        if let Some(total) = fixed_total
+            && total > MAX_TOTAL_WEIGHT
+        {
+            diags.warning(
+                path,
+                format!("the weights add up to {total}, more than the {MAX_TOTAL_WEIGHT} flagd allows; the rule answers null"),
+            );
+        }
+        Expr::Fractional(Box::new(Fractional {
+            bucket_by,
+            buckets: compiled.into(),
+            mode: self.mode,
+            fixed_total,
+        }))
+    }
+
+    fn weight(
+        &mut self,
+        raw: &Value,
+        path: &Path,
+        depth: usize,
+        level: Level,
+        diags: &mut Diagnostics,
+    ) -> Option<Weight> {
+        match raw {
+            Value::Number(n) => {
+                if let Some(w) = n.as_u64() {
+                    return Some(Weight::Fixed(w));
+                }
+                let f = n.as_f64().unwrap_or(0.0);
+                if f < 0.0 {
+                    diags.warning(path, format!("weight {n} is negative and counts as 0"));
+                    Some(Weight::Fixed(0))
+                } else {
+                    diags.warning(
+                        path,
+                        format!("weight {n} is not an integer and counts as {}", f.trunc()),
+                    );
+                    // Non-negative and finite: truncation is the documented behaviour.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    Some(Weight::Fixed(f as u64))
+                }
+            }
+            Value::Object(_) => Some(Weight::Computed(self.expr(
+                raw,
+                path,
+                depth + 1,
+                level,
+                diags,
+            ))),
+            other => {
+                diags.warning(
+                    path,
+                    format!("a weight is a non-negative integer or a rule, found {other}; the rule answers null"),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn constants(items: &[Expr]) -> Option<Vec<Value>> {
+    items
+        .iter()
+        .map(|e| match e {
+            Expr::Const(v) => Some(v.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Evaluates a node whose arguments are all constants, so the work happens once, at load time.
+fn fold(expr: Expr) -> Expr {
+    let foldable = match &expr {
+        // `missing` reads the context even when its arguments are constant key names.
+        Expr::Op(Op::Missing | Op::MissingSome, _) => false,
+        Expr::Op(_, args) => args.iter().all(|a| matches!(a, Expr::Const(_))),
+        Expr::SemVer(rule) => {
+            matches!(rule.left, Operand::Fixed(_))
+                && matches!(rule.op, OperatorSpec::Fixed(_))
+                && matches!(rule.right, Operand::Fixed(_))
+        }
+        _ => false,
+    };
+    if !foldable {
+        return expr;
+    }
+    let empty = Map::new();
+    let scope = Scope {
+        root: &empty,
+        data: None,
+        flag_key: "",
+        now: Some(0),
+    };
+    let value = expr.eval(&scope).into_owned();
+    Expr::Const(value)
+}

@@ -1,0 +1,353 @@
+//! Evaluating a compiled rule against a context. Values borrow from the context and the rule
+//! wherever they can (`Cow::Borrowed`), so a comparison of a context field with a constant
+//! allocates nothing.
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use super::coerce::{
+    compare, loose_equals, number_value, parse_float, strict_equals, to_js_string, to_number,
+    truthy,
+};
+use super::expr::{Expr, Op, VarPath};
+
+/// What a rule can see while it runs: the caller's context, the data of the current `map` /
+/// `filter` / `reduce` element, and the facts flagd injects as `$flagd.*`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scope<'a> {
+    pub(crate) root: &'a Map<String, Value>,
+    /// `None` at the top level; inside an iterating operator, the current element.
+    pub(crate) data: Option<&'a Value>,
+    pub(crate) flag_key: &'a str,
+    /// Evaluation time in Unix seconds, fixed by the caller, or read from the clock when needed.
+    pub(crate) now: Option<u64>,
+}
+
+impl<'a> Scope<'a> {
+    pub(crate) fn targeting_key(&self) -> Option<&'a str> {
+        self.root.get("targetingKey").and_then(Value::as_str)
+    }
+
+    fn with_data<'b>(&self, data: &'b Value) -> Scope<'b>
+    where
+        'a: 'b,
+    {
+        Scope {
+            root: self.root,
+            data: Some(data),
+            flag_key: self.flag_key,
+            now: self.now,
+        }
+    }
+
+    fn timestamp(&self) -> u64 {
+        self.now.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+    }
+
+    fn lookup(&self, segments: &[Box<str>]) -> Option<Cow<'a, Value>> {
+        let Some((first, rest)) = segments.split_first() else {
+            return Some(match self.data {
+                Some(data) => Cow::Borrowed(data),
+                None => Cow::Owned(Value::Object(self.root.clone())),
+            });
+        };
+        let mut current = match self.data {
+            Some(data) => child(data, first)?,
+            None => self.root.get(&**first)?,
+        };
+        for segment in rest {
+            current = child(current, segment)?;
+        }
+        Some(Cow::Borrowed(current))
+    }
+}
+
+fn child<'v>(v: &'v Value, segment: &str) -> Option<&'v Value> {
+    match v {
+        Value::Object(map) => map.get(segment),
+        Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    }
+}
+
+const NULL: Cow<'static, Value> = Cow::Owned(Value::Null);
+
+fn boolean<'a>(b: bool) -> Cow<'a, Value> {
+    Cow::Owned(Value::Bool(b))
+}
+
+fn number<'a>(f: f64) -> Cow<'a, Value> {
+    Cow::Owned(number_value(f))
+}
+
+impl Expr {
+    pub(crate) fn eval<'a>(&'a self, s: &Scope<'a>) -> Cow<'a, Value> {
+        match self {
+            Expr::Const(v) => Cow::Borrowed(v),
+            Expr::Var(var) => eval_var(var, s),
+            Expr::VarDynamic(args) => {
+                let path = args[0].eval(s);
+                let found = match &*path {
+                    Value::Null => s.lookup(&[]),
+                    Value::String(p) if p.is_empty() => s.lookup(&[]),
+                    other => {
+                        let text = to_js_string(other);
+                        let segments: Vec<Box<str>> = text.split('.').map(Box::from).collect();
+                        s.lookup(&segments)
+                    }
+                };
+                match (found, args.get(1)) {
+                    (Some(v), _) => v,
+                    (None, Some(default)) => default.eval(s),
+                    (None, None) => NULL,
+                }
+            }
+            Expr::FlagKey => Cow::Owned(Value::String(s.flag_key.to_owned())),
+            Expr::Timestamp => Cow::Owned(Value::from(s.timestamp())),
+            Expr::FlagdProperties => {
+                let mut props = Map::new();
+                props.insert("flagKey".into(), Value::String(s.flag_key.to_owned()));
+                props.insert("timestamp".into(), Value::from(s.timestamp()));
+                Cow::Owned(Value::Object(props))
+            }
+            Expr::Array(items) => Cow::Owned(Value::Array(
+                items.iter().map(|e| e.eval(s).into_owned()).collect(),
+            )),
+            Expr::Op(op, args) => eval_op(*op, args, s),
+            Expr::InList(needle, list) => {
+                let needle = needle.eval(s);
+                boolean(list.iter().any(|item| strict_equals(&needle, item)))
+            }
+            Expr::SemVer(rule) => rule.eval(s).map_or(NULL, boolean),
+            Expr::Fractional(f) => f.eval(s),
+            Expr::Shared(shared) => shared.eval(s),
+        }
+    }
+}
+
+fn eval_var<'a>(var: &'a VarPath, s: &Scope<'a>) -> Cow<'a, Value> {
+    match s.lookup(&var.segments) {
+        Some(v) => v,
+        None => match &var.default {
+            Some(default) => default.eval(s),
+            None => NULL,
+        },
+    }
+}
+
+fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
+    let arg = |i: usize| args.get(i).map_or(NULL, |e| e.eval(s));
+    match op {
+        Op::If => {
+            let mut i = 0;
+            while i + 1 < args.len() {
+                if truthy(&args[i].eval(s)) {
+                    return args[i + 1].eval(s);
+                }
+                i += 2;
+            }
+            arg(i)
+        }
+        Op::Eq => boolean(loose_equals(&arg(0), &arg(1))),
+        Op::Ne => boolean(!loose_equals(&arg(0), &arg(1))),
+        Op::StrictEq => boolean(strict_equals(&arg(0), &arg(1))),
+        Op::StrictNe => boolean(!strict_equals(&arg(0), &arg(1))),
+        Op::Not => boolean(!truthy(&arg(0))),
+        Op::NotNot => boolean(truthy(&arg(0))),
+        Op::Or | Op::And => {
+            let want = op == Op::Or;
+            let mut last = NULL;
+            for e in args {
+                last = e.eval(s);
+                if truthy(&last) == want {
+                    return last;
+                }
+            }
+            last
+        }
+        Op::Lt | Op::Le | Op::Gt | Op::Ge => {
+            let holds = |a: &Value, b: &Value| {
+                compare(a, b).is_some_and(|o| match op {
+                    Op::Lt => o.is_lt(),
+                    Op::Le => o.is_le(),
+                    Op::Gt => o.is_gt(),
+                    _ => o.is_ge(),
+                })
+            };
+            let (a, b) = (arg(0), arg(1));
+            if !holds(&a, &b) {
+                return boolean(false);
+            }
+            // The three-argument "between" form: a < b < c.
+            boolean(args.len() < 3 || holds(&b, &arg(2)))
+        }
+        Op::Max | Op::Min => {
+            let mut best: Option<f64> = None;
+            for e in args {
+                let n = to_number(&e.eval(s));
+                if n.is_nan() {
+                    return NULL;
+                }
+                best = Some(match best {
+                    None => n,
+                    Some(b) if op == Op::Max => b.max(n),
+                    Some(b) => b.min(n),
+                });
+            }
+            best.map_or(NULL, number)
+        }
+        Op::Add => number(args.iter().map(|e| parse_float(&e.eval(s))).sum()),
+        Op::Mul => number(args.iter().map(|e| parse_float(&e.eval(s))).product()),
+        Op::Sub => match args.len() {
+            1 => number(-to_number(&arg(0))),
+            _ => number(to_number(&arg(0)) - to_number(&arg(1))),
+        },
+        Op::Div => number(to_number(&arg(0)) / to_number(&arg(1))),
+        Op::Mod => number(to_number(&arg(0)) % to_number(&arg(1))),
+        Op::Map | Op::Filter | Op::All | Op::None | Op::Some => {
+            let input = arg(0);
+            let items: &[Value] = input.as_array().map_or(&[], Vec::as_slice);
+            let body = &args[1];
+            let test = |item: &Value| truthy(&body.eval(&s.with_data(item)));
+            match op {
+                Op::Map => Cow::Owned(Value::Array(
+                    items
+                        .iter()
+                        .map(|item| body.eval(&s.with_data(item)).into_owned())
+                        .collect(),
+                )),
+                Op::Filter => Cow::Owned(Value::Array(
+                    items.iter().filter(|item| test(item)).cloned().collect(),
+                )),
+                Op::All => boolean(!items.is_empty() && items.iter().all(test)),
+                Op::None => boolean(!items.iter().any(test)),
+                _ => boolean(items.iter().any(test)),
+            }
+        }
+        Op::Reduce => {
+            let input = arg(0);
+            let items: &[Value] = input.as_array().map_or(&[], Vec::as_slice);
+            let mut accumulator = arg(2).into_owned();
+            for item in items {
+                let mut data = Map::new();
+                data.insert("current".into(), item.clone());
+                data.insert("accumulator".into(), accumulator);
+                let data = Value::Object(data);
+                accumulator = args[1].eval(&s.with_data(&data)).into_owned();
+            }
+            Cow::Owned(accumulator)
+        }
+        Op::Merge => {
+            let mut out = Vec::new();
+            for e in args {
+                match e.eval(s).into_owned() {
+                    Value::Array(items) => out.extend(items),
+                    other => out.push(other),
+                }
+            }
+            Cow::Owned(Value::Array(out))
+        }
+        Op::In => {
+            let (needle, haystack) = (arg(0), arg(1));
+            boolean(match &*haystack {
+                Value::String(text) => text.contains(&*to_js_string(&needle)),
+                Value::Array(items) => items.iter().any(|item| strict_equals(&needle, item)),
+                _ => false,
+            })
+        }
+        Op::Cat => {
+            let mut out = String::new();
+            for e in args {
+                out.push_str(&to_js_string(&e.eval(s)));
+            }
+            Cow::Owned(Value::String(out))
+        }
+        Op::Substr => {
+            let source = arg(0);
+            let text = to_js_string(&source);
+            let chars: Vec<char> = text.chars().collect();
+            let len = chars.len() as f64;
+            let start = to_number(&arg(1));
+            let start = if start.is_nan() { 0.0 } else { start.trunc() };
+            let from = if start < 0.0 {
+                (len + start).max(0.0)
+            } else {
+                start.min(len)
+            };
+            let to = match args.get(2) {
+                None => len,
+                Some(e) => {
+                    let count = to_number(&e.eval(s));
+                    let count = if count.is_nan() { 0.0 } else { count.trunc() };
+                    // A negative length drops that many characters from the end.
+                    if count < 0.0 {
+                        (len + count).max(from)
+                    } else {
+                        (from + count).min(len)
+                    }
+                }
+            };
+            // Both bounds are clamped to [0, len] above, so the casts are exact.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let slice: String = chars[from as usize..(to as usize).max(from as usize)]
+                .iter()
+                .collect();
+            Cow::Owned(Value::String(slice))
+        }
+        Op::Missing => {
+            let first = arg(0);
+            let keys: Vec<Cow<'_, Value>> = match &*first {
+                Value::Array(items) => items.iter().map(Cow::Borrowed).collect(),
+                _ => args.iter().map(|e| e.eval(s)).collect(),
+            };
+            Cow::Owned(Value::Array(missing_keys(s, keys.iter().map(|k| &**k))))
+        }
+        Op::MissingSome => {
+            let need = to_number(&arg(0));
+            let keys = arg(1);
+            let keys: &[Value] = keys.as_array().map_or(&[], Vec::as_slice);
+            let missing = missing_keys(s, keys.iter());
+            #[allow(clippy::cast_precision_loss)]
+            let present = (keys.len() - missing.len()) as f64;
+            if present >= need {
+                Cow::Owned(Value::Array(Vec::new()))
+            } else {
+                Cow::Owned(Value::Array(missing))
+            }
+        }
+        Op::StartsWith | Op::EndsWith => match (&*arg(0), &*arg(1)) {
+            (Value::String(text), Value::String(affix)) => boolean(if op == Op::StartsWith {
+                text.starts_with(affix.as_str())
+            } else {
+                text.ends_with(affix.as_str())
+            }),
+            // flagd answers null, not false, so the default variant applies.
+            _ => NULL,
+        },
+    }
+}
+
+/// The keys (JsonLogic `missing`) whose values are absent, null or empty strings.
+fn missing_keys<'k>(s: &Scope<'_>, keys: impl Iterator<Item = &'k Value>) -> Vec<Value> {
+    keys.filter(|key| {
+        let path = to_js_string(key);
+        let segments: Vec<Box<str>> = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('.').map(Box::from).collect()
+        };
+        match s.lookup(&segments).as_deref() {
+            None | Some(Value::Null) => true,
+            Some(Value::String(v)) => v.is_empty(),
+            Some(_) => false,
+        }
+    })
+    .cloned()
+    .collect()
+}

@@ -1,0 +1,16 @@
+//! Targeting rules: JsonLogic plus flagd's operators, compiled once per flag set.
+
+mod cbor;
+mod coerce;
+mod compile;
+mod eval;
+mod expr;
+mod fractional;
+mod murmur3;
+mod semver;
+
+pub use fractional::FractionalMode;
+
+pub(crate) use compile::Compiler;
+pub(crate) use eval::Scope;
+pub(crate) use expr::Expr;
