@@ -26,6 +26,7 @@ mod diagnostic;
 mod flag;
 mod flag_set;
 mod resolution;
+mod rule;
 mod targeting;
 
 pub use context::{ContextError, EvaluationContext};
@@ -34,4 +35,5 @@ pub use diagnostic::{DefinitionError, Diagnostic, Severity};
 pub use flag::{BrokenFlag, Entry, Flag, FlagState, Metadata, Variant, VariantKind};
 pub use flag_set::{FlagSet, FlagType};
 pub use resolution::{ErrorCode, Reason, Resolution, ResolveError};
+pub use rule::Rule;
 pub use targeting::FractionalMode;

@@ -1,0 +1,82 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bunting",
+    version,
+    about = "Feature flags and experiments, speaking flagd's protocols"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve one flag from a flag file and print the resolution as JSON.
+    ///
+    /// Exit status: 0 when the flag resolved, 1 when the resolution is an error (the JSON says
+    /// which), 2 when the file or the arguments are unusable.
+    Eval {
+        /// A flagd flag-definition file.
+        #[arg(long, value_name = "FILE")]
+        flags: PathBuf,
+        /// The flag key.
+        #[arg(long, value_name = "KEY")]
+        flag: String,
+        /// The evaluation context as a JSON object, e.g. '{"targetingKey": "user-1"}'.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        context: String,
+        /// The resolved type; `any` returns whatever the variant holds.
+        #[arg(long = "type", value_enum, default_value_t = TypeArg::Any)]
+        flag_type: TypeArg,
+        #[command(flatten)]
+        options: CompileArgs,
+    },
+    /// Check a flag file and report every problem; exit 1 if there is any.
+    Validate {
+        /// Flag-definition files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Schema to validate against; by default the one the file's `$schema` names, else flagd's.
+        #[arg(long, value_enum)]
+        schema: Option<SchemaArg>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompileArgs {
+    /// How `fractional` hashes: `cbor` as flagd's in-process providers do, `string` as flagd
+    /// servers do, or `legacy` (flagd's first float form).
+    #[arg(long, value_enum, default_value_t = FractionalArg::Cbor)]
+    pub fractional: FractionalArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FractionalArg {
+    Cbor,
+    String,
+    Legacy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaArg {
+    /// flagd's daemon schema: flags as a map or an array.
+    Flagd,
+    /// The provider schema: flags as a map only.
+    Provider,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TypeArg {
+    Any,
+    Boolean,
+    String,
+    Integer,
+    Float,
+    Object,
+}

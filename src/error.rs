@@ -1,0 +1,23 @@
+//! What can stop a command before it produces an answer.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Definition {
+        path: PathBuf,
+        source: bunting_engine::DefinitionError,
+    },
+    #[error("--context: {0}")]
+    ContextJson(serde_json::Error),
+    #[error("--context: {0}")]
+    Context(#[from] bunting_engine::ContextError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}

@@ -1,0 +1,45 @@
+//! Loading a flag-definition file from disk.
+
+use std::path::Path;
+
+use bunting_engine::{CompileOptions, Compiled, Dialect, FractionalMode};
+
+use crate::cli::{FractionalArg, SchemaArg};
+use crate::error::CliError;
+
+pub fn read(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads and compiles a flag file. The dialect is the one asked for, else the one the file's
+/// `$schema` declares, else flagd's.
+pub fn load(
+    path: &Path,
+    schema: Option<SchemaArg>,
+    fractional: FractionalArg,
+) -> Result<Compiled, CliError> {
+    let text = read(path)?;
+    let definition_error = |source| CliError::Definition {
+        path: path.to_owned(),
+        source,
+    };
+    let document: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| definition_error(bunting_engine::DefinitionError::Json(e.to_string())))?;
+    let dialect = match schema {
+        Some(SchemaArg::Flagd) => Dialect::Flagd,
+        Some(SchemaArg::Provider) => Dialect::Provider,
+        None => Dialect::declared_by(&document).unwrap_or_default(),
+    };
+    let options = CompileOptions {
+        dialect,
+        fractional: match fractional {
+            FractionalArg::Cbor => FractionalMode::Cbor,
+            FractionalArg::String => FractionalMode::String,
+            FractionalArg::Legacy => FractionalMode::LegacyFloat,
+        },
+    };
+    bunting_engine::compile_value(&document, &options).map_err(definition_error)
+}
