@@ -1,0 +1,188 @@
+//! The `bunting` binary end to end: what a user types, what they see, the exit status.
+
+// Tests report failure by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn bunting(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bunting"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("bunting runs")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+const FLAGS: &str = "cluster-config/flags.json";
+
+#[test]
+fn eval_prints_the_resolution_as_flagd_json() {
+    let out = bunting(&[
+        "eval",
+        "--flags",
+        FLAGS,
+        "--flag",
+        "welcome-banner",
+        "--context",
+        r#"{"email": "ada@bunting.example"}"#,
+    ]);
+    assert!(out.status.success());
+    let got = stdout_json(&out);
+    assert_eq!(got["value"], json!(true));
+    assert_eq!(got["variant"], json!("on"));
+    assert_eq!(got["reason"], json!("TARGETING_MATCH"));
+    assert_eq!(got["metadata"]["owner"], json!("growth"));
+    assert!(got.get("errorCode").is_none(), "absent fields are omitted");
+}
+
+#[test]
+fn eval_of_a_disabled_flag_has_no_value() {
+    let out = bunting(&["eval", "--flags", FLAGS, "--flag", "legacy-reports"]);
+    assert!(out.status.success());
+    let got = stdout_json(&out);
+    assert_eq!(got["reason"], json!("DISABLED"));
+    assert!(got.get("value").is_none() && got.get("variant").is_none());
+}
+
+#[test]
+fn eval_errors_exit_one_and_say_why() {
+    let out = bunting(&["eval", "--flags", FLAGS, "--flag", "no-such-flag"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["errorCode"], json!("FLAG_NOT_FOUND"));
+
+    let out = bunting(&[
+        "eval", "--flags", FLAGS, "--flag", "theme", "--type", "boolean",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["errorCode"], json!("TYPE_MISMATCH"));
+}
+
+#[test]
+fn eval_refuses_unusable_input_with_status_two() {
+    let out = bunting(&[
+        "eval",
+        "--flags",
+        FLAGS,
+        "--flag",
+        "theme",
+        "--context",
+        "[1]",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--context") && err.contains("JSON object"),
+        "{err}"
+    );
+
+    let out = bunting(&["eval", "--flags", "no/such/file.json", "--flag", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.json"));
+}
+
+#[test]
+fn fractional_mode_is_selectable() {
+    // flagd's v2 conformance example: this key lands on "heads" under string hashing.
+    let dir = tempdir();
+    let file = dir.join("coin.json");
+    std::fs::write(
+        &file,
+        json!({"flags": {"fractional-flag-shorthand": {
+            "state": "ENABLED",
+            "variants": {"heads": "heads", "tails": "tails", "draw": "draw"},
+            "defaultVariant": "draw",
+            "targeting": {"fractional": [["heads"], ["tails", 1]]}
+        }}})
+        .to_string(),
+    )
+    .unwrap();
+    let run = |mode: &str| {
+        stdout_json(&bunting(&[
+            "eval",
+            "--flags",
+            file.to_str().unwrap(),
+            "--flag",
+            "fractional-flag-shorthand",
+            "--context",
+            r#"{"targetingKey": "jon@company.com"}"#,
+            "--fractional",
+            mode,
+        ]))["value"]
+            .clone()
+    };
+    assert_eq!(run("string"), json!("heads"));
+    assert_eq!(run("cbor"), json!("tails"));
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_path() {
+    let dir = tempdir();
+    let file = dir.join("broken.json");
+    std::fs::write(
+        &file,
+        json!({"flags": {
+            "welcome-banner": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                               "defaultVariant": "on",
+                               "targeting": {"if": [true, {"fo": [1]}, "off"]}},
+            "rollout": {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a",
+                        "targeting": {"fractional": [{"var": "targetingKey"}, ["a", -5], ["b", 5]]}}
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let out = bunting(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("error: flags.welcome-banner.targeting.if[1]: unknown operator \"fo\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: flags.rollout.targeting.fractional[1][1]: weight -5 is negative"),
+        "{text}"
+    );
+    assert!(text.contains("1 error(s), 1 warning(s)"), "{text}");
+}
+
+#[test]
+fn validate_passes_a_clean_file_and_fails_malformed_json() {
+    let out = bunting(&["validate", FLAGS]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (6 flags)"));
+
+    let dir = tempdir();
+    let file = dir.join("truncated.json");
+    std::fs::write(&file, r#"{"flags": {"a": "#).unwrap();
+    let out = bunting(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not valid JSON"));
+}
+
+/// A fresh directory under target/ (cleaned by `cargo clean`), unique per test.
+fn tempdir() -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "cli-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
