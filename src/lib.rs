@@ -1,0 +1,2 @@
+//! The `bunting` node: everything the binary wires together (stores, services, server), kept in a
+//! library so integration tests drive the same code the binary runs.
