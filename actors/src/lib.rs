@@ -1,2 +1,29 @@
-//! Bunting's actor tree (ractor): the node supervisor and the shard actors that own users and
-//! hold the compiled flag snapshot. Empty until the node issue lands; see ARCHITECTURE.md.
+//! Bunting's per-node actor tree (ractor).
+//!
+//! ```text
+//! NodeSupervisor ── Shard 0 … Shard N-1
+//! ```
+//!
+//! Each shard actor owns the targeting keys that hash to it ([`shard_of`]) and evaluates their
+//! flags against the [`Catalog`] it holds by `Arc`. A change goes to the supervisor, which builds
+//! the next catalog once, sends it to every shard and publishes it on a watch channel for the
+//! streaming APIs. A shard that fails is restarted with the catalog current at that moment.
+//! [`Node`] is the handle the server uses.
+
+mod catalog;
+mod error;
+mod node;
+mod resolved;
+mod shard;
+mod shard_key;
+mod supervisor;
+
+pub use catalog::{Catalog, Update};
+pub use error::NodeError;
+pub use node::{Node, NodeConfig};
+pub use resolved::ResolvedFlag;
+pub use shard::ResolveRequest;
+pub use shard_key::shard_of;
+
+#[cfg(test)]
+mod tests;

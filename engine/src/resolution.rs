@@ -110,4 +110,15 @@ impl<'s, V> Resolution<'s, V> {
     pub fn value_or(self, default: V) -> V {
         self.value.unwrap_or(default)
     }
+
+    /// The same resolution with its value transformed (typically copied out of the flag set).
+    pub fn map_value<W>(self, f: impl FnOnce(V) -> W) -> Resolution<'s, W> {
+        Resolution {
+            value: self.value.map(f),
+            variant: self.variant,
+            reason: self.reason,
+            error: self.error,
+            metadata: self.metadata,
+        }
+    }
 }

@@ -1,0 +1,153 @@
+//! The flag sets a node serves, as one immutable value that every shard shares by `Arc`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bunting_engine::FlagSet;
+
+/// Every flag set a node serves, by id. Immutable: an update produces a new `Catalog`, so a shard
+/// evaluating against one never sees half of a change.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    sets: BTreeMap<Arc<str>, Arc<FlagSet>>,
+    /// The last version each set had, kept after removal so a late, older update cannot bring a
+    /// deleted set back.
+    versions: BTreeMap<Arc<str>, u64>,
+    /// When the newest change was committed at its source, for propagation-latency metrics.
+    changed_at: Option<SystemTime>,
+}
+
+/// A change to one flag set, as a source (file, PostgreSQL, a peer) reports it.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// The set's new compiled flags; its `FlagSet::version` orders updates.
+    Put {
+        set: Arc<str>,
+        flags: Arc<FlagSet>,
+        committed_at: SystemTime,
+    },
+    /// The set was deleted at `version`.
+    Remove {
+        set: Arc<str>,
+        version: u64,
+        committed_at: SystemTime,
+    },
+}
+
+impl Update {
+    pub fn set(&self) -> &Arc<str> {
+        match self {
+            Update::Put { set, .. } | Update::Remove { set, .. } => set,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        match self {
+            Update::Put { flags, .. } => flags.version(),
+            Update::Remove { version, .. } => *version,
+        }
+    }
+
+    fn committed_at(&self) -> SystemTime {
+        match self {
+            Update::Put { committed_at, .. } | Update::Remove { committed_at, .. } => *committed_at,
+        }
+    }
+}
+
+impl Catalog {
+    pub fn new() -> Catalog {
+        Catalog::default()
+    }
+
+    pub fn get(&self, set: &str) -> Option<&Arc<FlagSet>> {
+        self.sets.get(set)
+    }
+
+    pub fn sets(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<FlagSet>)> {
+        self.sets.iter()
+    }
+
+    /// The version this catalog holds for `set` (also after the set was removed).
+    pub fn version_of(&self, set: &str) -> Option<u64> {
+        self.versions.get(set).copied()
+    }
+
+    pub fn changed_at(&self) -> Option<SystemTime> {
+        self.changed_at
+    }
+
+    /// The catalog with `update` applied, or `None` if the update is not newer than what this
+    /// catalog already holds for that set. Versions only move forward: a node never serves a
+    /// set older than one it has served.
+    pub fn apply(&self, update: &Update) -> Option<Catalog> {
+        let set = update.set();
+        if self
+            .versions
+            .get(set)
+            .is_some_and(|&current| update.version() <= current)
+        {
+            return None;
+        }
+        let mut next = self.clone();
+        next.versions.insert(set.clone(), update.version());
+        match update {
+            Update::Put { flags, .. } => {
+                next.sets.insert(set.clone(), flags.clone());
+            }
+            Update::Remove { .. } => {
+                next.sets.remove(set);
+            }
+        }
+        next.changed_at = Some(update.committed_at());
+        Some(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bunting_engine::{CompileOptions, compile};
+
+    fn flags(version: u64) -> Arc<FlagSet> {
+        let doc = r#"{"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}"#;
+        Arc::new(
+            compile(doc, &CompileOptions::default())
+                .unwrap()
+                .flag_set
+                .with_version(version),
+        )
+    }
+
+    fn put(version: u64) -> Update {
+        Update::Put {
+            set: "default".into(),
+            flags: flags(version),
+            committed_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn versions_only_move_forward() {
+        let c = Catalog::new().apply(&put(2)).unwrap();
+        assert!(c.apply(&put(2)).is_none(), "same version is a no-op");
+        assert!(c.apply(&put(1)).is_none(), "older version is refused");
+        let c = c.apply(&put(3)).unwrap();
+        assert_eq!(c.get("default").map(|s| s.version()), Some(3));
+    }
+
+    #[test]
+    fn a_removed_set_stays_removed_against_older_puts() {
+        let c = Catalog::new().apply(&put(2)).unwrap();
+        let removed = Update::Remove {
+            set: "default".into(),
+            version: 3,
+            committed_at: SystemTime::now(),
+        };
+        let c = c.apply(&removed).unwrap();
+        assert!(c.get("default").is_none());
+        assert!(c.apply(&put(2)).is_none());
+        assert!(c.apply(&put(4)).is_some());
+    }
+}

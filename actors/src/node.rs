@@ -1,0 +1,186 @@
+//! The handle the rest of the node uses: start the actor tree, resolve flags through the owning
+//! shard, apply changes, watch the catalog.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bunting_engine::{EvaluationContext, ResolveError};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, MessagingErr};
+use tokio::sync::watch;
+
+use crate::catalog::{Catalog, Update};
+use crate::error::NodeError;
+use crate::resolved::ResolvedFlag;
+use crate::shard::{ResolveRequest, ShardMsg};
+use crate::shard_key::shard_of;
+use crate::supervisor::{NodeSupervisor, ShardSlots, SupervisorArgs, SupervisorMsg};
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Shard actors on this node. Each owns the targeting keys that hash to it.
+    pub shards: u32,
+    /// The flag set used when a request names none (flagd's requests usually do not).
+    pub default_set: String,
+    /// How long a caller waits for a shard before giving up.
+    pub call_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            shards: 16,
+            default_set: "default".to_owned(),
+            call_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A running actor tree. Cheap to share (`Arc<Node>`); all methods take `&self`.
+#[derive(Debug)]
+pub struct Node {
+    supervisor: ActorRef<SupervisorMsg>,
+    slots: Arc<ShardSlots>,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    config: NodeConfig,
+    /// Spreads requests without a targeting key (no per-user work) across shards.
+    next_keyless: AtomicUsize,
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig, initial: Catalog) -> Result<Node, NodeError> {
+        let shards = config.shards.max(1);
+        let slots = Arc::new(ShardSlots {
+            refs: RwLock::new(Vec::new()),
+            depths: (0..shards).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+        });
+        let initial = Arc::new(initial);
+        let (published, catalog) = watch::channel(initial.clone());
+        let (supervisor, _join) = Actor::spawn(
+            None,
+            NodeSupervisor,
+            SupervisorArgs {
+                catalog: initial,
+                default_set: config.default_set.as_str().into(),
+                slots: slots.clone(),
+                published,
+            },
+        )
+        .await?;
+        Ok(Node {
+            supervisor,
+            slots,
+            catalog,
+            config,
+            next_keyless: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The catalog the shards are serving now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.borrow().clone()
+    }
+
+    /// A receiver that wakes on every applied change (for event and sync streams).
+    pub fn watch(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.catalog.clone()
+    }
+
+    /// The shard that owns `context`'s targeting key (a keyless request goes to any shard).
+    pub fn shard_for(&self, context: &EvaluationContext) -> u32 {
+        let shards = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        match context.targeting_key() {
+            Some(key) => shard_of(key, shards),
+            None => {
+                let n = self.next_keyless.fetch_add(1, Ordering::Relaxed);
+                u32::try_from(n % self.slots.len()).unwrap_or(0)
+            }
+        }
+    }
+
+    /// Resolves one flag through the owning shard's mailbox.
+    pub async fn resolve(&self, request: ResolveRequest) -> Result<ResolvedFlag, NodeError> {
+        let shard = self.shard_for(&request.context);
+        self.call(shard, |reply| ShardMsg::Resolve(request, reply))
+            .await
+    }
+
+    /// Resolves every flag of a set for one subject, in key order.
+    pub async fn resolve_all(
+        &self,
+        set: Option<Arc<str>>,
+        context: EvaluationContext,
+    ) -> Result<Result<Vec<(String, ResolvedFlag)>, ResolveError>, NodeError> {
+        let shard = self.shard_for(&context);
+        self.call(shard, |reply| ShardMsg::ResolveAll {
+            set,
+            context,
+            reply,
+        })
+        .await
+    }
+
+    /// Applies a change and waits until every shard has been sent the new catalog. `Ok(false)`
+    /// when the change was not newer than what the node serves.
+    pub async fn apply(&self, update: Update) -> Result<bool, NodeError> {
+        match self
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::Apply(update, Some(reply)),
+                Some(self.config.call_timeout),
+            )
+            .await
+        {
+            Ok(CallResult::Success(applied)) => Ok(applied),
+            _ => Err(NodeError::SupervisorGone),
+        }
+    }
+
+    /// Stops the tree (supervisor and shards) and waits for it.
+    pub async fn shutdown(&self) {
+        // An error here means the supervisor is already gone, which is the goal.
+        let _ = self.supervisor.stop_and_wait(None, None).await;
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        shard: u32,
+        message: impl FnOnce(ractor::RpcReplyPort<R>) -> ShardMsg,
+    ) -> Result<R, NodeError> {
+        let unavailable = |reason: String| NodeError::ShardUnavailable { shard, reason };
+        let actor = self
+            .slots
+            .get(shard)
+            .ok_or_else(|| unavailable("no such shard".to_owned()))?;
+        let depth = &self.slots.depths[shard as usize];
+        depth.fetch_add(1, Ordering::Relaxed);
+        match actor.call(message, Some(self.config.call_timeout)).await {
+            Ok(CallResult::Success(answer)) => Ok(answer),
+            Ok(CallResult::Timeout) => Err(unavailable(format!(
+                "no answer within {:?}",
+                self.config.call_timeout
+            ))),
+            Ok(CallResult::SenderError) => Err(unavailable(
+                "the shard stopped before answering (it is being restarted)".to_owned(),
+            )),
+            Err(MessagingErr::SendErr(_) | MessagingErr::ChannelClosed) => {
+                depth.fetch_sub(1, Ordering::Relaxed);
+                Err(unavailable("the shard is restarting".to_owned()))
+            }
+            Err(other) => {
+                depth.fetch_sub(1, Ordering::Relaxed);
+                Err(unavailable(other.to_string()))
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn crash_shard(&self, shard: u32) {
+        let _ = self.supervisor.cast(SupervisorMsg::CrashShard(shard));
+    }
+}

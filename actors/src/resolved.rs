@@ -1,0 +1,66 @@
+//! Resolutions that outlive the flag set they came from, to cross the mailbox back to the caller.
+
+use bunting_engine::{FlagSet, FlagType, Metadata, Reason, Resolution, ResolveError};
+use serde_json::Value;
+
+/// What one flag resolved to, owned. The engine's `Resolution` borrows from the `FlagSet`; the
+/// reply leaves the shard actor, so it carries copies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedFlag {
+    pub value: Option<Value>,
+    pub variant: Option<String>,
+    pub reason: Reason,
+    pub error: Option<ResolveError>,
+    pub metadata: Metadata,
+    /// The version of the flag set that answered.
+    pub flag_set_version: u64,
+}
+
+impl ResolvedFlag {
+    pub(crate) fn from_resolution<V: Into<Value>>(
+        resolution: Resolution<'_, V>,
+        flag_set_version: u64,
+    ) -> ResolvedFlag {
+        ResolvedFlag {
+            value: resolution.value.map(Into::into),
+            variant: resolution.variant.map(str::to_owned),
+            reason: resolution.reason,
+            error: resolution.error,
+            metadata: resolution.metadata.clone(),
+            flag_set_version,
+        }
+    }
+
+    pub(crate) fn failed(error: ResolveError) -> ResolvedFlag {
+        ResolvedFlag {
+            value: None,
+            variant: None,
+            reason: Reason::Error,
+            error: Some(error),
+            metadata: Metadata::new(),
+            flag_set_version: 0,
+        }
+    }
+}
+
+/// Resolves `key` as `wanted` (or untyped) and copies the answer out of the set.
+pub(crate) fn resolve(
+    set: &FlagSet,
+    key: &str,
+    wanted: Option<FlagType>,
+    ctx: &bunting_engine::EvaluationContext,
+) -> ResolvedFlag {
+    let v = set.version();
+    match wanted {
+        None => ResolvedFlag::from_resolution(set.resolve(key, ctx).map_value(Value::clone), v),
+        Some(FlagType::Boolean) => ResolvedFlag::from_resolution(set.resolve_bool(key, ctx), v),
+        Some(FlagType::String) => ResolvedFlag::from_resolution(set.resolve_string(key, ctx), v),
+        Some(FlagType::Integer) => ResolvedFlag::from_resolution(set.resolve_int(key, ctx), v),
+        Some(FlagType::Float) => ResolvedFlag::from_resolution(set.resolve_float(key, ctx), v),
+        Some(FlagType::Object) => ResolvedFlag::from_resolution(
+            set.resolve_object(key, ctx)
+                .map_value(|o| Value::Object(o.clone())),
+            v,
+        ),
+    }
+}

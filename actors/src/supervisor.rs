@@ -1,0 +1,233 @@
+//! The node supervisor: starts the shard actors, fans every catalog change out to all of them,
+//! and restarts a shard that fails with the catalog current at that moment.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
+
+use crate::catalog::{Catalog, Update};
+use crate::shard::{Shard, ShardArgs, ShardMsg};
+
+/// The shard actors' current references, shared with the [`crate::Node`] handle so that a
+/// restarted shard is reachable at once. Index = shard number.
+#[derive(Debug)]
+pub struct ShardSlots {
+    pub(crate) refs: RwLock<Vec<ActorRef<ShardMsg>>>,
+    pub(crate) depths: Box<[Arc<AtomicUsize>]>,
+}
+
+impl ShardSlots {
+    pub(crate) fn get(&self, shard: u32) -> Option<ActorRef<ShardMsg>> {
+        let refs = self
+            .refs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        refs.get(shard as usize).cloned()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.depths.len()
+    }
+}
+
+pub enum SupervisorMsg {
+    /// Apply a change; the reply (if asked for) says whether it was newer than what the node had.
+    Apply(Update, Option<RpcReplyPort<bool>>),
+    /// Periodic: publish mailbox depths as metrics.
+    Sample,
+    #[cfg(test)]
+    CrashShard(u32),
+}
+
+impl std::fmt::Debug for SupervisorMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SupervisorMsg::Apply(u, _) => write!(f, "Apply({} v{})", u.set(), u.version()),
+            SupervisorMsg::Sample => f.write_str("Sample"),
+            #[cfg(test)]
+            SupervisorMsg::CrashShard(i) => write!(f, "CrashShard({i})"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct NodeSupervisor;
+
+#[derive(Debug)]
+pub struct SupervisorArgs {
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) default_set: Arc<str>,
+    pub(crate) slots: Arc<ShardSlots>,
+    pub(crate) published: watch::Sender<Arc<Catalog>>,
+}
+
+#[derive(Debug)]
+pub struct SupervisorState {
+    catalog: Arc<Catalog>,
+    default_set: Arc<str>,
+    slots: Arc<ShardSlots>,
+    published: watch::Sender<Arc<Catalog>>,
+}
+
+impl SupervisorState {
+    async fn spawn_shard(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        index: u32,
+    ) -> Result<ActorRef<ShardMsg>, ActorProcessingErr> {
+        let depth = self.slots.depths[index as usize].clone();
+        // Messages queued for a dead shard died with it; their callers were told.
+        depth.store(0, Ordering::Relaxed);
+        let (shard, _) = Actor::spawn_linked(
+            None,
+            Shard,
+            ShardArgs {
+                index,
+                catalog: self.catalog.clone(),
+                default_set: self.default_set.clone(),
+                depth,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(shard)
+    }
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let state = SupervisorState {
+            catalog: args.catalog,
+            default_set: args.default_set,
+            slots: args.slots,
+            published: args.published,
+        };
+        let count = u32::try_from(state.slots.len()).unwrap_or(u32::MAX);
+        let mut refs = Vec::with_capacity(state.slots.len());
+        for index in 0..count {
+            refs.push(state.spawn_shard(&myself, index).await?);
+        }
+        *state
+            .slots
+            .refs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = refs;
+        myself.send_interval(Duration::from_secs(1), || SupervisorMsg::Sample);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Apply(update, reply) => {
+                let applied = match state.catalog.apply(&update) {
+                    Some(next) => {
+                        let next = Arc::new(next);
+                        state.catalog = next.clone();
+                        fan_out(&state.slots, &next);
+                        state.published.send_replace(next);
+                        metrics::gauge!("bunting_flag_set_version", "flag_set" => update.set().to_string())
+                            .set(update.version() as f64);
+                        if let Some(age) = update_age(&update) {
+                            metrics::histogram!("bunting_change_apply_seconds").record(age);
+                        }
+                        true
+                    }
+                    None => {
+                        tracing::debug!(set = %update.set(), version = update.version(), "ignored an update that is not newer");
+                        false
+                    }
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(applied);
+                }
+            }
+            SupervisorMsg::Sample => {
+                for (i, depth) in state.slots.depths.iter().enumerate() {
+                    metrics::gauge!("bunting_shard_mailbox_depth", "shard" => i.to_string())
+                        .set(depth.load(Ordering::Relaxed) as f64);
+                }
+            }
+            #[cfg(test)]
+            SupervisorMsg::CrashShard(i) => {
+                if let Some(shard) = state.slots.get(i) {
+                    let _ = shard.cast(ShardMsg::Crash);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Only failures are restarted: a shard stops cleanly only when the node shuts down.
+        let SupervisionEvent::ActorFailed(cell, error) = event else {
+            return Ok(());
+        };
+        let index = {
+            let refs = state
+                .slots
+                .refs
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            refs.iter().position(|r| r.get_id() == cell.get_id())
+        };
+        let Some(index) = index.and_then(|i| u32::try_from(i).ok()) else {
+            return Ok(());
+        };
+        tracing::warn!(shard = index, %error, "shard actor failed; restarting it with the current catalog");
+        metrics::counter!("bunting_shard_restarts_total").increment(1);
+        let shard = state.spawn_shard(&myself, index).await?;
+        let mut refs = state
+            .slots
+            .refs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = refs.get_mut(index as usize) {
+            *slot = shard;
+        }
+        Ok(())
+    }
+}
+
+fn fan_out(slots: &ShardSlots, catalog: &Arc<Catalog>) {
+    let refs = slots
+        .refs
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (i, shard) in refs.iter().enumerate() {
+        if shard.cast(ShardMsg::Install(catalog.clone())).is_err() {
+            // A shard being restarted gets the current catalog when it is spawned.
+            tracing::debug!(shard = i, "shard not running during fan-out");
+        }
+    }
+}
+
+fn update_age(update: &Update) -> Option<f64> {
+    let committed = match update {
+        Update::Put { committed_at, .. } | Update::Remove { committed_at, .. } => *committed_at,
+    };
+    SystemTime::now()
+        .duration_since(committed)
+        .ok()
+        .map(|d| d.as_secs_f64())
+}
