@@ -17,6 +17,22 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a node: flagd's evaluation (v1, v2) and sync protocols on one gRPC port, Prometheus
+    /// metrics on another. With no arguments it serves cluster-config/flags.json on port 8013.
+    Serve {
+        /// A node config file (TOML); see cluster-config/node.toml.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Serve this flag file instead of the configured source.
+        #[arg(long, value_name = "FILE")]
+        flags: Option<PathBuf>,
+        /// The gRPC port (overrides the config).
+        #[arg(long, value_name = "N")]
+        port: Option<u16>,
+        /// The metrics port (overrides the config).
+        #[arg(long, value_name = "N")]
+        metrics_port: Option<u16>,
+    },
     /// Resolve one flag from a flag file and print the resolution as JSON.
     ///
     /// Exit status: 0 when the flag resolved, 1 when the resolution is an error (the JSON says

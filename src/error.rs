@@ -18,6 +18,12 @@ pub enum CliError {
     ContextJson(serde_json::Error),
     #[error("--context: {0}")]
     Context(#[from] bunting_engine::ContextError),
+    #[error(transparent)]
+    Config(#[from] bunting::config::ConfigError),
+    #[error(transparent)]
+    Server(#[from] bunting::server::ServerError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }

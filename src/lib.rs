@@ -1,4 +1,10 @@
 //! The `bunting` node: everything the binary wires together (stores, services, server), kept in a
 //! library so integration tests drive the same code the binary runs.
 
+mod closing;
+pub mod config;
+pub mod feed;
+pub mod metrics_http;
+pub mod server;
+pub mod service;
 pub mod store;

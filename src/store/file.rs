@@ -53,6 +53,34 @@ fn list(problems: &[Diagnostic]) -> String {
         .join("; ")
 }
 
+/// What a file source does with a flag it cannot compile (a `Severity::Error` diagnostic).
+/// Warnings (schema violations flagd tolerates) are always served, with a log line each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokenFlags {
+    /// Refuse the whole file (or edit): the last good flags keep serving. The safe default.
+    #[default]
+    Refuse,
+    /// Serve the file; the broken flag resolves `PARSE_ERROR`, as flagd does.
+    Serve,
+}
+
+/// How a file source compiles its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileOptions {
+    pub compile: CompileOptions,
+    pub broken_flags: BrokenFlags,
+}
+
+impl From<CompileOptions> for FileOptions {
+    fn from(compile: CompileOptions) -> FileOptions {
+        FileOptions {
+            compile,
+            broken_flags: BrokenFlags::default(),
+        }
+    }
+}
+
 /// The flag set a file currently serves.
 #[derive(Debug, Clone)]
 pub struct WatchedFlagSet {
@@ -66,19 +94,20 @@ pub struct WatchedFlagSet {
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
-    options: CompileOptions,
+    options: FileOptions,
     current: WatchedFlagSet,
     seen: Fingerprint,
 }
 
 impl FileSource {
-    /// Reads and compiles the file; any problem at all, warnings included, refuses it, since a
-    /// node must not start serving a definition its author has not got right.
+    /// Reads and compiles the file. A flag that cannot be compiled refuses the file unless
+    /// `options.broken_flags` says to serve it as flagd does; warnings are logged and served.
     pub fn open(
         path: impl Into<PathBuf>,
-        options: CompileOptions,
+        options: impl Into<FileOptions>,
     ) -> Result<FileSource, FileSourceError> {
         let path = path.into();
+        let options = options.into();
         let read = read(&path)?;
         let flag_set = compile(&path, &read.bytes, &options)?.with_version(1);
         Ok(FileSource {
@@ -264,24 +293,25 @@ fn report(path: &Path, error: &FileSourceError) {
     }
 }
 
-fn compile(
-    path: &Path,
-    bytes: &[u8],
-    options: &CompileOptions,
-) -> Result<FlagSet, FileSourceError> {
+fn compile(path: &Path, bytes: &[u8], options: &FileOptions) -> Result<FlagSet, FileSourceError> {
     let definition = |source| FileSourceError::Definition {
         path: path.to_owned(),
         source,
     };
     let document: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| definition(DefinitionError::Json(e.to_string())))?;
-    bunting_engine::compile_value(&document, options)
-        .map_err(definition)?
-        .into_clean()
-        .map_err(|problems| FileSourceError::Invalid {
+    let compiled =
+        bunting_engine::compile_value(&document, &options.compile).map_err(definition)?;
+    if options.broken_flags == BrokenFlags::Refuse && compiled.has_errors() {
+        return Err(FileSourceError::Invalid {
             path: path.to_owned(),
-            problems,
-        })
+            problems: compiled.diagnostics,
+        });
+    }
+    for problem in &compiled.diagnostics {
+        tracing::warn!(path = %path.display(), %problem, "flag file served with a problem");
+    }
+    Ok(compiled.flag_set)
 }
 
 /// What `stat` says of the file: enough to skip reading it when nothing changed.

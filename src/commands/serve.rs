@@ -1,0 +1,74 @@
+//! `bunting serve`: run one node until SIGINT or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use bunting::config::{Config, FlagSourceConfig};
+use tracing_subscriber::EnvFilter;
+
+use crate::error::CliError;
+
+pub fn run(
+    config: Option<&Path>,
+    flags: Option<PathBuf>,
+    port: Option<u16>,
+    metrics_port: Option<u16>,
+) -> Result<ExitCode, CliError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let mut config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(path) = flags {
+        let (set, broken_flags) = match &config.flags {
+            FlagSourceConfig::File {
+                set, broken_flags, ..
+            } => (set.clone(), *broken_flags),
+            FlagSourceConfig::Postgres { .. } => (config.default_set.clone(), Default::default()),
+        };
+        config.flags = FlagSourceConfig::File {
+            path,
+            set,
+            broken_flags,
+        };
+    }
+    if let Some(port) = port {
+        config.grpc_addr.set_port(port);
+    }
+    if let Some(port) = metrics_port {
+        config.metrics_addr.set_port(port);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(bunting::server::run(config, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C still works");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

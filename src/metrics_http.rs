@@ -1,0 +1,74 @@
+//! Prometheus metrics: the process-wide recorder and a minimal `/metrics` HTTP endpoint.
+//!
+//! The endpoint is a few lines of HTTP/1.1 over a tokio listener rather than a web framework: it
+//! answers one fixed GET, and Prometheus is its only client.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's recorder, installed on first use. `None` if another recorder was installed
+/// first (then this node's metrics go there).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new().set_buckets(&[
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0,
+            ]);
+            match builder.and_then(PrometheusBuilder::install_recorder) {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Prometheus recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` until `closing` flips.
+pub async fn serve(listener: TcpListener, mut closing: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = crate::closing::closed(&mut closing) => break,
+        };
+        let Ok((mut socket, _)) = accepted else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            // One read is enough for a scrape's request line; anything else gets a 404.
+            let n = socket.read(&mut request).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&request[..n]);
+            let (status, body) = if head.starts_with("GET /metrics ") {
+                (
+                    "200 OK",
+                    handle().map(PrometheusHandle::render).unwrap_or_default(),
+                )
+            } else {
+                (
+                    "404 Not Found",
+                    "not found; metrics are at /metrics\n".to_owned(),
+                )
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,213 @@
+//! flagd's evaluation protocol, `flagd.evaluation.v1` and `v2`. The two differ only in whether
+//! `value` and `variant` may be absent (v2: absent means "use your code default"; v1 sends the
+//! zero value), so one macro writes both from the same body.
+
+use std::pin::Pin;
+
+use bunting_actors::Catalog;
+use bunting_engine::FlagType;
+use bunting_proto::flagd::evaluation::{v1, v2};
+use futures_core::Stream;
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use super::evaluator::{
+    Evaluator, bool_value, float_value, int_value, metadata_struct, object_value, string_value,
+};
+use super::events;
+use super::request::selector;
+
+/// `flagd.evaluation.v1.Service`.
+#[derive(Debug, Clone)]
+pub struct FlagdV1(pub Evaluator);
+
+/// `flagd.evaluation.v2.Service`.
+#[derive(Debug, Clone)]
+pub struct FlagdV2(pub Evaluator);
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// v1 has no field presence: an absent value goes out as the zero value.
+macro_rules! present_v1 {
+    ($e:expr) => {
+        $e.unwrap_or_default()
+    };
+}
+
+macro_rules! present_v2 {
+    ($e:expr) => {
+        $e
+    };
+}
+
+macro_rules! flagd_evaluation_service {
+    ($service:ident, $proto:ident, $label:literal, $present:ident) => {
+        #[tonic::async_trait]
+        impl $proto::service_server::Service for $service {
+            async fn resolve_boolean(
+                &self,
+                request: Request<$proto::ResolveBooleanRequest>,
+            ) -> Result<Response<$proto::ResolveBooleanResponse>, Status> {
+                let set = selector(request.metadata(), "");
+                let req = request.into_inner();
+                let r = self
+                    .0
+                    .resolve($label, set, req.flag_key, req.context, FlagType::Boolean)
+                    .await?;
+                Ok(Response::new($proto::ResolveBooleanResponse {
+                    value: $present!(bool_value(&r)),
+                    reason: r.reason.as_str().to_owned(),
+                    metadata: Some(metadata_struct(&r.metadata)?),
+                    variant: $present!(r.variant),
+                }))
+            }
+
+            async fn resolve_string(
+                &self,
+                request: Request<$proto::ResolveStringRequest>,
+            ) -> Result<Response<$proto::ResolveStringResponse>, Status> {
+                let set = selector(request.metadata(), "");
+                let req = request.into_inner();
+                let mut r = self
+                    .0
+                    .resolve($label, set, req.flag_key, req.context, FlagType::String)
+                    .await?;
+                Ok(Response::new($proto::ResolveStringResponse {
+                    value: $present!(string_value(&mut r)),
+                    reason: r.reason.as_str().to_owned(),
+                    metadata: Some(metadata_struct(&r.metadata)?),
+                    variant: $present!(r.variant),
+                }))
+            }
+
+            async fn resolve_float(
+                &self,
+                request: Request<$proto::ResolveFloatRequest>,
+            ) -> Result<Response<$proto::ResolveFloatResponse>, Status> {
+                let set = selector(request.metadata(), "");
+                let req = request.into_inner();
+                let r = self
+                    .0
+                    .resolve($label, set, req.flag_key, req.context, FlagType::Float)
+                    .await?;
+                Ok(Response::new($proto::ResolveFloatResponse {
+                    value: $present!(float_value(&r)),
+                    reason: r.reason.as_str().to_owned(),
+                    metadata: Some(metadata_struct(&r.metadata)?),
+                    variant: $present!(r.variant),
+                }))
+            }
+
+            async fn resolve_int(
+                &self,
+                request: Request<$proto::ResolveIntRequest>,
+            ) -> Result<Response<$proto::ResolveIntResponse>, Status> {
+                let set = selector(request.metadata(), "");
+                let req = request.into_inner();
+                let r = self
+                    .0
+                    .resolve($label, set, req.flag_key, req.context, FlagType::Integer)
+                    .await?;
+                Ok(Response::new($proto::ResolveIntResponse {
+                    value: $present!(int_value(&r)),
+                    reason: r.reason.as_str().to_owned(),
+                    metadata: Some(metadata_struct(&r.metadata)?),
+                    variant: $present!(r.variant),
+                }))
+            }
+
+            async fn resolve_object(
+                &self,
+                request: Request<$proto::ResolveObjectRequest>,
+            ) -> Result<Response<$proto::ResolveObjectResponse>, Status> {
+                let set = selector(request.metadata(), "");
+                let req = request.into_inner();
+                let mut r = self
+                    .0
+                    .resolve($label, set, req.flag_key, req.context, FlagType::Object)
+                    .await?;
+                Ok(Response::new($proto::ResolveObjectResponse {
+                    value: object_value(&mut r)?,
+                    reason: r.reason.as_str().to_owned(),
+                    metadata: Some(metadata_struct(&r.metadata)?),
+                    variant: $present!(r.variant),
+                }))
+            }
+
+            async fn resolve_all(
+                &self,
+                request: Request<$proto::ResolveAllRequest>,
+            ) -> Result<Response<$proto::ResolveAllResponse>, Status> {
+                let set = selector(request.metadata(), "");
+                let req = request.into_inner();
+                let all = self.0.resolve_all($label, set.clone(), req.context).await?;
+                let mut flags = std::collections::HashMap::with_capacity(all.len());
+                for (key, mut r) in all {
+                    // Like flagd, a flag that fails to resolve is left out rather than failing
+                    // the whole call.
+                    if r.error.is_some() {
+                        continue;
+                    }
+                    let value = match r.value.take() {
+                        None => None,
+                        Some(Value::Bool(b)) => Some($proto::any_flag::Value::BoolValue(b)),
+                        Some(Value::String(s)) => Some($proto::any_flag::Value::StringValue(s)),
+                        Some(Value::Number(n)) => {
+                            n.as_f64().map($proto::any_flag::Value::DoubleValue)
+                        }
+                        Some(Value::Object(m)) => {
+                            Some($proto::any_flag::Value::ObjectValue(metadata_struct(&m)?))
+                        }
+                        Some(_) => None,
+                    };
+                    flags.insert(
+                        key,
+                        $proto::AnyFlag {
+                            reason: r.reason.as_str().to_owned(),
+                            variant: $present!(r.variant),
+                            value,
+                            metadata: Some(metadata_struct(&r.metadata)?),
+                        },
+                    );
+                }
+                let catalog = self.0.node.catalog();
+                let metadata =
+                    set_metadata(&catalog, set.as_deref(), &self.0.node.config().default_set);
+                Ok(Response::new($proto::ResolveAllResponse {
+                    flags,
+                    metadata: Some(metadata_struct(&metadata)?),
+                }))
+            }
+
+            type EventStreamStream = EventStream<$proto::EventStreamResponse>;
+
+            async fn event_stream(
+                &self,
+                request: Request<$proto::EventStreamRequest>,
+            ) -> Result<Response<Self::EventStreamStream>, Status> {
+                let set = selector(request.metadata(), "");
+                let stream =
+                    events::stream(&self.0, set, |kind, data| $proto::EventStreamResponse {
+                        r#type: kind.to_owned(),
+                        data: Some(data),
+                    });
+                Ok(Response::new(Box::pin(stream)))
+            }
+        }
+    };
+}
+
+flagd_evaluation_service!(FlagdV1, v1, "flagd.evaluation.v1", present_v1);
+flagd_evaluation_service!(FlagdV2, v2, "flagd.evaluation.v2", present_v2);
+
+/// The flag-set metadata of the selected set (empty if it does not exist).
+fn set_metadata(
+    catalog: &Catalog,
+    set: Option<&str>,
+    default_set: &str,
+) -> serde_json::Map<String, Value> {
+    catalog
+        .get(set.unwrap_or(default_set))
+        .map(|s| s.metadata().clone())
+        .unwrap_or_default()
+}
