@@ -53,6 +53,34 @@ pub enum Command {
         #[command(flatten)]
         options: CompileArgs,
     },
+    /// Load-test a running node with concurrent flagd clients; prints throughput and latency
+    /// quantiles. Without --rate it runs closed loop (saturation); with --rate, open loop.
+    Bench {
+        /// The node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8013")]
+        target: String,
+        /// `single`: ResolveBoolean of --flag; `bulk`: ResolveAll (every flag of the set).
+        #[arg(long, value_enum, default_value_t = WorkloadArg::Single)]
+        workload: WorkloadArg,
+        /// The boolean flag for `single`.
+        #[arg(long, default_value = "welcome-banner")]
+        flag: String,
+        /// HTTP/2 connections to spread the clients over.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Concurrent clients (requests in flight).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds to measure, after one second of warm-up.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Requests per second across all clients (open loop).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Distinct targeting keys to cycle through.
+        #[arg(long, default_value_t = 100_000)]
+        users: u32,
+    },
     /// Check a flag file and report every problem; exit 1 if there is any.
     Validate {
         /// Flag-definition files.
@@ -77,6 +105,12 @@ pub enum FractionalArg {
     Cbor,
     String,
     Legacy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadArg {
+    Single,
+    Bulk,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

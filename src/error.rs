@@ -22,6 +22,8 @@ pub enum CliError {
     Config(#[from] bunting::config::ConfigError),
     #[error(transparent)]
     Server(#[from] bunting::server::ServerError),
+    #[error(transparent)]
+    Load(#[from] bunting::loadgen::LoadError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot write output: {0}")]

@@ -4,6 +4,7 @@
 mod closing;
 pub mod config;
 pub mod feed;
+pub mod loadgen;
 pub mod metrics_http;
 pub mod server;
 pub mod service;

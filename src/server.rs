@@ -187,7 +187,7 @@ impl BoundServer {
                 evaluator.clone(),
             )))
             .add_service(FlagSyncServiceServer::new(FlagdSync(evaluator)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), async move {
+            .serve_with_incoming_shutdown(incoming(self.grpc), async move {
                 shutdown.await;
                 tracing::info!("shutting down: closing streams, draining requests");
                 let _ = closing_tx.send(true);
@@ -198,6 +198,19 @@ impl BoundServer {
         self.node.shutdown().await;
         served.map_err(ServerError::from)
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: small gRPC frames must leave at once, or a
+/// request waits ~40 ms for the peer's delayed ACK.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Binds and serves: what `bunting serve` runs.
