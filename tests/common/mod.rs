@@ -1,0 +1,232 @@
+//! The real `bunting serve`, started for tests that drive it with other programs (the stock
+//! OpenFeature clients): a config file written to a scratch directory, free loopback ports, a wait
+//! until the gRPC port accepts connections, and a guard that kills the process however the test
+//! ends.
+
+// Each test crate compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to start accepting connections. Start-up takes well under a second;
+/// this only bounds how long a broken start can hang a test.
+const START_PATIENCE: Duration = Duration::from_secs(20);
+
+/// How often a node is restarted on fresh ports when another process took one of the ports
+/// between choosing it and the node binding it.
+const START_ATTEMPTS: usize = 3;
+
+pub fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh, empty directory under target/tmp, unique to this process and `label`.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A child process that is killed and reaped when dropped, so a failing assertion or a panic
+/// never leaves it running.
+#[derive(Debug)]
+pub struct Guarded {
+    child: Child,
+}
+
+impl Guarded {
+    pub fn spawn(mut command: Command, what: &str) -> Guarded {
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Guarded { child }
+    }
+
+    /// `Some(status)` if the process has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits for the process to end; kills it and returns `None` if it runs longer than `limit`.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        // Fails only if the process has already ended, which is what we want anyway.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// How to run a node: a flag file and the few settings the tests vary.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    flags: PathBuf,
+    fractional: &'static str,
+    broken_flags: &'static str,
+}
+
+impl Serve {
+    /// The node's embedded defaults (`fractional = "cbor"`, `broken_flags = "refuse"`) on `flags`.
+    pub fn new(flags: impl Into<PathBuf>) -> Serve {
+        Serve {
+            flags: flags.into(),
+            fractional: "cbor",
+            broken_flags: "refuse",
+        }
+    }
+
+    pub fn fractional(mut self, mode: &'static str) -> Serve {
+        self.fractional = mode;
+        self
+    }
+
+    pub fn broken_flags(mut self, what: &'static str) -> Serve {
+        self.broken_flags = what;
+        self
+    }
+
+    /// Starts `bunting serve` with a config file written to `dir` and returns once its gRPC port
+    /// accepts connections. The node's output goes to `dir/node.log`.
+    pub fn start(&self, dir: &Path) -> Node {
+        let mut problems = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            match self.try_start(dir, attempt) {
+                Ok(node) => return node,
+                Err(problem) => problems.push(problem),
+            }
+        }
+        panic!(
+            "bunting serve did not start in {START_ATTEMPTS} attempts:\n{}",
+            problems.join("\n---\n")
+        );
+    }
+
+    fn try_start(&self, dir: &Path, attempt: usize) -> Result<Node, String> {
+        let (grpc_port, metrics_port) = free_ports();
+        let config = dir.join(format!("node-{attempt}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "grpc_addr = \"127.0.0.1:{grpc_port}\"\n\
+                 metrics_addr = \"127.0.0.1:{metrics_port}\"\n\
+                 fractional = \"{}\"\n\
+                 [flags]\n\
+                 source = \"file\"\n\
+                 path = {}\n\
+                 broken_flags = \"{}\"\n",
+                self.fractional,
+                toml_string(&self.flags),
+                self.broken_flags,
+            ),
+        )
+        .unwrap();
+        let log_path = dir.join(format!("node-{attempt}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bunting"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(workspace())
+            // Plain log lines: they are read by people in test failures, not by a terminal.
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let mut process = Guarded::spawn(command, "bunting serve");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, grpc_port));
+        let deadline = Instant::now() + START_PATIENCE;
+        loop {
+            if let Some(status) = process.exited() {
+                return Err(format!(
+                    "bunting serve exited ({status}) before accepting connections:\n{}",
+                    read_log(&log_path)
+                ));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                // The port could in principle belong to a process that took it first; the node
+                // then fails to bind and exits, which the check above catches on the next try.
+                std::thread::sleep(Duration::from_millis(50));
+                if process.exited().is_none() {
+                    return Ok(Node {
+                        process,
+                        grpc_port,
+                        log: log_path,
+                    });
+                }
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "bunting serve did not accept connections on {addr} within {START_PATIENCE:?}:\n{}",
+                    read_log(&log_path)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A running node; killed when dropped.
+#[derive(Debug)]
+pub struct Node {
+    process: Guarded,
+    grpc_port: u16,
+    log: PathBuf,
+}
+
+impl Node {
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
+    /// Everything the node has logged so far, for failure messages.
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+}
+
+/// Two distinct free loopback ports. Both listeners are held until both ports are known, then
+/// released for the node to bind.
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let b = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+/// A path as a TOML basic string (JSON's escaping is valid TOML for any path).
+fn toml_string(path: &Path) -> String {
+    serde_json::to_string(&path.display().to_string()).unwrap()
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()))
+}
