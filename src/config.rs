@@ -64,6 +64,10 @@ pub struct Config {
     pub max_context_bytes: usize,
     /// Requests admitted at once; more wait. Bounds the work in the actors' unbounded mailboxes.
     pub max_concurrent_requests: usize,
+    /// The most evaluations (subjects × flags) one `bunting.v1.Evaluation/EvaluateBulk` call may
+    /// ask for; a larger call is refused with INVALID_ARGUMENT. Bounds the work and the response
+    /// size one admitted request can cause.
+    pub max_bulk_evaluations: usize,
     pub fractional: FractionalConfig,
     pub flags: FlagSourceConfig,
     pub tls: Option<TlsConfig>,
@@ -78,6 +82,7 @@ impl Default for Config {
             default_set: default_set(),
             max_context_bytes: 64 * 1024,
             max_concurrent_requests: 4096,
+            max_bulk_evaluations: 10_000,
             fractional: FractionalConfig::default(),
             flags: FlagSourceConfig::File {
                 path: PathBuf::from("cluster-config/flags.json"),
@@ -128,6 +133,9 @@ impl Config {
         }
         if self.max_concurrent_requests == 0 {
             return Err("max_concurrent_requests must be at least 1".to_owned());
+        }
+        if self.max_bulk_evaluations == 0 {
+            return Err("max_bulk_evaluations must be at least 1".to_owned());
         }
         if self.grpc_addr == self.metrics_addr && self.grpc_addr.port() != 0 {
             return Err(format!(

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use bunting_actors::{Node, NodeConfig, NodeError};
 use bunting_engine::{CompileOptions, Dialect, FractionalMode};
+use bunting_proto::bunting::v1::admin_server::AdminServer;
+use bunting_proto::bunting::v1::evaluation_server::EvaluationServer;
 use bunting_proto::flagd::evaluation::{v1, v2};
 use bunting_proto::flagd::sync::v1::flag_sync_service_server::FlagSyncServiceServer;
 use tokio::net::TcpListener;
@@ -17,7 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::{Config, FlagSourceConfig, FractionalConfig};
 use crate::feed::{self, Feed};
 use crate::metrics_http;
-use crate::service::{Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate};
+use crate::service::{Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate};
 use crate::store::file::{FileOptions, FileSource, FileSourceError};
 use crate::store::postgres::{PostgresSettings, PostgresStore};
 use crate::store::{AdminStore, StoreError};
@@ -51,6 +53,8 @@ pub struct BoundServer {
     metrics_addr: SocketAddr,
     node: Arc<Node>,
     feed: Feed,
+    /// The admin API's store: the one the feed follows, `None` for a file source.
+    store: Option<Arc<dyn AdminStore>>,
 }
 
 pub fn compile_options(config: &Config) -> CompileOptions {
@@ -68,7 +72,7 @@ pub fn compile_options(config: &Config) -> CompileOptions {
 pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     metrics_http::handle();
     let options = compile_options(&config);
-    let (catalog, feed) = match &config.flags {
+    let (catalog, feed, admin_store) = match &config.flags {
         FlagSourceConfig::File {
             path,
             set,
@@ -89,6 +93,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
                     set: set.as_str().into(),
                     watch: source.watch(),
                 },
+                None,
             )
         }
         FlagSourceConfig::Postgres { url, version_check } => {
@@ -105,10 +110,11 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             (
                 catalog,
                 Feed::Store {
-                    store,
+                    store: store.clone(),
                     options,
                     version_check: *version_check,
                 },
+                Some(store),
             )
         }
     };
@@ -142,6 +148,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         metrics_addr,
         node,
         feed,
+        store: admin_store,
     })
 }
 
@@ -165,6 +172,8 @@ impl BoundServer {
             self.config.max_context_bytes,
         );
         let evaluator = Evaluator::new(self.node.clone(), gate, closing);
+        let bulk = BulkEvaluation::new(evaluator.clone(), self.config.max_bulk_evaluations);
+        let admin = Admin::new(self.store.clone(), &self.config.flags);
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.config.tls {
             let cert = std::fs::read(&tls.cert)
@@ -187,6 +196,8 @@ impl BoundServer {
                 evaluator.clone(),
             )))
             .add_service(FlagSyncServiceServer::new(FlagdSync(evaluator)))
+            .add_service(EvaluationServer::new(bulk))
+            .add_service(AdminServer::new(admin))
             .serve_with_incoming_shutdown(incoming(self.grpc), async move {
                 shutdown.await;
                 tracing::info!("shutting down: closing streams, draining requests");

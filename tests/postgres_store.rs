@@ -133,7 +133,11 @@ async fn next_notice(subscription: &mut Subscription) -> ChangeNotice {
 }
 
 async fn audit_count(store: &PostgresStore) -> usize {
-    store.list_audit(None, None, 1000).await.unwrap().len()
+    store
+        .list_audit(None, None, None, 1000)
+        .await
+        .unwrap()
+        .len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,14 +159,15 @@ async fn writes_bump_flag_and_set_versions() {
     );
 
     let created = store
-        .create_flag("default", "banner", flag("off"), "ada")
+        .create_flag("default", "banner", flag("off"), None, "ada")
         .await
         .unwrap();
     assert_eq!(created.version, 1);
+    assert_eq!(created.flag_set_version, 2);
     assert_eq!(created.definition, flag("off"));
     assert_eq!(store.get_flag_set("default").await.unwrap().version, 2);
     let duplicate = store
-        .create_flag("default", "banner", flag("on"), "ada")
+        .create_flag("default", "banner", flag("on"), None, "ada")
         .await;
     assert!(
         matches!(duplicate, Err(StoreError::AlreadyExists { .. })),
@@ -174,6 +179,7 @@ async fn writes_bump_flag_and_set_versions() {
         .await
         .unwrap();
     assert_eq!(updated.version, 2);
+    assert_eq!(updated.flag_set_version, 3);
     assert!(updated.updated_at >= created.updated_at);
     assert_eq!(store.get_flag("default", "banner").await.unwrap(), updated);
 
@@ -207,17 +213,19 @@ async fn writes_bump_flag_and_set_versions() {
         .await
         .unwrap();
     assert_eq!(after_delete, 5);
-    assert!(store.list_flags("default").await.unwrap().is_empty());
+    assert!(store.list_flags("default").await.unwrap().flags.is_empty());
     let gone = store.get_flag("default", "banner").await;
     assert!(matches!(gone, Err(StoreError::NotFound { .. })), "{gone:?}");
 
     // A re-created flag keeps counting: a writer holding the old version 1 cannot overwrite it.
     let recreated = store
-        .create_flag("default", "banner", flag("off"), "ada")
+        .create_flag("default", "banner", flag("off"), None, "ada")
         .await
         .unwrap();
     assert_eq!(recreated.version, 4);
-    assert_eq!(store.list_flags("default").await.unwrap(), vec![recreated]);
+    let listed = store.list_flags("default").await.unwrap();
+    assert_eq!(listed.flag_set_version, 6);
+    assert_eq!(listed.flags, vec![recreated]);
 
     let deleted_at = store.delete_flag_set("default", 6, "ada").await.unwrap();
     assert_eq!(deleted_at, 7);
@@ -235,7 +243,8 @@ async fn writes_bump_flag_and_set_versions() {
         .await
         .unwrap();
     assert_eq!(reborn.version, 8);
-    assert!(store.list_flags("default").await.unwrap().is_empty());
+    let listed = store.list_flags("default").await.unwrap();
+    assert_eq!((listed.flag_set_version, listed.flags.len()), (8, 0));
     assert_eq!(store.list_flag_sets().await.unwrap(), vec![reborn]);
 }
 
@@ -248,7 +257,7 @@ async fn a_stale_expected_version_is_refused_and_nothing_is_written() {
         .await
         .unwrap();
     store
-        .create_flag("default", "banner", flag("off"), "ada")
+        .create_flag("default", "banner", flag("off"), None, "ada")
         .await
         .unwrap();
     store
@@ -289,6 +298,18 @@ async fn a_stale_expected_version_is_refused_and_nothing_is_written() {
         stale_set_delete,
         Err(StoreError::VersionConflict { .. })
     ));
+    // A create guarded by the set's version it was computed from.
+    let stale_create = store
+        .create_flag("default", "other", flag("on"), Some(2), "grace")
+        .await;
+    assert!(matches!(
+        stale_create,
+        Err(StoreError::VersionConflict {
+            expected: 2,
+            actual: 3,
+            ..
+        })
+    ));
 
     assert_eq!(store.snapshot("default").await.unwrap(), before);
     assert_eq!(
@@ -317,7 +338,7 @@ async fn of_two_concurrent_writers_at_one_version_exactly_one_wins() {
         .await
         .unwrap();
     store
-        .create_flag("default", "banner", flag("off"), "ada")
+        .create_flag("default", "banner", flag("off"), None, "ada")
         .await
         .unwrap();
     let writes = (0..4).map(|i| {
@@ -367,7 +388,7 @@ async fn an_invalid_definition_is_refused_with_its_problems_and_nothing_is_writt
         "targeting": {"if": [{"$ref": "staff"}, "on"]},
     });
     store
-        .create_flag("default", "banner", good.clone(), "ada")
+        .create_flag("default", "banner", good.clone(), None, "ada")
         .await
         .unwrap();
     let before = store.snapshot("default").await.unwrap();
@@ -399,7 +420,7 @@ async fn an_invalid_definition_is_refused_with_its_problems_and_nothing_is_writt
     }
 
     let refused_create = store
-        .create_flag("default", "other", bad.clone(), "grace")
+        .create_flag("default", "other", bad.clone(), None, "grace")
         .await;
     assert!(matches!(refused_create, Err(StoreError::Invalid { .. })));
 
@@ -419,7 +440,7 @@ async fn an_invalid_definition_is_refused_with_its_problems_and_nothing_is_writt
         other => panic!("expected Invalid, got {other:?}"),
     }
 
-    let empty_key = store.create_flag("default", "", good, "grace").await;
+    let empty_key = store.create_flag("default", "", good, None, "grace").await;
     assert!(matches!(empty_key, Err(StoreError::Invalid { .. })));
 
     assert_eq!(store.snapshot("default").await.unwrap(), before);
@@ -446,7 +467,7 @@ async fn every_write_is_audited_with_who_when_before_and_after() {
         .await
         .unwrap();
     store
-        .create_flag("default", "banner", flag("off"), "grace")
+        .create_flag("default", "banner", flag("off"), None, "grace")
         .await
         .unwrap();
     store
@@ -459,7 +480,10 @@ async fn every_write_is_audited_with_who_when_before_and_after() {
         .unwrap();
     let end = Utc::now() + chrono::Duration::seconds(5);
 
-    let log = store.list_audit(Some("default"), None, 10).await.unwrap();
+    let log = store
+        .list_audit(Some("default"), None, None, 10)
+        .await
+        .unwrap();
     let summary: Vec<(AuditAction, Option<&str>, &str, i64)> = log
         .iter()
         .map(|e| {
@@ -500,16 +524,27 @@ async fn every_write_is_audited_with_who_when_before_and_after() {
     );
 
     // Pages: newest first, cut by the last id seen.
-    let first = store.list_audit(Some("default"), None, 2).await.unwrap();
+    let first = store
+        .list_audit(Some("default"), None, None, 2)
+        .await
+        .unwrap();
     let second = store
-        .list_audit(Some("default"), Some(first[1].id), 2)
+        .list_audit(Some("default"), None, Some(first[1].id), 2)
         .await
         .unwrap();
     assert_eq!([first, second].concat(), log);
-    assert_eq!(store.list_audit(None, None, 10).await.unwrap().len(), 5);
+    assert_eq!(
+        store.list_audit(None, None, None, 10).await.unwrap().len(),
+        5
+    );
+    let banner = store
+        .list_audit(Some("default"), Some("banner"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(banner, log[..3]);
     assert_eq!(
         store
-            .list_audit(Some("other"), None, 10)
+            .list_audit(Some("other"), None, None, 10)
             .await
             .unwrap()
             .len(),
@@ -518,11 +553,14 @@ async fn every_write_is_audited_with_who_when_before_and_after() {
 
     // Deleting a set keeps its whole document in the log.
     store
-        .create_flag("other", "x", flag("on"), "ada")
+        .create_flag("other", "x", flag("on"), None, "ada")
         .await
         .unwrap();
     store.delete_flag_set("other", 2, "ada").await.unwrap();
-    let last = &store.list_audit(Some("other"), None, 1).await.unwrap()[0];
+    let last = &store
+        .list_audit(Some("other"), None, None, 1)
+        .await
+        .unwrap()[0];
     assert_eq!(last.action, AuditAction::Delete);
     assert_eq!(
         last.before,
@@ -542,7 +580,7 @@ async fn a_change_written_by_another_store_is_notified() {
         .await
         .unwrap();
     writer
-        .create_flag("default", "banner", flag("off"), "ada")
+        .create_flag("default", "banner", flag("off"), None, "ada")
         .await
         .unwrap();
     // A refused write notifies nothing: the next notice is the delete's.
@@ -650,7 +688,7 @@ async fn a_server_going_away_makes_calls_unavailable_with_the_cause() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
     let write = store
-        .create_flag("default", "banner", flag("on"), "ada")
+        .create_flag("default", "banner", flag("on"), None, "ada")
         .await;
     assert!(
         matches!(write, Err(StoreError::Unavailable { .. })),

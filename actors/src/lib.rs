@@ -22,7 +22,7 @@ pub use catalog::{Catalog, Update};
 pub use error::NodeError;
 pub use node::{Node, NodeConfig};
 pub use resolved::ResolvedFlag;
-pub use shard::ResolveRequest;
+pub use shard::{BulkRequest, ResolveRequest};
 pub use shard_key::shard_of;
 
 #[cfg(test)]

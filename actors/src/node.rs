@@ -5,15 +5,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use bunting_engine::{EvaluationContext, ResolveError};
+use bunting_engine::{EvaluationContext, FlagSet, ResolveError};
+use ractor::concurrency::{OneshotReceiver, oneshot};
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef, MessagingErr};
+use ractor::{Actor, ActorRef, MessagingErr, RpcReplyPort};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::catalog::{Catalog, Update};
 use crate::error::NodeError;
 use crate::resolved::ResolvedFlag;
-use crate::shard::{ResolveRequest, ShardMsg};
+use crate::shard::{BulkRequest, ResolveRequest, ShardMsg};
 use crate::shard_key::shard_of;
 use crate::supervisor::{NodeSupervisor, ShardSlots, SupervisorArgs, SupervisorMsg};
 
@@ -125,6 +127,35 @@ impl Node {
         .await
     }
 
+    /// Resolves `keys` of the pinned `flags` for each subject, each through its owning shard's
+    /// mailbox: one message per subject. Every message is sent before any answer is awaited, so
+    /// the shards work in parallel, and the batch shares one deadline. Answers come back in
+    /// subject order, one `Vec` per subject in the order of `keys`.
+    pub async fn resolve_bulk(
+        &self,
+        flags: Arc<FlagSet>,
+        keys: Arc<[String]>,
+        contexts: Vec<EvaluationContext>,
+    ) -> Result<Vec<Vec<ResolvedFlag>>, NodeError> {
+        let deadline = Instant::now() + self.config.call_timeout;
+        let mut pending = Vec::with_capacity(contexts.len());
+        for context in contexts {
+            let shard = self.shard_for(&context);
+            let request = BulkRequest {
+                flags: flags.clone(),
+                keys: keys.clone(),
+                context,
+            };
+            let answer = self.send(shard, |reply| ShardMsg::ResolveMany(request, reply))?;
+            pending.push((shard, answer));
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for (shard, answer) in pending {
+            answers.push(self.receive(shard, answer, deadline).await?);
+        }
+        Ok(answers)
+    }
+
     /// Applies a change and waits until every shard has been sent the new catalog. `Ok(false)`
     /// when the change was not newer than what the node serves.
     pub async fn apply(&self, update: Update) -> Result<bool, NodeError> {
@@ -150,24 +181,29 @@ impl Node {
     async fn call<R: Send + 'static>(
         &self,
         shard: u32,
-        message: impl FnOnce(ractor::RpcReplyPort<R>) -> ShardMsg,
+        message: impl FnOnce(RpcReplyPort<R>) -> ShardMsg,
     ) -> Result<R, NodeError> {
+        let deadline = Instant::now() + self.config.call_timeout;
+        let answer = self.send(shard, message)?;
+        self.receive(shard, answer, deadline).await
+    }
+
+    /// Puts a message with a reply port in the shard's mailbox, without waiting for the answer.
+    fn send<R: Send + 'static>(
+        &self,
+        shard: u32,
+        message: impl FnOnce(RpcReplyPort<R>) -> ShardMsg,
+    ) -> Result<OneshotReceiver<R>, NodeError> {
         let unavailable = |reason: String| NodeError::ShardUnavailable { shard, reason };
         let actor = self
             .slots
             .get(shard)
             .ok_or_else(|| unavailable("no such shard".to_owned()))?;
+        let (reply, answer) = oneshot();
         let depth = &self.slots.depths[shard as usize];
         depth.fetch_add(1, Ordering::Relaxed);
-        match actor.call(message, Some(self.config.call_timeout)).await {
-            Ok(CallResult::Success(answer)) => Ok(answer),
-            Ok(CallResult::Timeout) => Err(unavailable(format!(
-                "no answer within {:?}",
-                self.config.call_timeout
-            ))),
-            Ok(CallResult::SenderError) => Err(unavailable(
-                "the shard stopped before answering (it is being restarted)".to_owned(),
-            )),
+        match actor.cast(message(reply.into())) {
+            Ok(()) => Ok(answer),
             Err(MessagingErr::SendErr(_) | MessagingErr::ChannelClosed) => {
                 depth.fetch_sub(1, Ordering::Relaxed);
                 Err(unavailable("the shard is restarting".to_owned()))
@@ -176,6 +212,27 @@ impl Node {
                 depth.fetch_sub(1, Ordering::Relaxed);
                 Err(unavailable(other.to_string()))
             }
+        }
+    }
+
+    /// Waits for the answer to a message [`Node::send`] put in `shard`'s mailbox.
+    async fn receive<R>(
+        &self,
+        shard: u32,
+        answer: OneshotReceiver<R>,
+        deadline: Instant,
+    ) -> Result<R, NodeError> {
+        let unavailable = |reason: String| NodeError::ShardUnavailable { shard, reason };
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(answer)) => Ok(answer),
+            // The reply port was dropped unanswered: the shard failed while the message waited.
+            Ok(Err(_)) => Err(unavailable(
+                "the shard stopped before answering (it is being restarted)".to_owned(),
+            )),
+            Err(_) => Err(unavailable(format!(
+                "no answer within {:?}",
+                self.config.call_timeout
+            ))),
         }
     }
 

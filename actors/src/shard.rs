@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bunting_engine::{ErrorCode, EvaluationContext, FlagType, ResolveError};
+use bunting_engine::{ErrorCode, EvaluationContext, FlagSet, FlagType, ResolveError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::catalog::Catalog;
@@ -21,8 +21,24 @@ pub struct ResolveRequest {
     pub context: EvaluationContext,
 }
 
+/// Several flags for one subject, untyped, against a flag set the caller pinned: bulk
+/// evaluation's unit of work, so one mailbox round trip serves one subject.
+#[derive(Debug, Clone)]
+pub struct BulkRequest {
+    /// The flag set to evaluate, chosen once by the caller for the whole batch. Shards install a
+    /// new catalog one after another, so two shards may briefly hold different versions; evaluating
+    /// the pinned set keeps every subject of one batch on one version.
+    pub flags: Arc<FlagSet>,
+    /// The keys to resolve, in the order the answers come back. Shared by every subject of the
+    /// batch, so the list is not copied per subject.
+    pub keys: Arc<[String]>,
+    pub context: EvaluationContext,
+}
+
 pub enum ShardMsg {
     Resolve(ResolveRequest, RpcReplyPort<ResolvedFlag>),
+    /// One answer per key of the request, in its order.
+    ResolveMany(BulkRequest, RpcReplyPort<Vec<ResolvedFlag>>),
     /// Every flag of a set for one subject, in key order.
     ResolveAll {
         set: Option<Arc<str>>,
@@ -40,6 +56,7 @@ impl std::fmt::Debug for ShardMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ShardMsg::Resolve(r, _) => write!(f, "Resolve({:?})", r.key),
+            ShardMsg::ResolveMany(r, _) => write!(f, "ResolveMany({} keys)", r.keys.len()),
             ShardMsg::ResolveAll { set, .. } => write!(f, "ResolveAll({set:?})"),
             ShardMsg::Install(c) => write!(f, "Install({:?})", c.changed_at()),
             #[cfg(test)]
@@ -115,6 +132,15 @@ impl Actor for Shard {
                     Err(e) => ResolvedFlag::failed(e),
                 };
                 // The caller may have given up (timeout, cancelled RPC); nothing to do then.
+                let _ = reply.send(answer);
+            }
+            ShardMsg::ResolveMany(request, reply) => {
+                state.depth.fetch_sub(1, Ordering::Relaxed);
+                let answer = request
+                    .keys
+                    .iter()
+                    .map(|key| resolved::resolve(&request.flags, key, None, &request.context))
+                    .collect();
                 let _ = reply.send(answer);
             }
             ShardMsg::ResolveAll {

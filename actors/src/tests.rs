@@ -132,3 +132,54 @@ async fn a_failed_shard_is_restarted_with_the_current_catalog() {
     }
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn bulk_resolves_each_subject_on_its_shard_in_order() {
+    let node = node_with("red").await;
+    let keys: Arc<[String]> = ["pro", "missing", "colour"]
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    // Enough subjects to land on every shard; every other one is on the pro plan.
+    let contexts: Vec<EvaluationContext> = (0..64)
+        .map(|i| {
+            let plan = if i % 2 == 0 { "pro" } else { "free" };
+            EvaluationContext::new()
+                .with_targeting_key(format!("user-{i}"))
+                .with("plan", plan)
+        })
+        .collect();
+    let pinned = node.catalog().get("default").unwrap().clone();
+    let answers = node.resolve_bulk(pinned, keys, contexts).await.unwrap();
+    assert_eq!(answers.len(), 64);
+    for (i, answer) in answers.iter().enumerate() {
+        let [pro, missing, colour] = answer.as_slice() else {
+            panic!("subject {i}: {answer:?}");
+        };
+        assert_eq!(pro.value, Some(json!(i % 2 == 0)), "subject {i}");
+        assert_eq!(
+            missing.error.as_ref().map(|e| e.code),
+            Some(ErrorCode::FlagNotFound)
+        );
+        assert_eq!(missing.reason, Reason::Error);
+        assert_eq!(colour.value, Some(json!("red")));
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn bulk_evaluates_the_pinned_version_even_after_a_change() {
+    let node = node_with("red").await;
+    let pinned = node.catalog().get("default").unwrap().clone();
+    assert!(node.apply(put(2, "blue")).await.unwrap());
+    let keys: Arc<[String]> = Arc::from(vec!["colour".to_owned()]);
+    let contexts = (0..16)
+        .map(|i| EvaluationContext::new().with_targeting_key(format!("user-{i}")))
+        .collect();
+    let answers = node.resolve_bulk(pinned, keys, contexts).await.unwrap();
+    for answer in answers {
+        assert_eq!(answer[0].value, Some(json!("red")));
+        assert_eq!(answer[0].flag_set_version, 1);
+    }
+    node.shutdown().await;
+}

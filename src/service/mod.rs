@@ -1,11 +1,18 @@
-//! The gRPC services one node serves on its one port.
+//! The gRPC services one node serves on its one port: flagd's evaluation (v1, v2) and sync
+//! protocols, and Bunting's own `bunting.v1` Evaluation (bulk) and Admin.
 
+mod admin;
+mod admin_status;
+mod bulk;
 mod evaluator;
 mod events;
 mod flagd_evaluation;
 mod flagd_sync;
 mod request;
 
+pub use admin::{Admin, DEFAULT_AUDIT_PAGE};
+pub use admin_status::{MAX_FLAG_KEY_CHARS, MAX_FLAG_SET_ID_CHARS};
+pub use bulk::BulkEvaluation;
 pub use evaluator::Evaluator;
 pub use events::changed_flags;
 pub use flagd_evaluation::{FlagdV1, FlagdV2};

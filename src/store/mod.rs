@@ -54,8 +54,19 @@ pub struct FlagRecord {
     pub definition: Value,
     /// Bumped by every write to this flag; what `expected_version` is checked against.
     pub version: i64,
+    /// The flag set's version as of this record: the version the write that returned it produced,
+    /// or the set's version at the read.
+    pub flag_set_version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A set's live flags from one read, with the set's version at that read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagList {
+    pub flag_set_version: i64,
+    /// By key.
+    pub flags: Vec<FlagRecord>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,11 +266,13 @@ pub trait AdminStore: Send + Sync + fmt::Debug {
     /// Every live set, by id.
     async fn list_flag_sets(&self) -> Result<Vec<FlagSetRecord>, StoreError>;
 
+    /// Adds a flag. With `expected_flag_set_version`, only if the set is still at that version.
     async fn create_flag(
         &self,
         flag_set: &str,
         key: &str,
         definition: Value,
+        expected_flag_set_version: Option<i64>,
         actor: &str,
     ) -> Result<FlagRecord, StoreError>;
 
@@ -283,13 +296,15 @@ pub trait AdminStore: Send + Sync + fmt::Debug {
 
     async fn get_flag(&self, flag_set: &str, key: &str) -> Result<FlagRecord, StoreError>;
 
-    /// The set's live flags, by key.
-    async fn list_flags(&self, flag_set: &str) -> Result<Vec<FlagRecord>, StoreError>;
+    /// The set's live flags, by key, and its version, from one consistent read.
+    async fn list_flags(&self, flag_set: &str) -> Result<FlagList, StoreError>;
 
-    /// Newest first. `before_id` pages: pass the last id of the previous page.
+    /// Newest first; `flag_set` and `flag_key` each narrow it when given. `before_id` pages: pass
+    /// the last id of the previous page.
     async fn list_audit(
         &self,
         flag_set: Option<&str>,
+        flag_key: Option<&str>,
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError>;

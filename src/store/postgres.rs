@@ -24,8 +24,8 @@ use sqlx::{Connection, FromRow};
 
 use super::document::{self, check_name};
 use super::{
-    AdminStore, AuditAction, AuditEntry, FlagRecord, FlagSetFields, FlagSetRecord, FlagSetSnapshot,
-    StoreError, Subscription,
+    AdminStore, AuditAction, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord,
+    FlagSetSnapshot, StoreError, Subscription,
 };
 
 /// The channel every write notifies, with `{"flag_set", "version", "at", "deleted"}` as payload.
@@ -266,11 +266,15 @@ impl PostgresStore {
         flag_set: &str,
         key: &str,
         definition: &Value,
+        expected_flag_set_version: Option<i64>,
         actor: &str,
     ) -> Result<FlagRecord, Failure> {
         check_name("key", key)?;
         let mut tx = self.pool.begin().await?;
         let set = lock_set(&mut tx, flag_set).await?;
+        if let Some(expected) = expected_flag_set_version {
+            check_version(set_name(flag_set), expected, set.version)?;
+        }
         let flags = live_flags(&mut tx, flag_set).await?;
         if flags.iter().any(|f| f.key == key) {
             return Err(StoreError::AlreadyExists {
@@ -298,8 +302,8 @@ impl PostgresStore {
         .bind(Json(definition))
         .fetch_one(&mut *tx)
         .await?;
-        let record = FlagRecord::from(row);
         let (version, at) = bump_set(&mut tx, flag_set).await?;
+        let record = row.at(version);
         let change = Change {
             flag_set,
             flag_key: Some(key),
@@ -344,8 +348,8 @@ impl PostgresStore {
         .bind(Json(definition))
         .fetch_one(&mut *tx)
         .await?;
-        let record = FlagRecord::from(row);
         let (version, at) = bump_set(&mut tx, flag_set).await?;
+        let record = row.at(version);
         let change = Change {
             flag_set,
             flag_key: Some(key),
@@ -428,9 +432,12 @@ impl PostgresStore {
     }
 
     async fn try_get_flag(&self, flag_set: &str, key: &str) -> Result<FlagRecord, Failure> {
-        let row: Option<FlagRow> = sqlx::query_as(
-            "SELECT flag_set_id, key, definition, version, created_at, updated_at
-             FROM flags WHERE flag_set_id = $1 AND key = $2 AND deleted_at IS NULL",
+        let row: Option<FlagAtRow> = sqlx::query_as(
+            "SELECT f.flag_set_id, f.key, f.definition, f.version, f.created_at, f.updated_at,
+                    s.version AS flag_set_version
+             FROM flags f JOIN flag_sets s ON s.id = f.flag_set_id
+             WHERE f.flag_set_id = $1 AND f.key = $2 AND f.deleted_at IS NULL
+                 AND s.deleted_at IS NULL",
         )
         .bind(flag_set)
         .bind(key)
@@ -439,29 +446,40 @@ impl PostgresStore {
         let row = row.ok_or_else(|| StoreError::NotFound {
             what: flag_name(flag_set, key),
         })?;
-        Ok(row.into())
+        Ok(row.flag.at(row.flag_set_version))
     }
 
-    async fn try_list_flags(&self, flag_set: &str) -> Result<Vec<FlagRecord>, Failure> {
-        let rows: Vec<FlagRow> = sqlx::query_as(
-            "SELECT f.flag_set_id, f.key, f.definition, f.version, f.created_at, f.updated_at
-             FROM flags f JOIN flag_sets s ON s.id = f.flag_set_id
-             WHERE s.id = $1 AND s.deleted_at IS NULL AND f.deleted_at IS NULL
+    /// One statement, so the flags and the version are from the same moment. The outer join gives
+    /// a live set without flags one row of NULLs, which tells it from a missing set.
+    async fn try_list_flags(&self, flag_set: &str) -> Result<FlagList, Failure> {
+        let rows: Vec<ListRow> = sqlx::query_as(
+            "SELECT s.version AS flag_set_version, f.flag_set_id, f.key, f.definition, f.version,
+                    f.created_at, f.updated_at
+             FROM flag_sets s
+             LEFT JOIN flags f ON f.flag_set_id = s.id AND f.deleted_at IS NULL
+             WHERE s.id = $1 AND s.deleted_at IS NULL
              ORDER BY f.key",
         )
         .bind(flag_set)
         .fetch_all(&self.pool)
         .await?;
-        // No flags: tell an empty set from a missing one.
-        if rows.is_empty() {
-            self.try_get_flag_set(flag_set).await?;
-        }
-        Ok(rows.into_iter().map(Into::into).collect())
+        let flag_set_version = rows
+            .first()
+            .map(|row| row.flag_set_version)
+            .ok_or_else(|| StoreError::NotFound {
+                what: set_name(flag_set),
+            })?;
+        let flags = rows.into_iter().filter_map(ListRow::into_record).collect();
+        Ok(FlagList {
+            flag_set_version,
+            flags,
+        })
     }
 
     async fn try_list_audit(
         &self,
         flag_set: Option<&str>,
+        flag_key: Option<&str>,
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, Failure> {
@@ -469,11 +487,13 @@ impl PostgresStore {
             "SELECT id, flag_set_id, flag_key, action, actor, occurred_at, before_value,
                     after_value, flag_set_version
              FROM audit_log
-             WHERE ($1::text IS NULL OR flag_set_id = $1) AND ($2::bigint IS NULL OR id < $2)
+             WHERE ($1::text IS NULL OR flag_set_id = $1) AND ($2::text IS NULL OR flag_key = $2)
+                 AND ($3::bigint IS NULL OR id < $3)
              ORDER BY id DESC
-             LIMIT $3",
+             LIMIT $4",
         )
         .bind(flag_set)
+        .bind(flag_key)
         .bind(before_id)
         .bind(i64::from(limit.min(MAX_AUDIT_PAGE)))
         .fetch_all(&self.pool)
@@ -551,10 +571,11 @@ impl AdminStore for PostgresStore {
         flag_set: &str,
         key: &str,
         definition: Value,
+        expected_flag_set_version: Option<i64>,
         actor: &str,
     ) -> Result<FlagRecord, StoreError> {
         let result = self
-            .try_create_flag(flag_set, key, &definition, actor)
+            .try_create_flag(flag_set, key, &definition, expected_flag_set_version, actor)
             .await;
         self.done(result).await
     }
@@ -591,7 +612,7 @@ impl AdminStore for PostgresStore {
         self.done(result).await
     }
 
-    async fn list_flags(&self, flag_set: &str) -> Result<Vec<FlagRecord>, StoreError> {
+    async fn list_flags(&self, flag_set: &str) -> Result<FlagList, StoreError> {
         let result = self.try_list_flags(flag_set).await;
         self.done(result).await
     }
@@ -599,10 +620,13 @@ impl AdminStore for PostgresStore {
     async fn list_audit(
         &self,
         flag_set: Option<&str>,
+        flag_key: Option<&str>,
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let result = self.try_list_audit(flag_set, before_id, limit).await;
+        let result = self
+            .try_list_audit(flag_set, flag_key, before_id, limit)
+            .await;
         self.done(result).await
     }
 
@@ -832,16 +856,51 @@ struct FlagRow {
     updated_at: DateTime<Utc>,
 }
 
-impl From<FlagRow> for FlagRecord {
-    fn from(row: FlagRow) -> Self {
+impl FlagRow {
+    /// The record, stamped with the set's version it was written or read at.
+    fn at(self, flag_set_version: i64) -> FlagRecord {
         FlagRecord {
-            flag_set_id: row.flag_set_id,
-            key: row.key,
-            definition: row.definition.0,
-            version: row.version,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
+            flag_set_id: self.flag_set_id,
+            key: self.key,
+            definition: self.definition.0,
+            version: self.version,
+            flag_set_version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
         }
+    }
+}
+
+#[derive(FromRow)]
+struct FlagAtRow {
+    #[sqlx(flatten)]
+    flag: FlagRow,
+    flag_set_version: i64,
+}
+
+/// A row of the set-with-flags outer join: the flag's columns are NULL for a set without flags.
+#[derive(FromRow)]
+struct ListRow {
+    flag_set_version: i64,
+    flag_set_id: Option<String>,
+    key: Option<String>,
+    definition: Option<Json<Value>>,
+    version: Option<i64>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl ListRow {
+    fn into_record(self) -> Option<FlagRecord> {
+        Some(FlagRecord {
+            flag_set_id: self.flag_set_id?,
+            key: self.key?,
+            definition: self.definition?.0,
+            version: self.version?,
+            flag_set_version: self.flag_set_version,
+            created_at: self.created_at?,
+            updated_at: self.updated_at?,
+        })
     }
 }
 

@@ -1,0 +1,1055 @@
+//! Bunting's own API (`bunting.v1` Admin and Evaluation) on real nodes, started in-process with
+//! `bunting::server::bind` on free ports, against PostgreSQL at `BUNTING_TEST_DATABASE_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/test`; `scripts/test` starts it). Each test makes a
+//! database of its own and drops it at the end, as tests/postgres_store.rs does.
+//!
+//! Changes travel asynchronously (commit, NOTIFY, re-read, fan-out, stream): tests wait for them
+//! with a generous deadline and never assert how fast they arrive (benches/propagation.rs does).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bunting::config::{Config, FlagSourceConfig};
+use bunting::server::ServerError;
+use bunting::store::file::BrokenFlags;
+use bunting_proto::bunting::v1 as pb;
+use bunting_proto::bunting::v1::admin_client::AdminClient;
+use bunting_proto::bunting::v1::evaluation_client::EvaluationClient;
+use bunting_proto::bunting::v1::flag_result::Value as Resolved;
+use bunting_proto::flagd::evaluation::{v1, v2};
+use bunting_proto::flagd::sync::v1::SyncFlagsRequest;
+use bunting_proto::flagd::sync::v1::flag_sync_service_client::FlagSyncServiceClient;
+use bunting_proto::json::{json_to_struct, struct_to_json};
+use chrono::Utc;
+use prost_types::Struct;
+use serde_json::{Value, json};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+use tonic_types::StatusExt;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Long enough for any machine to deliver a change; tests wait this long only when something is
+/// already broken.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Nodes here repair missed notifications this rarely, so a change that arrives within a test
+/// arrived by LISTEN/NOTIFY.
+const NO_VERSION_CHECK: Duration = Duration::from_secs(3600);
+
+// ---------------------------------------------------------------------------------------------
+// A database per test
+// ---------------------------------------------------------------------------------------------
+
+/// A database created for one test, dropped (with its connections) when the test ends.
+struct TestDb {
+    name: String,
+    url: String,
+    server: PgConnectOptions,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let server_url =
+            std::env::var("BUNTING_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
+        let server: PgConnectOptions = server_url
+            .parse()
+            .unwrap_or_else(|e| panic!("BUNTING_TEST_DATABASE_URL {server_url:?}: {e}"));
+        let mut admin = PgConnection::connect_with(&server).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required for the node tests and is not reachable at {server_url}: \
+                 {e}\nstart it with scripts/test, or point BUNTING_TEST_DATABASE_URL at a server"
+            )
+        });
+        let name = format!(
+            "bunting_node_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            Utc::now().timestamp_micros()
+        );
+        admin
+            .execute(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        TestDb {
+            url: with_database(&server_url, &name),
+            name,
+            server,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop cannot await and the test's runtime may be unwinding: a thread and runtime of its
+        // own. FORCE closes whatever the nodes still hold open.
+        let server = self.server.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect_with(&server).await.unwrap();
+                admin
+                    .execute(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .await
+                    .unwrap();
+            });
+        })
+        .join();
+        if dropped.is_err() {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// `url` with its database (the path) replaced by `name`, query parameters kept.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nodes
+// ---------------------------------------------------------------------------------------------
+
+struct TestNode {
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    stop: oneshot::Sender<()>,
+    served: JoinHandle<Result<(), ServerError>>,
+}
+
+impl TestNode {
+    async fn start(config: Config) -> TestNode {
+        let bound = bunting::server::bind(config).await.unwrap();
+        let (grpc, metrics) = (bound.grpc_addr(), bound.metrics_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(bound.serve(async {
+            let _ = stopped.await;
+        }));
+        TestNode {
+            grpc,
+            metrics,
+            stop,
+            served,
+        }
+    }
+
+    async fn postgres(db: &TestDb) -> TestNode {
+        TestNode::start(postgres_config(db)).await
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    async fn bulk(&self) -> EvaluationClient<Channel> {
+        EvaluationClient::new(self.channel().await)
+    }
+
+    /// Stops the node with its shutdown future and waits for it to finish cleanly.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(PATIENCE, self.served)
+            .await
+            .expect("the node did not shut down")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The Prometheus text from the node's metrics endpoint.
+    async fn scrape(&self) -> String {
+        let mut socket = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        socket
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        socket.read_to_string(&mut response).await.unwrap();
+        response
+    }
+}
+
+fn base_config() -> Config {
+    Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        shards: 4,
+        ..Config::default()
+    }
+}
+
+fn postgres_config(db: &TestDb) -> Config {
+    Config {
+        flags: FlagSourceConfig::Postgres {
+            url: db.url.clone(),
+            version_check: NO_VERSION_CHECK,
+        },
+        ..base_config()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+fn structure(value: Value) -> Struct {
+    json_to_struct(value.as_object().unwrap()).unwrap()
+}
+
+fn banner(default_variant: &str) -> Value {
+    json!({
+        "state": "ENABLED",
+        "variants": {"on": true, "off": false},
+        "defaultVariant": default_variant,
+        "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "on", null]},
+    })
+}
+
+fn colour(value: &str) -> Value {
+    json!({"state": "ENABLED", "variants": {"c": value}, "defaultVariant": "c"})
+}
+
+async fn create_set(admin: &mut AdminClient<Channel>, id: &str) -> pb::FlagSet {
+    admin
+        .create_flag_set(pb::CreateFlagSetRequest {
+            id: id.into(),
+            metadata: Some(structure(json!({"team": "growth"}))),
+            evaluators: None,
+            actor: "ada".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flag_set
+        .unwrap()
+}
+
+async fn create_flag(
+    admin: &mut AdminClient<Channel>,
+    set: &str,
+    key: &str,
+    definition: &Value,
+) -> Result<pb::CreateFlagResponse, Status> {
+    admin
+        .create_flag(pb::CreateFlagRequest {
+            flag_set_id: set.into(),
+            key: key.into(),
+            definition: definition.to_string(),
+            expected_flag_set_version: 0,
+            actor: "ada".into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn update_flag(
+    admin: &mut AdminClient<Channel>,
+    set: &str,
+    key: &str,
+    definition: &Value,
+    expected_version: i64,
+    actor: &str,
+) -> Result<pb::UpdateFlagResponse, Status> {
+    admin
+        .update_flag(pb::UpdateFlagRequest {
+            flag_set_id: set.into(),
+            key: key.into(),
+            definition: definition.to_string(),
+            expected_version,
+            actor: actor.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn list_flags(admin: &mut AdminClient<Channel>, set: &str) -> pb::ListFlagsResponse {
+    admin
+        .list_flags(pb::ListFlagsRequest {
+            flag_set_id: set.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn audit(
+    admin: &mut AdminClient<Channel>,
+    set: &str,
+    key: &str,
+    before_id: i64,
+    limit: i32,
+) -> pb::ListAuditResponse {
+    admin
+        .list_audit(pb::ListAuditRequest {
+            flag_set_id: set.into(),
+            flag_key: key.into(),
+            before_id,
+            limit,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn json_of(text: &str) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(text).unwrap()
+    }
+}
+
+fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after [`PATIENCE`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not seen within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next message of a stream, within [`PATIENCE`].
+async fn next<T>(stream: &mut Streaming<T>, what: &str) -> T {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing arrived within {PATIENCE:?}"))
+        .unwrap()
+        .unwrap_or_else(|| panic!("{what}: the stream ended"))
+}
+
+/// One bulk result as (key, value, variant, reason, error code).
+type ResultRow<'r> = (&'r str, Option<Resolved>, &'r str, &'r str, i32);
+
+async fn resolve_string(
+    client: &mut v2::service_client::ServiceClient<Channel>,
+    key: &str,
+) -> Option<String> {
+    client
+        .resolve_string(v2::ResolveStringRequest {
+            flag_key: key.into(),
+            context: None,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().value)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_writes_are_versioned_validated_and_audited() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    let mut admin = node.admin().await;
+    let start = Utc::now() - chrono::Duration::seconds(5);
+
+    let set = create_set(&mut admin, "default").await;
+    assert_eq!((set.id.as_str(), set.version), ("default", 1));
+    assert_eq!(
+        struct_to_json(set.metadata.as_ref().unwrap()).unwrap(),
+        *json!({"team": "growth"}).as_object().unwrap()
+    );
+    let created = create_flag(&mut admin, "default", "banner", &banner("off"))
+        .await
+        .unwrap();
+    let flag = created.flag.unwrap();
+    assert_eq!((flag.version, created.flag_set_version), (1, 2));
+    assert_eq!(json_of(&flag.definition), banner("off"));
+    let updated = update_flag(&mut admin, "default", "banner", &banner("on"), 1, "grace")
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.flag.unwrap().version, updated.flag_set_version),
+        (2, 3)
+    );
+    let before = list_flags(&mut admin, "default").await;
+    assert_eq!(before.flag_set_version, 3);
+    let audited = audit(&mut admin, "default", "", 0, 0).await.entries.len();
+
+    // A writer still holding version 1 is refused, and nothing changes.
+    let stale = update_flag(&mut admin, "default", "banner", &banner("off"), 1, "linus")
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    assert!(stale.message().contains("version 2"), "{}", stale.message());
+    let stale_delete = admin
+        .delete_flag(pb::DeleteFlagRequest {
+            flag_set_id: "default".into(),
+            key: "banner".into(),
+            expected_version: 1,
+            actor: "linus".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale_delete.code(), Code::FailedPrecondition);
+    let stale_create = admin
+        .create_flag(pb::CreateFlagRequest {
+            flag_set_id: "default".into(),
+            key: "other".into(),
+            definition: colour("red").to_string(),
+            expected_flag_set_version: 2,
+            actor: "linus".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale_create.code(), Code::FailedPrecondition);
+    assert_eq!(list_flags(&mut admin, "default").await, before);
+
+    // An invalid definition is refused with every problem at its path, and nothing changes.
+    let invalid = update_flag(
+        &mut admin,
+        "default",
+        "banner",
+        &banner("maybe"),
+        2,
+        "linus",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+    assert!(
+        invalid.message().contains("flags.banner.defaultVariant"),
+        "{}",
+        invalid.message()
+    );
+    assert_eq!(violated_fields(&invalid), ["flags.banner.defaultVariant"]);
+    let two_problems = json!({
+        "state": "ENABLED",
+        "variants": {"on": true},
+        "defaultVariant": "nope",
+        "targeting": {"no_such_operator": [1]},
+    });
+    let invalid = create_flag(&mut admin, "default", "broken", &two_problems)
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    let fields = violated_fields(&invalid);
+    assert!(fields.len() >= 2, "{fields:?}");
+    for field in &fields {
+        assert!(field.starts_with("flags.broken."), "{fields:?}");
+        assert!(invalid.message().contains(field.as_str()), "{invalid:?}");
+    }
+    assert_eq!(list_flags(&mut admin, "default").await, before);
+    assert_eq!(
+        audit(&mut admin, "default", "", 0, 0).await.entries.len(),
+        audited
+    );
+
+    // Malformed requests never reach the store.
+    let bad_id = admin
+        .create_flag_set(pb::CreateFlagSetRequest {
+            id: "no spaces".into(),
+            actor: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_id.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&bad_id), ["id"]);
+    let no_actor = update_flag(&mut admin, "default", "banner", &banner("off"), 2, "")
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&no_actor), ["actor"]);
+    let not_json = admin
+        .create_flag(pb::CreateFlagRequest {
+            flag_set_id: "default".into(),
+            key: "x".into(),
+            definition: "{".into(),
+            actor: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&not_json), ["definition"]);
+
+    // The store's other refusals.
+    let duplicate = admin
+        .create_flag_set(pb::CreateFlagSetRequest {
+            id: "default".into(),
+            actor: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+    let missing = admin
+        .get_flag_set(pb::GetFlagSetRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let missing_flag = update_flag(&mut admin, "default", "nope", &banner("on"), 1, "ada")
+        .await
+        .unwrap_err();
+    assert_eq!(missing_flag.code(), Code::NotFound);
+
+    // The audit log: who, when, before and after, newest first.
+    let end = Utc::now() + chrono::Duration::seconds(5);
+    let log = audit(&mut admin, "default", "", 0, 0).await;
+    assert_eq!(log.next_before_id, 0);
+    let summary: Vec<(i32, &str, &str, i64)> = log
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.action,
+                e.flag_key.as_str(),
+                e.actor.as_str(),
+                e.flag_set_version,
+            )
+        })
+        .collect();
+    let (create, update) = (
+        i32::from(pb::AuditAction::Create),
+        i32::from(pb::AuditAction::Update),
+    );
+    assert_eq!(
+        summary,
+        [
+            (update, "banner", "grace", 3),
+            (create, "banner", "ada", 2),
+            (create, "", "ada", 1),
+        ]
+    );
+    for entry in &log.entries {
+        let at = entry.at.unwrap();
+        let at = chrono::DateTime::from_timestamp(at.seconds, at.nanos as u32).unwrap();
+        assert!(start <= at && at <= end, "{at}");
+    }
+    assert_eq!(json_of(&log.entries[0].before_json), banner("off"));
+    assert_eq!(json_of(&log.entries[0].after_json), banner("on"));
+    assert_eq!(json_of(&log.entries[1].before_json), Value::Null);
+    assert_eq!(
+        json_of(&log.entries[2].after_json),
+        json!({"metadata": {"team": "growth"}, "$evaluators": {}})
+    );
+    // One flag's history, and pages cut by next_before_id.
+    let banner_log = audit(&mut admin, "default", "banner", 0, 0).await;
+    assert_eq!(banner_log.entries, log.entries[..2]);
+    let first = audit(&mut admin, "default", "", 0, 2).await;
+    assert_eq!(first.next_before_id, first.entries[1].id);
+    let second = audit(&mut admin, "default", "", first.next_before_id, 2).await;
+    assert_eq!(second.next_before_id, 0);
+    assert_eq!([first.entries, second.entries].concat(), log.entries);
+    let bad_limit = admin
+        .list_audit(pb::ListAuditRequest {
+            limit: 1001,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_limit.code(), Code::InvalidArgument);
+
+    // Store refusals are counted per operation.
+    let metrics = node.scrape().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bunting_store_errors_total")
+                && l.contains("op=\"update_flag\"")
+                && l.contains("kind=\"version_conflict\"")),
+        "{metrics}"
+    );
+
+    drop(admin);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_change_reaches_open_event_and_sync_streams() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    let mut admin = node.admin().await;
+    create_set(&mut admin, "default").await;
+    create_flag(&mut admin, "default", "banner", &banner("off"))
+        .await
+        .unwrap();
+    // The node serves what it was told before the streams open.
+    let flagd = v2::service_client::ServiceClient::new(node.channel().await);
+    eventually("the new flag on the node", || {
+        let mut flagd = flagd.clone();
+        async move {
+            let r = flagd
+                .resolve_boolean(v2::ResolveBooleanRequest {
+                    flag_key: "banner".into(),
+                    context: None,
+                })
+                .await
+                .ok()?;
+            r.into_inner().value.is_some().then_some(())
+        }
+    })
+    .await;
+
+    let mut events = v1::service_client::ServiceClient::new(node.channel().await)
+        .event_stream(v1::EventStreamRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next(&mut events, "provider_ready").await.r#type,
+        "provider_ready"
+    );
+    let mut sync = FlagSyncServiceClient::new(node.channel().await)
+        .sync_flags(SyncFlagsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let initial = json_of(&next(&mut sync, "the initial sync").await.flag_configuration);
+    assert_eq!(initial["flags"]["banner"], banner("off"));
+
+    update_flag(&mut admin, "default", "banner", &banner("on"), 1, "grace")
+        .await
+        .unwrap();
+
+    // flagd v1 EventStream: a configuration_change naming the flag (keep-alives may come first).
+    let change = loop {
+        let event = next(&mut events, "configuration_change").await;
+        if event.r#type == "configuration_change" {
+            break struct_to_json(&event.data.unwrap()).unwrap();
+        }
+        assert_eq!(event.r#type, "keep_alive", "{event:?}");
+    };
+    assert_eq!(
+        Value::Object(change),
+        json!({"flags": {"banner": {"type": "update", "flagKey": "banner"}}})
+    );
+    // SyncFlags: the new flag configuration.
+    let synced = json_of(&next(&mut sync, "the changed sync").await.flag_configuration);
+    assert_eq!(synced["flags"]["banner"], banner("on"));
+    assert_eq!(synced["metadata"], json!({"team": "growth"}));
+
+    // And flagd evaluations see it.
+    let mut pro = flagd.clone();
+    let value = pro
+        .resolve_boolean(v2::ResolveBooleanRequest {
+            flag_key: "banner".into(),
+            context: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .value;
+    assert_eq!(value, Some(true));
+
+    drop((events, sync, admin, flagd));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_a_second_node_reaches_the_first() {
+    let db = TestDb::create().await;
+    let first = TestNode::postgres(&db).await;
+    let second = TestNode::postgres(&db).await;
+
+    // Written through the second node only.
+    let mut admin = second.admin().await;
+    create_set(&mut admin, "default").await;
+    create_flag(&mut admin, "default", "colour", &colour("red"))
+        .await
+        .unwrap();
+
+    let flagd = v2::service_client::ServiceClient::new(first.channel().await);
+    eventually("the flag written through the other node", || {
+        let mut flagd = flagd.clone();
+        async move { (resolve_string(&mut flagd, "colour").await? == "red").then_some(()) }
+    })
+    .await;
+    update_flag(&mut admin, "default", "colour", &colour("blue"), 1, "grace")
+        .await
+        .unwrap();
+    eventually("the update written through the other node", || {
+        let mut flagd = flagd.clone();
+        async move { (resolve_string(&mut flagd, "colour").await? == "blue").then_some(()) }
+    })
+    .await;
+    // Bulk evaluation on the first node reports the version the second node's write produced.
+    let bulk = first
+        .bulk()
+        .await
+        .evaluate_bulk(pb::EvaluateBulkRequest {
+            subjects: vec![pb::Subject { context: None }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bulk.flag_set_version, 3);
+    assert_eq!(
+        bulk.subjects[0].results[0].value,
+        Some(Resolved::StringValue("blue".into()))
+    );
+
+    drop((admin, flagd));
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluate_bulk_answers_per_subject_with_per_flag_errors() {
+    let db = TestDb::create().await;
+    let node = TestNode::start(Config {
+        max_bulk_evaluations: 12,
+        ..postgres_config(&db)
+    })
+    .await;
+    let mut admin = node.admin().await;
+    create_set(&mut admin, "shop").await;
+    let flags = [
+        ("banner", banner("off")),
+        ("colour", colour("red")),
+        (
+            "limit",
+            json!({"state": "ENABLED", "variants": {"low": 3, "high": 2.5}, "defaultVariant": "low",
+                   "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "high", null]},
+                   "metadata": {"owner": "billing"}}),
+        ),
+        (
+            "layout",
+            json!({"state": "ENABLED", "variants": {"grid": {"columns": 3}}, "defaultVariant": "grid"}),
+        ),
+        (
+            "legacy",
+            json!({"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"}),
+        ),
+    ];
+    let mut version = 0;
+    for (key, definition) in &flags {
+        version = create_flag(&mut admin, "shop", key, definition)
+            .await
+            .unwrap()
+            .flag_set_version;
+    }
+    let mut bulk = node.bulk().await;
+    let subjects = vec![
+        pb::Subject {
+            context: Some(structure(json!({"targetingKey": "u-pro", "plan": "pro"}))),
+        },
+        pb::Subject {
+            context: Some(structure(json!({"targetingKey": "u-free", "plan": "free"}))),
+        },
+        pb::Subject { context: None },
+    ];
+    let request = pb::EvaluateBulkRequest {
+        flag_set_id: "shop".into(),
+        flag_keys: ["limit", "missing", "banner", "limit"]
+            .map(str::to_owned)
+            .to_vec(),
+        subjects: subjects.clone(),
+    };
+    let response = eventually("the flags on the node", || {
+        let (mut bulk, request) = (bulk.clone(), request.clone());
+        async move {
+            let r = bulk.evaluate_bulk(request).await.ok()?.into_inner();
+            (r.flag_set_version == version).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        struct_to_json(response.flag_set_metadata.as_ref().unwrap()).unwrap(),
+        *json!({"team": "growth"}).as_object().unwrap()
+    );
+    let targeting_keys: Vec<&str> = response
+        .subjects
+        .iter()
+        .map(|s| s.targeting_key.as_str())
+        .collect();
+    assert_eq!(targeting_keys, ["u-pro", "u-free", ""]);
+    let not_found = i32::from(pb::ErrorCode::FlagNotFound);
+    let summary: Vec<Vec<ResultRow>> = response
+        .subjects
+        .iter()
+        .map(|s| {
+            s.results
+                .iter()
+                .map(|r| {
+                    (
+                        r.flag_key.as_str(),
+                        r.value.clone(),
+                        r.variant.as_str(),
+                        r.reason.as_str(),
+                        r.error_code,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    // Duplicates once, at their first position; an unknown key is a result, not a failure.
+    assert_eq!(
+        summary,
+        [
+            vec![
+                (
+                    "limit",
+                    Some(Resolved::DoubleValue(2.5)),
+                    "high",
+                    "TARGETING_MATCH",
+                    0
+                ),
+                ("missing", None, "", "ERROR", not_found),
+                (
+                    "banner",
+                    Some(Resolved::BoolValue(true)),
+                    "on",
+                    "TARGETING_MATCH",
+                    0
+                ),
+            ],
+            vec![
+                ("limit", Some(Resolved::IntValue(3)), "low", "DEFAULT", 0),
+                ("missing", None, "", "ERROR", not_found),
+                (
+                    "banner",
+                    Some(Resolved::BoolValue(false)),
+                    "off",
+                    "DEFAULT",
+                    0
+                ),
+            ],
+            vec![
+                ("limit", Some(Resolved::IntValue(3)), "low", "DEFAULT", 0),
+                ("missing", None, "", "ERROR", not_found),
+                (
+                    "banner",
+                    Some(Resolved::BoolValue(false)),
+                    "off",
+                    "DEFAULT",
+                    0
+                ),
+            ],
+        ]
+    );
+    let missing = &response.subjects[0].results[1];
+    assert!(missing.error_message.contains("missing"), "{missing:?}");
+    // Flag metadata over flag-set metadata.
+    assert_eq!(
+        struct_to_json(response.subjects[0].results[0].metadata.as_ref().unwrap()).unwrap(),
+        *json!({"team": "growth", "owner": "billing"})
+            .as_object()
+            .unwrap()
+    );
+
+    // No keys: every flag in key order.
+    let all = bulk
+        .evaluate_bulk(pb::EvaluateBulkRequest {
+            flag_set_id: "shop".into(),
+            flag_keys: vec![],
+            subjects: subjects[..1].to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let results = &all.subjects[0].results;
+    let keys: Vec<&str> = results.iter().map(|r| r.flag_key.as_str()).collect();
+    assert_eq!(keys, ["banner", "colour", "layout", "legacy", "limit"]);
+    assert_eq!(
+        results[2].value,
+        Some(Resolved::ObjectValue(structure(json!({"columns": 3}))))
+    );
+    assert_eq!(
+        (results[3].reason.as_str(), &results[3].value),
+        ("DISABLED", &None)
+    );
+
+    // Refusals: no subjects, an unknown set, a batch over the node's limit (3 x 5 > 12), a bad
+    // context.
+    let refused = |request: pb::EvaluateBulkRequest| {
+        let mut bulk = bulk.clone();
+        async move { bulk.evaluate_bulk(request).await.unwrap_err() }
+    };
+    let none = refused(pb::EvaluateBulkRequest {
+        flag_set_id: "shop".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(none.code(), Code::InvalidArgument);
+    let unknown = refused(pb::EvaluateBulkRequest {
+        flag_set_id: "nope".into(),
+        subjects: subjects.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(unknown.code(), Code::NotFound);
+    let too_many = refused(pb::EvaluateBulkRequest {
+        flag_set_id: "shop".into(),
+        subjects: subjects.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    assert!(too_many.message().contains("limit of 12"), "{too_many:?}");
+    let bad_context = refused(pb::EvaluateBulkRequest {
+        flag_set_id: "shop".into(),
+        flag_keys: vec!["banner".into()],
+        subjects: vec![
+            subjects[0].clone(),
+            pb::Subject {
+                // Over the node's default 64 KiB context limit.
+                context: Some(structure(json!({"blob": "x".repeat(70_000)}))),
+            },
+        ],
+    })
+    .await;
+    assert_eq!(bad_context.code(), Code::InvalidArgument);
+    assert!(
+        bad_context.message().contains("subjects[1]"),
+        "{bad_context:?}"
+    );
+
+    // Counted with the flagd services' metrics, under their own label.
+    let metrics = node.scrape().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bunting_evaluations_total")
+                && l.contains("service=\"bunting.v1\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bunting_evaluation_errors_total")
+                && l.contains("service=\"bunting.v1\"")
+                && l.contains("code=\"FLAG_NOT_FOUND\"")),
+        "{metrics}"
+    );
+
+    drop((admin, bulk));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_node_refuses_admin_calls_naming_its_file() {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "bunting-node-admin-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path: PathBuf = dir.join("flags.json");
+    std::fs::write(
+        &path,
+        json!({"flags": {"colour": colour("red")}}).to_string(),
+    )
+    .unwrap();
+    let node = TestNode::start(Config {
+        flags: FlagSourceConfig::File {
+            path: path.clone(),
+            set: "default".into(),
+            broken_flags: BrokenFlags::default(),
+        },
+        ..base_config()
+    })
+    .await;
+    let mut admin = node.admin().await;
+
+    let listed = admin
+        .list_flag_sets(pb::ListFlagSetsRequest {})
+        .await
+        .unwrap_err();
+    let created = admin
+        .create_flag_set(pb::CreateFlagSetRequest {
+            id: "default".into(),
+            actor: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    for refused in [listed, created] {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("file"), "{refused:?}");
+        assert!(
+            refused.message().contains(&path.display().to_string()),
+            "{refused:?}"
+        );
+    }
+    // Evaluation is served from the file as usual.
+    let bulk = node
+        .bulk()
+        .await
+        .evaluate_bulk(pb::EvaluateBulkRequest {
+            subjects: vec![pb::Subject { context: None }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        bulk.subjects[0].results[0].value,
+        Some(Resolved::StringValue("red".into()))
+    );
+
+    drop(admin);
+    node.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn test_database_urls_keep_their_parameters() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+        "postgres://postgres@127.0.0.1:5432/x"
+    );
+    assert_eq!(
+        with_database("postgres://u:p@db/test?sslmode=disable", "x"),
+        "postgres://u:p@db/x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://db", "x"), "postgres://db/x");
+}
