@@ -1053,3 +1053,155 @@ fn test_database_urls_keep_their_parameters() {
     );
     assert_eq!(with_database("postgres://db", "x"), "postgres://db/x");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A PostgreSQL outage, made by cutting a TCP proxy between one node and the server
+// ---------------------------------------------------------------------------------------------
+
+/// A loopback TCP proxy to PostgreSQL that can be cut (every connection dropped, new ones refused)
+/// and restored, so one node loses its database while the server and other nodes keep it.
+struct Proxy {
+    addr: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let (open, links) = (open.clone(), links.clone());
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused
+                    }
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            }
+        });
+        Proxy {
+            addr,
+            open,
+            links,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_serves_from_memory_and_catches_up_by_version() {
+    let db = TestDb::create().await;
+    let writer = TestNode::postgres(&db).await;
+    let mut direct = writer.admin().await;
+    create_set(&mut direct, "default").await;
+    create_flag(&mut direct, "default", "colour", &colour("red"))
+        .await
+        .unwrap();
+
+    // The node under test reaches PostgreSQL only through the proxy, and checks versions every
+    // second so it repairs what it missed once the database is back.
+    let upstream = SocketAddr::new(db.server.get_host().parse().unwrap(), db.server.get_port());
+    let proxy = Proxy::start(upstream).await;
+    let url = format!(
+        "postgres://{}@{}/{}",
+        db.server.get_username(),
+        proxy.addr,
+        db.name
+    );
+    let node = TestNode::start(Config {
+        flags: FlagSourceConfig::Postgres {
+            url,
+            version_check: Duration::from_secs(1),
+        },
+        ..base_config()
+    })
+    .await;
+    let mut flagd = v2::service_client::ServiceClient::new(node.channel().await);
+    assert_eq!(
+        resolve_string(&mut flagd, "colour").await.as_deref(),
+        Some("red")
+    );
+
+    proxy.cut();
+    // Evaluation goes on from memory.
+    assert_eq!(
+        resolve_string(&mut flagd, "colour").await.as_deref(),
+        Some("red")
+    );
+    // Admin writes through the cut-off node fail clearly, and change nothing.
+    let refused = update_flag(
+        &mut node.admin().await,
+        "default",
+        "colour",
+        &colour("green"),
+        1,
+        "ada",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // Meanwhile the flag changes through a node that still has the database.
+    update_flag(
+        &mut direct,
+        "default",
+        "colour",
+        &colour("blue"),
+        1,
+        "grace",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        resolve_string(&mut flagd, "colour").await.as_deref(),
+        Some("red")
+    );
+
+    proxy.restore();
+    eventually(
+        "the change made during the outage, after reconnecting",
+        || {
+            let mut flagd = flagd.clone();
+            async move { (resolve_string(&mut flagd, "colour").await? == "blue").then_some(()) }
+        },
+    )
+    .await;
+    let flags = list_flags(&mut direct, "default").await;
+    assert_eq!(
+        flags.flags[0].version, 2,
+        "the refused write changed nothing"
+    );
+
+    drop((direct, flagd));
+    node.stop().await;
+    writer.stop().await;
+}
