@@ -1,0 +1,83 @@
+//! Errors for input the statistics refuse, and the reasons a valid input still yields no estimate.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// Input the statistics refuse. Each variant names the offending value.
+///
+/// These are errors in the caller's data (a negative count from a broken query, a `NaN` sum), not
+/// experiments that merely have too little data: those are [`Unavailable`].
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum StatsError {
+    #[error("{field} must not be negative, got {value}")]
+    NegativeCount { field: &'static str, value: i64 },
+    #[error("successes ({successes}) exceed users ({users})")]
+    SuccessesExceedUsers { successes: u64, users: u64 },
+    #[error("{field} must be finite, got {value}")]
+    NonFinite { field: &'static str, value: f64 },
+    #[error("sum of squares must not be negative, got {value}")]
+    NegativeSumOfSquares { value: f64 },
+    #[error(
+        "sum {sum} and sum of squares {sum_squares} cannot both hold for {users} users \
+         (sum squared must not exceed users times sum of squares)"
+    )]
+    InconsistentMoments {
+        users: u64,
+        sum: f64,
+        sum_squares: f64,
+    },
+    #[error("user count overflows: {left} + {right}")]
+    CountOverflow { left: u64, right: u64 },
+    #[error("alpha must be strictly between 0 and 1, got {value}")]
+    InvalidAlpha { value: f64 },
+    #[error("sequential tuning parameter must be positive and finite, got {value}")]
+    InvalidTuning { value: f64 },
+    #[error("p-value at index {index} must be in [0, 1], got {value}")]
+    InvalidPValue { index: usize, value: f64 },
+    #[error("weight at index {index} must be positive and finite, got {value}")]
+    InvalidWeight { index: usize, value: f64 },
+    #[error("{observed} observed arm counts but {weights} expected weights")]
+    LengthMismatch { observed: usize, weights: usize },
+    #[error("a sample-ratio check needs at least 2 arms, got {arms}")]
+    TooFewArms { arms: usize },
+}
+
+/// One arm of a two-arm comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arm {
+    Control,
+    Treatment,
+}
+
+impl fmt::Display for Arm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arm::Control => "control",
+            Arm::Treatment => "treatment",
+        })
+    }
+}
+
+/// Why a comparison of two valid arms has no estimate. This is the documented answer for
+/// degenerate data; no statistic in this crate is ever `NaN` or infinite.
+///
+/// - `NotEnoughData`: an arm has fewer than 2 users. The sample variance needs `n - 1 > 0`, and so
+///   do Welch's degrees of freedom.
+/// - `ZeroVariance`: the lift's standard error is zero, e.g. no conversions in either arm, or
+///   every user in both arms has the same value. A t statistic would divide by zero.
+/// - `ZeroControlMean`: the relative lift divides by the control's mean. The absolute lift of
+///   the same comparison is unaffected.
+/// - `Overflow`: the inputs are finite but so large that an intermediate quantity is not (a
+///   variance near `f64::MAX`, a control mean near zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+pub enum Unavailable {
+    #[error("not enough data: the {arm} arm has {users} users, at least 2 are needed")]
+    NotEnoughData { arm: Arm, users: u64 },
+    #[error("zero variance: the standard error of the lift is zero")]
+    ZeroVariance,
+    #[error("relative lift undefined: the control mean is zero")]
+    ZeroControlMean,
+    #[error("values out of floating-point range")]
+    Overflow,
+}
