@@ -332,6 +332,22 @@ fn fractional_distributes_by_weight_and_is_sticky() {
 }
 
 #[test]
+fn absurd_fractional_weights_answer_null_instead_of_overflowing() {
+    // Found by the `targeting` fuzz target: weights whose sum overflows u64.
+    let huge = u64::MAX / 2 + 1;
+    check(
+        json!({"fractional": [["a", huge], ["b", huge], ["c", huge]]}),
+        json!({"targetingKey": "u"}),
+        json!(null),
+    );
+    check(
+        json!({"fractional": [["a", {"var": "w"}], ["b", {"var": "w"}]]}),
+        json!({"targetingKey": "u", "w": 1.8e19}),
+        json!(null),
+    );
+}
+
+#[test]
 fn compile_errors_name_the_place() {
     let cases = [
         (

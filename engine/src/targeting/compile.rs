@@ -446,13 +446,11 @@ impl<'d> Compiler<'d> {
         if !valid {
             return null;
         }
-        let fixed_total = compiled
-            .iter()
-            .map(|b| match b.weight {
-                Weight::Fixed(w) => Some(w),
-                Weight::Computed(_) => None,
-            })
-            .sum::<Option<u64>>();
+        // Saturating: weights come from the definition, and a sum past u64 is just "too large".
+        let fixed_total = compiled.iter().try_fold(0u64, |total, b| match b.weight {
+            Weight::Fixed(w) => Some(total.saturating_add(w)),
+            Weight::Computed(_) => None,
+        });
         if let Some(total) = fixed_total
             && total > MAX_TOTAL_WEIGHT
         {

@@ -63,7 +63,9 @@ impl Fractional {
             Some(total) => total,
             None => {
                 computed = self.buckets.iter().map(|b| b.weight(scope)).collect();
-                computed.iter().sum()
+                computed
+                    .iter()
+                    .fold(0, |total: u64, w| total.saturating_add(*w))
             }
         };
         if total == 0 || total > MAX_TOTAL_WEIGHT {
