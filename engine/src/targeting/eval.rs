@@ -131,6 +131,49 @@ impl Expr {
     }
 }
 
+impl Expr {
+    /// The truthiness of this rule, without building its value: what `if` conditions and the
+    /// operands of `and`/`or`/`!` need.
+    pub(crate) fn test<'a>(&'a self, s: &Scope<'a>) -> bool {
+        match self {
+            Expr::Op(op, args) => match op {
+                Op::And => args.iter().all(|e| e.test(s)),
+                Op::Or => args.iter().any(|e| e.test(s)),
+                Op::Not => !args.first().is_some_and(|e| e.test(s)),
+                Op::NotNot => args.first().is_some_and(|e| e.test(s)),
+                Op::StartsWith | Op::EndsWith => match (args.first(), args.get(1)) {
+                    (Some(a), Some(b)) => match (&*a.eval(s), &*b.eval(s)) {
+                        (Value::String(text), Value::String(affix)) => {
+                            if *op == Op::StartsWith {
+                                text.starts_with(affix.as_str())
+                            } else {
+                                text.ends_with(affix.as_str())
+                            }
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                },
+                Op::Lt | Op::Le | Op::Gt | Op::Ge if args.len() == 2 => {
+                    compare(&args[0].eval(s), &args[1].eval(s)).is_some_and(|o| match op {
+                        Op::Lt => o.is_lt(),
+                        Op::Le => o.is_le(),
+                        Op::Gt => o.is_gt(),
+                        _ => o.is_ge(),
+                    })
+                }
+                _ => truthy(&self.eval(s)),
+            },
+            Expr::InList(needle, list) => {
+                let needle = needle.eval(s);
+                list.iter().any(|item| strict_equals(&needle, item))
+            }
+            Expr::SemVer(rule) => rule.eval(s).unwrap_or(false),
+            _ => truthy(&self.eval(s)),
+        }
+    }
+}
+
 fn eval_var<'a>(var: &'a VarPath, s: &Scope<'a>) -> Cow<'a, Value> {
     match s.lookup(&var.segments) {
         Some(v) => v,
@@ -147,7 +190,7 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         Op::If => {
             let mut i = 0;
             while i + 1 < args.len() {
-                if truthy(&args[i].eval(s)) {
+                if args[i].test(s) {
                     return args[i + 1].eval(s);
                 }
                 i += 2;
@@ -187,6 +230,32 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             // The three-argument "between" form: a < b < c.
             boolean(args.len() < 3 || holds(&b, &arg(2)))
         }
+        Op::In => {
+            let (needle, haystack) = (arg(0), arg(1));
+            boolean(match &*haystack {
+                Value::String(text) => text.contains(&*to_js_string(&needle)),
+                Value::Array(items) => items.iter().any(|item| strict_equals(&needle, item)),
+                _ => false,
+            })
+        }
+        Op::StartsWith | Op::EndsWith => match (&*arg(0), &*arg(1)) {
+            (Value::String(text), Value::String(affix)) => boolean(if op == Op::StartsWith {
+                text.starts_with(affix.as_str())
+            } else {
+                text.ends_with(affix.as_str())
+            }),
+            // flagd answers null, not false, so the default variant applies.
+            _ => NULL,
+        },
+        _ => eval_op_cold(op, args, s),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
+    let arg = |i: usize| args.get(i).map_or(NULL, |e| e.eval(s));
+    match op {
         Op::Max | Op::Min => {
             let mut best: Option<f64> = None;
             for e in args {
@@ -253,14 +322,6 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             }
             Cow::Owned(Value::Array(out))
         }
-        Op::In => {
-            let (needle, haystack) = (arg(0), arg(1));
-            boolean(match &*haystack {
-                Value::String(text) => text.contains(&*to_js_string(&needle)),
-                Value::Array(items) => items.iter().any(|item| strict_equals(&needle, item)),
-                _ => false,
-            })
-        }
         Op::Cat => {
             let mut out = String::new();
             for e in args {
@@ -321,15 +382,7 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
                 Cow::Owned(Value::Array(missing))
             }
         }
-        Op::StartsWith | Op::EndsWith => match (&*arg(0), &*arg(1)) {
-            (Value::String(text), Value::String(affix)) => boolean(if op == Op::StartsWith {
-                text.starts_with(affix.as_str())
-            } else {
-                text.ends_with(affix.as_str())
-            }),
-            // flagd answers null, not false, so the default variant applies.
-            _ => NULL,
-        },
+        _ => NULL,
     }
 }
 

@@ -105,8 +105,43 @@ impl PartialOrd for Version {
 
 impl Version {
     pub(crate) fn parse(text: &str) -> Option<Version> {
-        let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
-        // Build metadata never takes part in comparison.
+        let bytes = text.as_bytes();
+        let mut i = usize::from(matches!(bytes.first(), Some(b'v' | b'V')));
+        let mut numbers = [0u64; 3];
+        let mut count = 0;
+        loop {
+            let start = i;
+            let mut n: u64 = 0;
+            while let Some(&b) = bytes.get(i) {
+                if !b.is_ascii_digit() {
+                    break;
+                }
+                n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+                i += 1;
+            }
+            if i == start || count == 3 {
+                return None;
+            }
+            numbers[count] = n;
+            count += 1;
+            match bytes.get(i) {
+                Some(b'.') => i += 1,
+                _ => break,
+            }
+        }
+        let rest = &text[i..];
+        if rest.is_empty() {
+            return Some(Version {
+                major: numbers[0],
+                minor: numbers[1],
+                patch: numbers[2],
+                pre: Box::default(),
+            });
+        }
+        Self::parse_tail(numbers, rest)
+    }
+
+    fn parse_tail(numbers: [u64; 3], text: &str) -> Option<Version> {
         let text = match text.split_once('+') {
             Some((version, build)) => {
                 if build.is_empty() || !build.split('.').all(is_identifier) {
@@ -116,17 +151,11 @@ impl Version {
             }
             None => text,
         };
-        let (core, pre) = match text.split_once('-') {
-            Some((core, pre)) => (core, Some(pre)),
-            None => (text, None),
+        let pre = match text.strip_prefix('-') {
+            None if text.is_empty() => None,
+            None => return None,
+            Some(pre) => Some(pre),
         };
-        let mut numbers = [0u64; 3];
-        for (i, part) in core.split('.').enumerate() {
-            if i == 3 || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            numbers[i] = part.parse().ok()?;
-        }
         let pre = match pre {
             None => Box::default(),
             Some(pre) => pre
