@@ -3,7 +3,6 @@
 //! The endpoint is a few lines of HTTP/1.1 over a tokio listener rather than a web framework: it
 //! answers one fixed GET, and Prometheus is its only client.
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -31,10 +30,6 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
-}
-
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Serves `GET /metrics` until `closing` flips.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use crate::context::EvaluationContext;
-use crate::flag::{Entry, Flag, FlagState, Metadata, Variant, VariantKind};
+use crate::flag::{Entry, Flag, FlagState, Metadata, Variant};
 use crate::resolution::{ErrorCode, Reason, Resolution, ResolveError};
 use crate::targeting::Scope;
 
@@ -267,18 +267,5 @@ fn resolve_flag<'s>(flag: &'s Flag, ctx: &EvaluationContext) -> Resolution<'s, &
             ),
             &flag.metadata,
         ),
-    }
-}
-
-impl VariantKind {
-    /// Whether values of this kind can be resolved as `wanted`.
-    pub fn serves(self, wanted: FlagType) -> bool {
-        matches!(
-            (self, wanted),
-            (VariantKind::Boolean, FlagType::Boolean)
-                | (VariantKind::String, FlagType::String)
-                | (VariantKind::Number, FlagType::Integer | FlagType::Float)
-                | (VariantKind::Object, FlagType::Object)
-        )
     }
 }

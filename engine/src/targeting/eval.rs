@@ -120,10 +120,7 @@ impl Expr {
                 items.iter().map(|e| e.eval(s).into_owned()).collect(),
             )),
             Expr::Op(op, args) => eval_op(*op, args, s),
-            Expr::InList(needle, list) => {
-                let needle = needle.eval(s);
-                boolean(list.iter().any(|item| strict_equals(&needle, item)))
-            }
+            Expr::InList(needle, list) => boolean(in_list(&needle.eval(s), list)),
             Expr::SemVer(rule) => rule.eval(s).map_or(NULL, boolean),
             Expr::Fractional(f) => f.eval(s),
             Expr::Shared(shared) => shared.eval(s),
@@ -135,43 +132,53 @@ impl Expr {
     /// The truthiness of this rule, without building its value: what `if` conditions and the
     /// operands of `and`/`or`/`!` need.
     pub(crate) fn test<'a>(&'a self, s: &Scope<'a>) -> bool {
+        let arg = |args: &'a [Expr], i: usize| args.get(i).map_or(NULL, |e| e.eval(s));
         match self {
             Expr::Op(op, args) => match op {
                 Op::And => args.iter().all(|e| e.test(s)),
                 Op::Or => args.iter().any(|e| e.test(s)),
                 Op::Not => !args.first().is_some_and(|e| e.test(s)),
                 Op::NotNot => args.first().is_some_and(|e| e.test(s)),
-                Op::StartsWith | Op::EndsWith => match (args.first(), args.get(1)) {
-                    (Some(a), Some(b)) => match (&*a.eval(s), &*b.eval(s)) {
-                        (Value::String(text), Value::String(affix)) => {
-                            if *op == Op::StartsWith {
-                                text.starts_with(affix.as_str())
-                            } else {
-                                text.ends_with(affix.as_str())
-                            }
-                        }
-                        _ => false,
-                    },
-                    _ => false,
-                },
+                Op::StartsWith | Op::EndsWith => {
+                    affix_matches(*op, &arg(args, 0), &arg(args, 1)).unwrap_or(false)
+                }
                 Op::Lt | Op::Le | Op::Gt | Op::Ge if args.len() == 2 => {
-                    compare(&args[0].eval(s), &args[1].eval(s)).is_some_and(|o| match op {
-                        Op::Lt => o.is_lt(),
-                        Op::Le => o.is_le(),
-                        Op::Gt => o.is_gt(),
-                        _ => o.is_ge(),
-                    })
+                    ordered(*op, &arg(args, 0), &arg(args, 1))
                 }
                 _ => truthy(&self.eval(s)),
             },
-            Expr::InList(needle, list) => {
-                let needle = needle.eval(s);
-                list.iter().any(|item| strict_equals(&needle, item))
-            }
+            Expr::InList(needle, list) => in_list(&needle.eval(s), list),
             Expr::SemVer(rule) => rule.eval(s).unwrap_or(false),
             _ => truthy(&self.eval(s)),
         }
     }
+}
+
+/// `<`, `<=`, `>`, `>=` between two values, with JavaScript's comparison rules.
+fn ordered(op: Op, a: &Value, b: &Value) -> bool {
+    compare(a, b).is_some_and(|o| match op {
+        Op::Lt => o.is_lt(),
+        Op::Le => o.is_le(),
+        Op::Gt => o.is_gt(),
+        _ => o.is_ge(),
+    })
+}
+
+/// `starts_with` / `ends_with`; `None` (flagd's null) unless both sides are strings.
+fn affix_matches(op: Op, text: &Value, affix: &Value) -> Option<bool> {
+    match (text, affix) {
+        (Value::String(text), Value::String(affix)) => Some(if op == Op::StartsWith {
+            text.starts_with(affix.as_str())
+        } else {
+            text.ends_with(affix.as_str())
+        }),
+        _ => None,
+    }
+}
+
+/// `{"in": [x, [constants...]]}`: strict equality against each listed value.
+fn in_list(needle: &Value, list: &[Value]) -> bool {
+    list.iter().any(|item| strict_equals(needle, item))
 }
 
 fn eval_var<'a>(var: &'a VarPath, s: &Scope<'a>) -> Cow<'a, Value> {
@@ -215,20 +222,12 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             last
         }
         Op::Lt | Op::Le | Op::Gt | Op::Ge => {
-            let holds = |a: &Value, b: &Value| {
-                compare(a, b).is_some_and(|o| match op {
-                    Op::Lt => o.is_lt(),
-                    Op::Le => o.is_le(),
-                    Op::Gt => o.is_gt(),
-                    _ => o.is_ge(),
-                })
-            };
             let (a, b) = (arg(0), arg(1));
-            if !holds(&a, &b) {
+            if !ordered(op, &a, &b) {
                 return boolean(false);
             }
             // The three-argument "between" form: a < b < c.
-            boolean(args.len() < 3 || holds(&b, &arg(2)))
+            boolean(args.len() < 3 || ordered(op, &b, &arg(2)))
         }
         Op::In => {
             let (needle, haystack) = (arg(0), arg(1));
@@ -238,15 +237,8 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
                 _ => false,
             })
         }
-        Op::StartsWith | Op::EndsWith => match (&*arg(0), &*arg(1)) {
-            (Value::String(text), Value::String(affix)) => boolean(if op == Op::StartsWith {
-                text.starts_with(affix.as_str())
-            } else {
-                text.ends_with(affix.as_str())
-            }),
-            // flagd answers null, not false, so the default variant applies.
-            _ => NULL,
-        },
+        // flagd answers null, not false, on non-strings, so the default variant applies.
+        Op::StartsWith | Op::EndsWith => affix_matches(op, &arg(0), &arg(1)).map_or(NULL, boolean),
         _ => eval_op_cold(op, args, s),
     }
 }
