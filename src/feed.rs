@@ -69,9 +69,7 @@ pub async fn run(feed: Feed, node: Arc<Node>, mut closing: watch::Receiver<bool>
                         flags: current.flag_set,
                         committed_at: current.modified,
                     };
-                    if let Err(e) = node.apply(update).await {
-                        tracing::error!(error = %e, "could not apply a flag file change");
-                    }
+                    apply(&node, update).await;
                 }
                 () = crate::closing::closed(&mut closing) => break,
             }
@@ -81,6 +79,15 @@ pub async fn run(feed: Feed, node: Arc<Node>, mut closing: watch::Receiver<bool>
             options,
             version_check,
         } => follow_store(store, options, version_check, node, closing).await,
+    }
+}
+
+/// Applies one update; the node's supervisor being gone is logged, since the feed has no caller
+/// to report to (the node is shutting down or has failed).
+async fn apply(node: &Node, update: Update) {
+    let (set, version) = (update.set().clone(), update.version());
+    if let Err(e) = node.apply(update).await {
+        tracing::error!(error = %e, %set, version, "could not apply a flag change");
     }
 }
 
@@ -121,9 +128,7 @@ async fn follow_store(
                         version: u64::try_from(version).unwrap_or(0),
                         committed_at: at.into(),
                     };
-                    if let Err(e) = node.apply(update).await {
-                        tracing::error!(error = %e, set = %flag_set, "could not remove a deleted flag set");
-                    }
+                    apply(&node, update).await;
                 }
                 Some(ChangeNotice::Resync) => catch_up(store.as_ref(), &options, &node).await,
                 None => subscription = None,
@@ -152,9 +157,7 @@ async fn catch_up_set(
     };
     match update {
         Ok(update) => {
-            if let Err(e) = node.apply(update).await {
-                tracing::error!(error = %e, set, "could not apply a flag change");
-            }
+            apply(node, update).await;
         }
         Err(e) => {
             tracing::warn!(error = %e, set, "could not read a changed flag set; the version check will retry")
@@ -187,9 +190,7 @@ async fn catch_up(store: &dyn AdminStore, options: &CompileOptions, node: &Node)
                 version: flags.version() + 1,
                 committed_at: SystemTime::now(),
             };
-            if let Err(e) = node.apply(update).await {
-                tracing::error!(error = %e, %set, "could not remove a deleted flag set");
-            }
+            apply(node, update).await;
         }
     }
 }
