@@ -27,8 +27,6 @@ use bunting_proto::json::{json_to_struct, struct_to_json};
 use chrono::Utc;
 use prost_types::Struct;
 use serde_json::{Value, json};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -36,7 +34,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tonic_types::StatusExt;
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+mod common;
+
+use common::postgres::{TestDb, with_database};
 
 /// Long enough for any machine to deliver a change; tests wait this long only when something is
 /// already broken.
@@ -49,92 +49,6 @@ const NO_VERSION_CHECK: Duration = Duration::from_secs(3600);
 // ---------------------------------------------------------------------------------------------
 // A database per test
 // ---------------------------------------------------------------------------------------------
-
-/// A database created for one test, dropped (with its connections) when the test ends.
-struct TestDb {
-    name: String,
-    url: String,
-    server: PgConnectOptions,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let server_url =
-            std::env::var("BUNTING_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
-        let server: PgConnectOptions = server_url
-            .parse()
-            .unwrap_or_else(|e| panic!("BUNTING_TEST_DATABASE_URL {server_url:?}: {e}"));
-        let mut admin = PgConnection::connect_with(&server).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is required for the node tests and is not reachable at {server_url}: \
-                 {e}\nstart it with scripts/test, or point BUNTING_TEST_DATABASE_URL at a server"
-            )
-        });
-        let name = format!(
-            "bunting_node_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            Utc::now().timestamp_micros()
-        );
-        admin
-            .execute(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        TestDb {
-            url: with_database(&server_url, &name),
-            name,
-            server,
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // Drop cannot await and the test's runtime may be unwinding: a thread and runtime of its
-        // own. FORCE closes whatever the nodes still hold open.
-        let server = self.server.clone();
-        let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect_with(&server).await.unwrap();
-                admin
-                    .execute(AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                    )))
-                    .await
-                    .unwrap();
-            });
-        })
-        .join();
-        if dropped.is_err() {
-            eprintln!("could not drop test database {}", self.name);
-        }
-    }
-}
-
-/// `url` with its database (the path) replaced by `name`, query parameters kept.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
 
 // ---------------------------------------------------------------------------------------------
 // Nodes

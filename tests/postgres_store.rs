@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bunting::store::{
@@ -16,59 +15,17 @@ use bunting_engine::{CompileOptions, EvaluationContext};
 use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgConnection};
+use sqlx::{ConnectOptions, PgConnection};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+mod common;
+
+use common::postgres::TestDb;
 
 /// Long enough for any machine to deliver a notification; the tests wait this long only when
 /// something is already broken.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn server_options() -> (String, PgConnectOptions) {
-    let url = std::env::var("BUNTING_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
-    let options = url
-        .parse()
-        .unwrap_or_else(|e| panic!("BUNTING_TEST_DATABASE_URL {url:?}: {e}"));
-    (url, options)
-}
-
-/// A database created for one test, dropped (with its connections) when the test ends, even if it
-/// fails.
-struct TestDb {
-    name: String,
-    server: PgConnectOptions,
-    options: PgConnectOptions,
-}
-
 impl TestDb {
-    async fn create() -> TestDb {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let (url, server) = server_options();
-        let mut admin = PgConnection::connect_with(&server).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is required for the store tests and is not reachable at {url}: {e}\n\
-                 start it with scripts/test, or point BUNTING_TEST_DATABASE_URL at a server"
-            )
-        });
-        let name = format!(
-            "bunting_test_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            Utc::now().timestamp_micros()
-        );
-        admin
-            .execute(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let options = server.clone().database(&name);
-        TestDb {
-            name,
-            server,
-            options,
-        }
-    }
-
     async fn store(&self) -> PostgresStore {
         PostgresStore::connect_with(self.options.clone(), settings())
             .await
@@ -78,34 +35,6 @@ impl TestDb {
     /// A plain connection to the test database, to look behind the store's back.
     async fn raw(&self) -> PgConnection {
         self.options.connect().await.unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // Drop cannot await, and the test's runtime may be the one unwinding: a thread of its own
-        // with a runtime of its own. FORCE closes whatever the stores still hold open.
-        let server = self.server.clone();
-        let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect_with(&server).await.unwrap();
-                admin
-                    .execute(AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                    )))
-                    .await
-                    .unwrap();
-            });
-        })
-        .join();
-        if dropped.is_err() {
-            eprintln!("could not drop test database {}", self.name);
-        }
     }
 }
 

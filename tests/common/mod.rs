@@ -6,6 +6,8 @@
 // Each test crate compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
