@@ -1,0 +1,20 @@
+//! Bunting's experiments: the model ([`model`]), what a shard counts ([`aggregate`]), and where the
+//! counts are kept ([`store`]). The statistics over the counts are `bunting-stats`.
+//!
+//! No gRPC and no actors here: the node's shard actors own [`aggregate::UserExposure`] records
+//! for their users and one [`aggregate::ExperimentTotals`] per experiment, and flush the totals
+//! through an [`store::EventStore`].
+
+pub mod aggregate;
+pub mod catalog;
+mod memory_store;
+pub mod model;
+pub mod store;
+
+pub use aggregate::{ArmTotals, ExperimentTotals, MetricTotals, TrackError, Tracked, UserExposure};
+pub use catalog::RunningExperiments;
+pub use memory_store::MemoryEventStore;
+pub use model::{
+    Experiment, ExperimentId, ExperimentState, Metric, MetricKind, MetricName, ModelError,
+};
+pub use store::{EventStore, EventStoreError, ShardFlush};

@@ -1,0 +1,68 @@
+//! Where the per-shard statistics are kept: behind [`EventStore`], an embedded file store for a
+//! single node (the default) and ScyllaDB for a cluster.
+//!
+//! **Retry safety.** A shard flushes its *cumulative* totals for an experiment, stamped with a
+//! sequence number that only grows (the owner takes `max(last seq + 1, now in µs)`), and a store
+//! keeps, per (experiment, shard), the flush with the largest sequence. Replaying a flush, or a
+//! delayed older one arriving late, changes nothing, so a flush that timed out can be retried
+//! blindly. (Counter columns would make a retried increment count twice.) A shard's new owner
+//! after a move loads the stored flush and continues from it.
+
+mod embedded;
+mod scylladb;
+
+pub use embedded::EmbeddedStore;
+pub use scylladb::{Keyspace, ScyllaSettings, ScyllaStore};
+
+use async_trait::async_trait;
+
+use crate::aggregate::ExperimentTotals;
+use crate::model::ExperimentId;
+
+/// One shard's cumulative totals for one experiment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardFlush {
+    pub experiment: ExperimentId,
+    pub shard: u32,
+    pub seq: u64,
+    pub totals: ExperimentTotals,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventStoreError {
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    #[error("event store timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("event store data for experiment {experiment} is corrupt: {problem}")]
+    Corrupt {
+        experiment: ExperimentId,
+        problem: String,
+    },
+    /// Input the store cannot represent (a keyspace name that is not a CQL name, a seq beyond
+    /// what a CQL write timestamp holds); retrying it cannot help.
+    #[error("event store cannot take this input: {0}")]
+    Invalid(String),
+    #[error("event store I/O on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores each flush unless the store already holds one with a larger or equal `seq` for the
+    /// same (experiment, shard). All-or-nothing per flush; idempotent.
+    async fn flush(&self, flushes: &[ShardFlush]) -> Result<(), EventStoreError>;
+
+    /// The stored flush of one shard, for the shard's (new) owner.
+    async fn shard(
+        &self,
+        experiment: &ExperimentId,
+        shard: u32,
+    ) -> Result<Option<ShardFlush>, EventStoreError>;
+
+    /// Every shard's latest flush for `experiment`, merged: the experiment's totals.
+    async fn totals(&self, experiment: &ExperimentId) -> Result<ExperimentTotals, EventStoreError>;
+}
