@@ -14,6 +14,8 @@ const PROTOS: &[&str] = &[
     "flagd/evaluation/v2/evaluation.proto",
     "flagd/sync/v1/sync.proto",
     "bunting/v1/bunting.proto",
+    "bunting/v1/cluster.proto",
+    "bunting/v1/experiments.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
