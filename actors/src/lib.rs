@@ -13,17 +13,22 @@
 mod catalog;
 mod error;
 mod node;
+mod owned;
 mod resolved;
 mod shard;
-mod shard_key;
 mod supervisor;
+mod user_state;
 
+pub use bunting_keyspace::shard_of;
 pub use catalog::{Catalog, Update};
 pub use error::NodeError;
 pub use node::{Node, NodeConfig};
+pub use owned::TrackRefused;
 pub use resolved::ResolvedFlag;
-pub use shard::{BulkRequest, ResolveRequest};
-pub use shard_key::shard_of;
+pub use shard::{BulkRequest, ResolveRequest, ShardServices, TrackRequest};
+pub use user_state::{MemoryUserStates, UserState, UserStateError, UserStateStore};
 
+#[cfg(test)]
+mod experiment_tests;
 #[cfg(test)]
 mod tests;

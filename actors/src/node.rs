@@ -14,10 +14,12 @@ use tokio::time::Instant;
 
 use crate::catalog::{Catalog, Update};
 use crate::error::NodeError;
+use crate::owned::TrackRefused;
 use crate::resolved::ResolvedFlag;
-use crate::shard::{BulkRequest, ResolveRequest, ShardMsg};
-use crate::shard_key::shard_of;
+use crate::shard::{BulkRequest, ResolveRequest, ShardMsg, ShardServices, TrackRequest};
 use crate::supervisor::{NodeSupervisor, ShardSlots, SupervisorArgs, SupervisorMsg};
+use bunting_experiments::{ExperimentId, ExperimentTotals, RunningExperiments};
+use bunting_keyspace::shard_of;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -27,14 +29,19 @@ pub struct NodeConfig {
     pub default_set: String,
     /// How long a caller waits for a shard before giving up.
     pub call_timeout: Duration,
+    /// Whether the node starts owning every shard's users: a single node does; a cluster member
+    /// owns nothing until the cluster's shard map gives it shards (see `Node::set_owned`), so a
+    /// restarted member never counts exposures for shards another member owns.
+    pub owns_all_at_start: bool,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            shards: 16,
+            shards: bunting_keyspace::DEFAULT_SHARDS,
             default_set: "default".to_owned(),
             call_timeout: Duration::from_secs(2),
+            owns_all_at_start: true,
         }
     }
 }
@@ -51,7 +58,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node whose per-user state and statistics stay in memory (tests, embedded defaults).
     pub async fn start(config: NodeConfig, initial: Catalog) -> Result<Node, NodeError> {
+        Node::start_with(config, initial, ShardServices::in_memory()).await
+    }
+
+    /// A node whose shards keep per-user state and statistics in `services`.
+    pub async fn start_with(
+        config: NodeConfig,
+        initial: Catalog,
+        services: ShardServices,
+    ) -> Result<Node, NodeError> {
         let shards = config.shards.max(1);
         let slots = Arc::new(ShardSlots {
             refs: RwLock::new(Vec::new()),
@@ -67,6 +84,8 @@ impl Node {
                 default_set: config.default_set.as_str().into(),
                 slots: slots.clone(),
                 published,
+                services,
+                owns_all: config.owns_all_at_start,
             },
         )
         .await?;
@@ -133,6 +152,7 @@ impl Node {
     /// subject order, one `Vec` per subject in the order of `keys`.
     pub async fn resolve_bulk(
         &self,
+        set: Arc<str>,
         flags: Arc<FlagSet>,
         keys: Arc<[String]>,
         contexts: Vec<EvaluationContext>,
@@ -142,6 +162,7 @@ impl Node {
         for context in contexts {
             let shard = self.shard_for(&context);
             let request = BulkRequest {
+                set: set.clone(),
                 flags: flags.clone(),
                 keys: keys.clone(),
                 context,
@@ -170,6 +191,112 @@ impl Node {
             Ok(CallResult::Success(applied)) => Ok(applied),
             _ => Err(NodeError::SupervisorGone),
         }
+    }
+
+    /// Counts a conversion event for `request.user` in its shard (which must be owned here).
+    pub async fn track(
+        &self,
+        request: TrackRequest,
+    ) -> Result<Result<Vec<ExperimentId>, TrackRefused>, NodeError> {
+        let shard = shard_of(&request.user, self.shard_count());
+        self.call(shard, |reply| ShardMsg::Track(request, reply))
+            .await
+    }
+
+    /// The experiments that count from now on: every request sent after this returns sees them.
+    pub async fn install_experiments(
+        &self,
+        experiments: Arc<RunningExperiments>,
+    ) -> Result<(), NodeError> {
+        self.tell_supervisor(|reply| SupervisorMsg::Experiments(experiments, Some(reply)))
+            .await
+    }
+
+    /// Which shards this node owns (index = shard). Shards gaining ownership load their users'
+    /// state; shards losing it flush and forget. Requests sent after this returns are handled
+    /// after the change.
+    pub async fn set_owned(&self, owned: Vec<bool>) -> Result<(), NodeError> {
+        self.tell_supervisor(|reply| SupervisorMsg::Own(owned, Some(reply)))
+            .await
+    }
+
+    async fn tell_supervisor(
+        &self,
+        message: impl FnOnce(RpcReplyPort<()>) -> SupervisorMsg,
+    ) -> Result<(), NodeError> {
+        match self
+            .supervisor
+            .call(message, Some(self.config.call_timeout))
+            .await
+        {
+            Ok(CallResult::Success(())) => Ok(()),
+            _ => Err(NodeError::SupervisorGone),
+        }
+    }
+
+    /// Has every owned shard write its changed statistics; returns how many experiment flushes
+    /// were written, or the first failure.
+    pub async fn flush(&self) -> Result<usize, NodeError> {
+        let refs: Vec<_> = (0..self.shard_count())
+            .filter_map(|i| self.slots.get(i))
+            .collect();
+        let mut written = 0;
+        for (i, shard) in refs.iter().enumerate() {
+            let shard_index = u32::try_from(i).unwrap_or(u32::MAX);
+            match shard
+                .call(|r| ShardMsg::Flush(Some(r)), Some(self.config.call_timeout))
+                .await
+            {
+                Ok(CallResult::Success(Ok(n))) => written += n,
+                Ok(CallResult::Success(Err(reason))) => {
+                    return Err(NodeError::ShardUnavailable {
+                        shard: shard_index,
+                        reason,
+                    });
+                }
+                _ => {
+                    return Err(NodeError::ShardUnavailable {
+                        shard: shard_index,
+                        reason: "did not answer the flush".to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// The live statistics of `experiment` summed over the shards this node owns.
+    pub async fn experiment_totals(
+        &self,
+        experiment: &ExperimentId,
+    ) -> Result<ExperimentTotals, NodeError> {
+        let mut totals = ExperimentTotals::default();
+        for index in 0..self.shard_count() {
+            let Some(shard) = self.slots.get(index) else {
+                continue;
+            };
+            match shard
+                .call(
+                    |r| ShardMsg::Totals(experiment.clone(), r),
+                    Some(self.config.call_timeout),
+                )
+                .await
+            {
+                Ok(CallResult::Success(Some(t))) => totals.merge(&t),
+                Ok(CallResult::Success(None)) => {}
+                _ => {
+                    return Err(NodeError::ShardUnavailable {
+                        shard: index,
+                        reason: "did not report its statistics".to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(totals)
+    }
+
+    fn shard_count(&self) -> u32 {
+        u32::try_from(self.slots.len()).unwrap_or(u32::MAX)
     }
 
     /// Stops the tree (supervisor and shards) and waits for it.

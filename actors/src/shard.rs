@@ -1,14 +1,46 @@
 //! A shard actor: owns one slice of the targeting-key space and evaluates its users' flags
-//! against the catalog it holds.
+//! against the catalog it holds. While its node owns the shard (the cluster's shard map says so)
+//! it also keeps its users' experiment records and statistics ([`Owned`]): first exposures on
+//! evaluation, conversions on `Track`, a periodic flush of the statistics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bunting_engine::{ErrorCode, EvaluationContext, FlagSet, FlagType, ResolveError};
+use bunting_experiments::{EventStore, ExperimentId, ExperimentTotals, RunningExperiments};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::catalog::Catalog;
+use crate::owned::{Owned, TrackRefused};
 use crate::resolved::{self, ResolvedFlag};
+use crate::user_state::{UserStateError, UserStateStore};
+
+/// Where shards keep what outlives them: per-user records and the experiment statistics.
+#[derive(Debug, Clone)]
+pub struct ShardServices {
+    pub user_states: Arc<dyn UserStateStore>,
+    pub events: Arc<dyn EventStore>,
+}
+
+impl ShardServices {
+    /// Both in this process's memory: tests, and nodes configured with no stores.
+    pub fn in_memory() -> ShardServices {
+        ShardServices {
+            user_states: Arc::new(crate::user_state::MemoryUserStates::default()),
+            events: Arc::new(bunting_experiments::MemoryEventStore::default()),
+        }
+    }
+}
+
+/// A conversion event for one user.
+#[derive(Debug, Clone)]
+pub struct TrackRequest {
+    pub user: String,
+    pub event: String,
+    pub value: f64,
+    /// Only experiments on this flag set; `None`: every set.
+    pub flag_set: Option<String>,
+}
 
 /// One flag to resolve for one subject.
 #[derive(Debug, Clone)]
@@ -25,6 +57,8 @@ pub struct ResolveRequest {
 /// evaluation's unit of work, so one mailbox round trip serves one subject.
 #[derive(Debug, Clone)]
 pub struct BulkRequest {
+    /// The pinned set's id (for experiments, which are on a flag of a named set).
+    pub set: Arc<str>,
     /// The flag set to evaluate, chosen once by the caller for the whole batch. Shards install a
     /// new catalog one after another, so two shards may briefly hold different versions; evaluating
     /// the pinned set keeps every subject of one batch on one version.
@@ -47,10 +81,28 @@ pub enum ShardMsg {
     },
     /// The supervisor's fan-out of a new catalog.
     Install(Arc<Catalog>),
+    /// The supervisor's fan-out of the running experiments.
+    Experiments(Arc<RunningExperiments>),
+    /// Take (`true`: load the users' records) or give up (`false`: flush, then forget them)
+    /// ownership of this shard's users. The reply carries the number of users loaded.
+    Own(bool, Option<RpcReplyPort<Result<usize, UserStateError>>>),
+    /// A conversion event for a user of this shard.
+    Track(
+        TrackRequest,
+        RpcReplyPort<Result<Vec<ExperimentId>, TrackRefused>>,
+    ),
+    /// Write changed statistics to the event store (periodic, and before shutdown).
+    Flush(Option<RpcReplyPort<Result<usize, String>>>),
+    /// This shard's live statistics of one experiment (`None` when not owned or none counted).
+    Totals(ExperimentId, RpcReplyPort<Option<ExperimentTotals>>),
     /// Fails the actor, so tests can watch the supervisor restart it.
     #[cfg(test)]
     Crash,
 }
+
+// ractor's `cluster` feature (on for the whole workspace: the cluster crate needs it) drops the
+// blanket `Message` impl; this message never leaves the node, so the default (local-only) impl.
+impl ractor::Message for ShardMsg {}
 
 impl std::fmt::Debug for ShardMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,6 +111,11 @@ impl std::fmt::Debug for ShardMsg {
             ShardMsg::ResolveMany(r, _) => write!(f, "ResolveMany({} keys)", r.keys.len()),
             ShardMsg::ResolveAll { set, .. } => write!(f, "ResolveAll({set:?})"),
             ShardMsg::Install(c) => write!(f, "Install({:?})", c.changed_at()),
+            ShardMsg::Experiments(e) => write!(f, "Experiments({} running)", e.len()),
+            ShardMsg::Own(own, _) => write!(f, "Own({own})"),
+            ShardMsg::Track(t, _) => write!(f, "Track({:?})", t.event),
+            ShardMsg::Flush(_) => f.write_str("Flush"),
+            ShardMsg::Totals(id, _) => write!(f, "Totals({id})"),
             #[cfg(test)]
             ShardMsg::Crash => f.write_str("Crash"),
         }
@@ -75,6 +132,10 @@ pub struct ShardArgs {
     pub default_set: Arc<str>,
     /// Messages sent but not yet handled; the node increments it, the shard decrements it.
     pub depth: Arc<AtomicUsize>,
+    pub experiments: Arc<RunningExperiments>,
+    pub services: ShardServices,
+    /// Whether the shard starts owned (a restart of an owned shard reloads its users).
+    pub owned: bool,
 }
 
 #[derive(Debug)]
@@ -83,6 +144,10 @@ pub struct ShardState {
     catalog: Arc<Catalog>,
     default_set: Arc<str>,
     depth: Arc<AtomicUsize>,
+    experiments: Arc<RunningExperiments>,
+    services: ShardServices,
+    /// `Some` while this node owns the shard's users.
+    owned: Option<Owned>,
 }
 
 impl ShardState {
@@ -98,6 +163,92 @@ impl ShardState {
     }
 }
 
+impl ShardState {
+    /// Takes or gives up ownership; returns the number of users now held.
+    async fn own(&mut self, own: bool) -> Result<usize, UserStateError> {
+        match (own, self.owned.is_some()) {
+            (true, false) => {
+                let owned = Owned::acquire(
+                    self.index,
+                    self.services.user_states.as_ref(),
+                    self.services.events.as_ref(),
+                )
+                .await?;
+                let users = owned.users();
+                self.owned = Some(owned);
+                metrics::counter!("bunting_shard_acquisitions_total").increment(1);
+                Ok(users)
+            }
+            (false, true) => {
+                // Flush what changed so the statistics store is current; the next owner rebuilds
+                // from the user records either way.
+                if let Err(e) = self.flush().await {
+                    tracing::warn!(shard = self.index, error = %e, "flush before release failed");
+                }
+                self.owned = None;
+                metrics::counter!("bunting_shard_releases_total").increment(1);
+                Ok(0)
+            }
+            _ => Ok(self.owned.as_ref().map_or(0, Owned::users)),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<usize, String> {
+        let index = self.index;
+        match self.owned.as_mut() {
+            Some(owned) => owned
+                .flush(index, self.services.events.as_ref())
+                .await
+                .map_err(|e| {
+                    metrics::counter!("bunting_event_flush_failures_total").increment(1);
+                    e.to_string()
+                }),
+            None => Ok(0),
+        }
+    }
+
+    /// First exposures for the flags just resolved, when this node owns the user and a running
+    /// experiment is on the flag. A failure to store the record is logged and counted; the
+    /// evaluation is answered regardless (serving flags never waits on experiments).
+    async fn expose<'a>(
+        &mut self,
+        set: Option<&Arc<str>>,
+        context: &EvaluationContext,
+        resolved: impl IntoIterator<Item = (&'a String, &'a ResolvedFlag)>,
+    ) {
+        if self.experiments.is_empty() {
+            return;
+        }
+        let (Some(owned), Some(user)) = (self.owned.as_mut(), context.targeting_key()) else {
+            return;
+        };
+        let set = set.unwrap_or(&self.default_set);
+        for (key, answer) in resolved {
+            let Some(variant) = answer.variant.as_deref() else {
+                continue;
+            };
+            if answer.error.is_some() {
+                continue;
+            }
+            for experiment in self.experiments.on_flag(set, key) {
+                if let Err(e) = owned
+                    .expose(
+                        self.index,
+                        user,
+                        experiment,
+                        variant,
+                        self.services.user_states.as_ref(),
+                    )
+                    .await
+                {
+                    metrics::counter!("bunting_exposures_lost_total").increment(1);
+                    tracing::warn!(shard = self.index, experiment = %experiment.id, error = %e, "exposure not recorded");
+                }
+            }
+        }
+    }
+}
+
 impl Actor for Shard {
     type Msg = ShardMsg;
     type State = ShardState;
@@ -108,12 +259,23 @@ impl Actor for Shard {
         _myself: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardState, ActorProcessingErr> {
-        Ok(ShardState {
+        let mut state = ShardState {
             index: args.index,
             catalog: args.catalog,
             default_set: args.default_set,
             depth: args.depth,
-        })
+            experiments: args.experiments,
+            services: args.services,
+            owned: None,
+        };
+        if args.owned {
+            // A shard that cannot load its users still serves evaluations; it retries on the next
+            // ownership change. Failing here would make the supervisor restart it in a loop.
+            if let Err(e) = state.own(true).await {
+                tracing::warn!(shard = state.index, error = %e, "could not load the shard's users");
+            }
+        }
+        Ok(state)
     }
 
     async fn handle(
@@ -131,16 +293,30 @@ impl Actor for Shard {
                     }
                     Err(e) => ResolvedFlag::failed(e),
                 };
+                state
+                    .expose(
+                        request.set.as_ref(),
+                        &request.context,
+                        [(&request.key, &answer)],
+                    )
+                    .await;
                 // The caller may have given up (timeout, cancelled RPC); nothing to do then.
                 let _ = reply.send(answer);
             }
             ShardMsg::ResolveMany(request, reply) => {
                 state.depth.fetch_sub(1, Ordering::Relaxed);
-                let answer = request
+                let answer: Vec<ResolvedFlag> = request
                     .keys
                     .iter()
                     .map(|key| resolved::resolve(&request.flags, key, None, &request.context))
                     .collect();
+                state
+                    .expose(
+                        Some(&request.set),
+                        &request.context,
+                        request.keys.iter().zip(&answer),
+                    )
+                    .await;
                 let _ = reply.send(answer);
             }
             ShardMsg::ResolveAll {
@@ -160,13 +336,56 @@ impl Actor for Shard {
                                 ),
                             )
                         })
-                        .collect()
+                        .collect::<Vec<_>>()
                 });
+                if let Ok(all) = &answer {
+                    let resolved: Vec<(&String, &ResolvedFlag)> =
+                        all.iter().map(|(k, r)| (k, r)).collect();
+                    state.expose(set.as_ref(), &context, resolved).await;
+                }
                 let _ = reply.send(answer);
             }
             ShardMsg::Install(catalog) => {
                 tracing::trace!(shard = state.index, "installed new catalog");
                 state.catalog = catalog;
+            }
+            ShardMsg::Experiments(experiments) => state.experiments = experiments,
+            ShardMsg::Own(own, reply) => {
+                let loaded = state.own(own).await;
+                if let Err(e) = &loaded {
+                    tracing::warn!(shard = state.index, error = %e, "could not load the shard's users");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(loaded);
+                }
+            }
+            ShardMsg::Track(request, reply) => {
+                state.depth.fetch_sub(1, Ordering::Relaxed);
+                let index = state.index;
+                let answer = match state.owned.as_mut() {
+                    Some(owned) => {
+                        owned
+                            .track(
+                                index,
+                                &request,
+                                &state.experiments,
+                                state.services.user_states.as_ref(),
+                            )
+                            .await
+                    }
+                    None => Err(TrackRefused::NotOwner(index)),
+                };
+                let _ = reply.send(answer);
+            }
+            ShardMsg::Totals(id, reply) => {
+                let totals = state.owned.as_ref().and_then(|o| o.totals(&id).cloned());
+                let _ = reply.send(totals);
+            }
+            ShardMsg::Flush(reply) => {
+                let flushed = state.flush().await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(flushed);
+                }
             }
             #[cfg(test)]
             ShardMsg::Crash => return Err("crash requested by a test".into()),

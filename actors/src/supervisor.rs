@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
 
+use bunting_experiments::RunningExperiments;
+
 use crate::catalog::{Catalog, Update};
-use crate::shard::{Shard, ShardArgs, ShardMsg};
+use crate::shard::{Shard, ShardArgs, ShardMsg, ShardServices};
 
 /// The shard actors' current references, shared with the [`crate::Node`] handle so that a
 /// restarted shard is reachable at once. Index = shard number.
@@ -36,17 +38,31 @@ impl ShardSlots {
 pub enum SupervisorMsg {
     /// Apply a change; the reply (if asked for) says whether it was newer than what the node had.
     Apply(Update, Option<RpcReplyPort<bool>>),
-    /// Periodic: publish mailbox depths as metrics.
+    /// Periodic: publish mailbox depths as metrics, and have owned shards flush their statistics.
     Sample,
+    /// Install the running experiments on every shard (and on shards restarted later).
+    Experiments(Arc<RunningExperiments>, Option<RpcReplyPort<()>>),
+    /// Which shards this node owns (index = shard); shards whose ownership changed are told.
+    /// The reply comes once every shard concerned has the message in its mailbox, so anything
+    /// the caller sends a shard afterwards is handled after it.
+    Own(Vec<bool>, Option<RpcReplyPort<()>>),
     #[cfg(test)]
     CrashShard(u32),
 }
+
+// ractor's `cluster` feature (on for the whole workspace: the cluster crate needs it) drops the
+// blanket `Message` impl; this message never leaves the node, so the default (local-only) impl.
+impl ractor::Message for SupervisorMsg {}
 
 impl std::fmt::Debug for SupervisorMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SupervisorMsg::Apply(u, _) => write!(f, "Apply({} v{})", u.set(), u.version()),
             SupervisorMsg::Sample => f.write_str("Sample"),
+            SupervisorMsg::Experiments(e, _) => write!(f, "Experiments({} running)", e.len()),
+            SupervisorMsg::Own(o, _) => {
+                write!(f, "Own({} shards)", o.iter().filter(|o| **o).count())
+            }
             #[cfg(test)]
             SupervisorMsg::CrashShard(i) => write!(f, "CrashShard({i})"),
         }
@@ -62,6 +78,8 @@ pub struct SupervisorArgs {
     pub(crate) default_set: Arc<str>,
     pub(crate) slots: Arc<ShardSlots>,
     pub(crate) published: watch::Sender<Arc<Catalog>>,
+    pub(crate) services: ShardServices,
+    pub(crate) owns_all: bool,
 }
 
 #[derive(Debug)]
@@ -70,6 +88,11 @@ pub struct SupervisorState {
     default_set: Arc<str>,
     slots: Arc<ShardSlots>,
     published: watch::Sender<Arc<Catalog>>,
+    services: ShardServices,
+    experiments: Arc<RunningExperiments>,
+    /// Index = shard. A node starts owning every shard (a single node owns them all); a
+    /// clustered node is told its share as soon as it has a shard map.
+    owned: Vec<bool>,
 }
 
 impl SupervisorState {
@@ -89,6 +112,9 @@ impl SupervisorState {
                 catalog: self.catalog.clone(),
                 default_set: self.default_set.clone(),
                 depth,
+                experiments: self.experiments.clone(),
+                services: self.services.clone(),
+                owned: self.owned.get(index as usize).copied().unwrap_or(false),
             },
             myself.get_cell(),
         )
@@ -108,10 +134,13 @@ impl Actor for NodeSupervisor {
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let state = SupervisorState {
+            owned: vec![args.owns_all; args.slots.len()],
             catalog: args.catalog,
             default_set: args.default_set,
             slots: args.slots,
             published: args.published,
+            services: args.services,
+            experiments: Arc::new(RunningExperiments::default()),
         };
         let count = u32::try_from(state.slots.len()).unwrap_or(u32::MAX);
         let mut refs = Vec::with_capacity(state.slots.len());
@@ -162,6 +191,39 @@ impl Actor for NodeSupervisor {
                     metrics::gauge!("bunting_shard_mailbox_depth", "shard" => i.to_string())
                         .set(depth.load(Ordering::Relaxed) as f64);
                 }
+                metrics::gauge!("bunting_shards_owned")
+                    .set(state.owned.iter().filter(|o| **o).count() as f64);
+                if !state.experiments.is_empty() {
+                    for_each_shard(&state.slots, |shard| {
+                        let _ = shard.cast(ShardMsg::Flush(None));
+                    });
+                }
+            }
+            SupervisorMsg::Experiments(experiments, reply) => {
+                state.experiments = experiments.clone();
+                for_each_shard(&state.slots, |shard| {
+                    let _ = shard.cast(ShardMsg::Experiments(experiments.clone()));
+                });
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            SupervisorMsg::Own(owned, reply) => {
+                let refs = state
+                    .slots
+                    .refs
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (i, (shard, own)) in refs.iter().zip(&owned).enumerate() {
+                    if state.owned.get(i) != Some(own) {
+                        let _ = shard.cast(ShardMsg::Own(*own, None));
+                    }
+                }
+                drop(refs);
+                state.owned = owned;
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
             }
             #[cfg(test)]
             SupervisorMsg::CrashShard(i) => {
@@ -206,6 +268,16 @@ impl Actor for NodeSupervisor {
             *slot = shard;
         }
         Ok(())
+    }
+}
+
+fn for_each_shard(slots: &ShardSlots, mut each: impl FnMut(&ActorRef<ShardMsg>)) {
+    let refs = slots
+        .refs
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for shard in refs.iter() {
+        each(shard);
     }
 }
 

@@ -150,7 +150,10 @@ async fn bulk_resolves_each_subject_on_its_shard_in_order() {
         })
         .collect();
     let pinned = node.catalog().get("default").unwrap().clone();
-    let answers = node.resolve_bulk(pinned, keys, contexts).await.unwrap();
+    let answers = node
+        .resolve_bulk("default".into(), pinned, keys, contexts)
+        .await
+        .unwrap();
     assert_eq!(answers.len(), 64);
     for (i, answer) in answers.iter().enumerate() {
         let [pro, missing, colour] = answer.as_slice() else {
@@ -176,7 +179,10 @@ async fn bulk_evaluates_the_pinned_version_even_after_a_change() {
     let contexts = (0..16)
         .map(|i| EvaluationContext::new().with_targeting_key(format!("user-{i}")))
         .collect();
-    let answers = node.resolve_bulk(pinned, keys, contexts).await.unwrap();
+    let answers = node
+        .resolve_bulk("default".into(), pinned, keys, contexts)
+        .await
+        .unwrap();
     for answer in answers {
         assert_eq!(answer[0].value, Some(json!("red")));
         assert_eq!(answer[0].flag_set_version, 1);

@@ -1,0 +1,249 @@
+//! Exposures, conversions and their statistics in the actor tree: counted once per user, only by
+//! the owning node, kept across an ownership move and a shard restart.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bunting_engine::{CompileOptions, EvaluationContext, FlagType, compile};
+use bunting_experiments::{
+    Experiment, ExperimentId, MemoryEventStore, Metric, MetricKind, MetricName, RunningExperiments,
+};
+use serde_json::json;
+
+use crate::{
+    Catalog, MemoryUserStates, Node, NodeConfig, ResolveRequest, ShardServices, TrackRefused,
+    TrackRequest, Update,
+};
+
+const SHARDS: u32 = 4;
+
+fn catalog() -> Catalog {
+    let doc = json!({"flags": {
+        "button": {"state": "ENABLED", "variants": {"blue": "blue", "green": "green", "red": "red"},
+                   "defaultVariant": "blue",
+                   "targeting": {"fractional": [["blue", 50], ["green", 50]]}},
+        "solid": {"state": "ENABLED", "variants": {"red": "red", "blue": "blue"}, "defaultVariant": "red"}
+    }});
+    let flags = compile(&doc.to_string(), &CompileOptions::default())
+        .unwrap()
+        .flag_set
+        .with_version(1);
+    Catalog::new()
+        .apply(&Update::Put {
+            set: "default".into(),
+            flags: Arc::new(flags),
+            committed_at: SystemTime::now(),
+        })
+        .unwrap()
+}
+
+fn experiment() -> Experiment {
+    let metric = |name: &str, kind| Metric {
+        name: MetricName::new(name).unwrap(),
+        event: "purchase".into(),
+        kind,
+    };
+    let mut e = Experiment::draft(
+        ExperimentId::new("checkout").unwrap(),
+        "default",
+        "button",
+        ["blue".to_owned(), "green".to_owned()],
+        "blue",
+        vec![
+            metric("bought", MetricKind::Conversion),
+            metric("revenue", MetricKind::Mean),
+        ],
+    )
+    .unwrap();
+    e.start(1).unwrap();
+    e
+}
+
+async fn node(services: &ShardServices) -> Node {
+    let node = Node::start_with(
+        NodeConfig {
+            shards: SHARDS,
+            ..NodeConfig::default()
+        },
+        catalog(),
+        services.clone(),
+    )
+    .await
+    .unwrap();
+    node.install_experiments(Arc::new(RunningExperiments::new([experiment()])))
+        .await
+        .unwrap();
+    node
+}
+
+async fn evaluate(node: &Node, user: &str) -> String {
+    let r = node
+        .resolve(ResolveRequest {
+            set: None,
+            key: "button".into(),
+            wanted: Some(FlagType::String),
+            context: EvaluationContext::new().with_targeting_key(user),
+        })
+        .await
+        .unwrap();
+    r.variant.unwrap()
+}
+
+async fn track(node: &Node, user: &str, value: f64) -> Result<Vec<ExperimentId>, TrackRefused> {
+    node.track(TrackRequest {
+        user: user.into(),
+        event: "purchase".into(),
+        value,
+        flag_set: None,
+    })
+    .await
+    .unwrap()
+}
+
+fn id() -> ExperimentId {
+    ExperimentId::new("checkout").unwrap()
+}
+
+#[tokio::test]
+async fn each_user_is_exposed_once_and_converts_toward_their_arm() {
+    let services = ShardServices::in_memory();
+    let node = node(&services).await;
+    let mut arms = std::collections::BTreeMap::<String, u64>::new();
+    for i in 0..200 {
+        let user = format!("user-{i}");
+        let variant = evaluate(&node, &user).await;
+        // Repeated evaluations are not new exposures.
+        assert_eq!(evaluate(&node, &user).await, variant);
+        *arms.entry(variant).or_default() += 1;
+    }
+    assert_eq!(track(&node, "user-1", 10.0).await.unwrap(), vec![id()]);
+    assert_eq!(track(&node, "user-1", 5.0).await.unwrap(), vec![id()]);
+    assert!(
+        track(&node, "never-exposed", 1.0).await.unwrap().is_empty(),
+        "no exposure, no conversion"
+    );
+    assert!(matches!(
+        track(&node, "user-2", f64::NAN).await,
+        Err(TrackRefused::BadEvent(_))
+    ));
+    assert!(matches!(
+        track(&node, "user-2", -3.0).await,
+        Err(TrackRefused::BadEvent(_))
+    ));
+
+    let live = node.experiment_totals(&id()).await.unwrap();
+    assert!(node.flush().await.unwrap() > 0);
+    assert_eq!(
+        services.events.totals(&id()).await.unwrap(),
+        live,
+        "the flush wrote the live counts"
+    );
+    let totals = services.events.totals(&id()).await.unwrap();
+    assert_eq!(totals.exposed(), 200);
+    for (arm, users) in &arms {
+        assert_eq!(totals.arms[arm].exposed, *users, "arm {arm}");
+    }
+    let arm_of_user_1 = evaluate(&node, "user-1").await;
+    let metrics = &totals.arms[&arm_of_user_1].metrics;
+    assert_eq!(metrics[&MetricName::new("bought").unwrap()].converted, 1);
+    let revenue = metrics[&MetricName::new("revenue").unwrap()];
+    assert_eq!((revenue.sum, revenue.sum_squares), (15.0, 225.0));
+    assert_eq!(
+        node.flush().await.unwrap(),
+        0,
+        "nothing changed since the last flush"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_shard_moved_to_another_node_keeps_its_users() {
+    // Two nodes sharing the stores, as two cluster members share Redis and the event store.
+    let services = ShardServices {
+        user_states: Arc::new(MemoryUserStates::default()),
+        events: Arc::new(MemoryEventStore::default()),
+    };
+    let a = node(&services).await;
+    let b = node(&services).await;
+    b.set_owned(vec![false; SHARDS as usize]).await.unwrap();
+    for i in 0..100 {
+        evaluate(&a, &format!("user-{i}")).await;
+    }
+    track(&a, "user-7", 4.0).await.unwrap();
+    // The move: A gives every shard up, B takes them.
+    a.set_owned(vec![false; SHARDS as usize]).await.unwrap();
+    b.set_owned(vec![true; SHARDS as usize]).await.unwrap();
+    assert!(matches!(
+        track(&a, "user-7", 1.0).await,
+        Err(TrackRefused::NotOwner(_))
+    ));
+    // Users already exposed are not exposed again on B; their conversions continue.
+    for i in 0..100 {
+        evaluate(&b, &format!("user-{i}")).await;
+    }
+    assert_eq!(track(&b, "user-7", 1.0).await.unwrap(), vec![id()]);
+    b.flush().await.unwrap();
+    let totals = services.events.totals(&id()).await.unwrap();
+    assert_eq!(totals.exposed(), 100, "a move must not count users twice");
+    let arm = evaluate(&b, "user-7").await;
+    let revenue = totals.arms[&arm].metrics[&MetricName::new("revenue").unwrap()];
+    assert_eq!(
+        (revenue.sum, revenue.sum_squares),
+        (5.0, 25.0),
+        "user-7's total is 4 + 1"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_shard_reloads_its_users() {
+    let services = ShardServices::in_memory();
+    let node = node(&services).await;
+    for i in 0..50 {
+        evaluate(&node, &format!("user-{i}")).await;
+    }
+    for shard in 0..SHARDS {
+        node.crash_shard(shard);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..50 {
+        evaluate(&node, &format!("user-{i}")).await;
+    }
+    node.flush().await.unwrap();
+    assert_eq!(services.events.totals(&id()).await.unwrap().exposed(), 50);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_variant_that_is_not_an_arm_counts_nothing() {
+    // The flag's variants changed after the experiment was defined: "red" is served, but the arms
+    // are blue and green. Such evaluations are not exposures (and are counted in a metric).
+    let services = ShardServices::in_memory();
+    let node = node(&services).await;
+    let mut on_solid = experiment();
+    on_solid.id = ExperimentId::new("solid-test").unwrap();
+    on_solid.flag_key = "solid".into();
+    node.install_experiments(Arc::new(RunningExperiments::new([experiment(), on_solid])))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let r = node
+            .resolve(ResolveRequest {
+                set: None,
+                key: "solid".into(),
+                wanted: Some(FlagType::String),
+                context: EvaluationContext::new().with_targeting_key(format!("user-{i}")),
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.variant.as_deref(), Some("red"));
+    }
+    let solid = ExperimentId::new("solid-test").unwrap();
+    assert_eq!(node.experiment_totals(&solid).await.unwrap().exposed(), 0);
+    assert!(
+        track(&node, "user-1", 1.0).await.unwrap().is_empty(),
+        "not exposed, so nothing to attribute"
+    );
+    node.shutdown().await;
+}

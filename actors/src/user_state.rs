@@ -1,0 +1,87 @@
+//! The per-user state a shard keeps for the users it owns, and where that state lives beyond the
+//! shard's memory so the shard's next owner (after a move, a restart or a crash) finds it.
+//!
+//! A user's state is their record in each experiment they were exposed to
+//! ([`bunting_experiments::UserExposure`]). The shard writes a record through to its
+//! [`UserStateStore`] before it answers the request that changed it, so an acknowledged exposure
+//! or conversion survives the node being killed; the shard's statistics are a function of these
+//! records and are rebuilt from them when a shard is acquired.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bunting_experiments::{ExperimentId, UserExposure};
+
+/// One user's records, by experiment.
+pub type UserState = BTreeMap<ExperimentId, UserExposure>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserStateError {
+    #[error("user state store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored state of user {user:?} in shard {shard} is not a user state: {problem}")]
+    Corrupt {
+        shard: u32,
+        user: String,
+        problem: String,
+    },
+}
+
+/// Durable per-user state, one collection per shard. Implementations: the shared tier (Redis)
+/// in a cluster, a local file log for a single node, memory for tests.
+#[async_trait]
+pub trait UserStateStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Every user's state in `shard`, as raw bytes (see [`encode`]).
+    async fn load(&self, shard: u32) -> Result<Vec<(String, Vec<u8>)>, UserStateError>;
+
+    /// Replaces one user's state. `Ok` means stored, or queued to be stored by a store that
+    /// buffers writes while its backend is down.
+    async fn save(&self, shard: u32, user: &str, state: &[u8]) -> Result<(), UserStateError>;
+}
+
+pub fn encode(state: &UserState) -> Vec<u8> {
+    // A map of plain data: serializing it cannot fail; an empty object is the safe fallback.
+    serde_json::to_vec(state).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+pub fn decode(shard: u32, user: &str, bytes: &[u8]) -> Result<UserState, UserStateError> {
+    serde_json::from_slice(bytes).map_err(|e| UserStateError::Corrupt {
+        shard,
+        user: user.to_owned(),
+        problem: e.to_string(),
+    })
+}
+
+/// Per-user state in this process's memory: for tests, and for nodes that were given no store
+/// (the state then lasts as long as the process).
+#[derive(Debug, Default)]
+pub struct MemoryUserStates {
+    shards: Mutex<HashMap<u32, BTreeMap<String, Vec<u8>>>>,
+}
+
+#[async_trait]
+impl UserStateStore for MemoryUserStates {
+    async fn load(&self, shard: u32) -> Result<Vec<(String, Vec<u8>)>, UserStateError> {
+        let shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(shards
+            .get(&shard)
+            .map(|users| users.iter().map(|(u, s)| (u.clone(), s.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    async fn save(&self, shard: u32, user: &str, state: &[u8]) -> Result<(), UserStateError> {
+        let mut shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        shards
+            .entry(shard)
+            .or_default()
+            .insert(user.to_owned(), state.to_vec());
+        Ok(())
+    }
+}
