@@ -16,7 +16,13 @@
 //! subscriber has the previous one, so each message is attributed to exactly one update (a
 //! change can arrive before the Admin reply does; that counts as 0).
 //!
-//! Run: `cargo bench --bench propagation`. Results: BENCHMARKS.md.
+//! With `BUNTING_PROPAGATION_NODES=3` the nodes are three real `bunting serve` processes joined
+//! into one loopback cluster (`[cluster]`, cookie from the environment) on the same database; the
+//! Admin writes go to the first, the subscribers are spread over all three, so the figures are
+//! the cluster-wide path: every node's LISTEN, catch-up, supervisor fan-out and streams.
+//!
+//! Run: `cargo bench --bench propagation` (one in-process node) or
+//! `BUNTING_PROPAGATION_NODES=3 cargo bench --bench propagation`. Results: BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -97,7 +103,85 @@ async fn run() {
     result.print();
 }
 
+/// A `bunting serve` process of the clustered variant, killed when dropped.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `nodes` clustered `bunting serve` processes on `url`; returns their gRPC endpoints
+/// once every one accepts connections.
+fn spawn_cluster(url: &str, nodes: usize) -> (Vec<String>, Vec<Process>) {
+    let dir = std::env::temp_dir().join(format!("bunting-propagation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+    let mut endpoints = Vec::new();
+    let mut processes = Vec::new();
+    for (i, port) in cluster_ports.iter().enumerate() {
+        let (grpc, metrics) = (free_port(), free_port());
+        let seeds: Vec<String> = cluster_ports[..i]
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        let config = dir.join(format!("node-{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "grpc_addr = \"127.0.0.1:{grpc}\"\nmetrics_addr = \"127.0.0.1:{metrics}\"\n\
+                 [flags]\nsource = \"postgres\"\nurl = {}\nversion_check = 3600\n\
+                 [cluster]\nnode_id = \"node-{i}\"\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\n",
+                serde_json::to_string(url).unwrap(),
+                seeds.join(", ")
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(format!("node-{i}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bunting"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("BUNTING_CLUSTER_COOKIE", "propagation-bench")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        processes.push(Process(child));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+            assert!(
+                started.elapsed() < PATIENCE * 4,
+                "node-{i} did not start; see {}",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        endpoints.push(format!("http://127.0.0.1:{grpc}"));
+    }
+    (endpoints, processes)
+}
+
 async fn measure(url: String) -> Report {
+    let nodes: usize = std::env::var("BUNTING_PROPAGATION_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    if nodes > 1 {
+        let (endpoints, processes) = spawn_cluster(&url, nodes);
+        let report = measure_on(endpoints, nodes).await;
+        drop(processes);
+        return report;
+    }
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
@@ -108,20 +192,31 @@ async fn measure(url: String) -> Report {
         },
         ..Config::default()
     };
-    let shards = config.shards;
     let bound = bunting::server::bind(config).await.unwrap();
     let endpoint = format!("http://{}", bound.grpc_addr());
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(bound.serve(async {
         let _ = stopped.await;
     }));
-    let connect = || async {
-        Channel::from_shared(endpoint.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+    let report = measure_on(vec![endpoint], 1).await;
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
+    report
+}
+
+/// Admin writes go to the first endpoint; subscriber `i` connects to endpoint `i % n`.
+async fn measure_on(endpoints: Vec<String>, nodes: usize) -> Report {
+    let connect_to = |i: usize| {
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        async move {
+            Channel::from_shared(endpoint)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        }
     };
+    let connect = || connect_to(0);
 
     let mut admin = AdminClient::new(connect().await);
     admin
@@ -142,27 +237,29 @@ async fn measure(url: String) -> Report {
         })
         .await
         .unwrap();
-    // SyncFlags needs the set on the node: wait for it.
-    let mut probe = FlagSyncServiceClient::new(connect().await);
-    let started = Instant::now();
-    while probe
-        .fetch_all_flags(bunting_proto::flagd::sync::v1::FetchAllFlagsRequest::default())
-        .await
-        .map_or(true, |r| {
-            update_of(&r.into_inner().flag_configuration) != Some(0)
-        })
-    {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the node never loaded the set"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // SyncFlags needs the set on every node: wait for it.
+    for n in 0..endpoints.len() {
+        let mut probe = FlagSyncServiceClient::new(connect_to(n).await);
+        let started = Instant::now();
+        while probe
+            .fetch_all_flags(bunting_proto::flagd::sync::v1::FetchAllFlagsRequest::default())
+            .await
+            .map_or(true, |r| {
+                update_of(&r.into_inner().flag_configuration) != Some(0)
+            })
+        {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "node {n} never loaded the set"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
     let mut subscribers = Vec::new();
-    for _ in 0..EVENT_SUBSCRIBERS {
-        let mut stream = v1::service_client::ServiceClient::new(connect().await)
+    for i in 0..EVENT_SUBSCRIBERS {
+        let mut stream = v1::service_client::ServiceClient::new(connect_to(i).await)
             .event_stream(v1::EventStreamRequest {})
             .await
             .unwrap()
@@ -187,8 +284,8 @@ async fn measure(url: String) -> Report {
             }
         }));
     }
-    for _ in 0..SYNC_SUBSCRIBERS {
-        let mut stream = FlagSyncServiceClient::new(connect().await)
+    for i in 0..SYNC_SUBSCRIBERS {
+        let mut stream = FlagSyncServiceClient::new(connect_to(i).await)
             .sync_flags(SyncFlagsRequest::default())
             .await
             .unwrap()
@@ -213,7 +310,7 @@ async fn measure(url: String) -> Report {
     drop(tx);
 
     let mut report = Report {
-        shards,
+        nodes,
         ..Report::default()
     };
     let mut next_slot = tokio::time::Instant::now();
@@ -272,10 +369,8 @@ async fn measure(url: String) -> Report {
     }
 
     drop(admin);
-    stop.send(()).unwrap();
-    served.await.unwrap().unwrap();
     for subscriber in subscribers {
-        let _ = subscriber.await;
+        subscriber.abort();
     }
     report
 }
@@ -297,7 +392,7 @@ fn update_of(configuration: &str) -> Option<usize> {
 
 #[derive(Debug, Default)]
 struct Report {
-    shards: u32,
+    nodes: usize,
     admin: Vec<Duration>,
     /// From the Admin reply (the brief's "commit"), arrivals before it counted as 0.
     event_stream: Vec<Duration>,
@@ -313,9 +408,9 @@ impl Report {
     fn print(mut self) {
         println!(
             "propagation: {UPDATES} updates ({WARM_UP} warm-up not counted) spaced >= {} ms, \
-             {EVENT_SUBSCRIBERS} EventStream + {SYNC_SUBSCRIBERS} SyncFlags subscribers, {} shards",
+             {EVENT_SUBSCRIBERS} EventStream + {SYNC_SUBSCRIBERS} SyncFlags subscribers over {} node(s)",
             SPACING.as_millis(),
-            self.shards
+            self.nodes
         );
         println!(
             "{:<34} {:>7} {:>9} {:>9} {:>9} {:>9}",

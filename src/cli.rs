@@ -59,10 +59,12 @@ pub enum Command {
         /// The node's gRPC address.
         #[arg(long, default_value = "127.0.0.1:8013")]
         target: String,
-        /// `single`: ResolveBoolean of --flag; `bulk`: ResolveAll (every flag of the set).
+        /// `single`: ResolveBoolean of --flag; `bulk`: ResolveAll (every flag of the set);
+        /// `experiment`: ResolveString of --flag (which should have a running experiment), a
+        /// --track-ratio share of them followed by a Track of --event for the same user.
         #[arg(long, value_enum, default_value_t = WorkloadArg::Single)]
         workload: WorkloadArg,
-        /// The boolean flag for `single`.
+        /// The boolean flag for `single`; the string flag for `experiment`.
         #[arg(long, default_value = "welcome-banner")]
         flag: String,
         /// HTTP/2 connections to spread the clients over.
@@ -80,6 +82,62 @@ pub enum Command {
         /// Distinct targeting keys to cycle through.
         #[arg(long, default_value_t = 100_000)]
         users: u32,
+        /// `experiment` only: the share of evaluations followed by a Track (0 to 1; 0 measures
+        /// the same requests without tracking, e.g. on a flag without an experiment).
+        #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
+        track_ratio: f64,
+        /// `experiment` only: the tracked event's name.
+        #[arg(long, default_value = "purchase")]
+        event: String,
+        /// Send through the shard-aware client (each request to its key's owner, learnt from
+        /// --target's Topology) instead of flagd clients on --target (which forward what they do
+        /// not own). single and bulk only.
+        #[arg(long)]
+        routed: bool,
+        /// Instead of a load: create flag set `default` and a 50/50 string --flag through the
+        /// Admin API, if missing, and wait until the node serves it (for scripts).
+        #[arg(long, hide = true, conflicts_with = "setup_experiment")]
+        setup_flag: bool,
+        /// As --setup-flag, plus an experiment `<flag>-experiment` on it with metrics on --event,
+        /// started, and wait until the node counts its tracks (for scripts).
+        #[arg(long, hide = true)]
+        setup_experiment: bool,
+    },
+    /// Inspect or operate a running cluster through any of its nodes.
+    Cluster {
+        /// Any node's gRPC address.
+        #[arg(long, global = true, default_value = "127.0.0.1:8013")]
+        node: String,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Ask a running node or cluster what it serves one subject, through the shard-aware client
+    /// (the subject's owner answers). Prints JSON: the owner, the map epoch, the flags.
+    Resolve {
+        /// Any node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8013")]
+        node: String,
+        /// One flag; without it, every flag of the default set.
+        #[arg(long)]
+        flag: Option<String>,
+        /// The evaluation context as a JSON object, e.g. '{"targetingKey": "user-1"}'.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        context: String,
+    },
+    /// Manage the flags of a PostgreSQL-backed node or cluster through its admin API.
+    Flags {
+        #[command(subcommand)]
+        action: FlagsAction,
+    },
+    /// Read experiments from a running node: results as a table per metric, or the list.
+    ///
+    /// Exit status: 0 on success, 2 when the node cannot be reached or answers an error.
+    Experiment {
+        /// Any node's gRPC address.
+        #[arg(long, global = true, default_value = "127.0.0.1:8013")]
+        node: String,
+        #[command(subcommand)]
+        action: ExperimentAction,
     },
     /// Check a flag file and report every problem; exit 1 if there is any.
     Validate {
@@ -89,6 +147,98 @@ pub enum Command {
         /// Schema to validate against; by default the one the file's `$schema` names, else flagd's.
         #[arg(long, value_enum)]
         schema: Option<SchemaArg>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlagsAction {
+    /// Make flag set SET match a flagd flag file: create missing flags, update changed ones (each
+    /// against the version it was read at), leave identical ones alone; with --prune, delete
+    /// flags the file does not have. The set is created if missing.
+    Push {
+        /// A flagd flag file (map form).
+        file: PathBuf,
+        #[arg(long, default_value = "default")]
+        set: String,
+        /// Any node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8013")]
+        node: String,
+        /// Who makes the change (recorded in the audit log).
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+        #[arg(long)]
+        prune: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Members, their state, the shards each owns, and the shard map epoch.
+    Status,
+    /// Move every shard off NODE_ID and wait until the cluster has adopted a map without it;
+    /// then the node can be stopped without a failure-timeout's worth of forwarded requests.
+    Drain {
+        /// The node id (as in its `[cluster] node_id`).
+        node_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperimentAction {
+    /// One experiment's results: users per arm and the sample-ratio check, then per metric each
+    /// arm's rate or mean and each treatment's lift over control with its interval, p-values
+    /// (decision, Holm, Benjamini–Hochberg) and chance to beat control.
+    Results {
+        /// The experiment id.
+        id: String,
+        /// Print the GetExperimentResults response as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every experiment: id, flag, state, control and arms.
+    List {
+        /// Print the experiments as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Define an experiment on a flag (a draft: nothing counts until it starts). Its arms are the
+    /// flag's variants as they are now.
+    Create {
+        id: String,
+        /// The flag the experiment is on.
+        #[arg(long)]
+        flag: String,
+        #[arg(long, default_value = "default")]
+        set: String,
+        /// The control arm: one of the flag's variants.
+        #[arg(long)]
+        control: String,
+        /// NAME:EVENT:KIND, KIND `conversion` (did the user send EVENT) or `mean` (the per-user
+        /// total of EVENT's values); repeat for several metrics.
+        #[arg(long = "metric", required = true, value_name = "NAME:EVENT:KIND")]
+        metrics: Vec<String>,
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
+    /// Start counting exposures and conversions.
+    Start {
+        id: String,
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
+    /// Stop counting; results stay readable.
+    Stop {
+        id: String,
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
+    /// Record one event of one user (what an application's Track call does).
+    Track {
+        /// The user's targeting key.
+        user: String,
+        event: String,
+        #[arg(long, default_value_t = 1.0)]
+        value: f64,
     },
 }
 
@@ -111,6 +261,7 @@ pub enum FractionalArg {
 pub enum WorkloadArg {
     Single,
     Bulk,
+    Experiment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

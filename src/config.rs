@@ -41,6 +41,76 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// The shared tier (`[shared_tier]`): none, or Redis (one server or a Redis Cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SharedTierConfig {
+    #[default]
+    None,
+    Redis(RedisTierConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTierConfig {
+    /// One Redis server, e.g. `redis://127.0.0.1:6379`. Exactly one of `url` and `cluster`.
+    pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster; the client discovers the rest.
+    pub cluster: Vec<String>,
+    /// Every key and the notification channel start with this, so deployments can share Redis.
+    pub key_prefix: String,
+    /// Consecutive failed calls that open the circuit breaker.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before one probe call is let through.
+    pub open_for_ms: u64,
+    /// The longest any one call may take (connecting included) before it counts as failed.
+    pub timeout_ms: u64,
+    /// Writes kept while Redis is unreachable; beyond this the oldest is dropped.
+    pub write_queue: usize,
+}
+
+impl Default for RedisTierConfig {
+    fn default() -> Self {
+        RedisTierConfig {
+            url: None,
+            cluster: Vec::new(),
+            key_prefix: "bunting".to_owned(),
+            failure_threshold: 3,
+            open_for_ms: 2_000,
+            timeout_ms: 1_000,
+            write_queue: 10_000,
+        }
+    }
+}
+
+impl RedisTierConfig {
+    fn check(&self) -> Result<(), String> {
+        match (&self.url, self.cluster.is_empty()) {
+            (Some(_), false) => {
+                return Err("shared_tier: give either url or cluster, not both".to_owned());
+            }
+            (None, true) => return Err("shared_tier: redis needs url or cluster".to_owned()),
+            _ => {}
+        }
+        if self.failure_threshold == 0 {
+            return Err("shared_tier.failure_threshold must be at least 1".to_owned());
+        }
+        if self.write_queue == 0 {
+            return Err("shared_tier.write_queue must be at least 1".to_owned());
+        }
+        if self.timeout_ms == 0 {
+            return Err("shared_tier.timeout_ms must be at least 1".to_owned());
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
+            return Err(format!(
+                "shared_tier.key_prefix {:?} must be non-empty and without braces (they make Redis Cluster hash tags)",
+                self.key_prefix
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FractionalConfig {
@@ -71,6 +141,43 @@ pub struct Config {
     pub fractional: FractionalConfig,
     pub flags: FlagSourceConfig,
     pub tls: Option<TlsConfig>,
+    /// Absent: a single node. Present: this node joins a cluster (see [`ClusterSettings`]).
+    pub cluster: Option<ClusterSettings>,
+    /// Where a node keeps what must survive a restart without external stores: per-user
+    /// experiment state (`users/`, when there is no shared tier) and experiment statistics
+    /// (`events/`, when there is no `[scylla]`). Absent: in memory, for as long as the process runs.
+    pub data_dir: Option<PathBuf>,
+    pub shared_tier: SharedTierConfig,
+    /// Experiment statistics in ScyllaDB (a cluster's nodes share them there).
+    pub scylla: Option<ScyllaConfig>,
+}
+
+/// `[scylla]`: the experiment event store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port`.
+    pub known_nodes: Vec<String>,
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    /// Used only when the keyspace is created.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: u16,
+    /// Per call, milliseconds.
+    #[serde(default = "default_scylla_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_keyspace() -> String {
+    "bunting".to_owned()
+}
+
+fn default_replication_factor() -> u16 {
+    3
+}
+
+fn default_scylla_timeout_ms() -> u64 {
+    2000
 }
 
 impl Default for Config {
@@ -78,7 +185,7 @@ impl Default for Config {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8013)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            shards: 16,
+            shards: bunting_keyspace::DEFAULT_SHARDS,
             default_set: default_set(),
             max_context_bytes: 64 * 1024,
             max_concurrent_requests: 4096,
@@ -90,8 +197,87 @@ impl Default for Config {
                 broken_flags: BrokenFlags::default(),
             },
             tls: None,
+            cluster: None,
+            data_dir: None,
+            scylla: None,
+            shared_tier: SharedTierConfig::None,
         }
     }
+}
+
+/// `[cluster]`: membership over ractor_cluster and the shard map (crate `bunting-cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's name in the cluster: unique, stable across restarts.
+    pub node_id: String,
+    /// The cluster (ractor_cluster) port; peers and seeds connect here.
+    pub listen: SocketAddr,
+    /// The gRPC address clients are told to dial for this node's shards. Default: `grpc_addr` as
+    /// bound (right on loopback; behind NAT or in containers set it explicitly).
+    #[serde(default)]
+    pub advertise_grpc: Option<String>,
+    /// Other nodes' cluster ports. Any one live seed is enough to join; empty for the first node.
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    /// Where the shared cookie comes from: an environment variable (default
+    /// `BUNTING_CLUSTER_COOKIE`) or, when `cookie_file` is set, a file (a mounted secret). Never a
+    /// literal in this file, so configs can be committed and the secret cannot be.
+    #[serde(default = "default_cookie_env")]
+    pub cookie_env: String,
+    #[serde(default)]
+    pub cookie_file: Option<PathBuf>,
+    /// The cluster address peers dial, when `listen` is not it (0.0.0.0, NAT, containers).
+    #[serde(default)]
+    pub advertise_cluster: Option<SocketAddr>,
+    /// Mutual TLS on the cluster port: this node's certificate and key, and the CA every member's
+    /// certificate is signed by. Absent: clear text (the cookie still authenticates peers).
+    #[serde(default)]
+    pub tls: Option<ClusterTlsConfig>,
+    /// Virtual nodes per member on the consistent-hash ring: more spreads shards more evenly.
+    #[serde(default = "default_vnodes")]
+    pub vnodes_per_node: u16,
+    /// Heartbeats to every peer this often (milliseconds).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A peer silent this long (milliseconds) is down and its shards move.
+    #[serde(default = "default_failure_timeout_ms")]
+    pub failure_timeout_ms: u64,
+    /// How long an evaluation forwarded to its shard's owner may take (milliseconds) before this
+    /// node evaluates it itself.
+    #[serde(default = "default_forward_timeout_ms")]
+    pub forward_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// The name every member's certificate carries (default `bunting-cluster`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn default_cookie_env() -> String {
+    "BUNTING_CLUSTER_COOKIE".to_owned()
+}
+
+fn default_vnodes() -> u16 {
+    128
+}
+
+fn default_heartbeat_ms() -> u64 {
+    250
+}
+
+fn default_failure_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_forward_timeout_ms() -> u64 {
+    250
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +314,9 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        if let SharedTierConfig::Redis(redis) = &self.shared_tier {
+            redis.check()?;
+        }
         if self.shards == 0 {
             return Err("shards must be at least 1".to_owned());
         }
@@ -142,6 +331,27 @@ impl Config {
                 "grpc_addr and metrics_addr are both {}",
                 self.grpc_addr
             ));
+        }
+        if self
+            .scylla
+            .as_ref()
+            .is_some_and(|s| s.known_nodes.is_empty())
+        {
+            return Err("scylla.known_nodes must name at least one node".to_owned());
+        }
+        if let Some(cluster) = &self.cluster {
+            if cluster.heartbeat_interval_ms == 0 || cluster.vnodes_per_node == 0 {
+                return Err(
+                    "cluster: heartbeat_interval_ms and vnodes_per_node must be at least 1"
+                        .to_owned(),
+                );
+            }
+            if cluster.failure_timeout_ms < 2 * cluster.heartbeat_interval_ms {
+                return Err(format!(
+                    "cluster: failure_timeout_ms ({}) must be at least twice heartbeat_interval_ms ({}), or one late heartbeat marks a live node down",
+                    cluster.failure_timeout_ms, cluster.heartbeat_interval_ms
+                ));
+            }
         }
         Ok(())
     }
@@ -205,5 +415,95 @@ mod tests {
         assert!(toml::from_str::<Config>("[flags]\nsource = \"s3\"").is_err());
         let zero: Config = toml::from_str("shards = 0").unwrap();
         assert!(zero.check().is_err());
+    }
+
+    #[test]
+    fn the_loopback_cluster_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-config/three-node");
+        let mut ids = Vec::new();
+        for n in 1..=4 {
+            let config = Config::load(&dir.join(format!("node-{n}.toml"))).unwrap();
+            let cluster = config.cluster.unwrap();
+            assert!(
+                !cluster.seeds.contains(&cluster.listen),
+                "node-{n} seeds itself"
+            );
+            ids.push(cluster.node_id);
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "node ids must be unique: {ids:?}");
+    }
+
+    #[test]
+    fn reads_a_cluster_section_and_refuses_a_jittery_failure_timeout() {
+        let c: Config = toml::from_str(
+            r#"
+            [cluster]
+            node_id = "node-1"
+            listen = "127.0.0.1:7101"
+            seeds = ["127.0.0.1:7102"]
+            "#,
+        )
+        .unwrap();
+        let cluster = c.cluster.as_ref().unwrap();
+        assert_eq!(cluster.cookie_env, "BUNTING_CLUSTER_COOKIE");
+        assert_eq!(cluster.seeds.len(), 1);
+        assert!(c.check().is_ok());
+        let tight: Config = toml::from_str(
+            "[cluster]\nnode_id = \"n\"\nlisten = \"127.0.0.1:1\"\nheartbeat_interval_ms = 500\nfailure_timeout_ms = 600",
+        )
+        .unwrap();
+        assert!(
+            tight
+                .check()
+                .unwrap_err()
+                .contains("failure_timeout_ms (600)")
+        );
+        assert!(
+            toml::from_str::<Config>(
+                "[cluster]\nnode_id = \"n\"\nlisten = \"127.0.0.1:1\"\ncookie = \"x\""
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn reads_a_redis_shared_tier() {
+        let c: Config = toml::from_str(
+            r#"
+            [shared_tier]
+            kind = "redis"
+            cluster = ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"]
+            open_for_ms = 500
+            "#,
+        )
+        .unwrap();
+        c.check().unwrap();
+        let SharedTierConfig::Redis(redis) = &c.shared_tier else {
+            panic!("not redis: {:?}", c.shared_tier);
+        };
+        assert_eq!(redis.cluster.len(), 2);
+        assert_eq!(redis.open_for_ms, 500);
+        assert_eq!(redis.key_prefix, "bunting");
+    }
+
+    #[test]
+    fn refuses_bad_shared_tiers() {
+        assert!(toml::from_str::<Config>("[shared_tier]\nkind = \"memcached\"").is_err());
+        assert!(
+            toml::from_str::<Config>(
+                "[shared_tier]\nkind = \"redis\"\nurl = \"redis://x\"\nport = 1"
+            )
+            .is_err()
+        );
+        for bad in [
+            "[shared_tier]\nkind = \"redis\"",
+            "[shared_tier]\nkind = \"redis\"\nurl = \"redis://a\"\ncluster = [\"redis://b\"]",
+            "[shared_tier]\nkind = \"redis\"\nurl = \"redis://a\"\nwrite_queue = 0",
+            "[shared_tier]\nkind = \"redis\"\nurl = \"redis://a\"\nkey_prefix = \"{x}\"",
+        ] {
+            let c: Config = toml::from_str(bad).unwrap();
+            assert!(c.check().is_err(), "{bad}");
+        }
     }
 }

@@ -26,6 +26,26 @@ pub enum CliError {
     Load(#[from] bunting::loadgen::LoadError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot reach node {node}: {source}")]
+    Connect {
+        node: String,
+        source: tonic::transport::Error,
+    },
+    #[error("node {node} answered {code:?}: {message}")]
+    Rpc {
+        node: String,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("node {node} answered {code:?} for experiment {id:?}: {message}")]
+    ExperimentRpc {
+        node: String,
+        id: String,
+        code: tonic::Code,
+        message: String,
+    },
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }

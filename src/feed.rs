@@ -1,14 +1,28 @@
 //! Feeding a node's actor tree from its flag source: the initial catalog, then every change.
+//!
+//! With a shared tier beside a store, the feed also writes every snapshot it reads from the store
+//! to the tier (compare-and-set by version: the first node to write a version wins and announces
+//! it), follows the tier's notifications, and applies newer snapshots it finds there. A node that
+//! starts while PostgreSQL is unreachable serves the tier's snapshots until the store is back.
+
+mod pending_store;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bunting_actors::{Catalog, Node, Update};
 use bunting_engine::CompileOptions;
+use chrono::Utc;
 use tokio::sync::watch;
 
+use crate::shared_tier::{ChangeStream, SharedTier, SnapshotWrite, TierChange, TierSnapshot};
 use crate::store::file::{FileSource, FileWatch};
-use crate::store::{AdminStore, ChangeNotice, FlagSetSnapshot, StoreError};
+use crate::store::{
+    AdminStore, ChangeNotice, FlagSetSnapshot, PostgresSettings, PostgresStore, StoreError,
+    Subscription,
+};
+
+pub use pending_store::PendingStore;
 
 /// Where the catalog comes from once the node runs.
 #[derive(Debug)]
@@ -21,6 +35,7 @@ pub enum Feed {
         store: Arc<dyn AdminStore>,
         options: CompileOptions,
         version_check: std::time::Duration,
+        tier: Option<Arc<dyn SharedTier>>,
     },
 }
 
@@ -47,6 +62,104 @@ pub async fn store_catalog(
         }
     }
     Ok(catalog)
+}
+
+/// How a PostgreSQL node starts: its catalog, the store the feed and the admin API use, and the
+/// connected PostgreSQL store itself (`None` while it is unreachable).
+#[derive(Debug)]
+pub struct StoreStart {
+    pub catalog: Catalog,
+    pub store: Arc<dyn AdminStore>,
+    pub postgres: Option<PostgresStore>,
+}
+
+/// Connects to PostgreSQL and reads the initial catalog. If PostgreSQL cannot be reached and there
+/// is a shared tier, the node starts on the tier's snapshots instead, with a store that keeps
+/// retrying the connection (the feed catches up by version once it answers).
+pub async fn start_store(
+    url: &str,
+    settings: PostgresSettings,
+    tier: Option<&Arc<dyn SharedTier>>,
+) -> Result<StoreStart, StoreError> {
+    let options = settings.compile;
+    let error = match PostgresStore::connect(url, settings.clone()).await {
+        Ok(postgres) => {
+            let store: Arc<dyn AdminStore> = Arc::new(postgres.clone());
+            match store_catalog(store.as_ref(), &options).await {
+                Ok(catalog) => {
+                    return Ok(StoreStart {
+                        catalog,
+                        store,
+                        postgres: Some(postgres),
+                    });
+                }
+                Err(e) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    let (Some(tier), StoreError::Unavailable { .. }) = (tier, &error) else {
+        return Err(error);
+    };
+    tracing::error!(
+        error = %error,
+        "POSTGRESQL UNREACHABLE AT START-UP: serving the last flag snapshots from the shared tier; \
+         retrying PostgreSQL and catching up by version once it is back"
+    );
+    let catalog = tier_catalog(tier.as_ref(), &options).await;
+    tracing::warn!(
+        sets = catalog.sets().count(),
+        "serving flags from the shared tier"
+    );
+    Ok(StoreStart {
+        catalog,
+        store: Arc::new(PendingStore::new(url.to_owned(), settings)),
+        postgres: None,
+    })
+}
+
+/// Every snapshot the tier holds; what cannot be read or compiled is logged and left out.
+async fn tier_catalog(tier: &dyn SharedTier, options: &CompileOptions) -> Catalog {
+    let mut catalog = Catalog::new();
+    let snapshots = match tier.snapshots().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "the shared tier is unreachable too; starting with no flag sets");
+            return catalog;
+        }
+    };
+    for snapshot in &snapshots {
+        match tier_put(snapshot, options) {
+            Ok(update) => {
+                if let Some(next) = catalog.apply(&update) {
+                    catalog = next;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, set = snapshot.set, version = snapshot.version, "cannot serve a snapshot from the shared tier")
+            }
+        }
+    }
+    catalog
+}
+
+fn tier_put(snapshot: &TierSnapshot, options: &CompileOptions) -> Result<Update, StoreError> {
+    let version = i64::try_from(snapshot.version).map_err(|_| StoreError::Internal {
+        source: format!(
+            "flag set {:?} version {} is out of range",
+            snapshot.set, snapshot.version
+        )
+        .into(),
+    })?;
+    put(
+        &FlagSetSnapshot {
+            id: snapshot.set.clone(),
+            version,
+            document: snapshot.json.clone(),
+            updated_at: Utc::now(),
+        },
+        options,
+    )
 }
 
 fn put(snapshot: &FlagSetSnapshot, options: &CompileOptions) -> Result<Update, StoreError> {
@@ -78,16 +191,21 @@ pub async fn run(feed: Feed, node: Arc<Node>, mut closing: watch::Receiver<bool>
             store,
             options,
             version_check,
-        } => follow_store(store, options, version_check, node, closing).await,
+            tier,
+        } => follow_store(store, options, version_check, tier, node, closing).await,
     }
 }
 
 /// Applies one update; the node's supervisor being gone is logged, since the feed has no caller
-/// to report to (the node is shutting down or has failed).
-async fn apply(node: &Node, update: Update) {
+/// to report to (the node is shutting down or has failed). `false` if it was not handed over.
+async fn apply(node: &Node, update: Update) -> bool {
     let (set, version) = (update.set().clone(), update.version());
-    if let Err(e) = node.apply(update).await {
-        tracing::error!(error = %e, %set, version, "could not apply a flag change");
+    match node.apply(update).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, %set, version, "could not apply a flag change");
+            false
+        }
     }
 }
 
@@ -97,9 +215,15 @@ async fn follow_store(
     store: Arc<dyn AdminStore>,
     options: CompileOptions,
     version_check: std::time::Duration,
+    tier: Option<Arc<dyn SharedTier>>,
     node: Arc<Node>,
     mut closing: watch::Receiver<bool>,
 ) {
+    let tier = tier.as_ref();
+    let mut tier_changes = tier.map(|t| t.subscribe());
+    if let Some(tier) = tier {
+        share_all(store.clone(), tier.clone());
+    }
     let mut subscription = None;
     let mut check = tokio::time::interval(version_check);
     loop {
@@ -111,16 +235,11 @@ async fn follow_store(
                 }
             }
         }
-        let notice = async {
-            match subscription.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
+        let notice = Subscription::next(&mut subscription);
         tokio::select! {
             notice = notice => match notice {
                 Some(ChangeNotice::Changed { flag_set, version, .. }) => {
-                    catch_up_set(store.as_ref(), &options, &node, &flag_set, version).await;
+                    catch_up_set(store.as_ref(), &options, &node, tier, &flag_set, version).await;
                 }
                 Some(ChangeNotice::Deleted { flag_set, version, at }) => {
                     let update = Update::Remove {
@@ -130,10 +249,27 @@ async fn follow_store(
                     };
                     apply(&node, update).await;
                 }
-                Some(ChangeNotice::Resync) => catch_up(store.as_ref(), &options, &node).await,
+                Some(ChangeNotice::Resync) => {
+                    catch_up(store.as_ref(), &options, &node, tier).await;
+                }
                 None => subscription = None,
             },
-            _ = check.tick() => catch_up(store.as_ref(), &options, &node).await,
+            change = next_tier_change(&mut tier_changes) => match (change, tier) {
+                (Some(TierChange::Changed { set, version }), Some(tier)) => {
+                    follow_tier_set(tier.as_ref(), &options, &node, &set, version).await;
+                }
+                (Some(TierChange::Resync), Some(tier)) => {
+                    catch_up_from_tier(tier.as_ref(), &options, &node).await;
+                }
+                _ => tier_changes = None,
+            },
+            _ = check.tick() => {
+                let repaired = catch_up(store.as_ref(), &options, &node, tier).await;
+                // The store is down: the tier may have what this node missed meanwhile.
+                if let (false, Some(tier)) = (repaired, tier) {
+                    catch_up_from_tier(tier.as_ref(), &options, &node).await;
+                }
+            }
             () = crate::closing::closed(&mut closing) => break,
         }
     }
@@ -143,11 +279,18 @@ async fn catch_up_set(
     store: &dyn AdminStore,
     options: &CompileOptions,
     node: &Node,
+    tier: Option<&Arc<dyn SharedTier>>,
     set: &str,
     version: i64,
 ) {
     let update = match store.snapshot(set).await {
-        Ok(snapshot) => put(&snapshot, options),
+        Ok(snapshot) => {
+            let update = put(&snapshot, options);
+            if let (Ok(_), Some(tier)) = (&update, tier) {
+                share(tier.clone(), snapshot);
+            }
+            update
+        }
         Err(StoreError::NotFound { .. }) => Ok(Update::Remove {
             set: set.into(),
             version: u64::try_from(version).unwrap_or(0),
@@ -165,13 +308,19 @@ async fn catch_up_set(
     }
 }
 
-/// Applies every set whose version moved; sets the store no longer has are removed.
-async fn catch_up(store: &dyn AdminStore, options: &CompileOptions, node: &Node) {
+/// Applies every set whose version moved; sets the store no longer has are removed. `false` if
+/// the store could not be read.
+async fn catch_up(
+    store: &dyn AdminStore,
+    options: &CompileOptions,
+    node: &Node,
+    tier: Option<&Arc<dyn SharedTier>>,
+) -> bool {
     let snapshots = match store.snapshots().await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "version check failed; serving the flags in memory");
-            return;
+            return false;
         }
     };
     let current = node.catalog();
@@ -180,7 +329,7 @@ async fn catch_up(store: &dyn AdminStore, options: &CompileOptions, node: &Node)
             .version_of(&snapshot.id)
             .is_none_or(|v| u64::try_from(snapshot.version).is_ok_and(|s| s > v));
         if newer {
-            catch_up_set(store, options, node, &snapshot.id, snapshot.version).await;
+            catch_up_set(store, options, node, tier, &snapshot.id, snapshot.version).await;
         }
     }
     for (set, flags) in current.sets() {
@@ -192,5 +341,106 @@ async fn catch_up(store: &dyn AdminStore, options: &CompileOptions, node: &Node)
             };
             apply(node, update).await;
         }
+    }
+    true
+}
+
+/// The next notification from the tier, or never if there is no subscription.
+async fn next_tier_change(changes: &mut Option<ChangeStream>) -> Option<TierChange> {
+    match changes.as_mut() {
+        Some(changes) => changes.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a snapshot read from the store to the tier and, if this node stored it first,
+/// announces it. In a task of its own: the tier's timeout and breaker bound it, and the feed
+/// never waits on Redis. While the tier is down both writes wait in its queue, in this order.
+fn share(tier: Arc<dyn SharedTier>, snapshot: FlagSetSnapshot) {
+    let Ok(version) = u64::try_from(snapshot.version) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let json = snapshot.document.to_string();
+        match tier.put_snapshot(&snapshot.id, version, &json).await {
+            Ok(SnapshotWrite::NotNewer { .. }) => {}
+            Ok(SnapshotWrite::Stored | SnapshotWrite::Queued) => {
+                if let Err(e) = tier.publish_change(&snapshot.id, version).await {
+                    tracing::warn!(error = %e, set = snapshot.id, version, "could not announce a flag change on the shared tier");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, set = snapshot.id, version, "could not write a flag snapshot to the shared tier")
+            }
+        }
+    });
+}
+
+/// Shares every snapshot the store holds: the versions this node started on.
+fn share_all(store: Arc<dyn AdminStore>, tier: Arc<dyn SharedTier>) {
+    tokio::spawn(async move {
+        match store.snapshots().await {
+            Ok(snapshots) => {
+                for snapshot in snapshots {
+                    share(tier.clone(), snapshot);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no snapshots to share with the shared tier"),
+        }
+    });
+}
+
+/// A node announced `version` of `set` on the tier: read it there if it is newer than this node's.
+async fn follow_tier_set(
+    tier: &dyn SharedTier,
+    options: &CompileOptions,
+    node: &Node,
+    set: &str,
+    version: u64,
+) {
+    if node.catalog().version_of(set).is_some_and(|v| v >= version) {
+        return;
+    }
+    match tier.snapshot(set).await {
+        Ok(Some(snapshot)) => apply_from_tier(&snapshot, options, node).await,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, set, version, "could not read an announced snapshot from the shared tier")
+        }
+    }
+}
+
+/// Applies every tier snapshot newer than what the node serves. Never removes: the store decides
+/// what exists.
+async fn catch_up_from_tier(tier: &dyn SharedTier, options: &CompileOptions, node: &Node) {
+    let snapshots = match tier.snapshots().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the shared tier's snapshots");
+            return;
+        }
+    };
+    let current = node.catalog();
+    for snapshot in &snapshots {
+        if current
+            .version_of(&snapshot.set)
+            .is_none_or(|v| snapshot.version > v)
+        {
+            apply_from_tier(snapshot, options, node).await;
+        }
+    }
+}
+
+async fn apply_from_tier(snapshot: &TierSnapshot, options: &CompileOptions, node: &Node) {
+    match tier_put(snapshot, options) {
+        Ok(update) => {
+            apply(node, update).await;
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            set = snapshot.set,
+            version = snapshot.version,
+            "cannot serve a snapshot from the shared tier"
+        ),
     }
 }

@@ -3,9 +3,12 @@
 
 mod closing;
 pub mod config;
+pub mod experiment_feed;
 pub mod feed;
 pub mod loadgen;
 pub mod metrics_http;
+pub mod routing;
 pub mod server;
 pub mod service;
+pub mod shared_tier;
 pub mod store;

@@ -5,24 +5,38 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bunting_actors::{Node, NodeConfig, NodeError};
+use bunting_actors::{Node, NodeConfig, NodeError, ShardServices};
+use bunting_cluster::{Cluster, ClusterConfig, ClusterError, ClusterTls, Cookie, NodeId};
 use bunting_engine::{CompileOptions, Dialect, FractionalMode};
 use bunting_proto::bunting::v1::admin_server::AdminServer;
+use bunting_proto::bunting::v1::cluster_admin_server::ClusterAdminServer;
 use bunting_proto::bunting::v1::evaluation_server::EvaluationServer;
+use bunting_proto::bunting::v1::experiments_server::ExperimentsServer;
+use bunting_proto::bunting::v1::topology_server::TopologyServer;
 use bunting_proto::flagd::evaluation::{v1, v2};
 use bunting_proto::flagd::sync::v1::flag_sync_service_server::FlagSyncServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::config::{Config, FlagSourceConfig, FractionalConfig};
+use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
 use crate::feed::{self, Feed};
 use crate::metrics_http;
-use crate::service::{Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate};
+use crate::routing::Routing;
+use crate::routing::peer::{MAX_PEER_MESSAGE_BYTES, PeerHandler};
+use crate::service::ExperimentsService;
+use crate::service::{
+    Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, TopologyService,
+};
+use crate::shared_tier::{self, SharedTierError};
+use crate::store::experiments::{ExperimentStore, PostgresExperimentStore};
 use crate::store::file::{FileOptions, FileSource, FileSourceError};
-use crate::store::postgres::{PostgresSettings, PostgresStore};
+use crate::store::postgres::PostgresSettings;
+use crate::store::user_state_file::FileUserStates;
 use crate::store::{AdminStore, StoreError};
+use bunting_experiments::store::{EmbeddedStore, ScyllaSettings, ScyllaStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -32,6 +46,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    SharedTier(#[from] SharedTierError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -39,8 +55,12 @@ pub enum ServerError {
     },
     #[error("tls: {0}")]
     Tls(String),
+    #[error("config: {0}")]
+    Config(String),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// A node whose sockets are bound and whose actor tree is running, not yet serving.
@@ -55,6 +75,10 @@ pub struct BoundServer {
     feed: Feed,
     /// The admin API's store: the one the feed follows, `None` for a file source.
     store: Option<Arc<dyn AdminStore>>,
+    /// `Some` when the node joined a cluster (`[cluster]` in its config).
+    routing: Option<Routing>,
+    /// The Experiments API's store: on the flag store's database, `None` for a file source.
+    experiments: Option<Arc<dyn ExperimentStore>>,
 }
 
 pub fn compile_options(config: &Config) -> CompileOptions {
@@ -72,6 +96,10 @@ pub fn compile_options(config: &Config) -> CompileOptions {
 pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     metrics_http::handle();
     let options = compile_options(&config);
+    let mut experiments: Option<Arc<dyn ExperimentStore>> = None;
+    // Lazy: an unreachable Redis does not stop the node; a config that cannot work does.
+    let tier = shared_tier::connect(&config.shared_tier).await?;
+    let services = shard_services(&config, tier.clone()).await?;
     let (catalog, feed, admin_store) = match &config.flags {
         FlagSourceConfig::File {
             path,
@@ -101,31 +129,36 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
                 compile: options,
                 ..PostgresSettings::default()
             };
-            let store: Arc<dyn AdminStore> = Arc::new(PostgresStore::connect(url, settings).await?);
-            let catalog = feed::store_catalog(store.as_ref(), &options).await?;
-            tracing::info!(
-                sets = catalog.sets().count(),
-                "serving flags from PostgreSQL"
-            );
+            let start = feed::start_store(url, settings, tier.as_ref()).await?;
+            // Experiments need PostgreSQL itself: none on a node that started without it.
+            experiments = start
+                .postgres
+                .as_ref()
+                .map(|postgres| Arc::new(PostgresExperimentStore::new(postgres)) as _);
+            let (catalog, store) = (start.catalog, start.store);
+            tracing::info!(sets = catalog.sets().count(), "flag sets at start-up");
             (
                 catalog,
                 Feed::Store {
                     store: store.clone(),
                     options,
                     version_check: *version_check,
+                    tier,
                 },
                 Some(store),
             )
         }
     };
     let node = Arc::new(
-        Node::start(
+        Node::start_with(
             NodeConfig {
                 shards: config.shards,
                 default_set: config.default_set.clone(),
+                owns_all_at_start: config.cluster.is_none(),
                 ..NodeConfig::default()
             },
             catalog,
+            services,
         )
         .await?,
     );
@@ -140,6 +173,10 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     };
     let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
     let (metrics, metrics_addr) = listen(config.metrics_addr).await?;
+    let routing = match &config.cluster {
+        Some(settings) => Some(join_cluster(settings, &config, grpc_addr, node.clone()).await?),
+        None => None,
+    };
     Ok(BoundServer {
         config,
         grpc,
@@ -149,7 +186,77 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         node,
         feed,
         store: admin_store,
+        routing,
+        experiments,
     })
+}
+
+/// Where the shards keep per-user state and experiment statistics: the shared tier when there is
+/// one (a shard's next owner on another node finds its users there), else `data_dir`, else memory.
+async fn shard_services(
+    config: &Config,
+    tier: Option<Arc<dyn shared_tier::SharedTier>>,
+) -> Result<ShardServices, ServerError> {
+    let mut services = ShardServices::in_memory();
+    let events =
+        |e: bunting_experiments::EventStoreError| ServerError::Config(format!("event store: {e}"));
+    if let Some(scylla) = &config.scylla {
+        let mut settings = ScyllaSettings::new(scylla.known_nodes.clone(), scylla.keyspace.clone());
+        settings.replication_factor = scylla.replication_factor;
+        settings.timeout = Duration::from_millis(scylla.timeout_ms);
+        services.events = Arc::new(ScyllaStore::connect(&settings).await.map_err(events)?);
+    } else if let Some(dir) = &config.data_dir {
+        services.events = Arc::new(EmbeddedStore::open(dir.join("events")).map_err(events)?);
+    }
+    if let Some(tier) = tier {
+        services.user_states = Arc::new(shared_tier::TierUserStates(tier));
+    } else if let Some(dir) = &config.data_dir {
+        services.user_states = Arc::new(
+            FileUserStates::open(dir).map_err(|e| ServerError::Config(format!("data_dir: {e}")))?,
+        );
+    }
+    Ok(services)
+}
+
+/// Starts membership: the cluster port, the seeds, the forwarded-evaluation handler.
+async fn join_cluster(
+    settings: &ClusterSettings,
+    config: &Config,
+    grpc_addr: SocketAddr,
+    node: Arc<Node>,
+) -> Result<Routing, ServerError> {
+    let cookie = match &settings.cookie_file {
+        Some(path) => Cookie::from_file(path),
+        None => Cookie::from_env(&settings.cookie_env),
+    }
+    .map_err(|e| ServerError::Config(format!("cluster cookie: {e}")))?;
+    let node_id = NodeId::new(settings.node_id.clone())
+        .map_err(|e| ServerError::Config(format!("cluster.node_id: {e}")))?;
+    let advertise = settings
+        .advertise_grpc
+        .clone()
+        .unwrap_or_else(|| grpc_addr.to_string());
+    let mut cluster_config = ClusterConfig::new(node_id, settings.listen, advertise, cookie);
+    cluster_config.seeds = settings.seeds.clone();
+    cluster_config.shards = config.shards;
+    cluster_config.vnodes_per_node = settings.vnodes_per_node;
+    cluster_config.heartbeat_interval = Duration::from_millis(settings.heartbeat_interval_ms);
+    cluster_config.failure_timeout = Duration::from_millis(settings.failure_timeout_ms);
+    cluster_config.max_payload_bytes = MAX_PEER_MESSAGE_BYTES;
+    cluster_config.advertise_cluster = settings.advertise_cluster;
+    if let Some(tls) = &settings.tls {
+        cluster_config.tls = Some(
+            ClusterTls::from_pem_files(&tls.cert, &tls.key, &tls.ca, tls.name.as_deref())
+                .map_err(|e| ServerError::Config(format!("cluster.tls: {e}")))?,
+        );
+    }
+    let cluster = Cluster::start(cluster_config, Arc::new(PeerHandler::new(node))).await?;
+    tracing::info!(node = %cluster.local_id(), cluster = %cluster.cluster_addr(), "joined the cluster");
+    Ok(Routing::new(
+        cluster,
+        config.shards,
+        Duration::from_millis(settings.forward_timeout_ms),
+    ))
 }
 
 impl BoundServer {
@@ -161,25 +268,68 @@ impl BoundServer {
         self.metrics_addr
     }
 
+    /// The cluster handle, when the node joined one.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.routing.as_ref().map(Routing::cluster)
+    }
+
+    /// The gRPC address clients are told to dial.
+    fn advertised_grpc(&self) -> String {
+        self.config
+            .cluster
+            .as_ref()
+            .and_then(|c| c.advertise_grpc.clone())
+            .unwrap_or_else(|| self.grpc_addr.to_string())
+    }
+
     /// Serves until `shutdown` completes, then ends the streams, drains in-flight requests and
     /// stops the actor tree.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let advertised = self.advertised_grpc();
         let (closing_tx, closing) = watch::channel(false);
         let feed_task = tokio::spawn(feed::run(self.feed, self.node.clone(), closing.clone()));
         let metrics_task = tokio::spawn(metrics_http::serve(self.metrics, closing.clone()));
+        let experiments_task = match &self.experiments {
+            Some(store) => {
+                Some(follow_experiments(store.clone(), self.node.clone(), closing.clone()).await?)
+            }
+            None => None,
+        };
+        let ownership_task = self.routing.clone().map(|routing| {
+            let alone_after = self.config.cluster.as_ref().map_or(Duration::ZERO, |c| {
+                Duration::from_millis(c.failure_timeout_ms + c.heartbeat_interval_ms)
+            });
+            tokio::spawn(crate::routing::follow_ownership(
+                routing,
+                self.node.clone(),
+                alone_after,
+            ))
+        });
         let gate = Gate::new(
             self.config.max_concurrent_requests,
             self.config.max_context_bytes,
         );
-        let evaluator = Evaluator::new(self.node.clone(), gate, closing);
+        let evaluator = Evaluator::new(self.node.clone(), gate, closing, self.routing.clone());
+        let topology = TopologyService::new(self.routing.clone(), advertised, self.config.shards);
         let bulk = BulkEvaluation::new(evaluator.clone(), self.config.max_bulk_evaluations);
         let admin = Admin::new(self.store.clone(), &self.config.flags);
+        let experiments = ExperimentsService::new(
+            self.experiments.clone(),
+            &self.config.flags,
+            self.node.clone(),
+            self.routing.clone(),
+        );
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.config.tls {
             let cert = std::fs::read(&tls.cert)
                 .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.cert.display())))?;
             let key = std::fs::read(&tls.key)
                 .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.key.display())))?;
+            // rustls cannot pick a crypto provider by itself when both its `ring` and
+            // `aws-lc-rs` features are on, as they are once ractor_cluster (tokio-rustls with
+            // default features) is in the build; tonic's server config asks for the process
+            // default, so name it: ring, the provider tonic's `tls-ring` uses.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             builder = builder
                 .tls_config(
                     tonic::transport::ServerTlsConfig::new()
@@ -198,6 +348,9 @@ impl BoundServer {
             .add_service(FlagSyncServiceServer::new(FlagdSync(evaluator)))
             .add_service(EvaluationServer::new(bulk))
             .add_service(AdminServer::new(admin))
+            .add_service(ExperimentsServer::new(experiments))
+            .add_service(TopologyServer::new(topology.clone()))
+            .add_service(ClusterAdminServer::new(topology))
             .serve_with_incoming_shutdown(incoming(self.grpc), async move {
                 shutdown.await;
                 tracing::info!("shutting down: closing streams, draining requests");
@@ -206,10 +359,53 @@ impl BoundServer {
             .await;
         let _ = feed_task.await;
         let _ = metrics_task.await;
+        // Leave the cluster before the actors stop, so peers move this node's shards at once
+        // instead of waiting out the failure timeout.
+        if let Some(routing) = self.routing {
+            routing.cluster().clone().shutdown().await;
+        }
+        if let Some(task) = ownership_task {
+            task.abort();
+        }
+        if let Some(task) = experiments_task {
+            let _ = task.await;
+        }
+        // Statistics not yet flushed are written before the actors stop: a graceful shutdown
+        // loses no counted event.
+        if let Err(e) = self.node.flush().await {
+            tracing::warn!(error = %e, "final flush of experiment statistics failed");
+        }
         self.node.shutdown().await;
         served.map_err(ServerError::from)
     }
 }
+
+/// Installs the running experiments in the actor tree now, then on every change until `closing`.
+async fn follow_experiments(
+    store: Arc<dyn ExperimentStore>,
+    node: Arc<Node>,
+    closing: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let feed = crate::experiment_feed::follow(store, EXPERIMENT_CHECK, closing)
+        .await
+        .map_err(|e| ServerError::Config(format!("experiments: {e}")))?;
+    let mut catalog = feed.catalog;
+    let first = catalog.borrow_and_update().clone();
+    node.install_experiments(first).await?;
+    Ok(tokio::spawn(async move {
+        while catalog.changed().await.is_ok() {
+            let next = catalog.borrow_and_update().clone();
+            tracing::info!(running = next.len(), "running experiments changed");
+            if let Err(e) = node.install_experiments(next).await {
+                tracing::warn!(error = %e, "could not install the running experiments");
+            }
+        }
+        let _ = feed.task.await;
+    }))
+}
+
+/// How often a node re-reads the running experiments besides the change notifications.
+const EXPERIMENT_CHECK: Duration = Duration::from_secs(5);
 
 /// Accepted connections with Nagle's algorithm off: small gRPC frames must leave at once, or a
 /// request waits ~40 ms for the peer's delayed ACK.

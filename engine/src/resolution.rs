@@ -29,6 +29,20 @@ impl Reason {
             Reason::Error => "ERROR",
         }
     }
+
+    /// The inverse of [`Reason::as_str`], for answers that crossed a wire (a forwarded
+    /// evaluation comes back from its shard's owner as text).
+    pub fn from_wire(text: &str) -> Option<Reason> {
+        [
+            Reason::Static,
+            Reason::TargetingMatch,
+            Reason::Default,
+            Reason::Disabled,
+            Reason::Error,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
 }
 
 impl fmt::Display for Reason {
@@ -54,6 +68,18 @@ impl ErrorCode {
             ErrorCode::ParseError => "PARSE_ERROR",
             ErrorCode::General => "GENERAL",
         }
+    }
+
+    /// The inverse of [`ErrorCode::as_str`].
+    pub fn from_wire(text: &str) -> Option<ErrorCode> {
+        [
+            ErrorCode::FlagNotFound,
+            ErrorCode::TypeMismatch,
+            ErrorCode::ParseError,
+            ErrorCode::General,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == text)
     }
 }
 
@@ -120,5 +146,33 @@ impl<'s, V> Resolution<'s, V> {
             error: self.error,
             metadata: self.metadata,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_round_trip() {
+        for r in [
+            Reason::Static,
+            Reason::TargetingMatch,
+            Reason::Default,
+            Reason::Disabled,
+            Reason::Error,
+        ] {
+            assert_eq!(Reason::from_wire(r.as_str()), Some(r));
+        }
+        for c in [
+            ErrorCode::FlagNotFound,
+            ErrorCode::TypeMismatch,
+            ErrorCode::ParseError,
+            ErrorCode::General,
+        ] {
+            assert_eq!(ErrorCode::from_wire(c.as_str()), Some(c));
+        }
+        assert_eq!(Reason::from_wire("static"), None);
+        assert_eq!(ErrorCode::from_wire(""), None);
     }
 }

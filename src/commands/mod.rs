@@ -6,12 +6,28 @@ use crate::cli::{Cli, Command};
 use crate::error::CliError;
 
 mod bench;
+mod cluster;
 mod eval;
+mod experiment;
+mod flags;
+mod resolve;
 mod serve;
 mod validate;
 
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
+        Command::Bench {
+            target,
+            flag,
+            event,
+            setup_flag,
+            setup_experiment,
+            ..
+        } if setup_flag || setup_experiment => bench::setup(bunting::loadgen::SetupConfig {
+            target,
+            flag,
+            experiment_event: setup_experiment.then_some(event),
+        }),
         Command::Bench {
             target,
             workload,
@@ -21,11 +37,16 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             seconds,
             rate,
             users,
+            track_ratio,
+            event,
+            routed,
+            ..
         } => bench::run(bunting::loadgen::LoadConfig {
             target,
             workload: match workload {
                 crate::cli::WorkloadArg::Single => bunting::loadgen::Workload::Single,
                 crate::cli::WorkloadArg::Bulk => bunting::loadgen::Workload::Bulk,
+                crate::cli::WorkloadArg::Experiment => bunting::loadgen::Workload::Experiment,
             },
             flag,
             connections,
@@ -34,6 +55,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             warm_up: std::time::Duration::from_secs(1),
             rate,
             users,
+            track_ratio,
+            event,
+            routed,
         }),
         Command::Serve {
             config,
@@ -49,5 +73,57 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             options,
         } => eval::run(&flags, &flag, &context, flag_type, &options),
         Command::Validate { files, schema } => validate::run(&files, schema),
+        Command::Cluster { node, action } => cluster::run(&node, action),
+        Command::Experiment { node, action } => experiment::run(&node, action),
+        Command::Resolve {
+            node,
+            flag,
+            context,
+        } => resolve::run(&node, flag.as_deref(), &context),
+        Command::Flags {
+            action:
+                crate::cli::FlagsAction::Push {
+                    file,
+                    set,
+                    node,
+                    actor,
+                    prune,
+                },
+        } => flags::push(&flags::Push {
+            file: &file,
+            set: &set,
+            node: &node,
+            actor: &actor,
+            prune,
+        }),
+    }
+}
+
+/// A channel to a node's gRPC port; `node` is `host:port` or a URL.
+async fn connect(node: &str) -> Result<tonic::transport::Channel, CliError> {
+    let endpoint = if node.contains("://") {
+        node.to_owned()
+    } else {
+        format!("http://{node}")
+    };
+    let connect = tonic::transport::Endpoint::from_shared(endpoint)
+        .map_err(|source| CliError::Connect {
+            node: node.to_owned(),
+            source,
+        })?
+        .connect()
+        .await;
+    connect.map_err(|source| CliError::Connect {
+        node: node.to_owned(),
+        source,
+    })
+}
+
+/// A node's error answer, naming the node.
+fn rpc_error(node: &str, status: &tonic::Status) -> CliError {
+    CliError::Rpc {
+        node: node.to_owned(),
+        code: status.code(),
+        message: status.message().to_owned(),
     }
 }

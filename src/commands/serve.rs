@@ -8,6 +8,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::error::CliError;
 
+/// Where `bunting serve` without `--config` keeps per-user experiment state and statistics.
+const EMBEDDED_DATA_DIR: &str = "bunting-data";
+
 pub fn run(
     config: Option<&Path>,
     flags: Option<PathBuf>,
@@ -21,7 +24,12 @@ pub fn run(
         .init();
     let mut config = match config {
         Some(path) => Config::load(path)?,
-        None => Config::default(),
+        // The embedded defaults keep experiment state across restarts in the working directory;
+        // a config file says where (`data_dir`), or leaves it in memory.
+        None => Config {
+            data_dir: Some(PathBuf::from(EMBEDDED_DATA_DIR)),
+            ..Config::default()
+        },
     };
     if let Some(path) = flags {
         let (set, broken_flags) = match &config.flags {

@@ -100,7 +100,7 @@ impl Evaluation for BulkEvaluation {
             .collect();
         let keys: Arc<[String]> = keys.into();
         let answers = node
-            .resolve_bulk(flags.clone(), keys.clone(), contexts)
+            .resolve_bulk(set_id.into(), flags.clone(), keys.clone(), contexts)
             .await
             .map_err(node_status)?;
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bunting_actors::{Node, ResolveRequest, ResolvedFlag};
+use bunting_cluster::NodeId;
 use bunting_engine::{EvaluationContext, FlagType, ResolveError};
 use prost_types::Struct;
 use serde_json::{Map, Value};
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::request::{Gate, node_status, resolution_status};
+use crate::routing::{Route, Routing, Stamp};
 
 #[derive(Debug, Clone)]
 pub struct Evaluator {
@@ -20,14 +22,33 @@ pub struct Evaluator {
     /// Flips to `true` when the server shuts down, so long-lived streams end and graceful
     /// shutdown does not wait on them forever.
     pub(crate) closing: watch::Receiver<bool>,
+    /// `Some` on a clustered node: requests for shards another node owns are forwarded there.
+    pub(crate) routing: Option<Routing>,
 }
 
 impl Evaluator {
-    pub fn new(node: Arc<Node>, gate: Gate, closing: watch::Receiver<bool>) -> Evaluator {
+    pub fn new(
+        node: Arc<Node>,
+        gate: Gate,
+        closing: watch::Receiver<bool>,
+        routing: Option<Routing>,
+    ) -> Evaluator {
         Evaluator {
             node,
             gate,
             closing,
+            routing,
+        }
+    }
+
+    /// Where a request for `context` runs, and what its answer tells the client about routing.
+    fn route(&self, context: &EvaluationContext) -> (Option<(&Routing, NodeId)>, Stamp) {
+        let Some(routing) = &self.routing else {
+            return (None, Stamp::default());
+        };
+        match routing.route(context) {
+            (Route::Remote(owner), stamp) => (Some((routing, owner)), stamp),
+            (Route::Local, stamp) => (None, stamp),
         }
     }
 
@@ -39,27 +60,40 @@ impl Evaluator {
         key: String,
         context: Option<Struct>,
         wanted: FlagType,
-    ) -> Result<ResolvedFlag, Status> {
+    ) -> Result<(ResolvedFlag, Stamp), Status> {
         let _permit = self.gate.admit()?;
         let started = Instant::now();
         if key.is_empty() {
             return Err(Status::invalid_argument("flag_key is empty"));
         }
         let context = self.gate.context(context)?;
-        let resolved = self
-            .node
-            .resolve(ResolveRequest {
-                set,
-                key,
-                wanted: Some(wanted),
-                context,
-            })
-            .await
-            .map_err(node_status)?;
+        let (remote, stamp) = self.route(&context);
+        let forwarded = match remote {
+            Some((routing, owner)) => routing
+                .forward(&owner, set.as_deref(), &key, &context, Some(wanted))
+                .await
+                .ok()
+                .and_then(|answer| answer.ok())
+                .and_then(|mut flags| flags.pop().map(|(_, r)| r)),
+            None => None,
+        };
+        let resolved = match forwarded {
+            Some(resolved) => resolved,
+            None => self
+                .node
+                .resolve(ResolveRequest {
+                    set,
+                    key,
+                    wanted: Some(wanted),
+                    context,
+                })
+                .await
+                .map_err(node_status)?,
+        };
         record(service, &resolved, started);
         match &resolved.error {
             Some(error) => Err(resolution_status(error)),
-            None => Ok(resolved),
+            None => Ok((resolved, stamp)),
         }
     }
 
@@ -69,23 +103,34 @@ impl Evaluator {
         service: &'static str,
         set: Option<Arc<str>>,
         context: Option<Struct>,
-    ) -> Result<Vec<(String, ResolvedFlag)>, Status> {
+    ) -> Result<(Vec<(String, ResolvedFlag)>, Stamp), Status> {
         let _permit = self.gate.admit()?;
         let started = Instant::now();
         let context: EvaluationContext = self.gate.context(context)?;
-        let all = self
-            .node
-            .resolve_all(set, context)
-            .await
-            .map_err(node_status)?
-            .map_err(|e: ResolveError| resolution_status(&e))?;
+        let (remote, stamp) = self.route(&context);
+        let forwarded = match remote {
+            Some((routing, owner)) => routing
+                .forward(&owner, set.as_deref(), "", &context, None)
+                .await
+                .ok(),
+            None => None,
+        };
+        let answer = match forwarded {
+            Some(answer) => answer,
+            None => self
+                .node
+                .resolve_all(set, context)
+                .await
+                .map_err(node_status)?,
+        };
+        let all = answer.map_err(|e: ResolveError| resolution_status(&e))?;
         metrics::histogram!("bunting_evaluation_seconds", "service" => service)
             .record(started.elapsed().as_secs_f64());
         for (_, r) in &all {
             metrics::counter!("bunting_evaluations_total", "service" => service, "reason" => r.reason.as_str())
                 .increment(1);
         }
-        Ok(all)
+        Ok((all, stamp))
     }
 }
 

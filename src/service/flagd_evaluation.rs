@@ -50,16 +50,19 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveBooleanResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let r = self
+                let (r, stamp) = self
                     .0
                     .resolve($label, set, req.flag_key, req.context, FlagType::Boolean)
                     .await?;
-                Ok(Response::new($proto::ResolveBooleanResponse {
-                    value: $present!(bool_value(&r)),
-                    reason: r.reason.as_str().to_owned(),
-                    metadata: Some(metadata_struct(&r.metadata)?),
-                    variant: $present!(r.variant),
-                }))
+                Ok(stamped(
+                    stamp,
+                    $proto::ResolveBooleanResponse {
+                        value: $present!(bool_value(&r)),
+                        reason: r.reason.as_str().to_owned(),
+                        metadata: Some(metadata_struct(&r.metadata)?),
+                        variant: $present!(r.variant),
+                    },
+                ))
             }
 
             async fn resolve_string(
@@ -68,16 +71,19 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveStringResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let mut r = self
+                let (mut r, stamp) = self
                     .0
                     .resolve($label, set, req.flag_key, req.context, FlagType::String)
                     .await?;
-                Ok(Response::new($proto::ResolveStringResponse {
-                    value: $present!(string_value(&mut r)),
-                    reason: r.reason.as_str().to_owned(),
-                    metadata: Some(metadata_struct(&r.metadata)?),
-                    variant: $present!(r.variant),
-                }))
+                Ok(stamped(
+                    stamp,
+                    $proto::ResolveStringResponse {
+                        value: $present!(string_value(&mut r)),
+                        reason: r.reason.as_str().to_owned(),
+                        metadata: Some(metadata_struct(&r.metadata)?),
+                        variant: $present!(r.variant),
+                    },
+                ))
             }
 
             async fn resolve_float(
@@ -86,16 +92,19 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveFloatResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let r = self
+                let (r, stamp) = self
                     .0
                     .resolve($label, set, req.flag_key, req.context, FlagType::Float)
                     .await?;
-                Ok(Response::new($proto::ResolveFloatResponse {
-                    value: $present!(float_value(&r)),
-                    reason: r.reason.as_str().to_owned(),
-                    metadata: Some(metadata_struct(&r.metadata)?),
-                    variant: $present!(r.variant),
-                }))
+                Ok(stamped(
+                    stamp,
+                    $proto::ResolveFloatResponse {
+                        value: $present!(float_value(&r)),
+                        reason: r.reason.as_str().to_owned(),
+                        metadata: Some(metadata_struct(&r.metadata)?),
+                        variant: $present!(r.variant),
+                    },
+                ))
             }
 
             async fn resolve_int(
@@ -104,16 +113,19 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveIntResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let r = self
+                let (r, stamp) = self
                     .0
                     .resolve($label, set, req.flag_key, req.context, FlagType::Integer)
                     .await?;
-                Ok(Response::new($proto::ResolveIntResponse {
-                    value: $present!(int_value(&r)),
-                    reason: r.reason.as_str().to_owned(),
-                    metadata: Some(metadata_struct(&r.metadata)?),
-                    variant: $present!(r.variant),
-                }))
+                Ok(stamped(
+                    stamp,
+                    $proto::ResolveIntResponse {
+                        value: $present!(int_value(&r)),
+                        reason: r.reason.as_str().to_owned(),
+                        metadata: Some(metadata_struct(&r.metadata)?),
+                        variant: $present!(r.variant),
+                    },
+                ))
             }
 
             async fn resolve_object(
@@ -122,16 +134,19 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveObjectResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let mut r = self
+                let (mut r, stamp) = self
                     .0
                     .resolve($label, set, req.flag_key, req.context, FlagType::Object)
                     .await?;
-                Ok(Response::new($proto::ResolveObjectResponse {
-                    value: object_value(&mut r)?,
-                    reason: r.reason.as_str().to_owned(),
-                    metadata: Some(metadata_struct(&r.metadata)?),
-                    variant: $present!(r.variant),
-                }))
+                Ok(stamped(
+                    stamp,
+                    $proto::ResolveObjectResponse {
+                        value: object_value(&mut r)?,
+                        reason: r.reason.as_str().to_owned(),
+                        metadata: Some(metadata_struct(&r.metadata)?),
+                        variant: $present!(r.variant),
+                    },
+                ))
             }
 
             async fn resolve_all(
@@ -140,7 +155,7 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveAllResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let all = self.0.resolve_all($label, set.clone(), req.context).await?;
+                let (all, stamp) = self.0.resolve_all($label, set.clone(), req.context).await?;
                 let mut flags = std::collections::HashMap::with_capacity(all.len());
                 for (key, mut r) in all {
                     // Like flagd, a flag that fails to resolve is left out rather than failing
@@ -173,10 +188,13 @@ macro_rules! flagd_evaluation_service {
                 let catalog = self.0.node.catalog();
                 let metadata =
                     set_metadata(&catalog, set.as_deref(), &self.0.node.config().default_set);
-                Ok(Response::new($proto::ResolveAllResponse {
-                    flags,
-                    metadata: Some(metadata_struct(&metadata)?),
-                }))
+                Ok(stamped(
+                    stamp,
+                    $proto::ResolveAllResponse {
+                        flags,
+                        metadata: Some(metadata_struct(&metadata)?),
+                    },
+                ))
             }
 
             type EventStreamStream = EventStream<$proto::EventStreamResponse>;
@@ -210,4 +228,11 @@ fn set_metadata(
         .get(set.unwrap_or(default_set))
         .map(|s| s.metadata().clone())
         .unwrap_or_default()
+}
+
+/// The answer with the routing metadata a shard-aware client reads (see `crate::routing`).
+fn stamped<T>(stamp: crate::routing::Stamp, message: T) -> Response<T> {
+    let mut response = Response::new(message);
+    stamp.apply(response.metadata_mut());
+    response
 }

@@ -1,20 +1,27 @@
 //! The gRPC services one node serves on its one port: flagd's evaluation (v1, v2) and sync
-//! protocols, and Bunting's own `bunting.v1` Evaluation (bulk) and Admin.
+//! protocols, and Bunting's own `bunting.v1` Evaluation (bulk), Admin, Experiments, Topology and
+//! ClusterAdmin.
 
 mod admin;
 mod admin_status;
 mod bulk;
 mod evaluator;
 mod events;
+// Public so the A/A simulation (tests/aa_simulation.rs) analyses totals exactly as the RPC does.
+pub mod experiment_results;
+mod experiments;
 mod flagd_evaluation;
 mod flagd_sync;
 mod request;
+mod topology;
 
 pub use admin::{Admin, DEFAULT_AUDIT_PAGE};
 pub use admin_status::{MAX_FLAG_KEY_CHARS, MAX_FLAG_SET_ID_CHARS};
 pub use bulk::BulkEvaluation;
 pub use evaluator::Evaluator;
 pub use events::changed_flags;
+pub use experiments::ExperimentsService;
 pub use flagd_evaluation::{FlagdV1, FlagdV2};
 pub use flagd_sync::FlagdSync;
 pub use request::{Gate, SELECTOR_HEADER};
+pub use topology::TopologyService;

@@ -8,8 +8,10 @@
 //! for optimistic concurrency: every write names the version it read, and a stale one is refused.
 
 mod document;
+pub mod experiments;
 pub mod file;
 pub mod postgres;
+pub mod user_state_file;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -162,22 +164,37 @@ pub enum ChangeNotice {
     Resync,
 }
 
-/// A live stream of [`ChangeNotice`]s. Listening is already active when `subscribe` returns, so the
+/// A live stream of notices (flag changes: [`ChangeNotice`]; experiment changes:
+/// `experiments::ExperimentNotice`). Listening is already active when `subscribe` returns, so the
 /// way to never miss a change is: subscribe, read the snapshots, then apply notices newer than
 /// them. Dropping it stops the listener.
 #[derive(Debug)]
-pub struct Subscription {
-    notices: mpsc::Receiver<ChangeNotice>,
+pub struct Subscription<N = ChangeNotice> {
+    notices: mpsc::Receiver<N>,
 }
 
-impl Subscription {
-    pub(crate) fn new(notices: mpsc::Receiver<ChangeNotice>) -> Subscription {
+impl<N> Subscription<N> {
+    pub(crate) fn new(notices: mpsc::Receiver<N>) -> Subscription<N> {
         Subscription { notices }
     }
 
     /// The next notice; `None` once the store has shut the subscription down.
-    pub async fn recv(&mut self) -> Option<ChangeNotice> {
+    pub async fn recv(&mut self) -> Option<N> {
         self.notices.recv().await
+    }
+
+    /// A notice already waiting, without waiting for one (to coalesce a burst into one re-read).
+    pub fn try_recv(&mut self) -> Option<N> {
+        self.notices.try_recv().ok()
+    }
+
+    /// The next notice of `subscription`, or never when there is none: a `select!` arm for a
+    /// follower that runs on its periodic check alone until it can subscribe again.
+    pub async fn next(subscription: &mut Option<Subscription<N>>) -> Option<N> {
+        match subscription.as_mut() {
+            Some(s) => s.recv().await,
+            None => std::future::pending().await,
+        }
     }
 }
 

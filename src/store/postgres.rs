@@ -111,6 +111,35 @@ impl PostgresStore {
         self.pool.close().await;
     }
 
+    /// The pool, shared with the other stores in the same database (`store::experiments`), so a
+    /// node has one set of connections and one place that connects and migrates.
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A database error in the store's terms, as this store's own calls report them.
+    pub(super) async fn db_error(&self, error: sqlx::Error) -> StoreError {
+        self.fail(Failure::Db(error)).await
+    }
+
+    /// Listens on another notification channel with this store's connection settings and
+    /// reconnect handling (see `listen.rs`).
+    pub(super) async fn subscribe_channel<N: Clone + Send + 'static>(
+        &self,
+        channel: &'static str,
+        parse: fn(&str) -> N,
+        resync: N,
+    ) -> Result<tokio::sync::mpsc::Receiver<N>, StoreError> {
+        listen::subscribe_channel(
+            &self.connect_options,
+            &self.settings,
+            channel,
+            parse,
+            resync,
+        )
+        .await
+    }
+
     /// Turns a database error into the store's terms. A pool timeout says nothing of why, so it
     /// is followed by one direct connection attempt whose error, if any, becomes the cause.
     async fn fail(&self, failure: Failure) -> StoreError {

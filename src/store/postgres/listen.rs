@@ -41,49 +41,92 @@ pub(super) async fn subscribe(
     options: &PgConnectOptions,
     settings: &PostgresSettings,
 ) -> Result<Subscription, StoreError> {
+    let notices = subscribe_channel(
+        options,
+        settings,
+        CHANGE_CHANNEL,
+        parse,
+        ChangeNotice::Resync,
+    )
+    .await?;
+    Ok(Subscription::new(notices))
+}
+
+/// Listens on `channel` until the receiver is dropped: each notification's payload through
+/// `parse`, and `resync` after every reconnect. Shared by every kind of change notice (flag sets
+/// here, experiments in `store::experiments`) so each gets the same reconnect handling.
+pub(super) async fn subscribe_channel<N: Clone + Send + 'static>(
+    options: &PgConnectOptions,
+    settings: &PostgresSettings,
+    channel: &'static str,
+    parse: fn(&str) -> N,
+    resync: N,
+) -> Result<mpsc::Receiver<N>, StoreError> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .max_lifetime(None)
         .idle_timeout(None)
         .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options.clone().application_name("bunting-listener"));
-    let listener = listen(&pool)
+    let listener = listen(&pool, channel)
         .await
         .map_err(|e| StoreError::Unavailable { source: e.into() })?;
     let (tx, rx) = mpsc::channel(BUFFER);
-    tokio::spawn(run(pool, listener, tx));
-    Ok(Subscription::new(rx))
+    let channel = Channel {
+        name: channel,
+        parse,
+        resync,
+    };
+    tokio::spawn(run(pool, listener, channel, tx));
+    Ok(rx)
 }
 
-async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+struct Channel<N> {
+    name: &'static str,
+    parse: fn(&str) -> N,
+    resync: N,
+}
+
+async fn listen(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANGE_CHANNEL).await?;
+    listener.listen(channel).await?;
     Ok(listener)
 }
 
-async fn run(pool: PgPool, mut listener: PgListener, tx: mpsc::Sender<ChangeNotice>) {
+async fn run<N: Clone>(
+    pool: PgPool,
+    mut listener: PgListener,
+    channel: Channel<N>,
+    tx: mpsc::Sender<N>,
+) {
     loop {
         let received = tokio::select! {
             () = tx.closed() => break,
             received = listener.try_recv() => received,
         };
         let notice = match received {
-            Ok(Some(notification)) => parse(notification.payload()),
+            Ok(Some(notification)) => (channel.parse)(notification.payload()),
             // The connection dropped and sqlx has already reconnected and re-issued LISTEN
             // (`eager_reconnect`, on by default): anything sent in between is lost.
             Ok(None) => {
-                tracing::warn!("change listener reconnected; subscribers resync");
-                ChangeNotice::Resync
+                tracing::warn!(
+                    channel = channel.name,
+                    "change listener reconnected; subscribers resync"
+                );
+                channel.resync.clone()
             }
             Err(error) => {
-                tracing::warn!(%error, "change listener lost its connection; reconnecting");
+                tracing::warn!(%error, channel = channel.name, "change listener lost its connection; reconnecting");
                 drop(listener);
-                match reconnect(&pool, &tx).await {
+                match reconnect(&pool, channel.name, &tx).await {
                     Some(fresh) => listener = fresh,
                     None => break,
                 }
-                tracing::info!("change listener reconnected; subscribers resync");
-                ChangeNotice::Resync
+                tracing::info!(
+                    channel = channel.name,
+                    "change listener reconnected; subscribers resync"
+                );
+                channel.resync.clone()
             }
         };
         if tx.send(notice).await.is_err() {
@@ -95,7 +138,7 @@ async fn run(pool: PgPool, mut listener: PgListener, tx: mpsc::Sender<ChangeNoti
 
 /// A new listener, retried with backoff until it is listening; `None` if the subscriber went away
 /// meanwhile.
-async fn reconnect(pool: &PgPool, tx: &mpsc::Sender<ChangeNotice>) -> Option<PgListener> {
+async fn reconnect<N>(pool: &PgPool, channel: &str, tx: &mpsc::Sender<N>) -> Option<PgListener> {
     let mut delay = FIRST_RETRY;
     loop {
         tokio::select! {
@@ -104,7 +147,7 @@ async fn reconnect(pool: &PgPool, tx: &mpsc::Sender<ChangeNotice>) -> Option<PgL
         }
         let attempt = tokio::select! {
             () = tx.closed() => return None,
-            attempt = listen(pool) => attempt,
+            attempt = listen(pool, channel) => attempt,
         };
         match attempt {
             Ok(listener) => return Some(listener),

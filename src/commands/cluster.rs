@@ -1,0 +1,77 @@
+//! `bunting cluster status|drain`: the ClusterAdmin RPCs of any node, printed for operators.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use bunting_proto::bunting::v1::cluster_admin_client::ClusterAdminClient;
+use bunting_proto::bunting::v1::{ClusterStatusRequest, DrainRequest, NodeState};
+
+use crate::cli::ClusterAction;
+use crate::error::CliError;
+
+pub fn run(node: &str, action: ClusterAction) -> Result<ExitCode, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        let mut client = ClusterAdminClient::new(super::connect(node).await?);
+        let rpc_error = |status: tonic::Status| super::rpc_error(node, &status);
+        let mut out = std::io::stdout().lock();
+        match action {
+            ClusterAction::Status => {
+                let status = client
+                    .status(ClusterStatusRequest {})
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                writeln!(
+                    out,
+                    "epoch {}  coordinator {}  shards {}  (answered by {})",
+                    status.epoch, status.coordinator, status.shard_count, status.answered_by
+                )?;
+                writeln!(
+                    out,
+                    "{:<16} {:<9} {:>6} {:>10}  {:<22} CLUSTER",
+                    "NODE", "STATE", "SHARDS", "HEARD(ms)", "GRPC"
+                )?;
+                for m in &status.members {
+                    writeln!(
+                        out,
+                        "{:<16} {:<9} {:>6} {:>10}  {:<22} {}",
+                        m.id,
+                        state_name(m.state),
+                        m.shards_owned,
+                        m.last_heard_ms,
+                        m.grpc_addr,
+                        m.cluster_addr
+                    )?;
+                }
+            }
+            ClusterAction::Drain { node_id } => {
+                let drained = client
+                    .drain(DrainRequest {
+                        node_id: node_id.clone(),
+                    })
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                writeln!(
+                    out,
+                    "drained {node_id}: the cluster serves epoch {} without it; it can be stopped",
+                    drained.epoch
+                )?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn state_name(state: i32) -> &'static str {
+    match NodeState::try_from(state) {
+        Ok(NodeState::Up) => "up",
+        Ok(NodeState::Draining) => "draining",
+        Ok(NodeState::Down) => "down",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,194 @@
+//! A PostgreSQL store that was unreachable when the node started. The node serves from the shared
+//! tier meanwhile; every call through this store (the feed's version check, an admin request)
+//! first retries the connection, at most once per [`RETRY_EVERY`], and answers `Unavailable`
+//! until it succeeds. From then on it is the store itself, so the feed catches up by version and
+//! the admin API works without a restart.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::store::{
+    AdminStore, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord, FlagSetSnapshot,
+    PostgresSettings, PostgresStore, StoreError, Subscription,
+};
+
+/// Connection attempts are this far apart at least, however many calls arrive meanwhile.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct PendingStore {
+    url: String,
+    settings: PostgresSettings,
+    store: OnceLock<Arc<PostgresStore>>,
+    last_attempt: Mutex<Option<Instant>>,
+}
+
+impl PendingStore {
+    pub fn new(url: String, settings: PostgresSettings) -> PendingStore {
+        PendingStore {
+            url,
+            settings,
+            store: OnceLock::new(),
+            last_attempt: Mutex::new(None),
+        }
+    }
+
+    async fn store(&self) -> Result<Arc<PostgresStore>, StoreError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store.clone());
+        }
+        let mut last = self.last_attempt.lock().await;
+        if let Some(store) = self.store.get() {
+            return Ok(store.clone());
+        }
+        if last.is_some_and(|at| at.elapsed() < RETRY_EVERY) {
+            return Err(StoreError::Unavailable {
+                source: "PostgreSQL was unreachable at start-up and is not back yet".into(),
+            });
+        }
+        *last = Some(Instant::now());
+        let store = Arc::new(connect(self.url.clone(), self.settings.clone()).await?);
+        tracing::warn!("PostgreSQL is reachable again; catching up from it");
+        // Only this call, under the lock, sets it.
+        let _ = self.store.set(store.clone());
+        Ok(store)
+    }
+}
+
+/// One connection attempt. `PostgresStore::connect`'s future is not provably `Send` (rustc's
+/// higher-ranked check trips on sqlx's migration future: "implementation of `sqlx::Acquire` is
+/// not general enough"), so it cannot be awaited inside `async_trait` methods or spawned; it runs
+/// on a blocking thread instead, driven by this runtime's handle.
+async fn connect(url: String, settings: PostgresSettings) -> Result<PostgresStore, StoreError> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(async move { PostgresStore::connect(&url, settings).await })
+    })
+    .await
+    .map_err(|e| StoreError::Internal {
+        source: format!("connecting to PostgreSQL: {e}").into(),
+    })?
+}
+
+#[async_trait]
+impl AdminStore for PendingStore {
+    async fn create_flag_set(
+        &self,
+        id: &str,
+        fields: FlagSetFields,
+        actor: &str,
+    ) -> Result<FlagSetRecord, StoreError> {
+        self.store().await?.create_flag_set(id, fields, actor).await
+    }
+
+    async fn update_flag_set(
+        &self,
+        id: &str,
+        fields: FlagSetFields,
+        expected_version: i64,
+        actor: &str,
+    ) -> Result<FlagSetRecord, StoreError> {
+        self.store()
+            .await?
+            .update_flag_set(id, fields, expected_version, actor)
+            .await
+    }
+
+    async fn delete_flag_set(
+        &self,
+        id: &str,
+        expected_version: i64,
+        actor: &str,
+    ) -> Result<i64, StoreError> {
+        self.store()
+            .await?
+            .delete_flag_set(id, expected_version, actor)
+            .await
+    }
+
+    async fn get_flag_set(&self, id: &str) -> Result<FlagSetRecord, StoreError> {
+        self.store().await?.get_flag_set(id).await
+    }
+
+    async fn list_flag_sets(&self) -> Result<Vec<FlagSetRecord>, StoreError> {
+        self.store().await?.list_flag_sets().await
+    }
+
+    async fn create_flag(
+        &self,
+        flag_set: &str,
+        key: &str,
+        definition: Value,
+        expected_flag_set_version: Option<i64>,
+        actor: &str,
+    ) -> Result<FlagRecord, StoreError> {
+        self.store()
+            .await?
+            .create_flag(flag_set, key, definition, expected_flag_set_version, actor)
+            .await
+    }
+
+    async fn update_flag(
+        &self,
+        flag_set: &str,
+        key: &str,
+        definition: Value,
+        expected_version: i64,
+        actor: &str,
+    ) -> Result<FlagRecord, StoreError> {
+        self.store()
+            .await?
+            .update_flag(flag_set, key, definition, expected_version, actor)
+            .await
+    }
+
+    async fn delete_flag(
+        &self,
+        flag_set: &str,
+        key: &str,
+        expected_version: i64,
+        actor: &str,
+    ) -> Result<i64, StoreError> {
+        self.store()
+            .await?
+            .delete_flag(flag_set, key, expected_version, actor)
+            .await
+    }
+
+    async fn get_flag(&self, flag_set: &str, key: &str) -> Result<FlagRecord, StoreError> {
+        self.store().await?.get_flag(flag_set, key).await
+    }
+
+    async fn list_flags(&self, flag_set: &str) -> Result<FlagList, StoreError> {
+        self.store().await?.list_flags(flag_set).await
+    }
+
+    async fn list_audit(
+        &self,
+        flag_set: Option<&str>,
+        flag_key: Option<&str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.store()
+            .await?
+            .list_audit(flag_set, flag_key, before_id, limit)
+            .await
+    }
+
+    async fn snapshot(&self, flag_set: &str) -> Result<FlagSetSnapshot, StoreError> {
+        self.store().await?.snapshot(flag_set).await
+    }
+
+    async fn snapshots(&self) -> Result<Vec<FlagSetSnapshot>, StoreError> {
+        self.store().await?.snapshots().await
+    }
+
+    async fn subscribe(&self) -> Result<Subscription, StoreError> {
+        self.store().await?.subscribe().await
+    }
+}

@@ -1,0 +1,325 @@
+//! An experiment's counts turned into `GetExperimentResultsResponse`: per metric and arm the
+//! users and the rate or mean, and each treatment against control through `bunting-stats`
+//! (Welch, delta-method lifts, the Gaussian posterior, the always-valid confidence sequence, Holm
+//! and Benjamini–Hochberg across the experiment's metrics), plus the sample-ratio check.
+//!
+//! Pure: the caller gathers the totals (every shard owner's live counts) and the experiment.
+
+use bunting_experiments::{ArmTotals, Experiment, ExperimentTotals, MetricKind, MetricTotals};
+use bunting_proto::bunting::v1 as pb;
+use bunting_stats::{
+    AnalysisSettings, Correction, Interval, LiftResult, MeanStats, MetricComparison,
+    ProportionStats, SequentialTuning, Unavailable, adjust_p_values, compare,
+    sample_ratio_mismatch,
+};
+
+/// Results are watched while experiments run, so the analysis is sequential: decisions rest on
+/// always-valid intervals and p-values (the fixed-horizon ones are reported beside them).
+pub fn settings() -> AnalysisSettings {
+    AnalysisSettings {
+        sequential: Some(SequentialTuning::DEFAULT),
+        ..AnalysisSettings::default()
+    }
+}
+
+/// The arms in the order results list them: control first, then the others (sorted).
+fn arm_order(experiment: &Experiment) -> Vec<&str> {
+    std::iter::once(experiment.control.as_str())
+        .chain(
+            experiment
+                .arms
+                .iter()
+                .map(String::as_str)
+                .filter(|a| *a != experiment.control),
+        )
+        .collect()
+}
+
+pub fn results(
+    experiment: &Experiment,
+    totals: &ExperimentTotals,
+    proto_experiment: pb::Experiment,
+) -> pb::GetExperimentResultsResponse {
+    let settings = settings();
+    let arms = arm_order(experiment);
+    let empty = ArmTotals::default();
+    let arm_totals = |arm: &str| totals.arms.get(arm).unwrap_or(&empty);
+    let users: Vec<u64> = arms.iter().map(|a| arm_totals(a).exposed).collect();
+    let srm_p_value = (users.iter().sum::<u64>() > 0)
+        .then(|| sample_ratio_mismatch(&users, &vec![1.0; users.len()]).ok())
+        .flatten()
+        .map(|check| check.p_value);
+
+    // comparisons[t][m]: treatment arm t (index into arms[1..]) against control, metric m.
+    let mut comparisons: Vec<Vec<MetricComparison>> = arms
+        .iter()
+        .skip(1)
+        .map(|treatment| {
+            experiment
+                .metrics
+                .iter()
+                .map(|metric| {
+                    let stat = |arm: &str| metric_totals(arm_totals(arm), &metric.name);
+                    let (nc, nt) = (arm_totals(arms[0]).exposed, arm_totals(treatment).exposed);
+                    let (control, treatment) = (stat(arms[0]), stat(treatment));
+                    match metric.kind {
+                        MetricKind::Conversion => compare(
+                            &proportion(nc, control),
+                            &proportion(nt, treatment),
+                            settings,
+                        ),
+                        MetricKind::Mean => {
+                            compare(&mean(nc, control), &mean(nt, treatment), settings)
+                        }
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    // Both corrections, across the metrics, per treatment arm.
+    let mut holm = comparisons.clone();
+    for (h, bh) in holm.iter_mut().zip(comparisons.iter_mut()) {
+        adjust_p_values(h, Correction::HolmBonferroni);
+        adjust_p_values(bh, Correction::BenjaminiHochberg);
+    }
+
+    let metrics = experiment
+        .metrics
+        .iter()
+        .enumerate()
+        .map(|(m, metric)| {
+            let control_summary = comparisons
+                .first()
+                .and_then(|c| c.get(m))
+                .map(|c| c.control);
+            let mut rows = vec![arm_row(
+                arms[0],
+                arm_totals(arms[0]),
+                metric,
+                control_summary.map(|s| (s.value, s.interval)),
+                None,
+            )];
+            for (t, arm) in arms.iter().enumerate().skip(1) {
+                let c = comparisons.get(t - 1).and_then(|c| c.get(m));
+                let h = holm.get(t - 1).and_then(|c| c.get(m));
+                rows.push(arm_row(
+                    arm,
+                    arm_totals(arm),
+                    metric,
+                    c.map(|c| (c.treatment.value, c.treatment.interval)),
+                    c.map(|c| pb::Comparison {
+                        absolute: Some(lift(&c.absolute, h.map(|h| &h.absolute))),
+                        relative: Some(lift(&c.relative, h.map(|h| &h.relative))),
+                    }),
+                ));
+            }
+            pb::MetricResults {
+                metric: metric.name.to_string(),
+                kind: match metric.kind {
+                    MetricKind::Conversion => pb::MetricKind::Conversion,
+                    MetricKind::Mean => pb::MetricKind::Mean,
+                }
+                .into(),
+                arms: rows,
+            }
+        })
+        .collect();
+
+    pb::GetExperimentResultsResponse {
+        experiment: Some(proto_experiment),
+        users: arms
+            .iter()
+            .zip(&users)
+            .map(|(arm, users)| pb::ArmUsers {
+                arm: (*arm).to_owned(),
+                users: *users,
+            })
+            .collect(),
+        srm_p_value,
+        alpha: settings.alpha.get(),
+        sequential: settings.sequential.is_some(),
+        metrics,
+    }
+}
+
+fn metric_totals(arm: &ArmTotals, metric: &bunting_experiments::MetricName) -> MetricTotals {
+    arm.metrics.get(metric).copied().unwrap_or_default()
+}
+
+/// Counts are bounded by users, far below i64::MAX; saturate rather than fail if not.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn proportion(users: u64, totals: MetricTotals) -> ProportionStats {
+    ProportionStats::new(count(users), count(totals.converted.min(users)))
+        .unwrap_or(ProportionStats::EMPTY)
+}
+
+fn mean(users: u64, totals: MetricTotals) -> MeanStats {
+    // Sums from finite, non-negative values: `new` refuses only inconsistent input, which would
+    // be a bug upstream; show "no data" rather than fail the whole results call.
+    MeanStats::new(count(users), totals.sum, totals.sum_squares).unwrap_or_default()
+}
+
+fn arm_row(
+    arm: &str,
+    totals: &ArmTotals,
+    metric: &bunting_experiments::Metric,
+    summary: Option<(Option<f64>, Option<Interval>)>,
+    comparison: Option<pb::Comparison>,
+) -> pb::ArmResult {
+    let (value, interval) = summary.unwrap_or((None, None));
+    pb::ArmResult {
+        arm: arm.to_owned(),
+        users: totals.exposed,
+        converted: match metric.kind {
+            MetricKind::Conversion => metric_totals(totals, &metric.name).converted,
+            MetricKind::Mean => 0,
+        },
+        value,
+        value_interval: interval.map(interval_pb),
+        comparison,
+    }
+}
+
+fn interval_pb(i: Interval) -> pb::Interval {
+    pb::Interval {
+        lower: i.lower(),
+        upper: i.upper(),
+    }
+}
+
+/// One lift; `holm` is the same lift from the Holm-adjusted copy (BH is adjusted in place).
+fn lift(
+    result: &Result<LiftResult, Unavailable>,
+    holm: Option<&Result<LiftResult, Unavailable>>,
+) -> pb::Lift {
+    match result {
+        Err(why) => pb::Lift {
+            unavailable: why.to_string(),
+            ..pb::Lift::default()
+        },
+        Ok(l) => pb::Lift {
+            unavailable: String::new(),
+            estimate: l.estimate,
+            standard_error: l.standard_error,
+            degrees_of_freedom: l.degrees_of_freedom,
+            confidence_interval: Some(interval_pb(l.confidence_interval)),
+            p_value: l.p_value,
+            sequential_interval: l.sequential.map(|s| interval_pb(s.interval)),
+            sequential_p_value: l.sequential.map(|s| s.p_value),
+            credible_interval: Some(interval_pb(l.credible_interval)),
+            chance_to_beat_control: l.chance_to_beat_control,
+            holm_p_value: holm
+                .and_then(|h| h.as_ref().ok())
+                .and_then(|h| h.adjusted_p_value),
+            benjamini_hochberg_p_value: l.adjusted_p_value,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bunting_experiments::{ExperimentId, Metric, MetricName, UserExposure};
+
+    fn experiment() -> Experiment {
+        let metric = |name: &str, kind| Metric {
+            name: MetricName::new(name).unwrap(),
+            event: "purchase".into(),
+            kind,
+        };
+        Experiment::draft(
+            ExperimentId::new("e").unwrap(),
+            "default",
+            "f",
+            ["control".to_owned(), "treatment".to_owned()],
+            "control",
+            vec![
+                metric("bought", MetricKind::Conversion),
+                metric("revenue", MetricKind::Mean),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// 1,000 users per arm, 10% against 15% converting, revenue 10 per conversion.
+    fn totals() -> ExperimentTotals {
+        let e = experiment();
+        let mut totals = ExperimentTotals::default();
+        for (arm, converting) in [("control", 100), ("treatment", 150)] {
+            for i in 0..1000 {
+                let mut user = UserExposure::new(arm, 0);
+                totals.expose(arm);
+                if i < converting {
+                    totals.track(&e, &mut user, "purchase", 10.0).unwrap();
+                }
+            }
+        }
+        totals
+    }
+
+    #[test]
+    fn a_clear_difference_is_detected_on_both_metrics() {
+        let r = results(&experiment(), &totals(), pb::Experiment::default());
+        assert_eq!(
+            r.users.iter().map(|u| u.users).collect::<Vec<_>>(),
+            [1000, 1000]
+        );
+        assert!(r.srm_p_value.unwrap() > 0.99, "even split");
+        assert!(r.sequential);
+        let bought = &r.metrics[0];
+        assert_eq!(bought.arms[0].arm, "control");
+        assert_eq!(bought.arms[0].converted, 100);
+        assert!((bought.arms[1].value.unwrap() - 0.15).abs() < 1e-12);
+        assert!(
+            bought.arms[0].comparison.is_none(),
+            "control is not compared with itself"
+        );
+        let abs = bought.arms[1]
+            .comparison
+            .as_ref()
+            .unwrap()
+            .absolute
+            .as_ref()
+            .unwrap();
+        assert!(abs.unavailable.is_empty());
+        assert!((abs.estimate - 0.05).abs() < 1e-12);
+        assert!(abs.p_value < 0.01, "{}", abs.p_value);
+        assert!(abs.chance_to_beat_control > 0.99);
+        let (holm, bh) = (
+            abs.holm_p_value.unwrap(),
+            abs.benjamini_hochberg_p_value.unwrap(),
+        );
+        assert!(
+            holm >= bh && bh >= abs.sequential_p_value.unwrap(),
+            "{holm} {bh}"
+        );
+        let revenue = &r.metrics[1];
+        assert!((revenue.arms[1].value.unwrap() - 1.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_experiment_without_users_has_no_estimates_and_no_nan() {
+        let r = results(
+            &experiment(),
+            &ExperimentTotals::default(),
+            pb::Experiment::default(),
+        );
+        assert_eq!(r.srm_p_value, None);
+        let lift = r.metrics[0].arms[1]
+            .comparison
+            .as_ref()
+            .unwrap()
+            .absolute
+            .as_ref()
+            .unwrap();
+        assert!(
+            lift.unavailable.contains("not enough data"),
+            "{}",
+            lift.unavailable
+        );
+        assert_eq!(r.metrics[0].arms[1].value, None);
+    }
+}

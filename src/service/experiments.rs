@@ -1,0 +1,419 @@
+//! `bunting.v1.Experiments`: experiments on flags, each RPC one call to the node's
+//! [`ExperimentStore`]. Requests are checked here (ids, names, kinds, actor) before the store is
+//! touched; the store checks the definition against the stored flag and the life cycle, and its
+//! refusals become the statuses experiments.proto lists. `Track` goes to the shard actor owning
+//! the user (on this node, or forwarded over the cluster); `GetExperimentResults` gathers every
+//! owner's live statistics and analyses them ([`super::experiment_results`]).
+
+use std::sync::Arc;
+
+use bunting_experiments::{
+    Experiment, ExperimentId, ExperimentState, Metric, MetricKind, MetricName,
+};
+use bunting_proto::bunting::v1 as pb;
+use bunting_proto::bunting::v1::experiments_server::Experiments as ExperimentsRpc;
+use chrono::{DateTime, Utc};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use super::admin_status::{
+    bad_field, check_actor, check_flag_key, check_flag_set_id, store_status,
+};
+use super::experiment_results;
+use crate::config::FlagSourceConfig;
+use crate::routing::Routing;
+use crate::routing::peer::Tracked;
+use crate::store::experiments::{
+    ExperimentFilter, ExperimentRecord, ExperimentStore, ExperimentStoreError, NewExperiment,
+    StateKind,
+};
+use bunting_actors::{Node, TrackRefused, TrackRequest};
+
+/// `bunting.v1.Experiments` over the node's experiment store, if it has one.
+#[derive(Debug, Clone)]
+pub struct ExperimentsService {
+    store: Option<Arc<dyn ExperimentStore>>,
+    /// What every RPC answers when there is no store: the node serves its flags from elsewhere.
+    without_store: Arc<str>,
+    /// The actor tree (the shards own users' records and statistics).
+    node: Arc<Node>,
+    /// `Some` on a clustered node: tracked events go to the owner, results gather every member.
+    routing: Option<Routing>,
+}
+
+impl ExperimentsService {
+    /// `store` is `None` when `flags` names a source without a database (a file); then every RPC
+    /// is refused with FAILED_PRECONDITION naming that source, as the Admin API does.
+    pub fn new(
+        store: Option<Arc<dyn ExperimentStore>>,
+        flags: &FlagSourceConfig,
+        node: Arc<Node>,
+        routing: Option<Routing>,
+    ) -> ExperimentsService {
+        let without_store = match flags {
+            FlagSourceConfig::File { path, .. } => format!(
+                "this node serves flags from the file {}, and experiments live in PostgreSQL: use \
+                 a node with [flags] source = \"postgres\"",
+                path.display()
+            ),
+            FlagSourceConfig::Postgres { .. } => {
+                "this node's experiment store is not available".to_owned()
+            }
+        };
+        ExperimentsService {
+            store,
+            without_store: without_store.into(),
+            node,
+            routing,
+        }
+    }
+
+    fn store(&self) -> Result<&dyn ExperimentStore, Status> {
+        self.store
+            .as_deref()
+            .ok_or_else(|| Status::failed_precondition(&*self.without_store))
+    }
+}
+
+#[tonic::async_trait]
+impl ExperimentsRpc for ExperimentsService {
+    async fn create_experiment(
+        &self,
+        request: Request<pb::CreateExperimentRequest>,
+    ) -> Result<Response<pb::CreateExperimentResponse>, Status> {
+        let store = self.store()?;
+        let req = request.into_inner();
+        let id = experiment_id(req.id)?;
+        check_flag_set_id("flag_set_id", &req.flag_set_id)?;
+        check_flag_key("flag_key", &req.flag_key)?;
+        if req.control_variant.is_empty() {
+            return Err(bad_field(
+                "control_variant",
+                "is empty; name one of the flag's variants",
+            ));
+        }
+        let metrics = req
+            .metrics
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| metric(i, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_actor(&req.actor)?;
+        let new = NewExperiment {
+            id,
+            flag_set: req.flag_set_id,
+            flag_key: req.flag_key,
+            control: req.control_variant,
+            metrics,
+        };
+        let record = store
+            .create_experiment(new, &req.actor)
+            .await
+            .map_err(|e| experiment_status("create_experiment", e))?;
+        Ok(Response::new(pb::CreateExperimentResponse {
+            experiment: Some(experiment(record)),
+        }))
+    }
+
+    async fn start_experiment(
+        &self,
+        request: Request<pb::StartExperimentRequest>,
+    ) -> Result<Response<pb::StartExperimentResponse>, Status> {
+        let store = self.store()?;
+        let req = request.into_inner();
+        let id = experiment_id(req.id)?;
+        check_actor(&req.actor)?;
+        let record = store
+            .start_experiment(&id, &req.actor)
+            .await
+            .map_err(|e| experiment_status("start_experiment", e))?;
+        Ok(Response::new(pb::StartExperimentResponse {
+            experiment: Some(experiment(record)),
+        }))
+    }
+
+    async fn stop_experiment(
+        &self,
+        request: Request<pb::StopExperimentRequest>,
+    ) -> Result<Response<pb::StopExperimentResponse>, Status> {
+        let store = self.store()?;
+        let req = request.into_inner();
+        let id = experiment_id(req.id)?;
+        check_actor(&req.actor)?;
+        let record = store
+            .stop_experiment(&id, &req.actor)
+            .await
+            .map_err(|e| experiment_status("stop_experiment", e))?;
+        Ok(Response::new(pb::StopExperimentResponse {
+            experiment: Some(experiment(record)),
+        }))
+    }
+
+    async fn get_experiment(
+        &self,
+        request: Request<pb::GetExperimentRequest>,
+    ) -> Result<Response<pb::GetExperimentResponse>, Status> {
+        let store = self.store()?;
+        let id = experiment_id(request.into_inner().id)?;
+        let record = store
+            .get_experiment(&id)
+            .await
+            .map_err(|e| experiment_status("get_experiment", e))?;
+        Ok(Response::new(pb::GetExperimentResponse {
+            experiment: Some(experiment(record)),
+        }))
+    }
+
+    async fn list_experiments(
+        &self,
+        request: Request<pb::ListExperimentsRequest>,
+    ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
+        let store = self.store()?;
+        let req = request.into_inner();
+        if let Some(set) = &req.flag_set_id {
+            check_flag_set_id("flag_set_id", set)?;
+        }
+        let state = match req.state.map(pb::ExperimentState::try_from) {
+            None | Some(Ok(pb::ExperimentState::Unspecified)) => None,
+            Some(Ok(pb::ExperimentState::Draft)) => Some(StateKind::Draft),
+            Some(Ok(pb::ExperimentState::Running)) => Some(StateKind::Running),
+            Some(Ok(pb::ExperimentState::Stopped)) => Some(StateKind::Stopped),
+            Some(Err(e)) => return Err(bad_field("state", format!("{e}"))),
+        };
+        let filter = ExperimentFilter {
+            flag_set: req.flag_set_id,
+            state,
+        };
+        let records = store
+            .list_experiments(&filter)
+            .await
+            .map_err(|e| experiment_status("list_experiments", e))?;
+        Ok(Response::new(pb::ListExperimentsResponse {
+            experiments: records.into_iter().map(experiment).collect(),
+        }))
+    }
+
+    async fn track(
+        &self,
+        request: Request<pb::TrackRequest>,
+    ) -> Result<Response<pb::TrackResponse>, Status> {
+        let req = request.into_inner();
+        if req.targeting_key.is_empty() {
+            return Err(bad_field("targeting_key", "must not be empty"));
+        }
+        bunting_experiments::aggregate::check_event(&req.event, req.value).map_err(|e| {
+            bad_field(
+                if req.event.trim().is_empty() {
+                    "event"
+                } else {
+                    "value"
+                },
+                e.to_string(),
+            )
+        })?;
+        let flag_set = req.flag_set_id.filter(|s| !s.is_empty());
+        if let Some(owner) = self
+            .routing
+            .as_ref()
+            .and_then(|r| r.remote_owner(&req.targeting_key).map(|o| (r, o)))
+        {
+            let (routing, owner) = owner;
+            return match routing
+                .track(
+                    &owner,
+                    &req.targeting_key,
+                    &req.event,
+                    req.value,
+                    flag_set.as_deref(),
+                )
+                .await
+            {
+                Ok(Tracked::Counted(ids)) => Ok(counted(ids)),
+                Ok(Tracked::BadEvent(why)) => Err(Status::invalid_argument(why)),
+                Err(e) => Err(Status::unavailable(format!(
+                    "the owner of {:?}'s shard ({owner}) did not take the event: {e}; retry",
+                    req.targeting_key
+                ))),
+            };
+        }
+        let answer = self
+            .node
+            .track(TrackRequest {
+                user: req.targeting_key,
+                event: req.event,
+                value: req.value,
+                flag_set,
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        match answer {
+            Ok(ids) => Ok(counted(ids)),
+            Err(TrackRefused::BadEvent(e)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e @ (TrackRefused::NotOwner(_) | TrackRefused::Store(_))) => {
+                Err(Status::unavailable(format!("{e}; retry")))
+            }
+        }
+    }
+
+    async fn get_experiment_results(
+        &self,
+        request: Request<pb::GetExperimentResultsRequest>,
+    ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
+        let store = self.store()?;
+        let id = experiment_id(request.into_inner().id)?;
+        let record = store
+            .get_experiment(&id)
+            .await
+            .map_err(|e| experiment_status("get_experiment_results", e))?;
+        if record.experiment.state == ExperimentState::Draft {
+            return Err(Status::failed_precondition(format!(
+                "experiment {id} is a draft: nothing has been counted; start it first"
+            )));
+        }
+        let mut totals = self
+            .node
+            .experiment_totals(&id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if let Some(routing) = &self.routing {
+            let theirs = routing.peer_totals(&id).await.map_err(|(node, e)| {
+                Status::unavailable(format!(
+                    "results incomplete: node {node} did not report: {e}; retry"
+                ))
+            })?;
+            totals.merge(&theirs);
+        }
+        let analysed = record.experiment.clone();
+        Ok(Response::new(experiment_results::results(
+            &analysed,
+            &totals,
+            experiment(record),
+        )))
+    }
+}
+
+fn counted(ids: Vec<ExperimentId>) -> Response<pb::TrackResponse> {
+    Response::new(pb::TrackResponse {
+        counted: ids.into_iter().map(|id| id.to_string()).collect(),
+    })
+}
+
+fn experiment_id(id: String) -> Result<ExperimentId, Status> {
+    ExperimentId::new(id).map_err(|e| bad_field("id", e.to_string()))
+}
+
+fn metric(index: usize, metric: pb::Metric) -> Result<Metric, Status> {
+    let name = MetricName::new(metric.name)
+        .map_err(|e| bad_field(&format!("metrics[{index}].name"), e.to_string()))?;
+    let kind = match pb::MetricKind::try_from(metric.kind) {
+        Ok(pb::MetricKind::Conversion) => MetricKind::Conversion,
+        Ok(pb::MetricKind::Mean) => MetricKind::Mean,
+        Ok(pb::MetricKind::Unspecified) | Err(_) => {
+            return Err(bad_field(
+                &format!("metrics[{index}].kind"),
+                format!(
+                    "{} is not a metric kind: METRIC_KIND_CONVERSION or METRIC_KIND_MEAN",
+                    metric.kind
+                ),
+            ));
+        }
+    };
+    Ok(Metric {
+        name,
+        event: metric.event,
+        kind,
+    })
+}
+
+/// An experiment store refusal as the status experiments.proto gives it.
+fn experiment_status(op: &'static str, error: ExperimentStoreError) -> Status {
+    let message = error.to_string();
+    match error {
+        ExperimentStoreError::UnknownFlagSet { .. }
+        | ExperimentStoreError::UnknownFlag { .. }
+        | ExperimentStoreError::UnknownExperiment(_) => Status::not_found(message),
+        ExperimentStoreError::AlreadyExists(_) => Status::already_exists(message),
+        ExperimentStoreError::Invalid { field, source } => Status::with_error_details(
+            Code::InvalidArgument,
+            message,
+            ErrorDetails::with_bad_request(vec![FieldViolation::new(field, source.to_string())]),
+        ),
+        ExperimentStoreError::TooFewVariants { .. }
+        | ExperimentStoreError::Transition(_)
+        | ExperimentStoreError::FlagBusy { .. }
+        | ExperimentStoreError::FlagChanged { .. } => Status::failed_precondition(message),
+        ExperimentStoreError::Store(e) => store_status(op, e),
+    }
+}
+
+fn experiment(record: ExperimentRecord) -> pb::Experiment {
+    let ExperimentRecord {
+        experiment,
+        version,
+        created_at,
+        updated_at,
+    } = record;
+    let Experiment {
+        id,
+        flag_set,
+        flag_key,
+        arms,
+        control,
+        metrics,
+        state,
+    } = experiment;
+    let (state, started_at, stopped_at) = match state {
+        ExperimentState::Draft => (pb::ExperimentState::Draft, None, None),
+        ExperimentState::Running { started_at } => {
+            (pb::ExperimentState::Running, Some(started_at), None)
+        }
+        ExperimentState::Stopped {
+            started_at,
+            stopped_at,
+        } => (
+            pb::ExperimentState::Stopped,
+            Some(started_at),
+            Some(stopped_at),
+        ),
+    };
+    pb::Experiment {
+        id: id.into(),
+        flag_set_id: flag_set,
+        flag_key,
+        arms: arms.into_iter().collect(),
+        control_variant: control,
+        metrics: metrics
+            .into_iter()
+            .map(|m| pb::Metric {
+                name: m.name.into(),
+                event: m.event,
+                kind: match m.kind {
+                    MetricKind::Conversion => pb::MetricKind::Conversion,
+                    MetricKind::Mean => pb::MetricKind::Mean,
+                }
+                .into(),
+            })
+            .collect(),
+        state: state.into(),
+        started_at: started_at.map(millis_timestamp),
+        stopped_at: stopped_at.map(millis_timestamp),
+        version,
+        created_at: Some(timestamp(created_at)),
+        updated_at: Some(timestamp(updated_at)),
+    }
+}
+
+fn millis_timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        // Below 10^9 by construction, so it fits.
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}

@@ -1,0 +1,176 @@
+//! The shared tier: state every node of a deployment can reach, beside the flag store. It holds
+//! flag-set snapshots by version (a node that starts while PostgreSQL is down serves the newest
+//! snapshot from here), carries change notifications between nodes, and keeps the per-user state a
+//! shard's new owner needs after a move.
+//!
+//! The tier is optional (`[shared_tier] kind = "none"` by default) and never on the evaluation
+//! path: every call sits behind a circuit breaker with a timeout, writes made while it is down wait
+//! in a bounded queue and are replayed in order when it answers again, and reads fail fast with
+//! [`SharedTierError::Unavailable`] while the breaker is open.
+
+mod breaker;
+mod queue;
+mod redis_tier;
+mod user_states;
+
+pub use user_states::TierUserStates;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::config::SharedTierConfig;
+
+pub use breaker::BreakerState;
+pub use redis_tier::RedisTier;
+
+/// One flag set's snapshot as the tier holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierSnapshot {
+    pub set: String,
+    pub version: u64,
+    /// The set's flagd document, as the writer stored it.
+    pub json: serde_json::Value,
+}
+
+/// What became of a snapshot write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotWrite {
+    /// This version is now the stored one.
+    Stored,
+    /// The tier already holds `stored`, at least as new; nothing was written. Another node wrote
+    /// this version first, or a newer one.
+    NotNewer { stored: u64 },
+    /// The tier is unreachable; the write waits in the queue.
+    Queued,
+}
+
+/// What became of any other write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    Queued,
+}
+
+/// What a subscriber hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TierChange {
+    /// A node stored `version` of `set`.
+    Changed { set: String, version: u64 },
+    /// The subscription was (re)established: changes may have been missed while it was down, so
+    /// re-read every snapshot and keep what is newer.
+    Resync,
+}
+
+/// Changes as they are published; the sender reconnects by itself and ends with the tier.
+pub type ChangeStream = mpsc::Receiver<TierChange>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedTierError {
+    /// The breaker is open: the call was refused without touching the network.
+    #[error("shared tier {endpoint} unavailable: circuit breaker open")]
+    Unavailable { endpoint: String },
+    #[error("shared tier {endpoint} did not answer {what} within {timeout:?}")]
+    Timeout {
+        endpoint: String,
+        what: &'static str,
+        timeout: std::time::Duration,
+    },
+    #[error("shared tier {endpoint}, {what}: {source}")]
+    Redis {
+        endpoint: String,
+        what: &'static str,
+        source: ::redis::RedisError,
+    },
+    /// The tier answered with something no Bunting node writes.
+    #[error("shared tier key {key:?} holds a corrupt snapshot: {problem}")]
+    Corrupt { key: String, problem: String },
+    /// A snapshot to be written is not valid JSON; nothing was written.
+    #[error("snapshot of flag set {set:?} version {version} is not valid JSON: {source}")]
+    InvalidSnapshot {
+        set: String,
+        version: u64,
+        source: serde_json::Error,
+    },
+    #[error("shared tier config: {0}")]
+    Config(String),
+}
+
+impl SharedTierError {
+    /// Worth retrying later: the tier is (or was) unreachable, as opposed to refusing this call.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SharedTierError::Unavailable { .. } | SharedTierError::Timeout { .. } => true,
+            SharedTierError::Redis { source, .. } => redis_tier::transient(source),
+            SharedTierError::Corrupt { .. }
+            | SharedTierError::InvalidSnapshot { .. }
+            | SharedTierError::Config(_) => false,
+        }
+    }
+}
+
+#[async_trait]
+pub trait SharedTier: Send + Sync + std::fmt::Debug {
+    /// Stores `json` as `set`'s snapshot if `version` is newer than the stored one (atomically:
+    /// of two nodes writing one version, the first wins and the second hears `NotNewer`).
+    async fn put_snapshot(
+        &self,
+        set: &str,
+        version: u64,
+        json: &str,
+    ) -> Result<SnapshotWrite, SharedTierError>;
+
+    async fn snapshot(&self, set: &str) -> Result<Option<TierSnapshot>, SharedTierError>;
+
+    /// Every set's snapshot, by set id. A corrupt snapshot is logged and left out, so one bad
+    /// entry does not keep a node from the others.
+    async fn snapshots(&self) -> Result<Vec<TierSnapshot>, SharedTierError>;
+
+    /// Tells every subscriber, on every node, that `set` is now at `version`.
+    async fn publish_change(
+        &self,
+        set: &str,
+        version: u64,
+    ) -> Result<WriteOutcome, SharedTierError>;
+
+    /// Follows the change notifications; reconnects by itself, announcing each (re)connection
+    /// with [`TierChange::Resync`].
+    fn subscribe(&self) -> ChangeStream;
+
+    async fn put_user_state(
+        &self,
+        shard: u32,
+        user: &str,
+        state: &[u8],
+    ) -> Result<WriteOutcome, SharedTierError>;
+
+    /// Every user's state in `shard`, by user.
+    async fn load_user_states(&self, shard: u32)
+    -> Result<Vec<(String, Vec<u8>)>, SharedTierError>;
+
+    async fn delete_user_state(
+        &self,
+        shard: u32,
+        user: &str,
+    ) -> Result<WriteOutcome, SharedTierError>;
+
+    fn breaker_state(&self) -> BreakerState;
+
+    /// Writes waiting for the tier to come back.
+    fn queued_writes(&self) -> usize;
+}
+
+/// The tier `config` describes, or `None`. Connections are made lazily, so an unreachable Redis
+/// does not stop a node from starting; only a config that cannot work is an error.
+pub async fn connect(
+    config: &SharedTierConfig,
+) -> Result<Option<Arc<dyn SharedTier>>, SharedTierError> {
+    match config {
+        SharedTierConfig::None => Ok(None),
+        SharedTierConfig::Redis(redis) => {
+            let tier: Arc<dyn SharedTier> = RedisTier::connect(redis)?;
+            Ok(Some(tier))
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The bounded queue of writes made while the shared tier is unreachable. Writes leave it in the
+//! order they were made, once the tier answers again; a full queue drops its oldest write (and
+//! counts it): the newest state is the one worth keeping, and snapshot writes are versioned, so a
+//! later one supersedes an earlier one anyway.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// One write, as it will be replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Snapshot {
+        set: String,
+        version: u64,
+        json: String,
+    },
+    Publish {
+        set: String,
+        version: u64,
+    },
+    PutUserState {
+        shard: u32,
+        user: String,
+        state: Vec<u8>,
+    },
+    DeleteUserState {
+        shard: u32,
+        user: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct WriteQueue {
+    capacity: usize,
+    endpoint: String,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    items: VecDeque<(u64, Write)>,
+    next_seq: u64,
+}
+
+impl WriteQueue {
+    pub fn new(capacity: usize, endpoint: String) -> WriteQueue {
+        let queue = WriteQueue {
+            capacity: capacity.max(1),
+            endpoint,
+            inner: Mutex::new(Inner::default()),
+        };
+        queue.publish(0);
+        queue
+    }
+
+    pub fn push(&self, write: Write) {
+        let mut inner = self.lock();
+        let mut dropped = 0u64;
+        while inner.items.len() >= self.capacity {
+            inner.items.pop_front();
+            dropped += 1;
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.items.push_back((seq, write));
+        let len = inner.items.len();
+        drop(inner);
+        if dropped > 0 {
+            tracing::warn!(endpoint = %self.endpoint, capacity = self.capacity, "shared tier write queue full; dropped its oldest write");
+            metrics::counter!("bunting_shared_tier_queue_dropped_total", "endpoint" => self.endpoint.clone())
+                .increment(dropped);
+        }
+        self.publish(len);
+    }
+
+    /// The oldest write, left in place until [`WriteQueue::done`] says it was applied.
+    pub fn front(&self) -> Option<(u64, Write)> {
+        self.lock().items.front().cloned()
+    }
+
+    /// Removes write `seq` if it is still at the front (a full queue may have dropped it
+    /// meanwhile, and then the new front must stay).
+    pub fn done(&self, seq: u64) {
+        let mut inner = self.lock();
+        if inner.items.front().is_some_and(|(s, _)| *s == seq) {
+            inner.items.pop_front();
+        }
+        let len = inner.items.len();
+        drop(inner);
+        self.publish(len);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn publish(&self, len: usize) {
+        metrics::gauge!("bunting_shared_tier_queued_writes", "endpoint" => self.endpoint.clone())
+            .set(len as f64);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(version: u64) -> Write {
+        Write::Publish {
+            set: "s".to_owned(),
+            version,
+        }
+    }
+
+    #[test]
+    fn keeps_order_and_drops_the_oldest_when_full() {
+        let q = WriteQueue::new(2, "test".to_owned());
+        q.push(publish(1));
+        q.push(publish(2));
+        q.push(publish(3));
+        assert_eq!(q.len(), 2);
+        let (seq, first) = q.front().unwrap();
+        assert_eq!(first, publish(2));
+        q.done(seq);
+        assert_eq!(q.front().unwrap().1, publish(3));
+    }
+
+    #[test]
+    fn done_leaves_a_new_front_alone() {
+        let q = WriteQueue::new(1, "test".to_owned());
+        q.push(publish(1));
+        let (seq, _) = q.front().unwrap();
+        q.push(publish(2));
+        q.done(seq);
+        assert_eq!(q.front().unwrap().1, publish(2));
+    }
+}

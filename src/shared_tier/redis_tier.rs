@@ -1,0 +1,688 @@
+//! The shared tier on Redis: one server or a Redis Cluster, through one code path. Commands go
+//! through a connection that is either a single server's `ConnectionManager` or the cluster
+//! client's connection (both `redis::aio::ConnectionLike`); every key that one command or script
+//! touches sits under one hash tag, so nothing needs a cross-slot operation.
+//!
+//! Keys, for prefix `P`:
+//! - `{P}:sets`: the index, a set of flag-set ids with a snapshot;
+//! - `{P:set:ID}:snapshot`: a hash `version`, `json`;
+//! - `{P:users:SHARD}:state`: a hash user → state bytes, one per key-space shard;
+//! - channel `P:changes`: `{"set": ID, "version": N}` per stored version. PUBLISH reaches every
+//!   node of a Redis Cluster, so the subscriber listens on any one of them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Notify, mpsc};
+use tokio_stream::StreamExt;
+
+use super::breaker::{Breaker, BreakerSettings, BreakerState};
+use super::queue::{Write, WriteQueue};
+use super::{
+    ChangeStream, SharedTier, SharedTierError, SnapshotWrite, TierChange, TierSnapshot,
+    WriteOutcome,
+};
+use crate::config::RedisTierConfig;
+
+/// Stores the snapshot only if its version is newer than the stored one; returns -1 when it
+/// stored, else the stored version. One script, so two nodes racing on one version cannot both
+/// win. Versions stay far below 2^53, where Lua's numbers are exact.
+const SNAPSHOT_CAS: &str = r"
+local stored = tonumber(redis.call('HGET', KEYS[1], 'version'))
+if stored and stored >= tonumber(ARGV[1]) then
+  return stored
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
+return -1
+";
+
+/// Notifications a slow subscriber may fall behind by before the subscriber task waits for it.
+const CHANGE_BUFFER: usize = 256;
+
+/// Between two attempts to re-establish the notification subscription.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(500);
+
+pub struct RedisTier {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("endpoint", &self.inner.endpoint)
+            .field("breaker", &self.inner.breaker.state())
+            .field("queued_writes", &self.inner.queue.len())
+            .finish()
+    }
+}
+
+struct Inner {
+    /// The url or the first cluster seed: names the tier in logs, errors and metric labels.
+    endpoint: String,
+    target: Target,
+    /// Where the notification subscriber connects, tried in turn.
+    seeds: Vec<String>,
+    /// Made on first use and dropped after a transport failure, so a Redis that was down at
+    /// start-up, or came back elsewhere, is reconnected on the next admitted call.
+    conn: Mutex<Option<Conn>>,
+    breaker: Breaker,
+    queue: WriteQueue,
+    /// One drainer at a time, so queued writes are replayed in order.
+    draining: Mutex<()>,
+    wake_drainer: Arc<Notify>,
+    timeout: Duration,
+    keys: Keys,
+    cas: redis::Script,
+}
+
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn index(&self) -> String {
+        format!("{{{}}}:sets", self.prefix)
+    }
+
+    fn snapshot(&self, set: &str) -> String {
+        format!("{{{}:set:{set}}}:snapshot", self.prefix)
+    }
+
+    fn users(&self, shard: u32) -> String {
+        format!("{{{}:users:{shard}}}:state", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ChangeMessage {
+    set: String,
+    version: u64,
+}
+
+/// Whether an error means "unreachable, try again later" rather than "this call is wrong".
+pub(super) fn transient(e: &RedisError) -> bool {
+    !matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::ResponseError
+                | ServerErrorKind::ExecAbort
+                | ServerErrorKind::NoScript
+                | ServerErrorKind::CrossSlot
+                | ServerErrorKind::NoPerm
+                | ServerErrorKind::NoSub
+                | ServerErrorKind::NotBusy
+        ) | ErrorKind::Parse
+            | ErrorKind::UnexpectedReturnType
+            | ErrorKind::InvalidClientConfig
+    )
+}
+
+impl RedisTier {
+    /// Builds the tier and its queue drainer; connects on first use. Needs a tokio runtime.
+    pub fn connect(config: &RedisTierConfig) -> Result<Arc<RedisTier>, SharedTierError> {
+        let timeout = Duration::from_millis(config.timeout_ms.max(1));
+        let (target, seeds) = match (&config.url, config.cluster.as_slice()) {
+            (Some(url), []) => {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| SharedTierError::Config(format!("redis url {url:?}: {e}")))?;
+                (Target::Single(client), vec![url.clone()])
+            }
+            (None, seeds) if !seeds.is_empty() => {
+                let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(|e| {
+                        SharedTierError::Config(format!("redis cluster {seeds:?}: {e}"))
+                    })?;
+                (Target::Cluster(Box::new(client)), seeds.to_vec())
+            }
+            _ => {
+                return Err(SharedTierError::Config(
+                    "redis needs exactly one of url and cluster".to_owned(),
+                ));
+            }
+        };
+        let endpoint = seeds.first().cloned().unwrap_or_default();
+        let open_for = Duration::from_millis(config.open_for_ms);
+        let inner = Arc::new(Inner {
+            breaker: Breaker::new(
+                BreakerSettings {
+                    failure_threshold: config.failure_threshold.max(1),
+                    open_for,
+                },
+                endpoint.clone(),
+            ),
+            queue: WriteQueue::new(config.write_queue, endpoint.clone()),
+            endpoint,
+            target,
+            seeds,
+            conn: Mutex::new(None),
+            draining: Mutex::new(()),
+            wake_drainer: Arc::new(Notify::new()),
+            timeout,
+            keys: Keys {
+                prefix: config.key_prefix.clone(),
+            },
+            cas: redis::Script::new(SNAPSHOT_CAS),
+        });
+        // The drainer retries about as often as the breaker lets a probe through.
+        let every = open_for.clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::spawn(drain_forever(
+            Arc::downgrade(&inner),
+            inner.wake_drainer.clone(),
+            every,
+        ));
+        Ok(Arc::new(RedisTier { inner }))
+    }
+}
+
+/// Replays queued writes whenever woken or every `every`, until the tier is dropped.
+async fn drain_forever(tier: Weak<Inner>, wake: Arc<Notify>, every: Duration) {
+    loop {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(every) => {}
+        }
+        let Some(inner) = tier.upgrade() else { return };
+        inner.drain().await;
+    }
+}
+
+impl Inner {
+    /// Runs `op` on a connection, behind the breaker and within the timeout.
+    async fn call<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, SharedTierError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let Some(permit) = self.breaker.admit() else {
+            return Err(SharedTierError::Unavailable {
+                endpoint: self.endpoint.clone(),
+            });
+        };
+        let attempt = tokio::time::timeout(self.timeout, async {
+            let conn = self.connection().await?;
+            op(conn).await
+        })
+        .await;
+        match attempt {
+            Ok(Ok(value)) => {
+                permit.succeeded();
+                Ok(value)
+            }
+            Ok(Err(source)) => {
+                if transient(&source) {
+                    permit.failed();
+                    self.forget_connection().await;
+                } else {
+                    // Redis answered; it refused this call, which says nothing about its health.
+                    permit.succeeded();
+                }
+                Err(SharedTierError::Redis {
+                    endpoint: self.endpoint.clone(),
+                    what,
+                    source,
+                })
+            }
+            Err(_elapsed) => {
+                permit.failed();
+                self.forget_connection().await;
+                Err(SharedTierError::Timeout {
+                    endpoint: self.endpoint.clone(),
+                    what,
+                    timeout: self.timeout,
+                })
+            }
+        }
+    }
+
+    async fn connection(&self) -> RedisResult<Conn> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = match &self.target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1);
+                Conn::Single(ConnectionManager::new_with_config(client.clone(), config).await?)
+            }
+            Target::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+        };
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn forget_connection(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    /// Writes directly while nothing is queued; otherwise (or if the tier is unreachable) queues
+    /// behind the writes already waiting, so they reach Redis in the order they were made.
+    async fn write(&self, write: Write) -> Result<Applied, SharedTierError> {
+        if self.queue.is_empty() {
+            match self.apply(&write).await {
+                Ok(applied) => return Ok(applied),
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(error = %e, "shared tier write queued");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.queue.push(write);
+        self.wake_drainer.notify_one();
+        Ok(Applied::Queued)
+    }
+
+    async fn drain(&self) {
+        let Ok(_draining) = self.draining.try_lock() else {
+            return;
+        };
+        while let Some((seq, write)) = self.queue.front() {
+            match self.apply(&write).await {
+                Ok(_) => self.queue.done(seq),
+                Err(e) if e.is_transient() => return,
+                Err(e) => {
+                    tracing::error!(error = %e, ?write, "shared tier refused a queued write; dropped");
+                    metrics::counter!("bunting_shared_tier_queue_dropped_total", "endpoint" => self.endpoint.clone())
+                        .increment(1);
+                    self.queue.done(seq);
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, write: &Write) -> Result<Applied, SharedTierError> {
+        match write {
+            Write::Snapshot { set, version, json } => {
+                let (index, key) = (self.keys.index(), self.keys.snapshot(set));
+                let cas = &self.cas;
+                // Index first: an index entry without a snapshot is skipped by readers, while a
+                // snapshot missing from the index would be invisible to `snapshots`.
+                let stored: i64 = self
+                    .call("put_snapshot", |mut conn| async move {
+                        redis::cmd("SADD")
+                            .arg(&index)
+                            .arg(set)
+                            .query_async::<()>(&mut conn)
+                            .await?;
+                        cas.key(&key)
+                            .arg(*version)
+                            .arg(json)
+                            .invoke_async(&mut conn)
+                            .await
+                    })
+                    .await?;
+                Ok(match u64::try_from(stored) {
+                    Ok(stored) => Applied::NotNewer(stored),
+                    Err(_) => Applied::Written,
+                })
+            }
+            Write::Publish { set, version } => {
+                let message = serde_json::to_string(&ChangeMessage {
+                    set: set.clone(),
+                    version: *version,
+                })
+                .unwrap_or_default();
+                let channel = self.keys.channel();
+                self.call("publish_change", |mut conn| async move {
+                    redis::cmd("PUBLISH")
+                        .arg(&channel)
+                        .arg(&message)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await?;
+                Ok(Applied::Written)
+            }
+            Write::PutUserState { shard, user, state } => {
+                let key = self.keys.users(*shard);
+                self.call("put_user_state", |mut conn| async move {
+                    redis::cmd("HSET")
+                        .arg(&key)
+                        .arg(user)
+                        .arg(state.as_slice())
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await?;
+                Ok(Applied::Written)
+            }
+            Write::DeleteUserState { shard, user } => {
+                let key = self.keys.users(*shard);
+                self.call("delete_user_state", |mut conn| async move {
+                    redis::cmd("HDEL")
+                        .arg(&key)
+                        .arg(user)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await?;
+                Ok(Applied::Written)
+            }
+        }
+    }
+
+    async fn snapshot(&self, set: &str) -> Result<Option<TierSnapshot>, SharedTierError> {
+        let key = self.keys.snapshot(set);
+        let (version, json): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+            .call("snapshot", |mut conn| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg("version")
+                        .arg("json")
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        let corrupt = |problem: String| SharedTierError::Corrupt {
+            key: key.clone(),
+            problem,
+        };
+        let (version, json) = match (version, json) {
+            (None, None) => return Ok(None),
+            (Some(version), Some(json)) => (version, json),
+            _ => return Err(corrupt("version or json missing".to_owned())),
+        };
+        let version = std::str::from_utf8(&version)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "version {:?} is not a number",
+                    String::from_utf8_lossy(&version)
+                ))
+            })?;
+        let json = serde_json::from_slice(&json)
+            .map_err(|e| corrupt(format!("version {version} is not valid JSON: {e}")))?;
+        Ok(Some(TierSnapshot {
+            set: set.to_owned(),
+            version,
+            json,
+        }))
+    }
+}
+
+/// What a write did, before it is told apart for the caller.
+enum Applied {
+    Written,
+    NotNewer(u64),
+    Queued,
+}
+
+impl Applied {
+    fn outcome(self) -> WriteOutcome {
+        match self {
+            Applied::Queued => WriteOutcome::Queued,
+            Applied::Written | Applied::NotNewer(_) => WriteOutcome::Written,
+        }
+    }
+}
+
+#[async_trait]
+impl SharedTier for RedisTier {
+    async fn put_snapshot(
+        &self,
+        set: &str,
+        version: u64,
+        json: &str,
+    ) -> Result<SnapshotWrite, SharedTierError> {
+        if let Err(source) = serde_json::from_str::<serde::de::IgnoredAny>(json) {
+            return Err(SharedTierError::InvalidSnapshot {
+                set: set.to_owned(),
+                version,
+                source,
+            });
+        }
+        let write = Write::Snapshot {
+            set: set.to_owned(),
+            version,
+            json: json.to_owned(),
+        };
+        Ok(match self.inner.write(write).await? {
+            Applied::Written => SnapshotWrite::Stored,
+            Applied::NotNewer(stored) => SnapshotWrite::NotNewer { stored },
+            Applied::Queued => SnapshotWrite::Queued,
+        })
+    }
+
+    async fn snapshot(&self, set: &str) -> Result<Option<TierSnapshot>, SharedTierError> {
+        self.inner.snapshot(set).await
+    }
+
+    async fn snapshots(&self) -> Result<Vec<TierSnapshot>, SharedTierError> {
+        let index = self.inner.keys.index();
+        let mut sets: Vec<String> = self
+            .inner
+            .call("snapshots", |mut conn| async move {
+                redis::cmd("SMEMBERS")
+                    .arg(&index)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        sets.sort();
+        let mut snapshots = Vec::with_capacity(sets.len());
+        for set in sets {
+            match self.inner.snapshot(&set).await {
+                Ok(Some(snapshot)) => snapshots.push(snapshot),
+                Ok(None) => {}
+                Err(e @ SharedTierError::Corrupt { .. }) => {
+                    tracing::error!(error = %e, set, "skipping a corrupt snapshot in the shared tier");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(snapshots)
+    }
+
+    async fn publish_change(
+        &self,
+        set: &str,
+        version: u64,
+    ) -> Result<WriteOutcome, SharedTierError> {
+        let write = Write::Publish {
+            set: set.to_owned(),
+            version,
+        };
+        Ok(self.inner.write(write).await?.outcome())
+    }
+
+    fn subscribe(&self) -> ChangeStream {
+        let (tx, rx) = mpsc::channel(CHANGE_BUFFER);
+        tokio::spawn(follow_changes(
+            self.inner.seeds.clone(),
+            self.inner.keys.channel(),
+            self.inner.timeout,
+            tx,
+        ));
+        rx
+    }
+
+    async fn put_user_state(
+        &self,
+        shard: u32,
+        user: &str,
+        state: &[u8],
+    ) -> Result<WriteOutcome, SharedTierError> {
+        let write = Write::PutUserState {
+            shard,
+            user: user.to_owned(),
+            state: state.to_vec(),
+        };
+        Ok(self.inner.write(write).await?.outcome())
+    }
+
+    async fn load_user_states(
+        &self,
+        shard: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, SharedTierError> {
+        let key = self.inner.keys.users(shard);
+        let states: HashMap<String, Vec<u8>> = self
+            .inner
+            .call("load_user_states", |mut conn| async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await
+            })
+            .await?;
+        let mut states: Vec<_> = states.into_iter().collect();
+        states.sort();
+        Ok(states)
+    }
+
+    async fn delete_user_state(
+        &self,
+        shard: u32,
+        user: &str,
+    ) -> Result<WriteOutcome, SharedTierError> {
+        let write = Write::DeleteUserState {
+            shard,
+            user: user.to_owned(),
+        };
+        Ok(self.inner.write(write).await?.outcome())
+    }
+
+    fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    fn queued_writes(&self) -> usize {
+        self.inner.queue.len()
+    }
+}
+
+/// The subscriber task: (re)connects to the seeds in turn, announces each connection with
+/// `Resync`, forwards every well-formed message, and ends when the receiver is dropped.
+async fn follow_changes(
+    seeds: Vec<String>,
+    channel: String,
+    timeout: Duration,
+    tx: mpsc::Sender<TierChange>,
+) {
+    let mut attempt = 0usize;
+    loop {
+        let Some(seed) = seeds.get(attempt % seeds.len().max(1)) else {
+            return;
+        };
+        attempt = attempt.wrapping_add(1);
+        match subscribe_once(seed, &channel, timeout).await {
+            Ok(pubsub) => {
+                tracing::info!(seed, channel, "following shared tier change notifications");
+                if tx.send(TierChange::Resync).await.is_err() {
+                    return;
+                }
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let payload = message.get_payload_bytes();
+                            match serde_json::from_slice::<ChangeMessage>(payload) {
+                                Ok(ChangeMessage { set, version }) => {
+                                    if tx.send(TierChange::Changed { set, version }).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) => tracing::warn!(
+                                    error = %e,
+                                    payload = %String::from_utf8_lossy(payload),
+                                    "ignoring a malformed shared tier change notification"
+                                ),
+                            }
+                        }
+                        () = tx.closed() => return,
+                    }
+                }
+                tracing::warn!(
+                    seed,
+                    "lost the shared tier change subscription; reconnecting"
+                );
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, seed, "cannot subscribe to shared tier changes");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
+async fn subscribe_once(
+    seed: &str,
+    channel: &str,
+    timeout: Duration,
+) -> Result<redis::aio::PubSub, RedisError> {
+    let attempt = async {
+        let client = redis::Client::open(seed)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "subscribing timed out",
+        ))),
+    }
+}
