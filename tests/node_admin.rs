@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bunting::config::{Config, FlagSourceConfig};
-use bunting::server::ServerError;
 use bunting::store::file::BrokenFlags;
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
@@ -27,14 +26,14 @@ use bunting_proto::json::{json_to_struct, struct_to_json};
 use chrono::Utc;
 use prost_types::Struct;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tonic_types::StatusExt;
 
 mod common;
+
+use common::in_process::TestNode;
 
 use common::postgres::{TestDb, with_database};
 
@@ -54,39 +53,9 @@ const NO_VERSION_CHECK: Duration = Duration::from_secs(3600);
 // Nodes
 // ---------------------------------------------------------------------------------------------
 
-struct TestNode {
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-    stop: oneshot::Sender<()>,
-    served: JoinHandle<Result<(), ServerError>>,
-}
-
 impl TestNode {
-    async fn start(config: Config) -> TestNode {
-        let bound = bunting::server::bind(config).await.unwrap();
-        let (grpc, metrics) = (bound.grpc_addr(), bound.metrics_addr());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(bound.serve(async {
-            let _ = stopped.await;
-        }));
-        TestNode {
-            grpc,
-            metrics,
-            stop,
-            served,
-        }
-    }
-
     async fn postgres(db: &TestDb) -> TestNode {
         TestNode::start(postgres_config(db)).await
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
     }
 
     async fn admin(&self) -> AdminClient<Channel> {
@@ -95,28 +64,6 @@ impl TestNode {
 
     async fn bulk(&self) -> EvaluationClient<Channel> {
         EvaluationClient::new(self.channel().await)
-    }
-
-    /// Stops the node with its shutdown future and waits for it to finish cleanly.
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        tokio::time::timeout(PATIENCE, self.served)
-            .await
-            .expect("the node did not shut down")
-            .unwrap()
-            .unwrap();
-    }
-
-    /// The Prometheus text from the node's metrics endpoint.
-    async fn scrape(&self) -> String {
-        let mut socket = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
-        socket
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        socket.read_to_string(&mut response).await.unwrap();
-        response
     }
 }
 
@@ -1118,4 +1065,86 @@ async fn a_postgres_outage_serves_from_memory_and_catches_up_by_version() {
     drop((direct, flagd));
     node.stop().await;
     writer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bunting_flags_push_makes_a_set_match_a_file() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    let dir = common::scratch_dir("flags-push");
+    let file = dir.join("flags.json");
+    let push = |extra: &[&str]| {
+        let mut args = vec![
+            "flags".to_owned(),
+            "push".to_owned(),
+            file.display().to_string(),
+            "--set".to_owned(),
+            "web".to_owned(),
+            "--node".to_owned(),
+            node.grpc.to_string(),
+            "--actor".to_owned(),
+            "ci".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bunting"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let write =
+        |flags: Value| std::fs::write(&file, json!({ "flags": flags }).to_string()).unwrap();
+
+    write(json!({"banner": banner("off"), "colour": colour("red")}));
+    let (code, out) = push(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 created, 0 updated, 0 unchanged"), "{out}");
+    let (code, out) = push(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("0 created, 0 updated, 2 unchanged"),
+        "a second push changes nothing: {out}"
+    );
+
+    write(json!({"banner": banner("on")}));
+    let (code, out) = push(&[]);
+    assert!(
+        out.contains("1 updated") && out.contains("kept 1 flag(s)") && out.contains("colour"),
+        "{out}"
+    );
+    assert_eq!(code, Some(0));
+    let (code, out) = push(&["--prune"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 deleted"), "{out}");
+
+    // A file with an error is refused before anything is sent.
+    write(
+        json!({"banner": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "nope"}}),
+    );
+    let before = list_flags(
+        &mut AdminClient::connect(format!("http://{}", node.grpc))
+            .await
+            .unwrap(),
+        "web",
+    )
+    .await;
+    let (code, out) = push(&[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("nothing was pushed"), "{out}");
+    let after = list_flags(
+        &mut AdminClient::connect(format!("http://{}", node.grpc))
+            .await
+            .unwrap(),
+        "web",
+    )
+    .await;
+    assert_eq!(before.flag_set_version, after.flag_set_version);
+    node.stop().await;
 }

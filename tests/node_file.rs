@@ -5,6 +5,8 @@
 // Tests report failure by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,30 +17,12 @@ use bunting_proto::flagd::evaluation::v1;
 use bunting_proto::flagd::sync::v1 as sync;
 use prost_types::{Struct, Value, value::Kind};
 use serde_json::json;
-use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use common::in_process::TestNode;
 
 /// Generous bound for anything asynchronous to arrive; never a speed assertion.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-struct Running {
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(PATIENCE, self.done)
-            .await
-            .expect("node shuts down promptly")
-            .unwrap();
-    }
-}
 
 fn scratch(label: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -69,26 +53,6 @@ fn config(file: &Path) -> Config {
             broken_flags: BrokenFlags::Refuse,
         },
         ..Config::default()
-    }
-}
-
-async fn start(config: Config) -> Running {
-    let bound = bunting::server::bind(config).await.unwrap();
-    let (grpc, metrics) = (bound.grpc_addr(), bound.metrics_addr());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(async move {
-        bound
-            .serve(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    Running {
-        grpc,
-        metrics,
-        stop: Some(stop),
-        done,
     }
 }
 
@@ -140,7 +104,7 @@ async fn edits_reach_evaluations_event_streams_and_sync_streams() {
     let dir = scratch("edits");
     let file = dir.join("flags.json");
     std::fs::write(&file, flags("red")).unwrap();
-    let node = start(config(&file)).await;
+    let node = TestNode::start(config(&file)).await;
     let ch = channel(node.grpc).await;
     let mut client = v1::service_client::ServiceClient::new(ch.clone());
     assert_eq!(colour(&mut client).await, "red");
@@ -202,7 +166,7 @@ async fn malformed_requests_are_refused_with_invalid_argument() {
     std::fs::write(&file, flags("red")).unwrap();
     let mut cfg = config(&file);
     cfg.max_context_bytes = 256;
-    let node = start(cfg).await;
+    let node = TestNode::start(cfg).await;
     let mut client = v1::service_client::ServiceClient::new(channel(node.grpc).await);
     let empty_key = client
         .resolve_boolean(v1::ResolveBooleanRequest {
@@ -247,7 +211,7 @@ async fn metrics_are_exposed_for_prometheus() {
     let dir = scratch("metrics");
     let file = dir.join("flags.json");
     std::fs::write(&file, flags("red")).unwrap();
-    let node = start(config(&file)).await;
+    let node = TestNode::start(config(&file)).await;
     let mut client = v1::service_client::ServiceClient::new(channel(node.grpc).await);
     for _ in 0..3 {
         colour(&mut client).await;
@@ -260,7 +224,7 @@ async fn metrics_are_exposed_for_prometheus() {
         .await;
     // Mailbox depths are sampled once a second.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let body = scrape(node.metrics).await;
+    let body = node.scrape().await;
     for name in [
         "bunting_evaluations_total{service=\"flagd.evaluation.v1\",reason=\"STATIC\"}",
         "bunting_evaluation_errors_total{service=\"flagd.evaluation.v1\",code=\"FLAG_NOT_FOUND\"}",
@@ -270,19 +234,6 @@ async fn metrics_are_exposed_for_prometheus() {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
     }
     node.stop().await;
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    socket.read_to_string(&mut body).await.unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +250,7 @@ async fn tls_when_configured() {
         cert: dir.join("node.crt"),
         key: dir.join("node.key"),
     });
-    let node = start(cfg).await;
+    let node = TestNode::start(cfg).await;
 
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&cert_pem))

@@ -6,7 +6,10 @@
 // Each test crate compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod in_process;
 pub mod postgres;
+pub mod redis;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -68,6 +71,24 @@ impl Guarded {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The operating system's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as `kill -9`: the process gets no chance to clean up.
+    pub fn kill_hard(&mut self) {
+        self.kill();
+    }
+
+    /// SIGTERM, as an orchestrator stopping a node: it shuts down gracefully.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
     }
 
     fn kill(&mut self) {
@@ -213,22 +234,59 @@ impl Node {
     }
 }
 
-/// Two distinct free loopback ports. Both listeners are held until both ports are known, then
-/// released for the node to bind.
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let b = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
+/// Retries `attempt` every 25 ms until it gives `Some`, for at most `patience`; its value, or
+/// `None` when time ran out. A bound on how long a broken run can hang, never a speed assertion.
+pub async fn poll<T, F, Fut>(patience: Duration, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(value) = attempt().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Two distinct free loopback ports (see [`spare_port`]).
+pub fn free_ports() -> (u16, u16) {
+    (spare_port(0), spare_port(0))
+}
+
+/// A loopback port free now, and likely to stay free until a child process binds it: it is taken
+/// from below the kernel's ephemeral range (32768 and up on Linux), where outgoing connections never
+/// land, and never handed out twice by this process. (A port the kernel picks with `bind(0)` can be
+/// given to some client socket between the test releasing it and the node binding it.) With
+/// `also_free_at` non-zero, `port + also_free_at` must be free too (a Redis Cluster bus port).
+pub fn spare_port(also_free_at: u16) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts somewhere else in the span, so test binaries run one after the
+    // other do not retry the same ports.
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % SPAN).unwrap();
+        let free = |p: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok();
+        if free(port) && (also_free_at == 0 || free(port + also_free_at)) {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
 }
 
 /// A path as a TOML basic string (JSON's escaping is valid TOML for any path).
-fn toml_string(path: &Path) -> String {
+pub fn toml_string(path: &Path) -> String {
     serde_json::to_string(&path.display().to_string()).unwrap()
 }
 
-fn read_log(path: &Path) -> String {
+pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()))
 }

@@ -1,0 +1,319 @@
+//! A loopback cluster of real `bunting serve` processes on one flag file: membership, the
+//! Topology RPC, forwarding to the owner with the routing metadata, metrics, the `bunting cluster`
+//! commands, and the bad input the cluster port must survive (a wrong cookie, garbage and
+//! oversized frames).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use bunting_proto::flagd::evaluation::v2;
+use common::cluster::{ClusterNode, agreement, file_flags, status_text, topology};
+use serde_json::json;
+
+fn flag_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("flags.json");
+    std::fs::write(
+        &path,
+        json!({"flags": {"routed": {
+            "state": "ENABLED",
+            "variants": {"on": true, "off": false},
+            "defaultVariant": "off",
+            "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "on", null]}
+        }}})
+        .to_string(),
+    )
+    .unwrap();
+    path
+}
+
+fn context(key: &str) -> prost_types::Struct {
+    bunting_proto::json::json_to_struct(
+        json!({"targetingKey": key, "plan": "pro"})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+async fn resolve(node: &ClusterNode, key: &str) -> tonic::Response<v2::ResolveBooleanResponse> {
+    v2::service_client::ServiceClient::connect(node.url())
+        .await
+        .unwrap()
+        .resolve_boolean(v2::ResolveBooleanRequest {
+            flag_key: "routed".into(),
+            context: Some(context(key)),
+        })
+        .await
+        .unwrap()
+}
+
+fn header(response: &tonic::Response<v2::ResolveBooleanResponse>, name: &str) -> Option<String> {
+    response
+        .metadata()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn bunting(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bunting"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_routes_forwards_and_drains() {
+    let dir = common::scratch_dir("cluster-routing");
+    let flags = file_flags(&flag_file(&dir));
+    let mut n1 = ClusterNode::new(&dir, "node-1", &flags, &[]);
+    let mut n2 = ClusterNode::new(&dir, "node-2", &flags, &[n1.cluster]);
+    let mut n3 = ClusterNode::new(&dir, "node-3", &flags, &[n1.cluster]);
+    n1.start();
+    n2.start();
+    n3.start();
+    let epoch = agreement(
+        &[&n1, &n2, &n3],
+        &["node-1", "node-2", "node-3"],
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or_else(|| panic!("no agreement:\n{}", n1.log()));
+
+    // Topology: every shard has one owner, and the shard of a key is the keyspace function.
+    let map = topology(&n2).await.unwrap();
+    assert_eq!(map.epoch, epoch);
+    assert_eq!(map.shard_count, 256);
+    assert_eq!(map.shard_owner.len(), 256);
+    let owner_of = |key: &str| {
+        let shard = bunting_keyspace::shard_of(key, map.shard_count);
+        map.nodes[map.shard_owner[shard as usize] as usize]
+            .id
+            .clone()
+    };
+
+    // A request sent to a node that does not own the key is forwarded: the answer is the
+    // owner's, and the metadata names the owner so a smart client can re-route.
+    let nodes = [&n1, &n2, &n3];
+    let mut forwarded = 0;
+    for i in 0..30 {
+        let key = format!("user-{i}");
+        let owner = owner_of(&key);
+        for node in nodes {
+            let answer = resolve(node, &key).await;
+            assert_eq!(
+                answer.get_ref().value,
+                Some(true),
+                "targeting must apply on {}",
+                node.id
+            );
+            assert_eq!(header(&answer, "bunting-epoch"), Some(epoch.to_string()));
+            if node.id == owner {
+                assert_eq!(
+                    header(&answer, "bunting-owner"),
+                    None,
+                    "the owner answered itself"
+                );
+            } else {
+                assert_eq!(header(&answer, "bunting-owner"), Some(owner.clone()));
+                forwarded += 1;
+            }
+        }
+    }
+    assert_eq!(forwarded, 60, "each key has one owner and two non-owners");
+    let forwards: u64 = nodes
+        .iter()
+        .map(|n| {
+            metric(
+                &n.metrics_text(),
+                "bunting_forwards_total{outcome=\"forwarded\"}",
+            )
+        })
+        .sum();
+    let received: u64 = nodes
+        .iter()
+        .map(|n| metric(&n.metrics_text(), "bunting_forwards_received_total"))
+        .sum();
+    let forward_lines: Vec<String> = nodes
+        .iter()
+        .flat_map(|n| {
+            n.metrics_text()
+                .lines()
+                .filter(|l| l.starts_with("bunting_forwards"))
+                .map(|l| format!("{}: {l}", n.id))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        forwards, 60,
+        "every non-owner request was forwarded, none fell back: {forward_lines:#?}"
+    );
+    assert_eq!(
+        forwards, 60,
+        "every non-owner request was forwarded, none fell back"
+    );
+    assert_eq!(received, 60, "every forward reached an owner");
+
+    // `bunting cluster status` through any node lists every member and the epoch.
+    let status = bunting(&["cluster", "status", "--node", &n3.grpc.to_string()]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(text.contains(&format!("epoch {epoch}")), "{text}");
+    for id in ["node-1", "node-2", "node-3"] {
+        assert!(text.contains(id), "{id} missing from:\n{text}");
+    }
+
+    // `bunting resolve` answers through the shard-aware client, from the key's owner.
+    let resolved = bunting(&[
+        "resolve",
+        "--node",
+        &n2.grpc.to_string(),
+        "--flag",
+        "routed",
+        "--context",
+        r#"{"targetingKey": "user-3", "plan": "pro"}"#,
+    ]);
+    assert!(
+        resolved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resolved.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&resolved.stdout).unwrap();
+    assert_eq!(answer["owner"], owner_of("user-3"));
+    assert_eq!(answer["epoch"], epoch);
+    assert_eq!(answer["flags"]["routed"]["value"], true);
+    assert_eq!(answer["flags"]["routed"]["variant"], "on");
+
+    // The load generator through the shard-aware client: every request answered, none forwarded
+    // (each goes to its owner).
+    let forwards_before: u64 = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| {
+            metric(
+                &n.metrics_text(),
+                "bunting_forwards_total{outcome=\"forwarded\"}",
+            )
+        })
+        .sum();
+    let bench = bunting(&[
+        "bench",
+        "--target",
+        &n1.grpc.to_string(),
+        "--routed",
+        "--flag",
+        "routed",
+        "--seconds",
+        "1",
+        "--concurrency",
+        "2",
+        "--users",
+        "500",
+    ]);
+    let report = String::from_utf8_lossy(&bench.stdout);
+    assert!(
+        bench.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    assert!(report.contains("errors=0"), "{report}");
+    let forwards_after: u64 = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| {
+            metric(
+                &n.metrics_text(),
+                "bunting_forwards_total{outcome=\"forwarded\"}",
+            )
+        })
+        .sum();
+    assert_eq!(
+        forwards_after, forwards_before,
+        "a routed load must not need forwarding"
+    );
+
+    // Garbage and an absurd length prefix on the cluster port drop that session only.
+    for junk in [
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0xff; 64],
+        [&u64::MAX.to_be_bytes()[..], &[0u8; 32]].concat(),
+    ] {
+        if let Ok(mut stream) = TcpStream::connect(n1.cluster) {
+            let _ = stream.write_all(&junk);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(
+        n1.is_running(),
+        "node-1 died of a malformed frame:\n{}",
+        n1.log()
+    );
+    assert_eq!(resolve(&n1, "user-0").await.get_ref().value, Some(true));
+
+    // A node with the wrong cookie is refused and changes nothing; everyone keeps running.
+    let mut stranger =
+        ClusterNode::new(&dir, "stranger", &flags, &[n1.cluster]).with_cookie("not-the-cookie");
+    stranger.start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = agreement(
+        &[&n1, &n2, &n3],
+        &["node-1", "node-2", "node-3"],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(still, Some(epoch), "a wrong-cookie node changed the map");
+    assert!(
+        !status_text(&n1).await.contains("stranger"),
+        "{}",
+        status_text(&n1).await
+    );
+    assert!(n1.is_running() && stranger.is_running());
+
+    // `bunting cluster drain node-3`: its shards move to the others; it can then stop cleanly.
+    let drain = bunting(&["cluster", "drain", "node-3", "--node", &n1.grpc.to_string()]);
+    assert!(
+        drain.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&drain.stdout),
+        String::from_utf8_lossy(&drain.stderr)
+    );
+    let drained = agreement(
+        &[&n1, &n2, &n3],
+        &["node-1", "node-2"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        drained.is_some_and(|e| e > epoch),
+        "node-3 still owns shards after draining"
+    );
+    assert!(n3.stop(), "node-3 did not stop gracefully:\n{}", n3.log());
+    let after = agreement(&[&n1, &n2], &["node-1", "node-2"], Duration::from_secs(10)).await;
+    assert!(after.is_some(), "the survivors disagree after node-3 left");
+    let unknown = bunting(&[
+        "cluster",
+        "drain",
+        "no-such-node",
+        "--node",
+        &n1.grpc.to_string(),
+    ]);
+    assert!(
+        !unknown.status.success(),
+        "draining an unknown node must fail"
+    );
+}
+
+/// The value of one Prometheus sample line (`name{labels} value`), 0 when absent.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}

@@ -1,0 +1,70 @@
+//! A node in the test's own process: `bunting::server::bind` on free ports, served on the test's
+//! runtime until `stop`, which runs the real shutdown path and waits for it to finish cleanly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bunting::config::Config;
+use bunting::server::ServerError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// How long a node may take to shut down; it bounds a broken shutdown, it is not a speed check.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct TestNode {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    stop: oneshot::Sender<()>,
+    served: JoinHandle<Result<(), ServerError>>,
+}
+
+impl TestNode {
+    pub async fn start(config: Config) -> TestNode {
+        let bound = bunting::server::bind(config).await.unwrap();
+        let (grpc, metrics) = (bound.grpc_addr(), bound.metrics_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(bound.serve(async {
+            let _ = stopped.await;
+        }));
+        TestNode {
+            grpc,
+            metrics,
+            stop,
+            served,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the node with its shutdown future and waits for it to finish cleanly.
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(SHUTDOWN_PATIENCE, self.served)
+            .await
+            .expect("the node did not shut down")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The Prometheus text from the node's metrics endpoint.
+    pub async fn scrape(&self) -> String {
+        let mut socket = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        socket
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        socket.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+}

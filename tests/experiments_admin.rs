@@ -1,0 +1,829 @@
+//! `bunting.v1.Experiments` on a real node (started in-process with `bunting::server::bind`)
+//! against PostgreSQL at `BUNTING_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`), a database per test: the life cycle, every refused
+//! input (with its status code, and that nothing was written), concurrent starts, and the
+//! running-experiment feed following starts and stops.
+//!
+//! The feed is asynchronous (commit, NOTIFY, re-read): tests wait for it with a generous deadline
+//! and never assert how fast it is.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bunting::config::{Config, FlagSourceConfig};
+use bunting::experiment_feed::{self, ExperimentCatalog};
+use bunting::store::PostgresStore;
+use bunting::store::experiments::{ExperimentAction, ExperimentStore, PostgresExperimentStore};
+use bunting::store::file::BrokenFlags;
+use bunting_experiments::{ExperimentId, MetricKind};
+use bunting_proto::bunting::v1 as pb;
+use bunting_proto::bunting::v1::admin_client::AdminClient;
+use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+mod common;
+
+use common::in_process::TestNode;
+
+use common::postgres::TestDb;
+
+/// Long enough for any machine to deliver a change; tests wait this long only when something is
+/// already broken.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Nodes and feeds here repair missed notifications this rarely, so a change that arrives within a
+/// test arrived by LISTEN/NOTIFY.
+const NO_VERSION_CHECK: Duration = Duration::from_secs(3600);
+
+// ---------------------------------------------------------------------------------------------
+// Nodes and clients
+// ---------------------------------------------------------------------------------------------
+
+impl TestNode {
+    async fn postgres(db: &TestDb) -> TestNode {
+        TestNode::start(Config {
+            flags: FlagSourceConfig::Postgres {
+                url: db.url.clone(),
+                version_check: NO_VERSION_CHECK,
+            },
+            ..base_config()
+        })
+        .await
+    }
+
+    async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    async fn experiments(&self) -> ExperimentsClient<Channel> {
+        ExperimentsClient::new(self.channel().await)
+    }
+}
+
+fn base_config() -> Config {
+    Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        ..Config::default()
+    }
+}
+
+/// The experiment store on the test database, beside the node (for the audit log and the feed).
+async fn store(db: &TestDb) -> Arc<dyn ExperimentStore> {
+    let flags = PostgresStore::connect(&db.url, Default::default())
+        .await
+        .unwrap();
+    Arc::new(PostgresExperimentStore::new(&flags))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+/// The flag set `shop` with `button` (blue, green, red), `solo` (one variant) and `banner`
+/// (on, off).
+async fn shop(admin: &mut AdminClient<Channel>) {
+    admin
+        .create_flag_set(pb::CreateFlagSetRequest {
+            id: "shop".into(),
+            actor: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let flags = [
+        (
+            "button",
+            json!({"state": "ENABLED", "variants": {"red": "#f00", "green": "#0f0", "blue": "#00f"},
+                   "defaultVariant": "blue"}),
+        ),
+        (
+            "solo",
+            json!({"state": "ENABLED", "variants": {"only": 1}, "defaultVariant": "only"}),
+        ),
+        (
+            "banner",
+            json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+                   "defaultVariant": "off"}),
+        ),
+    ];
+    for (key, definition) in flags {
+        admin
+            .create_flag(pb::CreateFlagRequest {
+                flag_set_id: "shop".into(),
+                key: key.into(),
+                definition: definition.to_string(),
+                expected_flag_set_version: 0,
+                actor: "ada".into(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn metric(name: &str, event: &str, kind: pb::MetricKind) -> pb::Metric {
+    pb::Metric {
+        name: name.into(),
+        event: event.into(),
+        kind: kind.into(),
+    }
+}
+
+/// A valid request: `id` on shop/button, control blue, a conversion and a mean metric.
+fn create_request(id: &str) -> pb::CreateExperimentRequest {
+    pb::CreateExperimentRequest {
+        id: id.into(),
+        flag_set_id: "shop".into(),
+        flag_key: "button".into(),
+        control_variant: "blue".into(),
+        metrics: vec![
+            metric("purchased", "purchase", pb::MetricKind::Conversion),
+            metric("revenue", "purchase", pb::MetricKind::Mean),
+        ],
+        actor: "ada".into(),
+    }
+}
+
+async fn create(
+    client: &mut ExperimentsClient<Channel>,
+    request: pb::CreateExperimentRequest,
+) -> Result<pb::Experiment, Status> {
+    client
+        .create_experiment(request)
+        .await
+        .map(|r| r.into_inner().experiment.unwrap())
+}
+
+async fn start(
+    client: &mut ExperimentsClient<Channel>,
+    id: &str,
+) -> Result<pb::Experiment, Status> {
+    client
+        .start_experiment(pb::StartExperimentRequest {
+            id: id.into(),
+            actor: "ada".into(),
+        })
+        .await
+        .map(|r| r.into_inner().experiment.unwrap())
+}
+
+async fn stop(client: &mut ExperimentsClient<Channel>, id: &str) -> Result<pb::Experiment, Status> {
+    client
+        .stop_experiment(pb::StopExperimentRequest {
+            id: id.into(),
+            actor: "bob".into(),
+        })
+        .await
+        .map(|r| r.into_inner().experiment.unwrap())
+}
+
+async fn get(client: &mut ExperimentsClient<Channel>, id: &str) -> Result<pb::Experiment, Status> {
+    client
+        .get_experiment(pb::GetExperimentRequest { id: id.into() })
+        .await
+        .map(|r| r.into_inner().experiment.unwrap())
+}
+
+async fn list(
+    client: &mut ExperimentsClient<Channel>,
+    flag_set_id: Option<&str>,
+    state: Option<pb::ExperimentState>,
+) -> Vec<pb::Experiment> {
+    client
+        .list_experiments(pb::ListExperimentsRequest {
+            flag_set_id: flag_set_id.map(Into::into),
+            state: state.map(Into::into),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .experiments
+}
+
+fn ids(experiments: &[pb::Experiment]) -> Vec<&str> {
+    experiments.iter().map(|e| e.id.as_str()).collect()
+}
+
+fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+async fn audit_actions(store: &dyn ExperimentStore, id: &str) -> Vec<(ExperimentAction, i64)> {
+    let mut entries = store
+        .experiment_audit(&ExperimentId::new(id).unwrap())
+        .await
+        .unwrap();
+    entries.reverse();
+    entries.into_iter().map(|e| (e.action, e.version)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_goes_from_draft_to_running_to_stopped() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    shop(&mut node.admin().await).await;
+    let mut client = node.experiments().await;
+
+    let created = create(&mut client, create_request("checkout"))
+        .await
+        .unwrap();
+    assert_eq!(created.state(), pb::ExperimentState::Draft);
+    assert_eq!(created.version, 1);
+    // The arms are the flag's variants at creation, sorted.
+    assert_eq!(created.arms, ["blue", "green", "red"]);
+    assert_eq!(created.control_variant, "blue");
+    assert_eq!(
+        (created.flag_set_id.as_str(), created.flag_key.as_str()),
+        ("shop", "button")
+    );
+    assert_eq!(created.metrics, create_request("checkout").metrics);
+    assert!(created.started_at.is_none() && created.stopped_at.is_none());
+    assert_eq!(get(&mut client, "checkout").await.unwrap(), created);
+    let draft_results = client
+        .get_experiment_results(pb::GetExperimentResultsRequest {
+            id: "checkout".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        draft_results.code(),
+        Code::FailedPrecondition,
+        "a draft has no results"
+    );
+
+    let started = start(&mut client, "checkout").await.unwrap();
+    assert_eq!(started.state(), pb::ExperimentState::Running);
+    assert_eq!(started.version, 2);
+    let started_at = started.started_at.unwrap();
+    assert!(started.stopped_at.is_none());
+    assert_eq!(
+        ids(&list(&mut client, None, Some(pb::ExperimentState::Running)).await),
+        ["checkout"]
+    );
+
+    let stopped = stop(&mut client, "checkout").await.unwrap();
+    assert_eq!(stopped.state(), pb::ExperimentState::Stopped);
+    assert_eq!(stopped.version, 3);
+    assert_eq!(stopped.started_at, Some(started_at));
+    let stopped_at = stopped.stopped_at.unwrap();
+    assert!((stopped_at.seconds, stopped_at.nanos) >= (started_at.seconds, started_at.nanos));
+    assert_eq!(get(&mut client, "checkout").await.unwrap(), stopped);
+
+    // A second experiment in another state, then the filters.
+    create(&mut client, create_request("later")).await.unwrap();
+    assert_eq!(
+        ids(&list(&mut client, None, None).await),
+        ["checkout", "later"]
+    );
+    assert_eq!(
+        ids(&list(&mut client, Some("shop"), Some(pb::ExperimentState::Draft)).await),
+        ["later"]
+    );
+    assert_eq!(
+        ids(&list(&mut client, None, Some(pb::ExperimentState::Stopped)).await),
+        ["checkout"]
+    );
+    assert!(
+        list(&mut client, None, Some(pb::ExperimentState::Running))
+            .await
+            .is_empty()
+    );
+    assert!(list(&mut client, Some("elsewhere"), None).await.is_empty());
+
+    // Every write is audited with its actor.
+    let store = store(&db).await;
+    let entries = store
+        .experiment_audit(&ExperimentId::new("checkout").unwrap())
+        .await
+        .unwrap();
+    let audited: Vec<(ExperimentAction, &str, i64)> = entries
+        .iter()
+        .map(|e| (e.action, e.actor.as_str(), e.version))
+        .collect();
+    assert_eq!(
+        audited,
+        [
+            (ExperimentAction::Stop, "bob", 3),
+            (ExperimentAction::Start, "ada", 2),
+            (ExperimentAction::Create, "ada", 1),
+        ]
+    );
+    assert_eq!(
+        entries[0].before.as_ref().unwrap()["state"]["state"],
+        "running"
+    );
+    assert_eq!(entries[0].after["state"]["state"], "stopped");
+
+    // Track for a user never exposed counts toward nothing (not an error); bad events are
+    // refused naming the field; results of the stopped experiment exist (no users), and an
+    // unknown experiment has none.
+    let track = |key: &str, event: &str, value: f64| pb::TrackRequest {
+        targeting_key: key.into(),
+        event: event.into(),
+        value,
+        flag_set_id: None,
+    };
+    let tracked = client
+        .track(track("u1", "purchase", 1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tracked.counted.is_empty(), "{tracked:?}");
+    for (request, field) in [
+        (track("", "purchase", 1.0), "targeting_key"),
+        (track("u1", "", 1.0), "event"),
+        (track("u1", "purchase", f64::NAN), "value"),
+        (track("u1", "purchase", -1.0), "value"),
+        (track("u1", "purchase", f64::INFINITY), "value"),
+    ] {
+        let refused = client.track(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().starts_with(field),
+            "{field}: {}",
+            refused.message()
+        );
+    }
+    let results = client
+        .get_experiment_results(pb::GetExperimentResultsRequest {
+            id: "checkout".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(results.users.iter().map(|u| u.users).sum::<u64>(), 0);
+    assert_eq!(
+        results.metrics.len(),
+        results.experiment.as_ref().unwrap().metrics.len()
+    );
+    let unknown = client
+        .get_experiment_results(pb::GetExperimentResultsRequest {
+            id: "no-such-experiment".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    drop(client);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_its_status_and_writes_nothing() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    let mut admin = node.admin().await;
+    shop(&mut admin).await;
+    let mut client = node.experiments().await;
+    let store = store(&db).await;
+    create(&mut client, create_request("existing"))
+        .await
+        .unwrap();
+    let before = list(&mut client, None, None).await;
+
+    type Edit = fn(&mut pb::CreateExperimentRequest);
+    // (what, edit of a valid request, code, the field named in the details or a message part)
+    let cases: Vec<(&str, Edit, Code, &str)> = vec![
+        (
+            "bad id",
+            |r| r.id = "has space".into(),
+            Code::InvalidArgument,
+            "id",
+        ),
+        (
+            "empty id",
+            |r| r.id = String::new(),
+            Code::InvalidArgument,
+            "id",
+        ),
+        (
+            "bad set id",
+            |r| r.flag_set_id = "a/b".into(),
+            Code::InvalidArgument,
+            "flag_set_id",
+        ),
+        (
+            "empty flag key",
+            |r| r.flag_key = String::new(),
+            Code::InvalidArgument,
+            "flag_key",
+        ),
+        (
+            "unknown set",
+            |r| r.flag_set_id = "nowhere".into(),
+            Code::NotFound,
+            "\"nowhere\"",
+        ),
+        (
+            "unknown flag",
+            |r| r.flag_key = "ghost".into(),
+            Code::NotFound,
+            "\"ghost\"",
+        ),
+        (
+            "control not a variant",
+            |r| r.control_variant = "purple".into(),
+            Code::InvalidArgument,
+            "control_variant",
+        ),
+        (
+            "empty control",
+            |r| r.control_variant = String::new(),
+            Code::InvalidArgument,
+            "control_variant",
+        ),
+        (
+            "one variant",
+            |r| {
+                r.flag_key = "solo".into();
+                r.control_variant = "only".into();
+            },
+            Code::FailedPrecondition,
+            "\"solo\"",
+        ),
+        (
+            "no metrics",
+            |r| r.metrics.clear(),
+            Code::InvalidArgument,
+            "metrics",
+        ),
+        (
+            "duplicate metric",
+            |r| r.metrics[1].name = "purchased".into(),
+            Code::InvalidArgument,
+            "metrics[1].name",
+        ),
+        (
+            "empty event",
+            |r| r.metrics[0].event = "  ".into(),
+            Code::InvalidArgument,
+            "metrics[0].event",
+        ),
+        (
+            "bad metric name",
+            |r| r.metrics[1].name = String::new(),
+            Code::InvalidArgument,
+            "metrics[1].name",
+        ),
+        (
+            "no metric kind",
+            |r| r.metrics[0].kind = 0,
+            Code::InvalidArgument,
+            "metrics[0].kind",
+        ),
+        (
+            "unknown metric kind",
+            |r| r.metrics[0].kind = 9,
+            Code::InvalidArgument,
+            "metrics[0].kind",
+        ),
+        (
+            "no actor",
+            |r| r.actor = " ".into(),
+            Code::InvalidArgument,
+            "actor",
+        ),
+        (
+            "existing id",
+            |r| r.id = "existing".into(),
+            Code::AlreadyExists,
+            "existing",
+        ),
+    ];
+    for (what, edit, code, named) in cases {
+        let mut request = create_request("fresh");
+        edit(&mut request);
+        let refused = create(&mut client, request).await.unwrap_err();
+        assert_eq!(refused.code(), code, "{what}: {refused:?}");
+        if code == Code::InvalidArgument {
+            assert_eq!(violated_fields(&refused), [named], "{what}: {refused:?}");
+            assert!(refused.message().starts_with(named), "{what}: {refused:?}");
+        } else {
+            assert!(refused.message().contains(named), "{what}: {refused:?}");
+        }
+    }
+    assert_eq!(
+        list(&mut client, None, None).await,
+        before,
+        "a refused create wrote something"
+    );
+    assert!(audit_actions(store.as_ref(), "fresh").await.is_empty());
+
+    // Transitions out of order, unknown and malformed ids.
+    let refused = stop(&mut client, "existing").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("existing") && refused.message().contains("draft"));
+    for refused in [
+        start(&mut client, "unknown").await.unwrap_err(),
+        stop(&mut client, "unknown").await.unwrap_err(),
+        get(&mut client, "unknown").await.unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+        assert!(refused.message().contains("unknown"), "{refused:?}");
+    }
+    for refused in [
+        start(&mut client, "no/slash").await.unwrap_err(),
+        get(&mut client, "").await.unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert_eq!(violated_fields(&refused), ["id"]);
+    }
+    let refused = client
+        .start_experiment(pb::StartExperimentRequest {
+            id: "existing".into(),
+            actor: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["actor"]);
+    assert_eq!(list(&mut client, None, None).await, before);
+
+    let running = start(&mut client, "existing").await.unwrap();
+    let refused = start(&mut client, "existing").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("running"), "{refused:?}");
+    assert_eq!(get(&mut client, "existing").await.unwrap(), running);
+
+    // One running experiment per flag.
+    create(&mut client, create_request("rival")).await.unwrap();
+    let refused = start(&mut client, "rival").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("existing"), "{refused:?}");
+    assert_eq!(
+        get(&mut client, "rival").await.unwrap().state(),
+        pb::ExperimentState::Draft
+    );
+
+    let stopped = stop(&mut client, "existing").await.unwrap();
+    for refused in [
+        start(&mut client, "existing").await.unwrap_err(),
+        stop(&mut client, "existing").await.unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("stopped"), "{refused:?}");
+    }
+    assert_eq!(get(&mut client, "existing").await.unwrap(), stopped);
+    assert_eq!(
+        audit_actions(store.as_ref(), "existing").await,
+        [
+            (ExperimentAction::Create, 1),
+            (ExperimentAction::Start, 2),
+            (ExperimentAction::Stop, 3)
+        ]
+    );
+
+    // A flag whose variants changed since the experiment was defined cannot start it: its arms
+    // would not be the flag's variants.
+    let flag = admin
+        .list_flags(pb::ListFlagsRequest {
+            flag_set_id: "shop".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flags
+        .into_iter()
+        .find(|f| f.key == "button")
+        .unwrap();
+    let mut definition: Value = serde_json::from_str(&flag.definition).unwrap();
+    definition["variants"]["yellow"] = json!("#ff0");
+    admin
+        .update_flag(pb::UpdateFlagRequest {
+            flag_set_id: "shop".into(),
+            key: "button".into(),
+            definition: definition.to_string(),
+            expected_version: flag.version,
+            actor: "ada".into(),
+        })
+        .await
+        .unwrap();
+    let refused = start(&mut client, "rival").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("yellow"), "{refused:?}");
+    assert_eq!(get(&mut client, "rival").await.unwrap().version, 1);
+    assert_eq!(
+        audit_actions(store.as_ref(), "rival").await,
+        [(ExperimentAction::Create, 1)]
+    );
+
+    drop((client, admin));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_concurrent_starts_exactly_one_wins() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    shop(&mut node.admin().await).await;
+    let mut client = node.experiments().await;
+    create(&mut client, create_request("race")).await.unwrap();
+    let mut other = create_request("other");
+    other.flag_key = "banner".into();
+    other.control_variant = "off".into();
+    create(&mut client, other).await.unwrap();
+    let mut rival = create_request("rival");
+    rival.flag_key = "banner".into();
+    rival.control_variant = "off".into();
+    create(&mut client, rival).await.unwrap();
+
+    // The same experiment started from eight connections at once, and two experiments on one
+    // flag started at once.
+    let mut attempts = Vec::new();
+    for id in std::iter::repeat_n("race", 8).chain(["other", "rival"]) {
+        let mut client = node.experiments().await;
+        attempts.push(tokio::spawn(
+            async move { (id, start(&mut client, id).await) },
+        ));
+    }
+    let mut won = Vec::new();
+    for attempt in attempts {
+        let (id, outcome) = attempt.await.unwrap();
+        match outcome {
+            Ok(e) => won.push((id, e.version)),
+            Err(refused) => assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}"),
+        }
+    }
+    won.sort_unstable();
+    assert_eq!(
+        won.iter().filter(|(id, _)| *id == "race").count(),
+        1,
+        "{won:?}"
+    );
+    assert_eq!(
+        won.iter()
+            .filter(|(id, _)| *id == "other" || *id == "rival")
+            .count(),
+        1,
+        "{won:?}"
+    );
+    assert!(won.iter().all(|(_, version)| *version == 2), "{won:?}");
+
+    let store = store(&db).await;
+    assert_eq!(
+        audit_actions(store.as_ref(), "race").await,
+        [(ExperimentAction::Create, 1), (ExperimentAction::Start, 2)]
+    );
+    let running = list(&mut client, None, Some(pb::ExperimentState::Running)).await;
+    assert_eq!(running.len(), 2, "{:?}", ids(&running));
+
+    drop(client);
+    node.stop().await;
+}
+
+fn ids_on<'c>(catalog: &'c ExperimentCatalog, flag_key: &str) -> Vec<&'c str> {
+    catalog
+        .on_flag("shop", flag_key)
+        .iter()
+        .map(|e| e.id.as_str())
+        .collect()
+}
+
+/// Waits until the catalog satisfies `check`.
+async fn catalog_until(
+    catalog: &mut watch::Receiver<Arc<ExperimentCatalog>>,
+    what: &str,
+    check: impl FnMut(&Arc<ExperimentCatalog>) -> bool,
+) -> Arc<ExperimentCatalog> {
+    tokio::time::timeout(PATIENCE, catalog.wait_for(check))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not seen within {PATIENCE:?}"))
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_follows_starts_and_stops() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    shop(&mut node.admin().await).await;
+    let mut client = node.experiments().await;
+    create(&mut client, create_request("checkout"))
+        .await
+        .unwrap();
+    // Already running when the feed starts: in its first catalog.
+    let mut early = create_request("early");
+    early.flag_key = "banner".into();
+    early.control_variant = "off".into();
+    create(&mut client, early).await.unwrap();
+    start(&mut client, "early").await.unwrap();
+
+    let (closing_tx, closing) = watch::channel(false);
+    let feed = experiment_feed::follow(store(&db).await, NO_VERSION_CHECK, closing)
+        .await
+        .unwrap();
+    let mut catalog = feed.catalog.clone();
+    let first = catalog.borrow().clone();
+    assert_eq!(first.len(), 1);
+    assert_eq!(ids_on(&first, "banner"), ["early"]);
+    assert!(
+        ids_on(&first, "button").is_empty(),
+        "a draft is not running"
+    );
+
+    start(&mut client, "checkout").await.unwrap();
+    let seen = catalog_until(&mut catalog, "the start", |c| {
+        !c.on_flag("shop", "button").is_empty()
+    })
+    .await;
+    let running = &seen.on_flag("shop", "button")[0];
+    assert_eq!(running.id.as_str(), "checkout");
+    assert!(running.state.is_running());
+    assert_eq!(
+        running.arms.iter().collect::<Vec<_>>(),
+        ["blue", "green", "red"]
+    );
+    assert_eq!(running.control, "blue");
+    let kinds: Vec<(&str, &str, MetricKind)> = running
+        .metrics
+        .iter()
+        .map(|m| (m.name.as_str(), m.event.as_str(), m.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("purchased", "purchase", MetricKind::Conversion),
+            ("revenue", "purchase", MetricKind::Mean)
+        ]
+    );
+    assert!(seen.get(&ExperimentId::new("checkout").unwrap()).is_some());
+    assert_eq!(seen.len(), 2);
+
+    stop(&mut client, "checkout").await.unwrap();
+    let seen = catalog_until(&mut catalog, "the stop", |c| {
+        c.on_flag("shop", "button").is_empty()
+    })
+    .await;
+    assert!(seen.get(&ExperimentId::new("checkout").unwrap()).is_none());
+    assert_eq!(
+        ids_on(&seen, "banner"),
+        ["early"],
+        "the other one still runs"
+    );
+    assert_eq!(seen.len(), 1);
+
+    closing_tx.send(true).unwrap();
+    tokio::time::timeout(PATIENCE, feed.task)
+        .await
+        .expect("the feed did not end when closing")
+        .unwrap();
+    drop(client);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_node_refuses_experiment_calls_naming_its_file() {
+    let dir =
+        std::env::temp_dir().join(format!("bunting-experiments-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("flags.json");
+    std::fs::write(
+        &path,
+        json!({"flags": {"b": {"state": "ENABLED", "variants": {"x": 1, "y": 2},
+                               "defaultVariant": "x"}}})
+        .to_string(),
+    )
+    .unwrap();
+    let node = TestNode::start(Config {
+        flags: FlagSourceConfig::File {
+            path: path.clone(),
+            set: "default".into(),
+            broken_flags: BrokenFlags::default(),
+        },
+        ..base_config()
+    })
+    .await;
+    let mut client = node.experiments().await;
+    let mut request = create_request("e");
+    request.flag_set_id = "default".into();
+    for refused in [
+        create(&mut client, request).await.unwrap_err(),
+        client
+            .list_experiments(pb::ListExperimentsRequest::default())
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused.message().contains(&path.display().to_string()),
+            "{refused:?}"
+        );
+    }
+    drop(client);
+    node.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,380 @@
+//! The shared tier against real Redis: one behaviour suite, run on a standalone server and on a
+//! 3-master Redis Cluster, each started by the test on spare loopback ports (`redis-server` and
+//! `redis-cli` must be installed: `scripts/redis-up`). Outages are real: the servers are killed
+//! and started again on the same ports.
+//!
+//! Waits are bounded polls; nothing here asserts how fast anything is.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bunting::config::{RedisTierConfig, SharedTierConfig};
+use bunting::shared_tier::{
+    self, BreakerState, SharedTier, SharedTierError, SnapshotWrite, TierChange, WriteOutcome,
+};
+use serde_json::json;
+
+mod common;
+
+use common::redis::{RedisCluster, RedisServer};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A standalone server or a cluster, behind one interface so each test body runs on both.
+enum Deployment {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Deployment {
+    fn start(cluster: bool, label: &str) -> Deployment {
+        // Single and cluster runs of one test share a process: their directories must differ.
+        let mode = if cluster { "cluster" } else { "single" };
+        let dir = common::scratch_dir(&format!("{label}-{mode}"));
+        if cluster {
+            Deployment::Cluster(RedisCluster::start(&dir))
+        } else {
+            Deployment::Single(RedisServer::start(&dir))
+        }
+    }
+
+    fn config(&self) -> RedisTierConfig {
+        let mut config = RedisTierConfig {
+            failure_threshold: 2,
+            open_for_ms: 300,
+            timeout_ms: 1_000,
+            ..RedisTierConfig::default()
+        };
+        match self {
+            Deployment::Single(s) => config.url = Some(s.url()),
+            Deployment::Cluster(c) => config.cluster = c.urls(),
+        }
+        config
+    }
+
+    /// The label the tier's metrics carry.
+    fn endpoint(&self) -> String {
+        match self {
+            Deployment::Single(s) => s.url(),
+            Deployment::Cluster(c) => c.urls().remove(0),
+        }
+    }
+
+    async fn tier(&self) -> Arc<dyn SharedTier> {
+        shared_tier::connect(&SharedTierConfig::Redis(self.config()))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    fn servers(&self) -> Vec<&RedisServer> {
+        match self {
+            Deployment::Single(s) => vec![s],
+            Deployment::Cluster(c) => c.nodes.iter().collect(),
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        self.servers()[0].cli(args)
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Deployment::Single(s) => s.stop(),
+            Deployment::Cluster(c) => c.stop(),
+        }
+    }
+
+    fn restart(&mut self) {
+        match self {
+            Deployment::Single(s) => s.restart(),
+            Deployment::Cluster(c) => c.restart(),
+        }
+    }
+}
+
+async fn eventually<F: Fn() -> bool>(what: &str, done: F) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn next_change(changes: &mut shared_tier::ChangeStream) -> TierChange {
+    tokio::time::timeout(PATIENCE, changes.recv())
+        .await
+        .expect("no change notification")
+        .expect("the change stream ended")
+}
+
+async fn snapshot_cas_and_index(cluster: bool) {
+    let redis = Deployment::start(cluster, "tier-cas");
+    let tier = redis.tier().await;
+    let v = |n: u32| json!({ "flags": {}, "metadata": { "n": n } }).to_string();
+
+    assert_eq!(tier.snapshot("a").await.unwrap(), None);
+    assert_eq!(
+        tier.put_snapshot("a", 2, &v(2)).await.unwrap(),
+        SnapshotWrite::Stored
+    );
+    // An older version, and the same version from a second writer, never overwrite.
+    assert_eq!(
+        tier.put_snapshot("a", 1, &v(1)).await.unwrap(),
+        SnapshotWrite::NotNewer { stored: 2 }
+    );
+    assert_eq!(
+        tier.put_snapshot("a", 2, &v(99)).await.unwrap(),
+        SnapshotWrite::NotNewer { stored: 2 }
+    );
+    let a = tier.snapshot("a").await.unwrap().unwrap();
+    assert_eq!((a.version, a.json["metadata"]["n"].clone()), (2, json!(2)));
+    assert_eq!(
+        tier.put_snapshot("a", 3, &v(3)).await.unwrap(),
+        SnapshotWrite::Stored
+    );
+    assert_eq!(
+        tier.put_snapshot("b", 1, &v(1)).await.unwrap(),
+        SnapshotWrite::Stored
+    );
+
+    let all = tier.snapshots().await.unwrap();
+    let listed: Vec<(&str, u64)> = all.iter().map(|s| (s.set.as_str(), s.version)).collect();
+    assert_eq!(listed, [("a", 3), ("b", 1)]);
+    assert_eq!(all[0].json["metadata"]["n"], json!(3));
+
+    // Not JSON: refused before anything is written.
+    match tier.put_snapshot("c", 1, "{not json").await {
+        Err(SharedTierError::InvalidSnapshot { set, version, .. }) => {
+            assert_eq!((set.as_str(), version), ("c", 1));
+        }
+        other => panic!("expected InvalidSnapshot, got {other:?}"),
+    }
+    assert_eq!(tier.snapshot("c").await.unwrap(), None);
+}
+
+async fn corrupt_snapshots_are_typed_errors(cluster: bool) {
+    let redis = Deployment::start(cluster, "tier-corrupt");
+    let tier = redis.tier().await;
+    tier.put_snapshot("good", 1, "{}").await.unwrap();
+    // What no Bunting node writes, put there by hand.
+    redis.cli(&[
+        "HSET",
+        "{bunting:set:badjson}:snapshot",
+        "version",
+        "4",
+        "json",
+        "{oops",
+    ]);
+    redis.cli(&["SADD", "{bunting}:sets", "badjson", "badversion"]);
+    redis.cli(&[
+        "HSET",
+        "{bunting:set:badversion}:snapshot",
+        "version",
+        "four",
+        "json",
+        "{}",
+    ]);
+    for set in ["badjson", "badversion"] {
+        match tier.snapshot(set).await {
+            Err(SharedTierError::Corrupt { key, .. }) => assert!(key.contains(set), "{key}"),
+            other => panic!("{set}: expected Corrupt, got {other:?}"),
+        }
+    }
+    // One corrupt set does not hide the others.
+    let sets: Vec<String> = tier
+        .snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.set)
+        .collect();
+    assert_eq!(sets, ["good"]);
+    // Redis answered each time: the breaker stays closed.
+    assert_eq!(tier.breaker_state(), BreakerState::Closed);
+}
+
+async fn notifications_reach_subscribers(cluster: bool) {
+    let redis = Deployment::start(cluster, "tier-notify");
+    let tier = redis.tier().await;
+    let mut changes = tier.subscribe();
+    assert_eq!(next_change(&mut changes).await, TierChange::Resync);
+    // A malformed message on the channel is ignored; the next one still arrives.
+    redis.cli(&["PUBLISH", "bunting:changes", "garbage"]);
+    assert_eq!(
+        tier.publish_change("flags", 7).await.unwrap(),
+        WriteOutcome::Written
+    );
+    assert_eq!(
+        next_change(&mut changes).await,
+        TierChange::Changed {
+            set: "flags".to_owned(),
+            version: 7
+        }
+    );
+}
+
+async fn user_state_round_trip(cluster: bool) {
+    let redis = Deployment::start(cluster, "tier-users");
+    let tier = redis.tier().await;
+    for shard in 0..12u32 {
+        for user in ["alice", "bob"] {
+            let state = format!("{user}@{shard}").into_bytes();
+            tier.put_user_state(shard, user, &state).await.unwrap();
+        }
+    }
+    tier.put_user_state(3, "bin", &[0, 255, 1]).await.unwrap();
+    tier.delete_user_state(5, "bob").await.unwrap();
+    for shard in 0..12u32 {
+        let states = tier.load_user_states(shard).await.unwrap();
+        let mut expected = vec![("alice".to_owned(), format!("alice@{shard}").into_bytes())];
+        if shard == 3 {
+            expected.push(("bin".to_owned(), vec![0, 255, 1]));
+        }
+        if shard != 5 {
+            expected.push(("bob".to_owned(), format!("bob@{shard}").into_bytes()));
+        }
+        assert_eq!(states, expected, "shard {shard}");
+    }
+    assert!(tier.load_user_states(99).await.unwrap().is_empty());
+    if cluster {
+        // The shards' hashes spread over the masters rather than sharing one slot.
+        let holding = redis
+            .servers()
+            .iter()
+            .filter(|s| s.cli(&["DBSIZE"]) != "0")
+            .count();
+        assert!(
+            holding >= 2,
+            "12 shards' state landed on {holding} master(s)"
+        );
+    }
+}
+
+async fn breaker_opens_and_queued_writes_drain(cluster: bool) {
+    let metrics = bunting::metrics_http::handle().expect("the test installs the recorder");
+    let mut redis = Deployment::start(cluster, "tier-outage");
+    let tier = redis.tier().await;
+    tier.put_snapshot("s", 1, "{\"v\":1}").await.unwrap();
+    let gauge = format!(
+        "bunting_shared_tier_breaker_state{{endpoint=\"{}\"}}",
+        redis.endpoint()
+    );
+
+    redis.stop();
+    // The first calls fail on the network; once the threshold is reached calls are refused
+    // without touching it.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match tier.snapshot("s").await {
+            Err(SharedTierError::Unavailable { .. }) => break,
+            Err(e) => assert!(e.is_transient(), "{e}"),
+            Ok(s) => panic!("read {s:?} from a stopped redis"),
+        }
+        assert!(Instant::now() < deadline, "the breaker never opened");
+    }
+    assert_eq!(tier.breaker_state(), BreakerState::Open);
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains(&format!("{gauge} 2")),
+        "{gauge} not 2 in:\n{rendered}"
+    );
+    assert!(matches!(
+        tier.load_user_states(1).await,
+        Err(SharedTierError::Unavailable { .. })
+    ));
+
+    // Writes while down wait in the queue, in order.
+    assert_eq!(
+        tier.put_snapshot("s", 2, "{\"v\":2}").await.unwrap(),
+        SnapshotWrite::Queued
+    );
+    assert_eq!(
+        tier.put_snapshot("s", 3, "{\"v\":3}").await.unwrap(),
+        SnapshotWrite::Queued
+    );
+    assert_eq!(
+        tier.put_user_state(1, "u", b"state").await.unwrap(),
+        WriteOutcome::Queued
+    );
+    assert_eq!(
+        tier.publish_change("s", 3).await.unwrap(),
+        WriteOutcome::Queued
+    );
+    assert_eq!(tier.queued_writes(), 4);
+
+    redis.restart();
+    eventually("the queue to drain", || tier.queued_writes() == 0).await;
+    assert_eq!(tier.breaker_state(), BreakerState::Closed);
+    assert!(metrics.render().contains(&format!("{gauge} 0")));
+    let s = tier.snapshot("s").await.unwrap().unwrap();
+    assert_eq!((s.version, s.json), (3, json!({"v": 3})));
+    assert_eq!(
+        tier.load_user_states(1).await.unwrap(),
+        [("u".to_owned(), b"state".to_vec())]
+    );
+}
+
+async fn a_full_queue_drops_its_oldest_writes(cluster: bool) {
+    let mut redis = Deployment::start(cluster, "tier-full");
+    let config = RedisTierConfig {
+        write_queue: 3,
+        ..redis.config()
+    };
+    let tier = shared_tier::connect(&SharedTierConfig::Redis(config))
+        .await
+        .unwrap()
+        .unwrap();
+    redis.stop();
+    for user in ["u1", "u2", "u3", "u4", "u5"] {
+        tier.put_user_state(0, user, b"x").await.unwrap();
+    }
+    assert_eq!(tier.queued_writes(), 3);
+    redis.restart();
+    eventually("the queue to drain", || tier.queued_writes() == 0).await;
+    let users: BTreeSet<String> = tier
+        .load_user_states(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    // The three newest always land. The drainer's probe may have had the oldest write on the
+    // wire when Redis came back, so that one may land too; the others were dropped.
+    let newest: BTreeSet<String> = ["u3", "u4", "u5"].map(str::to_owned).into();
+    assert!(newest.is_subset(&users), "{users:?}");
+    assert!(users.len() <= 4 && !users.contains("u2"), "{users:?}");
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(false).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(true).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    snapshot_cas_and_index,
+    corrupt_snapshots_are_typed_errors,
+    notifications_reach_subscribers,
+    user_state_round_trip,
+    breaker_opens_and_queued_writes_drain,
+    a_full_queue_drops_its_oldest_writes,
+);
