@@ -237,30 +237,12 @@ impl Node {
     /// Has every owned shard write its changed statistics; returns how many experiment flushes
     /// were written, or the first failure.
     pub async fn flush(&self) -> Result<usize, NodeError> {
-        let refs: Vec<_> = (0..self.shard_count())
-            .filter_map(|i| self.slots.get(i))
-            .collect();
+        let answers = self
+            .ask_every_shard(|r| ShardMsg::Flush(Some(r)), "did not answer the flush")
+            .await?;
         let mut written = 0;
-        for (i, shard) in refs.iter().enumerate() {
-            let shard_index = u32::try_from(i).unwrap_or(u32::MAX);
-            match shard
-                .call(|r| ShardMsg::Flush(Some(r)), Some(self.config.call_timeout))
-                .await
-            {
-                Ok(CallResult::Success(Ok(n))) => written += n,
-                Ok(CallResult::Success(Err(reason))) => {
-                    return Err(NodeError::ShardUnavailable {
-                        shard: shard_index,
-                        reason,
-                    });
-                }
-                _ => {
-                    return Err(NodeError::ShardUnavailable {
-                        shard: shard_index,
-                        reason: "did not answer the flush".to_owned(),
-                    });
-                }
-            }
+        for (shard, answer) in answers {
+            written += answer.map_err(|reason| NodeError::ShardUnavailable { shard, reason })?;
         }
         Ok(written)
     }
@@ -270,29 +252,50 @@ impl Node {
         &self,
         experiment: &ExperimentId,
     ) -> Result<ExperimentTotals, NodeError> {
+        let answers = self
+            .ask_every_shard(
+                |r| ShardMsg::Totals(experiment.clone(), r),
+                "did not report its statistics",
+            )
+            .await?;
         let mut totals = ExperimentTotals::default();
-        for index in 0..self.shard_count() {
-            let Some(shard) = self.slots.get(index) else {
-                continue;
-            };
-            match shard
-                .call(
-                    |r| ShardMsg::Totals(experiment.clone(), r),
-                    Some(self.config.call_timeout),
-                )
-                .await
-            {
-                Ok(CallResult::Success(Some(t))) => totals.merge(&t),
-                Ok(CallResult::Success(None)) => {}
-                _ => {
-                    return Err(NodeError::ShardUnavailable {
-                        shard: index,
-                        reason: "did not report its statistics".to_owned(),
-                    });
-                }
+        for (_, shard_totals) in answers {
+            if let Some(t) = shard_totals {
+                totals.merge(&t);
             }
         }
         Ok(totals)
+    }
+
+    /// Puts the same question in every shard's mailbox, then collects the answers under one
+    /// deadline, so the shards work in parallel: asked one after another, 256 shards each busy
+    /// with a flush made a results request wait for the sum of their times. Control messages are
+    /// not counted in the mailbox-depth gauge (only evaluations are), hence [`Node::post`].
+    async fn ask_every_shard<R: Send + 'static>(
+        &self,
+        message: impl Fn(RpcReplyPort<R>) -> ShardMsg,
+        unanswered: &str,
+    ) -> Result<Vec<(u32, R)>, NodeError> {
+        let deadline = Instant::now() + self.config.call_timeout;
+        let mut pending = Vec::with_capacity(self.slots.len());
+        for shard in 0..self.shard_count() {
+            pending.push((shard, self.post(shard, &message)?));
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for (shard, answer) in pending {
+            let answer = self
+                .receive(shard, answer, deadline)
+                .await
+                .map_err(|e| match e {
+                    NodeError::ShardUnavailable { shard, reason } => NodeError::ShardUnavailable {
+                        shard,
+                        reason: format!("{unanswered}: {reason}"),
+                    },
+                    other => other,
+                })?;
+            answers.push((shard, answer));
+        }
+        Ok(answers)
     }
 
     fn shard_count(&self) -> u32 {
@@ -315,8 +318,27 @@ impl Node {
         self.receive(shard, answer, deadline).await
     }
 
-    /// Puts a message with a reply port in the shard's mailbox, without waiting for the answer.
+    /// Puts an evaluation with a reply port in the shard's mailbox, without waiting for the
+    /// answer, and counts it in the shard's mailbox depth (the shard uncounts it when handled).
     fn send<R: Send + 'static>(
+        &self,
+        shard: u32,
+        message: impl FnOnce(RpcReplyPort<R>) -> ShardMsg,
+    ) -> Result<OneshotReceiver<R>, NodeError> {
+        // Counted before the cast: the shard may handle (and uncount) it before `cast` returns.
+        let depth = self.slots.depths.get(shard as usize);
+        if let Some(depth) = depth {
+            depth.fetch_add(1, Ordering::Relaxed);
+        }
+        let sent = self.post(shard, message);
+        if let (Err(_), Some(depth)) = (&sent, depth) {
+            depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Puts a message with a reply port in the shard's mailbox, without waiting for the answer.
+    fn post<R: Send + 'static>(
         &self,
         shard: u32,
         message: impl FnOnce(RpcReplyPort<R>) -> ShardMsg,
@@ -327,18 +349,12 @@ impl Node {
             .get(shard)
             .ok_or_else(|| unavailable("no such shard".to_owned()))?;
         let (reply, answer) = oneshot();
-        let depth = &self.slots.depths[shard as usize];
-        depth.fetch_add(1, Ordering::Relaxed);
         match actor.cast(message(reply.into())) {
             Ok(()) => Ok(answer),
             Err(MessagingErr::SendErr(_) | MessagingErr::ChannelClosed) => {
-                depth.fetch_sub(1, Ordering::Relaxed);
                 Err(unavailable("the shard is restarting".to_owned()))
             }
-            Err(other) => {
-                depth.fetch_sub(1, Ordering::Relaxed);
-                Err(unavailable(other.to_string()))
-            }
+            Err(other) => Err(unavailable(other.to_string())),
         }
     }
 

@@ -23,7 +23,7 @@ impl EventStore for MemoryEventStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for f in flushes {
             let key = (f.experiment.clone(), f.shard);
-            if stored.get(&key).is_none_or(|old| old.seq < f.seq) {
+            if f.supersedes(stored.get(&key).map(|old| old.seq)) {
                 stored.insert(key, f.clone());
             }
         }

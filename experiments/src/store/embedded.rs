@@ -127,11 +127,7 @@ impl EmbeddedStore {
         let mut next = current.clone();
         let mut changed = false;
         for flush in flushes {
-            let newer = next
-                .shards
-                .get(&flush.shard)
-                .is_none_or(|stored| flush.seq > stored.seq);
-            if newer {
+            if flush.supersedes(next.shards.get(&flush.shard).map(|stored| stored.seq)) {
                 next.shards.insert(
                     flush.shard,
                     StoredShard {

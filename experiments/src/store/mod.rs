@@ -28,6 +28,15 @@ pub struct ShardFlush {
     pub totals: ExperimentTotals,
 }
 
+impl ShardFlush {
+    /// Whether a store holding a flush with `stored_seq` for the same (experiment, shard) takes
+    /// this one: only a strictly larger seq does, so a replay or a late older flush changes
+    /// nothing (the retry-safety rule above; ScyllaDB applies it as `USING TIMESTAMP seq`).
+    pub fn supersedes(&self, stored_seq: Option<u64>) -> bool {
+        stored_seq.is_none_or(|stored| self.seq > stored)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventStoreError {
     #[error("event store unavailable: {0}")]
@@ -65,4 +74,26 @@ pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every shard's latest flush for `experiment`, merged: the experiment's totals.
     async fn totals(&self, experiment: &ExperimentId) -> Result<ExperimentTotals, EventStoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_strictly_newer_flush_supersedes_the_stored_one() {
+        let flush = ShardFlush {
+            experiment: ExperimentId::new("e").unwrap(),
+            shard: 3,
+            seq: 10,
+            totals: ExperimentTotals::default(),
+        };
+        assert!(flush.supersedes(None), "nothing stored yet");
+        assert!(flush.supersedes(Some(9)));
+        assert!(!flush.supersedes(Some(10)), "a replay changes nothing");
+        assert!(
+            !flush.supersedes(Some(11)),
+            "a late older flush changes nothing"
+        );
+    }
 }
