@@ -33,6 +33,7 @@ use tonic_types::StatusExt;
 
 mod common;
 
+use common::eventually;
 use common::in_process::TestNode;
 
 use common::postgres::{TestDb, with_database};
@@ -203,25 +204,6 @@ fn violated_fields(status: &Status) -> Vec<String> {
         .bad_request()
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
-}
-
-/// Polls `check` until it returns `Some`, or fails the test after [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not seen within {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The next message of a stream, within [`PATIENCE`].
@@ -483,7 +465,7 @@ async fn an_admin_change_reaches_open_event_and_sync_streams() {
         .unwrap();
     // The node serves what it was told before the streams open.
     let flagd = v2::service_client::ServiceClient::new(node.channel().await);
-    eventually("the new flag on the node", || {
+    eventually("the new flag on the node", PATIENCE, || {
         let mut flagd = flagd.clone();
         async move {
             let r = flagd
@@ -567,7 +549,7 @@ async fn a_change_through_a_second_node_reaches_the_first() {
         .unwrap();
 
     let flagd = v2::service_client::ServiceClient::new(first.channel().await);
-    eventually("the flag written through the other node", || {
+    eventually("the flag written through the other node", PATIENCE, || {
         let mut flagd = flagd.clone();
         async move { (resolve_string(&mut flagd, "colour").await? == "red").then_some(()) }
     })
@@ -575,10 +557,14 @@ async fn a_change_through_a_second_node_reaches_the_first() {
     update_flag(&mut admin, "default", "colour", &colour("blue"), 1, "grace")
         .await
         .unwrap();
-    eventually("the update written through the other node", || {
-        let mut flagd = flagd.clone();
-        async move { (resolve_string(&mut flagd, "colour").await? == "blue").then_some(()) }
-    })
+    eventually(
+        "the update written through the other node",
+        PATIENCE,
+        || {
+            let mut flagd = flagd.clone();
+            async move { (resolve_string(&mut flagd, "colour").await? == "blue").then_some(()) }
+        },
+    )
     .await;
     // Bulk evaluation on the first node reports the version the second node's write produced.
     let bulk = first
@@ -654,7 +640,7 @@ async fn evaluate_bulk_answers_per_subject_with_per_flag_errors() {
             .to_vec(),
         subjects: subjects.clone(),
     };
-    let response = eventually("the flags on the node", || {
+    let response = eventually("the flags on the node", PATIENCE, || {
         let (mut bulk, request) = (bulk.clone(), request.clone());
         async move {
             let r = bulk.evaluate_bulk(request).await.ok()?.into_inner();
@@ -1050,6 +1036,7 @@ async fn a_postgres_outage_serves_from_memory_and_catches_up_by_version() {
     proxy.restore();
     eventually(
         "the change made during the outage, after reconnecting",
+        PATIENCE,
         || {
             let mut flagd = flagd.clone();
             async move { (resolve_string(&mut flagd, "colour").await? == "blue").then_some(()) }

@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 mod common;
 
 use common::in_process::TestNode;
+use common::wait_until;
 
 use common::postgres::TestDb;
 use common::redis::{RedisCluster, RedisServer};
@@ -149,25 +150,9 @@ async fn resolve_colour(flagd: &mut v2::service_client::ServiceClient<Channel>) 
         .and_then(|r| r.into_inner().value)
 }
 
-/// Polls until `check` holds, or fails after [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not seen within {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn serves(node: &TestNode, value: &str, what: &str) {
     let flagd = node.flagd().await;
-    eventually(what, || {
+    wait_until(what, PATIENCE, || {
         let mut flagd = flagd.clone();
         async move { resolve_colour(&mut flagd).await.as_deref() == Some(value) }
     })
@@ -193,7 +178,7 @@ async fn a_node_without_postgres_serves_the_shared_snapshots(cluster: bool) {
     let mut admin = AdminClient::new(writer.channel().await);
     create_colour(&mut admin, "red").await;
     serves(&writer, "red", "the writer serving its own change").await;
-    eventually("the writer's snapshot in redis", || {
+    wait_until("the writer's snapshot in redis", PATIENCE, || {
         tier_holds(tier.as_ref(), "red")
     })
     .await;
@@ -254,22 +239,28 @@ async fn a_node_keeps_evaluating_while_redis_is_down() {
     serves(&node, "red", "evaluation with redis down").await;
     set_colour(&mut admin, "blue", 1).await;
     serves(&node, "blue", "a postgres change applied with redis down").await;
-    eventually("the breaker open in the node's metrics", || async {
-        node.scrape().await.contains(&format!("{gauge} 2"))
-    })
+    wait_until(
+        "the breaker open in the node's metrics",
+        PATIENCE,
+        || async { node.scrape().await.contains(&format!("{gauge} 2")) },
+    )
     .await;
 
     if let Redis::Single(server) = &mut redis {
         server.restart();
     }
     let tier = redis.tier().await;
-    eventually("the queued snapshot written after redis came back", || {
-        tier_holds(tier.as_ref(), "blue")
-    })
+    wait_until(
+        "the queued snapshot written after redis came back",
+        PATIENCE,
+        || tier_holds(tier.as_ref(), "blue"),
+    )
     .await;
-    eventually("the breaker closed in the node's metrics", || async {
-        node.scrape().await.contains(&format!("{gauge} 0"))
-    })
+    wait_until(
+        "the breaker closed in the node's metrics",
+        PATIENCE,
+        || async { node.scrape().await.contains(&format!("{gauge} 0")) },
+    )
     .await;
     serves(&node, "blue", "evaluation after redis came back").await;
     node.stop().await;

@@ -20,6 +20,7 @@ use serde_json::json;
 mod common;
 
 use common::redis::{RedisCluster, RedisServer};
+use common::wait_until;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -93,14 +94,6 @@ impl Deployment {
             Deployment::Single(s) => s.restart(),
             Deployment::Cluster(c) => c.restart(),
         }
-    }
-}
-
-async fn eventually<F: Fn() -> bool>(what: &str, done: F) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -307,7 +300,10 @@ async fn breaker_opens_and_queued_writes_drain(cluster: bool) {
     assert_eq!(tier.queued_writes(), 4);
 
     redis.restart();
-    eventually("the queue to drain", || tier.queued_writes() == 0).await;
+    wait_until("the queue to drain", PATIENCE, || async {
+        tier.queued_writes() == 0
+    })
+    .await;
     assert_eq!(tier.breaker_state(), BreakerState::Closed);
     assert!(metrics.render().contains(&format!("{gauge} 0")));
     let s = tier.snapshot("s").await.unwrap().unwrap();
@@ -334,7 +330,10 @@ async fn a_full_queue_drops_its_oldest_writes(cluster: bool) {
     }
     assert_eq!(tier.queued_writes(), 3);
     redis.restart();
-    eventually("the queue to drain", || tier.queued_writes() == 0).await;
+    wait_until("the queue to drain", PATIENCE, || async {
+        tier.queued_writes() == 0
+    })
+    .await;
     let users: BTreeSet<String> = tier
         .load_user_states(0)
         .await

@@ -253,6 +253,30 @@ where
     }
 }
 
+/// [`poll`] for a test: the value once `attempt` finds it, or a failure naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll(patience, attempt)
+        .await
+        .unwrap_or_else(|| panic!("{what}: not seen within {patience:?}"))
+}
+
+/// [`eventually`] for a condition.
+pub async fn wait_until<F, Fut>(what: &str, patience: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, patience, || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+}
+
 /// Two distinct free loopback ports (see [`spare_port`]).
 pub fn free_ports() -> (u16, u16) {
     (spare_port(0), spare_port(0))
