@@ -34,14 +34,17 @@ use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::flagd::evaluation::v1;
 use bunting_proto::flagd::sync::v1::SyncFlagsRequest;
 use bunting_proto::flagd::sync::v1::flag_sync_service_client::FlagSyncServiceClient;
-use chrono::Utc;
 use serde_json::{Value, json};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+// The integration tests' helpers: a database per run, real cluster processes, an in-process node.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::cluster::ClusterNode;
+use common::in_process::TestNode;
+use common::postgres::TestDb;
 const EVENT_SUBSCRIBERS: usize = 10;
 const SYNC_SUBSCRIBERS: usize = 10;
 /// Updates not measured, so connection pools and caches are warm.
@@ -77,98 +80,30 @@ fn main() {
 }
 
 async fn run() {
-    let (server_url, server) = server();
-    let db = format!(
-        "bunting_bench_{}_{}",
-        std::process::id(),
-        Utc::now().timestamp_micros()
-    );
-    let mut admin_conn = PgConnection::connect_with(&server)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is required at {server_url}: {e}"));
-    admin_conn
-        .execute(AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-        .await
-        .unwrap();
-
-    let result = measure(with_database(&server_url, &db)).await;
-
-    admin_conn
-        .execute(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-        )))
-        .await
-        .unwrap();
-    let _ = admin_conn.close().await;
+    // Dropped (with its connections) before the report prints, also when the run panics.
+    let db = TestDb::create().await;
+    let result = measure(db.url.clone()).await;
+    drop(db);
     result.print();
 }
 
-/// A `bunting serve` process of the clustered variant, killed when dropped.
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Starts `nodes` clustered `bunting serve` processes on `url`, each seeded with the ones before
+/// it; each `start` returns once the node accepts gRPC connections.
+fn spawn_cluster(url: &str, nodes: usize) -> Vec<ClusterNode> {
+    let dir = common::scratch_dir("propagation");
+    // Long enough that every change measured arrives by LISTEN/NOTIFY.
+    let flags = format!(
+        "source = \"postgres\"\nurl = {}\nversion_check = 3600",
+        common::toml_string(std::path::Path::new(url))
+    );
+    let mut started: Vec<ClusterNode> = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        let seeds: Vec<_> = started.iter().map(|n| n.cluster).collect();
+        let mut node = ClusterNode::new(&dir, &format!("node-{i}"), &flags, &seeds);
+        node.start();
+        started.push(node);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `nodes` clustered `bunting serve` processes on `url`; returns their gRPC endpoints
-/// once every one accepts connections.
-fn spawn_cluster(url: &str, nodes: usize) -> (Vec<String>, Vec<Process>) {
-    let dir = std::env::temp_dir().join(format!("bunting-propagation-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cluster_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
-    let mut endpoints = Vec::new();
-    let mut processes = Vec::new();
-    for (i, port) in cluster_ports.iter().enumerate() {
-        let (grpc, metrics) = (free_port(), free_port());
-        let seeds: Vec<String> = cluster_ports[..i]
-            .iter()
-            .map(|p| format!("\"127.0.0.1:{p}\""))
-            .collect();
-        let config = dir.join(format!("node-{i}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "grpc_addr = \"127.0.0.1:{grpc}\"\nmetrics_addr = \"127.0.0.1:{metrics}\"\n\
-                 [flags]\nsource = \"postgres\"\nurl = {}\nversion_check = 3600\n\
-                 [cluster]\nnode_id = \"node-{i}\"\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\n",
-                serde_json::to_string(url).unwrap(),
-                seeds.join(", ")
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join(format!("node-{i}.log"))).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bunting"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("BUNTING_CLUSTER_COOKIE", "propagation-bench")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        processes.push(Process(child));
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-            assert!(
-                started.elapsed() < PATIENCE * 4,
-                "node-{i} did not start; see {}",
-                dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        endpoints.push(format!("http://127.0.0.1:{grpc}"));
-    }
-    (endpoints, processes)
+    started
 }
 
 async fn measure(url: String) -> Report {
@@ -177,10 +112,9 @@ async fn measure(url: String) -> Report {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
     if nodes > 1 {
-        let (endpoints, processes) = spawn_cluster(&url, nodes);
-        let report = measure_on(endpoints, nodes).await;
-        drop(processes);
-        return report;
+        let cluster = spawn_cluster(&url, nodes);
+        let endpoints = cluster.iter().map(ClusterNode::url).collect();
+        return measure_on(endpoints, nodes).await;
     }
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
@@ -192,15 +126,9 @@ async fn measure(url: String) -> Report {
         },
         ..Config::default()
     };
-    let bound = bunting::server::bind(config).await.unwrap();
-    let endpoint = format!("http://{}", bound.grpc_addr());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(bound.serve(async {
-        let _ = stopped.await;
-    }));
-    let report = measure_on(vec![endpoint], 1).await;
-    stop.send(()).unwrap();
-    served.await.unwrap().unwrap();
+    let node = TestNode::start(config).await;
+    let report = measure_on(vec![format!("http://{}", node.grpc)], 1).await;
+    node.stop().await;
     report
 }
 
@@ -466,28 +394,4 @@ fn ms(d: Option<Duration>) -> String {
         || "-".to_owned(),
         |d| format!("{:.2} ms", d.as_secs_f64() * 1000.0),
     )
-}
-
-fn server() -> (String, PgConnectOptions) {
-    let url = std::env::var("BUNTING_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
-    let options = url
-        .parse()
-        .unwrap_or_else(|e| panic!("BUNTING_TEST_DATABASE_URL {url:?}: {e}"));
-    (url, options)
-}
-
-/// `url` with its database (the path) replaced by `name`, query parameters kept.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    match query {
-        Some(query) => format!("{}/{name}?{query}", &base[..path_start]),
-        None => format!("{}/{name}", &base[..path_start]),
-    }
 }
