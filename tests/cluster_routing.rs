@@ -1,7 +1,7 @@
 //! A loopback cluster of real `bunting serve` processes on one flag file: membership, the
 //! Topology RPC, forwarding to the owner with the routing metadata, metrics, the `bunting cluster`
-//! commands, and the bad input the cluster port must survive (a wrong cookie, garbage and
-//! oversized frames).
+//! commands, the bad input the cluster port must survive (a wrong cookie, garbage and oversized
+//! frames), and mutual TLS on the cluster port (`[cluster.tls]`) keeping outsiders out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,11 +9,17 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use bunting_proto::bunting::v1::ClusterStatusRequest;
+use bunting_proto::bunting::v1::cluster_admin_client::ClusterAdminClient;
 use bunting_proto::flagd::evaluation::v2;
 use common::cluster::{ClusterNode, agreement, file_flags, status_text, topology};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+};
 use serde_json::json;
 
 fn flag_file(dir: &std::path::Path) -> std::path::PathBuf {
@@ -316,4 +322,209 @@ fn metric(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
+}
+
+/// The name the TLS test's members carry, set in `[cluster.tls] name` (not the default, so the
+/// setting is exercised).
+const TLS_NAME: &str = "bunting-routing-test";
+
+/// A certificate authority made for one test.
+struct Ca {
+    label: &'static str,
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(label: &'static str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, format!("{label} CA"));
+        params.distinguished_name = name;
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Ca { label, issuer }
+    }
+
+    /// Signs a certificate for `cert_name` for node `id`, writes it, its key and this CA to `dir`,
+    /// and returns the `[cluster.tls]` section using them (checking peers against [`TLS_NAME`]).
+    fn member_tls(&self, dir: &Path, id: &str, cert_name: &str) -> String {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![cert_name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let write = |file: &str, pem: String| {
+            let path = dir.join(format!("{id}-{file}"));
+            std::fs::write(&path, pem).unwrap();
+            common::toml_string(&path)
+        };
+        format!(
+            "[cluster.tls]\ncert = {}\nkey = {}\nca = {}\nname = \"{TLS_NAME}\"\n",
+            write("cert.pem", cert.pem()),
+            write("key.pem", key.serialize_pem()),
+            write(&format!("{}-ca.pem", self.label), self.issuer.pem()),
+        )
+    }
+}
+
+/// The ids of every member `node` knows (up or not), sorted.
+async fn members(node: &ClusterNode) -> Vec<String> {
+    let mut client = ClusterAdminClient::connect(node.url()).await.unwrap();
+    let status = client.status(ClusterStatusRequest {}).await.unwrap();
+    let mut ids: Vec<String> = status
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_members_form_a_cluster_and_outsiders_stay_out() {
+    let dir = common::scratch_dir("cluster-tls");
+    let flags = file_flags(&flag_file(&dir));
+    let cluster_ca = Ca::new("cluster");
+    let rogue_ca = Ca::new("rogue");
+    let mut n1 = ClusterNode::new(&dir, "node-1", &flags, &[])
+        .extra_config(&cluster_ca.member_tls(&dir, "node-1", TLS_NAME));
+    let mut n2 = ClusterNode::new(&dir, "node-2", &flags, &[n1.cluster])
+        .extra_config(&cluster_ca.member_tls(&dir, "node-2", TLS_NAME));
+    n1.start();
+    n2.start();
+    let epoch = agreement(&[&n1, &n2], &["node-1", "node-2"], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("the TLS members did not agree:\n{}\n{}", n1.log(), n2.log()));
+    assert_eq!(members(&n1).await, ["node-1", "node-2"]);
+    assert_eq!(members(&n2).await, ["node-1", "node-2"]);
+
+    // Requests sent to the node that does not own the key are forwarded over the TLS sessions
+    // and answered by the owner (counted as forwarded by the sender and received by the owner,
+    // never as a local fallback).
+    let map = topology(&n1).await.unwrap();
+    let owner_of = |key: &str| {
+        let shard = bunting_keyspace::shard_of(key, map.shard_count);
+        map.nodes[map.shard_owner[shard as usize] as usize]
+            .id
+            .clone()
+    };
+    let mut sent = [0u64; 2];
+    for i in 0..20 {
+        let key = format!("user-{i}");
+        let owner = owner_of(&key);
+        let (via, index) = if owner == "node-1" {
+            (&n2, 1)
+        } else {
+            (&n1, 0)
+        };
+        let answer = resolve(via, &key).await;
+        assert_eq!(
+            answer.get_ref().value,
+            Some(true),
+            "{key} through {}",
+            via.id
+        );
+        assert_eq!(header(&answer, "bunting-owner"), Some(owner));
+        assert_eq!(header(&answer, "bunting-epoch"), Some(epoch.to_string()));
+        sent[index] += 1;
+    }
+    assert!(
+        sent.iter().all(|&n| n > 0),
+        "both directions carry forwards: {sent:?}"
+    );
+    for (node, other, count) in [(&n1, &n2, sent[0]), (&n2, &n1, sent[1])] {
+        let text = node.metrics_text();
+        assert_eq!(
+            metric(&text, "bunting_forwards_total{outcome=\"forwarded\"}"),
+            count,
+            "{} forwarded every request for the other's keys",
+            node.id
+        );
+        assert_eq!(
+            metric(&text, "bunting_forwards_total{outcome=\"fallback\"}"),
+            0,
+            "{} fell back to evaluating locally",
+            node.id
+        );
+        assert_eq!(
+            metric(&other.metrics_text(), "bunting_forwards_received_total"),
+            count,
+            "{} received every forward",
+            other.id
+        );
+    }
+
+    // The right cookie is not enough: a node without TLS, one whose certificate another CA
+    // signed, and one with the cluster CA's certificate for another name all seed to node-1 and
+    // are refused. The members' map and membership do not change, and nobody crashes.
+    let mut plain = ClusterNode::new(&dir, "plain", &flags, &[n1.cluster]);
+    let mut rogue = ClusterNode::new(&dir, "rogue", &flags, &[n1.cluster])
+        .extra_config(&rogue_ca.member_tls(&dir, "rogue", TLS_NAME));
+    let mut misnamed = ClusterNode::new(&dir, "misnamed", &flags, &[n1.cluster])
+        .extra_config(&cluster_ca.member_tls(&dir, "misnamed", "someone-else"));
+    plain.start();
+    rogue.start();
+    misnamed.start();
+    // Each outsider dials node-1 several times (redial backoff is capped at 1 s) in this while.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let still = agreement(&[&n1, &n2], &["node-1", "node-2"], Duration::from_secs(5)).await;
+    assert_eq!(
+        still,
+        Some(epoch),
+        "an outsider changed the map:\n{}\n{}",
+        status_text(&n1).await,
+        status_text(&n2).await
+    );
+    for node in [&n1, &n2] {
+        assert_eq!(
+            members(node).await,
+            ["node-1", "node-2"],
+            "an outsider was admitted:\n{}",
+            node.log()
+        );
+    }
+    for outsider in [&plain, &rogue, &misnamed] {
+        assert_eq!(
+            members(outsider).await,
+            std::slice::from_ref(&outsider.id),
+            "{} joined someone:\n{}",
+            outsider.id,
+            outsider.log()
+        );
+    }
+    // Refused for the reasons expected, not because nobody listened.
+    assert!(
+        n1.log().contains("TLS handshake failed"),
+        "node-1 refused no handshake:\n{}",
+        n1.log()
+    );
+    assert!(
+        rogue.log().contains("UnknownIssuer"),
+        "the rogue node did not see node-1's certificate refused:\n{}",
+        rogue.log()
+    );
+    assert!(
+        misnamed.log().contains("BadCertificate"),
+        "node-1 did not refuse the misnamed node's certificate:\n{}",
+        misnamed.log()
+    );
+    for node in [&mut n1, &mut n2, &mut plain, &mut rogue, &mut misnamed] {
+        assert!(node.is_running(), "{} exited:\n{}", node.id, node.log());
+    }
+    // The members still serve and forward to each other.
+    let key = (0..)
+        .map(|i| format!("late-{i}"))
+        .find(|k| owner_of(k) == "node-2")
+        .unwrap();
+    let answer = resolve(&n1, &key).await;
+    assert_eq!(answer.get_ref().value, Some(true));
+    assert_eq!(header(&answer, "bunting-owner").as_deref(), Some("node-2"));
+    assert_eq!(
+        metric(
+            &n1.metrics_text(),
+            "bunting_forwards_total{outcome=\"forwarded\"}"
+        ),
+        sent[0] + 1
+    );
 }
