@@ -217,6 +217,11 @@ pub enum ExperimentAction {
         /// total of EVENT's values); repeat for several metrics.
         #[arg(long = "metric", required = true, value_name = "NAME:EVENT:KIND")]
         metrics: Vec<String>,
+        /// ARM=WEIGHT: how the flag's targeting splits users among the arms, for the
+        /// sample-ratio check (a 90/10 ramp: `--split off=90 --split on=10`). Name every variant
+        /// (0 for one the experiment does not use) or none: without it the split is even.
+        #[arg(long = "split", value_name = "ARM=WEIGHT")]
+        split: Vec<String>,
         #[arg(long, default_value = "bunting-cli")]
         actor: String,
     },

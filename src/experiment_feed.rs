@@ -154,6 +154,7 @@ mod tests {
                 event: "buy".into(),
                 kind: MetricKind::Conversion,
             }],
+            split: Default::default(),
             state,
         }
     }

@@ -118,6 +118,7 @@ async fn set_up(node: &TestNode) {
                     metric("purchased", pb::MetricKind::Conversion),
                     metric("revenue", pb::MetricKind::Mean),
                 ],
+                traffic_split: Default::default(),
                 actor: "test".into(),
             })
             .await

@@ -147,6 +147,7 @@ fn create_request(id: &str) -> pb::CreateExperimentRequest {
             metric("purchased", "purchase", pb::MetricKind::Conversion),
             metric("revenue", "purchase", pb::MetricKind::Mean),
         ],
+        traffic_split: Default::default(),
         actor: "ada".into(),
     }
 }
@@ -284,8 +285,20 @@ async fn an_experiment_goes_from_draft_to_running_to_stopped() {
     assert!((stopped_at.seconds, stopped_at.nanos) >= (started_at.seconds, started_at.nanos));
     assert_eq!(get(&mut client, "checkout").await.unwrap(), stopped);
 
-    // A second experiment in another state, then the filters.
-    create(&mut client, create_request("later")).await.unwrap();
+    // A second experiment in another state, then the filters. It declares a 90/10 ramp with the
+    // third variant unused: stored and read back as given.
+    let mut ramp = create_request("later");
+    ramp.traffic_split = [("blue".into(), 90), ("green".into(), 10), ("red".into(), 0)].into();
+    let later = create(&mut client, ramp.clone()).await.unwrap();
+    assert_eq!(later.traffic_split, ramp.traffic_split);
+    assert_eq!(
+        get(&mut client, "later").await.unwrap().traffic_split,
+        ramp.traffic_split
+    );
+    assert!(
+        created.traffic_split.is_empty(),
+        "no split given: an even split"
+    );
     assert_eq!(
         ids(&list(&mut client, None, None).await),
         ["checkout", "later"]
@@ -455,6 +468,44 @@ async fn bad_input_is_refused_with_its_status_and_writes_nothing() {
             },
             Code::FailedPrecondition,
             "\"solo\"",
+        ),
+        (
+            "a split naming a variant the flag lacks",
+            |r| {
+                r.traffic_split = [
+                    ("blue".into(), 1),
+                    ("green".into(), 1),
+                    ("red".into(), 1),
+                    ("teal".into(), 1),
+                ]
+                .into();
+            },
+            Code::InvalidArgument,
+            "traffic_split[teal]",
+        ),
+        (
+            "a split leaving a variant out",
+            |r| r.traffic_split = [("blue".into(), 1), ("green".into(), 1)].into(),
+            Code::InvalidArgument,
+            "traffic_split[red]",
+        ),
+        (
+            "a split starving the control",
+            |r| {
+                r.traffic_split =
+                    [("blue".into(), 0), ("green".into(), 1), ("red".into(), 1)].into();
+            },
+            Code::InvalidArgument,
+            "traffic_split[blue]",
+        ),
+        (
+            "a split with only the control weighted",
+            |r| {
+                r.traffic_split =
+                    [("blue".into(), 9), ("green".into(), 0), ("red".into(), 0)].into();
+            },
+            Code::InvalidArgument,
+            "traffic_split",
         ),
         (
             "no metrics",

@@ -16,5 +16,6 @@ pub use catalog::RunningExperiments;
 pub use memory_store::MemoryEventStore;
 pub use model::{
     Experiment, ExperimentId, ExperimentState, Metric, MetricKind, MetricName, ModelError,
+    TrafficSplit,
 };
 pub use store::{EventStore, EventStoreError, ShardFlush};

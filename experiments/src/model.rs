@@ -1,7 +1,7 @@
 //! What an experiment is: a flag whose variants are the arms, a control arm, the metrics that
 //! judge it, and where it is in its life (draft → running → stopped, never back).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,33 @@ pub enum ModelError {
         experiment: ExperimentId,
         metric: MetricName,
     },
+    #[error(
+        "experiment {experiment}: the traffic split names {arm:?}, which is not one of the arms \
+         {arms:?}"
+    )]
+    SplitUnknownArm {
+        experiment: ExperimentId,
+        arm: String,
+        arms: Vec<String>,
+    },
+    #[error("experiment {experiment}: the traffic split gives no weight for arm {arm:?}")]
+    SplitMissingArm {
+        experiment: ExperimentId,
+        arm: String,
+    },
+    #[error(
+        "experiment {experiment}: the traffic split gives the control {control:?} weight 0; \
+         the control must receive traffic"
+    )]
+    SplitStarvesControl {
+        experiment: ExperimentId,
+        control: String,
+    },
+    #[error(
+        "experiment {0}: the traffic split must give weight to at least one arm besides the \
+         control"
+    )]
+    SplitNothingToCompare(ExperimentId),
     #[error("experiment {experiment} is {state}; it cannot {action}")]
     BadTransition {
         experiment: ExperimentId,
@@ -150,6 +177,21 @@ impl ExperimentState {
     }
 }
 
+/// The share of users each arm is meant to receive, as the flag's targeting splits them. It is
+/// what the sample-ratio check compares the observed users per arm with: a 90/10 ramp judged
+/// against an even split would raise a false alarm on every look.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficSplit {
+    /// Every arm alike (the default).
+    #[default]
+    Even,
+    /// A weight per arm, every arm named; an arm with weight 0 is meant to get no users (a
+    /// variant of the flag the experiment does not use). Integers, as flagd's `fractional`
+    /// weights are, so no weight is NaN, infinite or negative.
+    Weighted(BTreeMap<String, u32>),
+}
+
 /// An experiment on one flag: each of the flag's variants (as they were when the experiment was
 /// defined) is an arm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +203,9 @@ pub struct Experiment {
     pub arms: BTreeSet<String>,
     pub control: String,
     pub metrics: Vec<Metric>,
+    /// Experiments recorded before splits existed read as even.
+    #[serde(default)]
+    pub split: TrafficSplit,
     pub state: ExperimentState,
 }
 
@@ -212,8 +257,62 @@ impl Experiment {
             arms,
             control,
             metrics,
+            split: TrafficSplit::Even,
             state: ExperimentState::Draft,
         })
+    }
+
+    /// The draft with `weights` as its traffic split (see [`TrafficSplit`]), checked: one weight
+    /// for every arm and no other name, the control weighted, and at least one other arm
+    /// weighted. No weights at all means an even split.
+    pub fn with_split(mut self, weights: BTreeMap<String, u32>) -> Result<Experiment, ModelError> {
+        if weights.is_empty() {
+            self.split = TrafficSplit::Even;
+            return Ok(self);
+        }
+        if let Some(arm) = weights.keys().find(|arm| !self.arms.contains(*arm)) {
+            return Err(ModelError::SplitUnknownArm {
+                experiment: self.id,
+                arm: arm.clone(),
+                arms: self.arms.into_iter().collect(),
+            });
+        }
+        if let Some(arm) = self.arms.iter().find(|arm| !weights.contains_key(*arm)) {
+            return Err(ModelError::SplitMissingArm {
+                experiment: self.id.clone(),
+                arm: arm.clone(),
+            });
+        }
+        if weights.get(&self.control).copied().unwrap_or(0) == 0 {
+            return Err(ModelError::SplitStarvesControl {
+                experiment: self.id,
+                control: self.control,
+            });
+        }
+        if !weights
+            .iter()
+            .any(|(arm, &w)| w > 0 && *arm != self.control)
+        {
+            return Err(ModelError::SplitNothingToCompare(self.id));
+        }
+        self.split = TrafficSplit::Weighted(weights);
+        Ok(self)
+    }
+
+    /// Each arm's expected share of the users, in arm order; the shares sum to 1.
+    pub fn expected_shares(&self) -> Vec<(&str, f64)> {
+        let weight = |arm: &str| match &self.split {
+            TrafficSplit::Even => 1.0,
+            TrafficSplit::Weighted(weights) => f64::from(weights.get(arm).copied().unwrap_or(0)),
+        };
+        let total: f64 = self.arms.iter().map(|a| weight(a)).sum();
+        self.arms
+            .iter()
+            .map(|a| {
+                let share = if total > 0.0 { weight(a) / total } else { 0.0 };
+                (a.as_str(), share)
+            })
+            .collect()
     }
 
     /// Draft → running. Starting twice, or after a stop, is refused.
@@ -353,7 +452,55 @@ mod tests {
     }
 
     #[test]
+    fn a_traffic_split_is_checked_against_the_arms() {
+        let weights = |pairs: &[(&str, u32)]| -> BTreeMap<String, u32> {
+            pairs.iter().map(|(a, w)| ((*a).to_owned(), *w)).collect()
+        };
+        let ramp = experiment()
+            .with_split(weights(&[("blue", 90), ("green", 10)]))
+            .unwrap();
+        assert_eq!(ramp.expected_shares(), vec![("blue", 0.9), ("green", 0.1)]);
+        assert_eq!(
+            experiment().expected_shares(),
+            vec![("blue", 0.5), ("green", 0.5)]
+        );
+        assert_eq!(
+            experiment().with_split(BTreeMap::new()).unwrap().split,
+            TrafficSplit::Even
+        );
+        assert!(matches!(
+            experiment().with_split(weights(&[("blue", 1), ("green", 1), ("red", 1)])),
+            Err(ModelError::SplitUnknownArm { arm, .. }) if arm == "red"
+        ));
+        assert!(matches!(
+            experiment().with_split(weights(&[("blue", 1)])),
+            Err(ModelError::SplitMissingArm { arm, .. }) if arm == "green"
+        ));
+        assert!(matches!(
+            experiment().with_split(weights(&[("blue", 0), ("green", 1)])),
+            Err(ModelError::SplitStarvesControl { .. })
+        ));
+        assert!(matches!(
+            experiment().with_split(weights(&[("blue", 5), ("green", 0)])),
+            Err(ModelError::SplitNothingToCompare(_))
+        ));
+    }
+
+    #[test]
+    fn an_experiment_recorded_before_splits_reads_as_even() {
+        let mut json = serde_json::to_value(experiment()).unwrap();
+        json.as_object_mut().unwrap().remove("split");
+        let read: Experiment = serde_json::from_value(json).unwrap();
+        assert_eq!(read.split, TrafficSplit::Even);
+    }
+
+    #[test]
     fn an_experiment_round_trips_through_json() {
+        let weighted = experiment()
+            .with_split([("blue".to_owned(), 3), ("green".to_owned(), 1)].into())
+            .unwrap();
+        let json = serde_json::to_string(&weighted).unwrap();
+        assert_eq!(serde_json::from_str::<Experiment>(&json).unwrap(), weighted);
         let e = experiment();
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<Experiment>(&json).unwrap(), e);

@@ -2,6 +2,7 @@
 //! results printed for operators and product people (a table per metric) or, with `--json`, as
 //! JSON for scripts.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
@@ -60,12 +61,14 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                 set,
                 control,
                 metrics,
+                split,
                 actor,
             } => {
                 let metrics = metrics
                     .iter()
                     .map(|m| parse_metric(m))
                     .collect::<Result<Vec<_>, CliError>>()?;
+                let traffic_split = parse_split(&split)?;
                 let created = client
                     .create_experiment(pb::CreateExperimentRequest {
                         id,
@@ -73,6 +76,7 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                         flag_key: flag,
                         control_variant: control,
                         metrics,
+                        traffic_split,
                         actor,
                     })
                     .await
@@ -80,11 +84,12 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                     .into_inner();
                 let e = created.experiment.unwrap_or_default();
                 format!(
-                    "created experiment {} on {}/{} (draft), arms {}; start it with `bunting experiment start {}`\n",
+                    "created experiment {} on {}/{} (draft), arms {} ({}); start it with `bunting experiment start {}`\n",
                     e.id,
                     e.flag_set_id,
                     e.flag_key,
                     e.arms.join(", "),
+                    split_text(&e),
                     e.id
                 )
             }
@@ -149,6 +154,38 @@ fn parse_metric(text: &str) -> Result<pb::Metric, CliError> {
     })
 }
 
+/// `ARM=WEIGHT` arguments → the traffic split (the node checks it against the flag's variants).
+fn parse_split(args: &[String]) -> Result<HashMap<String, u32>, CliError> {
+    let mut split = HashMap::new();
+    for text in args {
+        let bad = |why: &str| CliError::Usage(format!("--split {text:?}: {why}"));
+        let (arm, weight) = text
+            .split_once('=')
+            .ok_or_else(|| bad("expected ARM=WEIGHT"))?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .map_err(|_| bad("WEIGHT must be a whole number from 0 to 4294967295"))?;
+        if split.insert(arm.trim().to_owned(), weight).is_some() {
+            return Err(bad("this arm is given twice"));
+        }
+    }
+    Ok(split)
+}
+
+/// "even split" or "split control 90 / treatment 10", in arm order.
+fn split_text(e: &pb::Experiment) -> String {
+    if e.traffic_split.is_empty() {
+        return "even split".to_owned();
+    }
+    let weights: Vec<String> = e
+        .arms
+        .iter()
+        .map(|arm| format!("{arm} {}", e.traffic_split.get(arm).copied().unwrap_or(0)))
+        .collect();
+    format!("split {}", weights.join(" / "))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tables
 // ---------------------------------------------------------------------------------------------
@@ -206,7 +243,12 @@ fn results_table(r: &pb::GetExperimentResultsResponse) -> String {
         Some(p) => format!("SRM p = {}", p_value(p)),
         None => "SRM p = - (no users)".to_owned(),
     };
-    let _ = writeln!(out, "users  {}  ({srm})", users.join("  "));
+    let _ = writeln!(
+        out,
+        "users  {}  ({srm} against the {})",
+        users.join("  "),
+        split_text(&experiment)
+    );
     if let Some(p) = r.srm_p_value.filter(|p| *p < SRM_ALARM) {
         let _ = writeln!(
             out,
@@ -697,7 +739,9 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("users  blue 1000  green 1001  (SRM p = 0.9700)"));
+        assert!(
+            text.contains("users  blue 1000  green 1001  (SRM p = 0.9700 against the even split)")
+        );
         assert!(!text.contains("WARNING"), "{text}");
         let row = |arm: &str, from: &str| {
             text[text.find(from).unwrap()..]
@@ -747,13 +791,50 @@ mod tests {
     #[test]
     fn a_sample_ratio_mismatch_gets_a_warning() {
         let text = results_table(&response(0.00002));
-        assert!(text.contains("(SRM p = <0.0001)"), "{text}");
+        assert!(
+            text.contains("(SRM p = <0.0001 against the even split)"),
+            "{text}"
+        );
         assert!(
             text.lines()
                 .any(|l| l.starts_with("WARNING: SAMPLE RATIO MISMATCH")),
             "{text}"
         );
         assert!(!results_table(&response(0.0011)).contains("WARNING"));
+    }
+
+    #[test]
+    fn a_declared_split_is_named_with_the_check() {
+        let mut r = response(0.5);
+        if let Some(e) = r.experiment.as_mut() {
+            e.arms = vec!["blue".into(), "green".into()];
+            e.traffic_split = [("blue".to_owned(), 90), ("green".to_owned(), 10)].into();
+        }
+        let text = results_table(&r);
+        assert!(
+            text.contains("(SRM p = 0.5000 against the split blue 90 / green 10)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn split_arguments_are_parsed_and_bad_ones_named() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_split(&args(&["off=90", "on = 10"])).unwrap(),
+            HashMap::from([("off".to_owned(), 90), ("on".to_owned(), 10)])
+        );
+        assert!(parse_split(&[]).unwrap().is_empty());
+        for (bad, why) in [
+            ("off", "expected ARM=WEIGHT"),
+            ("off=-1", "whole number"),
+            ("off=0.5", "whole number"),
+        ] {
+            let error = parse_split(&args(&[bad])).unwrap_err().to_string();
+            assert!(error.contains(bad) && error.contains(why), "{error}");
+        }
+        let twice = parse_split(&args(&["on=1", "on=2"])).unwrap_err();
+        assert!(twice.to_string().contains("twice"), "{twice}");
     }
 
     #[test]

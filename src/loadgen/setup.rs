@@ -188,6 +188,7 @@ async fn start_experiment(
                     metric("converted", pb::MetricKind::Conversion),
                     metric("value", pb::MetricKind::Mean),
                 ],
+                traffic_split: Default::default(),
                 actor: ACTOR.to_owned(),
             })
             .await,

@@ -5,6 +5,8 @@
 //!
 //! Pure: the caller gathers the totals (every shard owner's live counts) and the experiment.
 
+use std::collections::BTreeMap;
+
 use bunting_experiments::{ArmTotals, Experiment, ExperimentTotals, MetricKind, MetricTotals};
 use bunting_proto::bunting::v1 as pb;
 use bunting_stats::{
@@ -35,6 +37,31 @@ fn arm_order(experiment: &Experiment) -> Vec<&str> {
         .collect()
 }
 
+/// The sample-ratio check of the users per arm (`users[i]` in `arms[i]`) against the
+/// experiment's traffic split; `None` before anyone is exposed. An arm meant to get no users
+/// (weight 0) stays out of the chi-square, and if it got users anyway the split is broken for
+/// certain: p = 0.
+fn sample_ratio_p_value(experiment: &Experiment, arms: &[&str], users: &[u64]) -> Option<f64> {
+    if users.iter().sum::<u64>() == 0 {
+        return None;
+    }
+    let shares: BTreeMap<&str, f64> = experiment.expected_shares().into_iter().collect();
+    let (mut observed, mut weights) = (Vec::new(), Vec::new());
+    for (arm, &n) in arms.iter().zip(users) {
+        match shares.get(arm).copied().unwrap_or(0.0) {
+            share if share > 0.0 => {
+                observed.push(n);
+                weights.push(share);
+            }
+            _ if n > 0 => return Some(0.0),
+            _ => {}
+        }
+    }
+    sample_ratio_mismatch(&observed, &weights)
+        .ok()
+        .map(|check| check.p_value)
+}
+
 pub fn results(
     experiment: &Experiment,
     totals: &ExperimentTotals,
@@ -45,10 +72,7 @@ pub fn results(
     let empty = ArmTotals::default();
     let arm_totals = |arm: &str| totals.arms.get(arm).unwrap_or(&empty);
     let users: Vec<u64> = arms.iter().map(|a| arm_totals(a).exposed).collect();
-    let srm_p_value = (users.iter().sum::<u64>() > 0)
-        .then(|| sample_ratio_mismatch(&users, &vec![1.0; users.len()]).ok())
-        .flatten()
-        .map(|check| check.p_value);
+    let srm_p_value = sample_ratio_p_value(experiment, &arms, &users);
 
     // comparisons[t][m]: treatment arm t (index into arms[1..]) against control, metric m.
     let mut comparisons: Vec<Vec<MetricComparison>> = arms
@@ -224,12 +248,15 @@ mod tests {
     use super::*;
     use bunting_experiments::{ExperimentId, Metric, MetricName, UserExposure};
 
-    fn experiment() -> Experiment {
-        let metric = |name: &str, kind| Metric {
+    fn metric(name: &str, kind: MetricKind) -> Metric {
+        Metric {
             name: MetricName::new(name).unwrap(),
             event: "purchase".into(),
             kind,
-        };
+        }
+    }
+
+    fn experiment() -> Experiment {
         Experiment::draft(
             ExperimentId::new("e").unwrap(),
             "default",
@@ -298,6 +325,70 @@ mod tests {
         );
         let revenue = &r.metrics[1];
         assert!((revenue.arms[1].value.unwrap() - 1.5).abs() < 1e-12);
+    }
+
+    /// `users` exposed per arm, no conversions.
+    fn exposed(users: &[(&str, u64)]) -> ExperimentTotals {
+        let mut totals = ExperimentTotals::default();
+        for (arm, n) in users {
+            for _ in 0..*n {
+                totals.expose(arm);
+            }
+        }
+        totals
+    }
+
+    #[test]
+    fn the_sample_ratio_check_follows_the_traffic_split() {
+        let srm = |e: &Experiment, users: &[(&str, u64)]| {
+            results(e, &exposed(users), pb::Experiment::default())
+                .srm_p_value
+                .unwrap()
+        };
+        let ramp = experiment()
+            .with_split([("control".to_owned(), 9), ("treatment".to_owned(), 1)].into())
+            .unwrap();
+        let as_planned = [("control", 9_000), ("treatment", 1_000)];
+        assert!(srm(&ramp, &as_planned) > 0.99, "a 90/10 ramp at 90/10");
+        assert!(
+            srm(&experiment(), &as_planned) < 1e-6,
+            "the same users against an even split are a mismatch"
+        );
+        assert!(srm(&ramp, &[("control", 5_000), ("treatment", 5_000)]) < 1e-6);
+    }
+
+    #[test]
+    fn users_in_an_arm_meant_to_get_none_are_a_certain_mismatch() {
+        let three = Experiment::draft(
+            ExperimentId::new("e").unwrap(),
+            "default",
+            "f",
+            [
+                "control".to_owned(),
+                "treatment".to_owned(),
+                "unused".to_owned(),
+            ],
+            "control",
+            vec![metric("bought", MetricKind::Conversion)],
+        )
+        .unwrap()
+        .with_split(
+            [
+                ("control".to_owned(), 1),
+                ("treatment".to_owned(), 1),
+                ("unused".to_owned(), 0),
+            ]
+            .into(),
+        )
+        .unwrap();
+        let srm = |users: &[(&str, u64)]| {
+            results(&three, &exposed(users), pb::Experiment::default()).srm_p_value
+        };
+        assert!(srm(&[("control", 500), ("treatment", 500)]).unwrap() > 0.99);
+        assert_eq!(
+            srm(&[("control", 500), ("treatment", 500), ("unused", 1)]),
+            Some(0.0)
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bunting_experiments::{
-    Experiment, ExperimentId, ExperimentState, Metric, MetricKind, MetricName,
+    Experiment, ExperimentId, ExperimentState, Metric, MetricKind, MetricName, TrafficSplit,
 };
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::experiments_server::Experiments as ExperimentsRpc;
@@ -105,6 +105,7 @@ impl ExperimentsRpc for ExperimentsService {
             flag_key: req.flag_key,
             control: req.control_variant,
             metrics,
+            split: req.traffic_split.into_iter().collect(),
         };
         let record = store
             .create_experiment(new, &req.actor)
@@ -360,6 +361,7 @@ fn experiment(record: ExperimentRecord) -> pb::Experiment {
         arms,
         control,
         metrics,
+        split,
         state,
     } = experiment;
     let (state, started_at, stopped_at) = match state {
@@ -394,6 +396,10 @@ fn experiment(record: ExperimentRecord) -> pb::Experiment {
                 .into(),
             })
             .collect(),
+        traffic_split: match split {
+            TrafficSplit::Even => Default::default(),
+            TrafficSplit::Weighted(weights) => weights.into_iter().collect(),
+        },
         state: state.into(),
         started_at: started_at.map(millis_timestamp),
         stopped_at: stopped_at.map(millis_timestamp),

@@ -8,6 +8,7 @@
 
 mod postgres;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -29,6 +30,8 @@ pub struct NewExperiment {
     /// One of the flag's variant names.
     pub control: String,
     pub metrics: Vec<Metric>,
+    /// Arm → weight (see `bunting_experiments::TrafficSplit`); empty for an even split.
+    pub split: BTreeMap<String, u32>,
 }
 
 /// An experiment as stored.

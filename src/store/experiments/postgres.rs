@@ -1,4 +1,5 @@
-//! Experiments in the flag store's PostgreSQL database, on its pool (`migrations/0002_experiments.sql`).
+//! Experiments in the flag store's PostgreSQL database, on its pool (`migrations/0002_experiments.sql`,
+//! `0003_experiment_traffic_split.sql`).
 //!
 //! Every write is one transaction that checks before it writes and rolls back on drop, so a refused
 //! write leaves nothing behind. A transition locks the experiment's row (`FOR UPDATE`), so of two
@@ -7,8 +8,12 @@
 //! lock on its set (which every flag write locks for update first), so the variants checked are
 //! still the variants when the transaction commits.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
-use bunting_experiments::{Experiment, ExperimentId, ExperimentState, Metric, ModelError};
+use bunting_experiments::{
+    Experiment, ExperimentId, ExperimentState, Metric, ModelError, TrafficSplit,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -30,8 +35,8 @@ pub const EXPERIMENT_CHANNEL: &str = "bunting_experiment_changes";
 /// under the flag's lock).
 const ONE_RUNNING_PER_FLAG: &str = "experiments_one_running_per_flag";
 
-const COLUMNS: &str = "id, flag_set_id, flag_key, arms, control, metrics, state, started_at, \
-                       stopped_at, version, created_at, updated_at";
+const COLUMNS: &str = "id, flag_set_id, flag_key, arms, control, metrics, traffic_split, state, \
+                       started_at, stopped_at, version, created_at, updated_at";
 
 /// Experiments on the same pool, connection settings and migrations as the flag store it is made
 /// from.
@@ -83,11 +88,12 @@ impl PostgresExperimentStore {
             new.control.clone(),
             new.metrics.clone(),
         )
+        .and_then(|draft| draft.with_split(new.split.clone()))
         .map_err(|e| invalid(&new.metrics, e))?;
         let row: Option<ExperimentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO experiments (id, flag_set_id, flag_key, arms, control, metrics, state,
-                                      version)
-             VALUES ($1, $2, $3, $4, $5, $6, 'draft', 1)
+            "INSERT INTO experiments (id, flag_set_id, flag_key, arms, control, metrics,
+                                      traffic_split, state, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'draft', 1)
              ON CONFLICT (id) DO NOTHING
              RETURNING {COLUMNS}"
         )))
@@ -97,6 +103,10 @@ impl PostgresExperimentStore {
         .bind(experiment.arms.iter().cloned().collect::<Vec<String>>())
         .bind(&experiment.control)
         .bind(Json(&experiment.metrics))
+        .bind(match &experiment.split {
+            TrafficSplit::Even => None,
+            TrafficSplit::Weighted(weights) => Some(Json(weights)),
+        })
         .fetch_optional(&mut *tx)
         .await?;
         let record = row
@@ -433,6 +443,11 @@ fn invalid(metrics: &[Metric], error: ModelError) -> Failure {
         ModelError::EmptyEvent { metric, .. } => {
             format!("metrics[{}].event", position(metric, false))
         }
+        ModelError::SplitUnknownArm { arm, .. } | ModelError::SplitMissingArm { arm, .. } => {
+            format!("traffic_split[{arm}]")
+        }
+        ModelError::SplitStarvesControl { control, .. } => format!("traffic_split[{control}]"),
+        ModelError::SplitNothingToCompare(_) => "traffic_split".to_owned(),
         ModelError::BadName { .. }
         | ModelError::TooFewArms(_)
         | ModelError::BadTransition { .. } => "definition".to_owned(),
@@ -517,6 +532,7 @@ struct ExperimentRow {
     arms: Vec<String>,
     control: String,
     metrics: Json<Vec<Metric>>,
+    traffic_split: Option<Json<BTreeMap<String, u32>>>,
     state: String,
     started_at: Option<DateTime<Utc>>,
     stopped_at: Option<DateTime<Utc>>,
@@ -553,6 +569,7 @@ impl ExperimentRow {
             self.control,
             self.metrics.0,
         )
+        .and_then(|draft| draft.with_split(self.traffic_split.map(|s| s.0).unwrap_or_default()))
         .map_err(|e| bad(e.to_string()))?;
         experiment.state = state;
         Ok(ExperimentRecord {
