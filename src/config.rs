@@ -166,6 +166,21 @@ pub struct ScyllaConfig {
     /// Per call, milliseconds.
     #[serde(default = "default_scylla_timeout_ms")]
     pub timeout_ms: u64,
+    /// Consecutive failed calls (unreachable or timed out) that open the event store's circuit
+    /// breaker; while it is open, flushes fail at once instead of each waiting for `timeout_ms`.
+    #[serde(default = "default_scylla_failure_threshold")]
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before one probe call is let through.
+    #[serde(default = "default_scylla_open_for_ms")]
+    pub open_for_ms: u64,
+}
+
+fn default_scylla_failure_threshold() -> u32 {
+    3
+}
+
+fn default_scylla_open_for_ms() -> u64 {
+    2000
 }
 
 fn default_keyspace() -> String {
@@ -338,6 +353,13 @@ impl Config {
             .is_some_and(|s| s.known_nodes.is_empty())
         {
             return Err("scylla.known_nodes must name at least one node".to_owned());
+        }
+        if self
+            .scylla
+            .as_ref()
+            .is_some_and(|s| s.failure_threshold == 0)
+        {
+            return Err("scylla.failure_threshold must be at least 1".to_owned());
         }
         if let Some(cluster) = &self.cluster {
             if cluster.heartbeat_interval_ms == 0 || cluster.vnodes_per_node == 0 {

@@ -1,6 +1,7 @@
 //! The `bunting` node: everything the binary wires together (stores, services, server), kept in a
 //! library so integration tests drive the same code the binary runs.
 
+pub mod breaker;
 mod closing;
 pub mod config;
 pub mod experiment_feed;

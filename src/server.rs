@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::breaker::BreakerSettings;
 use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
 use crate::feed::{self, Feed};
 use crate::metrics_http;
@@ -33,6 +34,7 @@ use crate::service::{
 use crate::shared_tier::{self, SharedTierError};
 use crate::store::experiments::{ExperimentStore, PostgresExperimentStore};
 use crate::store::file::{FileOptions, FileSource, FileSourceError};
+use crate::store::guarded_events::GuardedEventStore;
 use crate::store::postgres::PostgresSettings;
 use crate::store::user_state_file::FileUserStates;
 use crate::store::{AdminStore, StoreError};
@@ -204,7 +206,15 @@ async fn shard_services(
         let mut settings = ScyllaSettings::new(scylla.known_nodes.clone(), scylla.keyspace.clone());
         settings.replication_factor = scylla.replication_factor;
         settings.timeout = Duration::from_millis(scylla.timeout_ms);
-        services.events = Arc::new(ScyllaStore::connect(&settings).await.map_err(events)?);
+        let store = Arc::new(ScyllaStore::connect(&settings).await.map_err(events)?);
+        services.events = Arc::new(GuardedEventStore::new(
+            store,
+            BreakerSettings {
+                failure_threshold: scylla.failure_threshold,
+                open_for: Duration::from_millis(scylla.open_for_ms),
+            },
+            scylla.known_nodes.first().cloned().unwrap_or_default(),
+        ));
     } else if let Some(dir) = &config.data_dir {
         services.events = Arc::new(EmbeddedStore::open(dir.join("events")).map_err(events)?);
     }

@@ -8,7 +8,6 @@
 //! in a bounded queue and are replayed in order when it answers again, and reads fail fast with
 //! [`SharedTierError::Unavailable`] while the breaker is open.
 
-mod breaker;
 mod queue;
 mod redis_tier;
 mod user_states;
@@ -22,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::config::SharedTierConfig;
 
-pub use breaker::BreakerState;
+pub use crate::breaker::BreakerState;
 pub use redis_tier::RedisTier;
 
 /// One flag set's snapshot as the tier holds it.

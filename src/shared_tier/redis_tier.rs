@@ -24,12 +24,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_stream::StreamExt;
 
-use super::breaker::{Breaker, BreakerSettings, BreakerState};
 use super::queue::{Write, WriteQueue};
 use super::{
     ChangeStream, SharedTier, SharedTierError, SnapshotWrite, TierChange, TierSnapshot,
     WriteOutcome,
 };
+use crate::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::config::RedisTierConfig;
 
 /// Stores the snapshot only if its version is newer than the stored one; returns -1 when it

@@ -10,6 +10,7 @@
 mod document;
 pub mod experiments;
 pub mod file;
+pub mod guarded_events;
 pub mod postgres;
 pub mod user_state_file;
 

@@ -59,6 +59,19 @@ pub enum EventStoreError {
     },
 }
 
+impl EventStoreError {
+    /// Whether the error says the store could not be reached or did not answer in time (what a
+    /// circuit breaker counts), as opposed to a refusal of this input or this data.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            EventStoreError::Unavailable(_)
+            | EventStoreError::Timeout(_)
+            | EventStoreError::Io { .. } => true,
+            EventStoreError::Corrupt { .. } | EventStoreError::Invalid(_) => false,
+        }
+    }
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
     /// Stores each flush unless the store already holds one with a larger or equal `seq` for the

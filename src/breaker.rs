@@ -1,12 +1,16 @@
-//! A circuit breaker: after `failure_threshold` failures in a row the tier is *open* and calls are
-//! refused without touching the network; after `open_for` one probe is let through (*half-open*),
-//! and its outcome closes the breaker or opens it again. A Redis that is down then costs the node
-//! nothing per request instead of a timeout per request.
+//! A circuit breaker: after `failure_threshold` failures in a row the dependency is *open* and
+//! calls are refused without touching the network; after `open_for` one probe is let through
+//! (*half-open*), and its outcome closes the breaker or opens it again. A dependency that is down
+//! then costs the node nothing per call instead of a timeout per call.
+//!
+//! One breaker guards one dependency: the shared tier (Redis) and the event store each have their
+//! own, named by [`Guarded`] in their metrics (`bunting_shared_tier_*`, `bunting_event_store_*`)
+//! and log lines.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The breaker's state; the number is what `bunting_shared_tier_breaker_state` shows.
+/// The breaker's state; the number is what the `*_breaker_state` gauge shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
@@ -20,6 +24,52 @@ impl BreakerState {
             BreakerState::Closed => 0.0,
             BreakerState::HalfOpen => 1.0,
             BreakerState::Open => 2.0,
+        }
+    }
+}
+
+/// What a breaker guards: the names of its metrics and what its log lines say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guarded {
+    /// In log lines: "shared tier", "event store".
+    pub what: &'static str,
+    /// `<prefix>_breaker_state`, `_calls_total`, `_rejections_total`, `_failures_total`.
+    pub metric_prefix: &'static str,
+    /// What the node does while the breaker is open, for the line that says it opened.
+    pub while_open: &'static str,
+}
+
+/// The Redis shared tier's breaker (src/shared_tier/redis_tier.rs).
+pub const SHARED_TIER: Guarded = Guarded {
+    what: "shared tier",
+    metric_prefix: "bunting_shared_tier",
+    while_open: "evaluation continues from memory",
+};
+
+/// The experiment event store's breaker (src/store/guarded_events.rs).
+pub const EVENT_STORE: Guarded = Guarded {
+    what: "event store",
+    metric_prefix: "bunting_event_store",
+    while_open: "shards keep their cumulative totals and write them once it answers again",
+};
+
+/// The metric names of one [`Guarded`], built once so a call only clones them.
+#[derive(Debug)]
+struct MetricNames {
+    state: String,
+    calls: String,
+    rejections: String,
+    failures: String,
+}
+
+impl MetricNames {
+    fn of(guarded: &Guarded) -> MetricNames {
+        let name = |suffix: &str| format!("{}_{suffix}", guarded.metric_prefix);
+        MetricNames {
+            state: name("breaker_state"),
+            calls: name("calls_total"),
+            rejections: name("rejections_total"),
+            failures: name("failures_total"),
         }
     }
 }
@@ -41,11 +91,13 @@ struct Inner {
     probing: bool,
 }
 
-/// The breaker of one tier. Its metrics carry the tier's `endpoint` label, so two tiers in one
-/// process (tests) are told apart.
+/// The breaker of one dependency. Its metrics carry the dependency's `endpoint` label, so two in
+/// one process (tests) are told apart.
 #[derive(Debug)]
 pub struct Breaker {
     settings: BreakerSettings,
+    guarded: Guarded,
+    names: MetricNames,
     endpoint: String,
     inner: Mutex<Inner>,
 }
@@ -81,9 +133,16 @@ impl Drop for Permit<'_> {
 }
 
 impl Breaker {
+    /// The shared tier's breaker.
     pub fn new(settings: BreakerSettings, endpoint: String) -> Breaker {
+        Breaker::guarding(SHARED_TIER, settings, endpoint)
+    }
+
+    pub fn guarding(guarded: Guarded, settings: BreakerSettings, endpoint: String) -> Breaker {
         let breaker = Breaker {
             settings,
+            names: MetricNames::of(&guarded),
+            guarded,
             endpoint,
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
@@ -116,14 +175,14 @@ impl Breaker {
         };
         drop(inner);
         if admitted {
-            metrics::counter!("bunting_shared_tier_calls_total", "endpoint" => self.endpoint.clone())
+            metrics::counter!(self.names.calls.clone(), "endpoint" => self.endpoint.clone())
                 .increment(1);
             Some(Permit {
                 breaker: self,
                 reported: false,
             })
         } else {
-            metrics::counter!("bunting_shared_tier_rejections_total", "endpoint" => self.endpoint.clone())
+            metrics::counter!(self.names.rejections.clone(), "endpoint" => self.endpoint.clone())
                 .increment(1);
             None
         }
@@ -135,13 +194,17 @@ impl Breaker {
         inner.probing = false;
         if inner.state != BreakerState::Closed {
             inner.state = BreakerState::Closed;
-            tracing::info!(endpoint = %self.endpoint, "shared tier reachable again; circuit breaker closed");
+            tracing::info!(
+                endpoint = %self.endpoint,
+                "{} reachable again; circuit breaker closed",
+                self.guarded.what
+            );
             self.publish(BreakerState::Closed);
         }
     }
 
     fn failed(&self) {
-        metrics::counter!("bunting_shared_tier_failures_total", "endpoint" => self.endpoint.clone())
+        metrics::counter!(self.names.failures.clone(), "endpoint" => self.endpoint.clone())
             .increment(1);
         let mut inner = self.lock();
         inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
@@ -155,7 +218,9 @@ impl Breaker {
                     endpoint = %self.endpoint,
                     failures = inner.consecutive_failures,
                     open_for = ?self.settings.open_for,
-                    "shared tier failing; circuit breaker open, evaluation continues from memory"
+                    "{} failing; circuit breaker open, {}",
+                    self.guarded.what,
+                    self.guarded.while_open
                 );
             }
             inner.state = BreakerState::Open;
@@ -169,7 +234,7 @@ impl Breaker {
     }
 
     fn publish(&self, state: BreakerState) {
-        metrics::gauge!("bunting_shared_tier_breaker_state", "endpoint" => self.endpoint.clone())
+        metrics::gauge!(self.names.state.clone(), "endpoint" => self.endpoint.clone())
             .set(state.gauge());
     }
 
