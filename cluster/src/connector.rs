@@ -257,6 +257,28 @@ impl Connector {
             .peer_name
             .as_ref()
             .map_or_else(|| "unnamed".to_string(), |n| n.name.clone());
+        // ractor_cluster ends a session whose peer has our own name ("connection to self"). At
+        // an address other than ours that is another process configured with this node's id:
+        // both would claim the same shards, each in its half of the cluster.
+        if !session.inbound
+            && peer_id(ses).as_ref() == Some(&self.config.me)
+            && session.peer_addr != Some(self.config.my_addr)
+        {
+            if self
+                .warned_refused
+                .insert(format!("twin {}", ses.peer_addr))
+            {
+                tracing::error!(
+                    node = %self.config.me,
+                    addr = %ses.peer_addr,
+                    "DUPLICATE NODE ID: the cluster peer at this address presents this node's own \
+                     id; two processes with one [cluster] node_id split the cluster and both own \
+                     the same shards. Give every node a unique node_id (if the address is this \
+                     node under another name, drop it from the seeds)"
+                );
+            }
+            return;
+        }
         let connected = peer_id(ses).is_some_and(|id| {
             self.sessions
                 .values()

@@ -278,6 +278,24 @@ async fn a_wrong_cookie_is_refused_and_logged_and_the_cluster_carries_on() {
     assert_eq!(alone.members.keys().collect::<Vec<_>>(), ["m"], "{alone:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_members_id_is_named_in_the_log() {
+    let mut a = Node::start("a", &[]).await;
+    let twin = Node::start("a", &[a.addr]).await;
+    eventually("the twin logs the duplicate id", PATIENCE, async || {
+        let log = twin.stderr();
+        if log.contains("DUPLICATE NODE ID") && log.contains(&a.addr.to_string()) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    // The first process carries on, alone.
+    let alone = a.status().await;
+    assert_eq!(alone.members.keys().collect::<Vec<_>>(), ["a"], "{alone:?}");
+}
+
 /// Opens a raw TCP connection to the cluster port, writes `bytes`, and waits for the node to
 /// close it.
 async fn closed_after_writing(addr: std::net::SocketAddr, bytes: &[u8]) {
