@@ -15,6 +15,7 @@ use bunting::config::{RedisTierConfig, SharedTierConfig};
 use bunting::shared_tier::{
     self, BreakerState, SharedTier, SharedTierError, SnapshotWrite, TierChange, WriteOutcome,
 };
+use bunting_experiments::{Experiment, ExperimentId, Metric, MetricKind, MetricName};
 use serde_json::json;
 
 mod common;
@@ -95,6 +96,25 @@ impl Deployment {
             Deployment::Cluster(c) => c.restart(),
         }
     }
+}
+
+/// A running experiment `id` on flag `id` of set `shop`.
+fn running(id: &str) -> Experiment {
+    let mut experiment = Experiment::draft(
+        ExperimentId::new(id).unwrap(),
+        "shop",
+        id,
+        ["a".to_owned(), "b".to_owned()],
+        "a",
+        vec![Metric {
+            name: MetricName::new("bought").unwrap(),
+            event: "purchase".into(),
+            kind: MetricKind::Conversion,
+        }],
+    )
+    .unwrap();
+    experiment.start(1_700_000_000_000).unwrap();
+    experiment
 }
 
 async fn next_change(changes: &mut shared_tier::ChangeStream) -> TierChange {
@@ -187,6 +207,37 @@ async fn corrupt_snapshots_are_typed_errors(cluster: bool) {
         .collect();
     assert_eq!(sets, ["good"]);
     // Redis answered each time: the breaker stays closed.
+    assert_eq!(tier.breaker_state(), BreakerState::Closed);
+}
+
+async fn running_experiments_round_trip(cluster: bool) {
+    let redis = Deployment::start(cluster, "tier-experiments");
+    let tier = redis.tier().await;
+    assert_eq!(tier.running_experiments().await.unwrap(), None);
+    let both = vec![running("a"), running("b")];
+    assert_eq!(
+        tier.put_running_experiments(&both).await.unwrap(),
+        WriteOutcome::Written
+    );
+    assert_eq!(tier.running_experiments().await.unwrap(), Some(both));
+    // Written whole: the next list replaces it, an empty one too (and is not "none written").
+    tier.put_running_experiments(&[running("c")]).await.unwrap();
+    assert_eq!(
+        tier.running_experiments().await.unwrap(),
+        Some(vec![running("c")])
+    );
+    tier.put_running_experiments(&[]).await.unwrap();
+    assert_eq!(tier.running_experiments().await.unwrap(), Some(vec![]));
+    // What no Bunting node writes, put there by hand: a typed error naming the key.
+    for garbage in ["{oops", "[{\"id\": \"no arms\"}]"] {
+        redis.cli(&["SET", "{bunting:experiments}:running", garbage]);
+        match tier.running_experiments().await {
+            Err(SharedTierError::Corrupt { key, .. }) => {
+                assert_eq!(key, "{bunting:experiments}:running");
+            }
+            other => panic!("{garbage}: expected Corrupt, got {other:?}"),
+        }
+    }
     assert_eq!(tier.breaker_state(), BreakerState::Closed);
 }
 
@@ -297,7 +348,13 @@ async fn breaker_opens_and_queued_writes_drain(cluster: bool) {
         tier.publish_change("s", 3).await.unwrap(),
         WriteOutcome::Queued
     );
-    assert_eq!(tier.queued_writes(), 4);
+    assert_eq!(
+        tier.put_running_experiments(&[running("queued")])
+            .await
+            .unwrap(),
+        WriteOutcome::Queued
+    );
+    assert_eq!(tier.queued_writes(), 5);
 
     redis.restart();
     wait_until("the queue to drain", PATIENCE, || async {
@@ -311,6 +368,10 @@ async fn breaker_opens_and_queued_writes_drain(cluster: bool) {
     assert_eq!(
         tier.load_user_states(1).await.unwrap(),
         [("u".to_owned(), b"state".to_vec())]
+    );
+    assert_eq!(
+        tier.running_experiments().await.unwrap(),
+        Some(vec![running("queued")])
     );
 }
 
@@ -372,6 +433,7 @@ macro_rules! suite {
 suite!(
     snapshot_cas_and_index,
     corrupt_snapshots_are_typed_errors,
+    running_experiments_round_trip,
     notifications_reach_subscribers,
     user_state_round_trip,
     breaker_opens_and_queued_writes_drain,

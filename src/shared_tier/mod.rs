@@ -1,7 +1,8 @@
 //! The shared tier: state every node of a deployment can reach, beside the flag store. It holds
 //! flag-set snapshots by version (a node that starts while PostgreSQL is down serves the newest
-//! snapshot from here), carries change notifications between nodes, and keeps the per-user state a
-//! shard's new owner needs after a move.
+//! snapshot from here) and the catalog of running experiments (which such a node counts exposures
+//! for), carries change notifications between nodes, and keeps the per-user state a shard's new
+//! owner needs after a move.
 //!
 //! The tier is optional (`[shared_tier] kind = "none"` by default) and never on the evaluation
 //! path: every call sits behind a circuit breaker with a timeout, writes made while it is down wait
@@ -17,6 +18,7 @@ pub use user_states::TierUserStates;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bunting_experiments::Experiment;
 use tokio::sync::mpsc;
 
 use crate::config::SharedTierConfig;
@@ -83,13 +85,19 @@ pub enum SharedTierError {
         source: ::redis::RedisError,
     },
     /// The tier answered with something no Bunting node writes.
-    #[error("shared tier key {key:?} holds a corrupt snapshot: {problem}")]
+    #[error("shared tier key {key:?} holds corrupt data: {problem}")]
     Corrupt { key: String, problem: String },
     /// A snapshot to be written is not valid JSON; nothing was written.
     #[error("snapshot of flag set {set:?} version {version} is not valid JSON: {source}")]
     InvalidSnapshot {
         set: String,
         version: u64,
+        source: serde_json::Error,
+    },
+    /// Something to be written could not be encoded; nothing was written.
+    #[error("cannot encode {what} for the shared tier: {source}")]
+    Encode {
+        what: &'static str,
         source: serde_json::Error,
     },
     #[error("shared tier config: {0}")]
@@ -104,6 +112,7 @@ impl SharedTierError {
             SharedTierError::Redis { source, .. } => redis_tier::transient(source),
             SharedTierError::Corrupt { .. }
             | SharedTierError::InvalidSnapshot { .. }
+            | SharedTierError::Encode { .. }
             | SharedTierError::Config(_) => false,
         }
     }
@@ -153,6 +162,18 @@ pub trait SharedTier: Send + Sync + std::fmt::Debug {
         shard: u32,
         user: &str,
     ) -> Result<WriteOutcome, SharedTierError>;
+
+    /// Replaces the catalog of running experiments, written whole: what a node that starts
+    /// without PostgreSQL counts exposures for. Nodes write the catalog they read from PostgreSQL;
+    /// the last write wins (each writer re-checks it periodically, so a late write of an older
+    /// catalog is repaired by the next check of a node that has the newer one).
+    async fn put_running_experiments(
+        &self,
+        experiments: &[Experiment],
+    ) -> Result<WriteOutcome, SharedTierError>;
+
+    /// The catalog of running experiments as last written; `None` if no node has written one.
+    async fn running_experiments(&self) -> Result<Option<Vec<Experiment>>, SharedTierError>;
 
     fn breaker_state(&self) -> BreakerState;
 

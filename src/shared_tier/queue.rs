@@ -27,6 +27,10 @@ pub enum Write {
         shard: u32,
         user: String,
     },
+    /// The JSON list of running experiments, replacing the stored one.
+    RunningExperiments {
+        json: String,
+    },
 }
 
 #[derive(Debug)]

@@ -7,6 +7,8 @@
 //! - `{P}:sets`: the index, a set of flag-set ids with a snapshot;
 //! - `{P:set:ID}:snapshot`: a hash `version`, `json`;
 //! - `{P:users:SHARD}:state`: a hash user → state bytes, one per key-space shard;
+//! - `{P:experiments}:running`: a string, the JSON list of running experiments
+//!   (`bunting_experiments::Experiment`), written whole by nodes that read them from PostgreSQL;
 //! - channel `P:changes`: `{"set": ID, "version": N}` per stored version. PUBLISH reaches every
 //!   node of a Redis Cluster, so the subscriber listens on any one of them.
 
@@ -16,6 +18,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bunting_experiments::Experiment;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -138,6 +141,10 @@ impl Keys {
 
     fn users(&self, shard: u32) -> String {
         format!("{{{}:users:{shard}}}:state", self.prefix)
+    }
+
+    fn running_experiments(&self) -> String {
+        format!("{{{}:experiments}}:running", self.prefix)
     }
 
     fn channel(&self) -> String {
@@ -416,6 +423,18 @@ impl Inner {
                 .await?;
                 Ok(Applied::Written)
             }
+            Write::RunningExperiments { json } => {
+                let key = self.keys.running_experiments();
+                self.call("put_running_experiments", |mut conn| async move {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(json)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await?;
+                Ok(Applied::Written)
+            }
         }
     }
 
@@ -598,6 +617,39 @@ impl SharedTier for RedisTier {
             user: user.to_owned(),
         };
         Ok(self.inner.write(write).await?.outcome())
+    }
+
+    async fn put_running_experiments(
+        &self,
+        experiments: &[Experiment],
+    ) -> Result<WriteOutcome, SharedTierError> {
+        let json =
+            serde_json::to_string(experiments).map_err(|source| SharedTierError::Encode {
+                what: "the running experiments",
+                source,
+            })?;
+        let write = Write::RunningExperiments { json };
+        Ok(self.inner.write(write).await?.outcome())
+    }
+
+    async fn running_experiments(&self) -> Result<Option<Vec<Experiment>>, SharedTierError> {
+        let key = self.inner.keys.running_experiments();
+        let json: Option<Vec<u8>> = self
+            .inner
+            .call("running_experiments", |mut conn| {
+                let key = key.clone();
+                async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await }
+            })
+            .await?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| SharedTierError::Corrupt {
+                key,
+                problem: format!("not a JSON list of experiments: {e}"),
+            })
     }
 
     fn breaker_state(&self) -> BreakerState {
