@@ -3,7 +3,8 @@
 //! With a shared tier beside a store, the feed also writes every snapshot it reads from the store
 //! to the tier (compare-and-set by version: the first node to write a version wins and announces
 //! it), follows the tier's notifications, and applies newer snapshots it finds there. A node that
-//! starts while PostgreSQL is unreachable serves the tier's snapshots until the store is back.
+//! starts while PostgreSQL is unreachable serves the tier's snapshots until the store is back
+//! (and its experiment store waits for the same connection: see `experiment_feed`).
 
 mod pending_store;
 
@@ -16,13 +17,14 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::shared_tier::{ChangeStream, SharedTier, SnapshotWrite, TierChange, TierSnapshot};
+use crate::store::experiments::{ExperimentStore, PostgresExperimentStore};
 use crate::store::file::{FileSource, FileWatch};
 use crate::store::{
     AdminStore, ChangeNotice, FlagSetSnapshot, PostgresSettings, PostgresStore, StoreError,
     Subscription,
 };
 
-pub use pending_store::PendingStore;
+pub use pending_store::{PendingExperimentStore, PendingStore};
 
 /// Where the catalog comes from once the node runs.
 #[derive(Debug)]
@@ -65,12 +67,15 @@ pub async fn store_catalog(
 }
 
 /// How a PostgreSQL node starts: its catalog, the store the feed and the admin API use, and the
-/// connected PostgreSQL store itself (`None` while it is unreachable).
+/// experiment store on the same database.
 #[derive(Debug)]
 pub struct StoreStart {
     pub catalog: Catalog,
     pub store: Arc<dyn AdminStore>,
-    pub postgres: Option<PostgresStore>,
+    pub experiments: Arc<dyn ExperimentStore>,
+    /// PostgreSQL was unreachable: the catalog is the shared tier's, and both stores are pending
+    /// ones that answer `Unavailable` until they connect.
+    pub pending: bool,
 }
 
 /// Connects to PostgreSQL and reads the initial catalog. If PostgreSQL cannot be reached and there
@@ -90,7 +95,8 @@ pub async fn start_store(
                     return Ok(StoreStart {
                         catalog,
                         store,
-                        postgres: Some(postgres),
+                        experiments: Arc::new(PostgresExperimentStore::new(&postgres)),
+                        pending: false,
                     });
                 }
                 Err(e) => e,
@@ -111,10 +117,12 @@ pub async fn start_store(
         sets = catalog.sets().count(),
         "serving flags from the shared tier"
     );
+    let pending = Arc::new(PendingStore::new(url.to_owned(), settings));
     Ok(StoreStart {
         catalog,
-        store: Arc::new(PendingStore::new(url.to_owned(), settings)),
-        postgres: None,
+        store: pending.clone(),
+        experiments: Arc::new(PendingExperimentStore::new(pending)),
+        pending: true,
     })
 }
 

@@ -23,6 +23,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::breaker::BreakerSettings;
 use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
+use crate::experiment_feed;
 use crate::feed::{self, Feed};
 use crate::metrics_http;
 use crate::routing::Routing;
@@ -32,7 +33,7 @@ use crate::service::{
     Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, TopologyService,
 };
 use crate::shared_tier::{self, SharedTierError};
-use crate::store::experiments::{ExperimentStore, PostgresExperimentStore};
+use crate::store::experiments::{ExperimentStore, ExperimentStoreError};
 use crate::store::file::{FileOptions, FileSource, FileSourceError};
 use crate::store::guarded_events::GuardedEventStore;
 use crate::store::postgres::PostgresSettings;
@@ -46,6 +47,9 @@ pub enum ServerError {
     FlagFile(#[from] FileSourceError),
     #[error("flag store: {0}")]
     Store(#[from] StoreError),
+    /// The running experiments could not be read at start-up from a PostgreSQL that answered.
+    #[error("experiment store: {0}")]
+    Experiments(#[from] ExperimentStoreError),
     #[error(transparent)]
     Node(#[from] NodeError),
     #[error(transparent)]
@@ -81,6 +85,10 @@ pub struct BoundServer {
     routing: Option<Routing>,
     /// The Experiments API's store: on the flag store's database, `None` for a file source.
     experiments: Option<Arc<dyn ExperimentStore>>,
+    /// Where the experiment follower starts: the store, or the shared tier when PostgreSQL was
+    /// unreachable at start-up.
+    experiments_start: experiment_feed::Start,
+    tier: Option<Arc<dyn shared_tier::SharedTier>>,
 }
 
 pub fn compile_options(config: &Config) -> CompileOptions {
@@ -99,6 +107,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     metrics_http::handle();
     let options = compile_options(&config);
     let mut experiments: Option<Arc<dyn ExperimentStore>> = None;
+    let mut experiments_start = experiment_feed::Start::Store;
     // Lazy: an unreachable Redis does not stop the node; a config that cannot work does.
     let tier = shared_tier::connect(&config.shared_tier).await?;
     let services = shard_services(&config, tier.clone()).await?;
@@ -132,11 +141,13 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
                 ..PostgresSettings::default()
             };
             let start = feed::start_store(url, settings, tier.as_ref()).await?;
-            // Experiments need PostgreSQL itself: none on a node that started without it.
-            experiments = start
-                .postgres
-                .as_ref()
-                .map(|postgres| Arc::new(PostgresExperimentStore::new(postgres)) as _);
+            // Without PostgreSQL the experiment store is a pending one (the Experiments API
+            // answers UNAVAILABLE until it connects) and the running experiments come from the
+            // shared tier meanwhile.
+            experiments = Some(start.experiments);
+            if start.pending {
+                experiments_start = experiment_feed::Start::SharedTier;
+            }
             let (catalog, store) = (start.catalog, start.store);
             tracing::info!(sets = catalog.sets().count(), "flag sets at start-up");
             (
@@ -145,7 +156,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
                     store: store.clone(),
                     options,
                     version_check: *version_check,
-                    tier,
+                    tier: tier.clone(),
                 },
                 Some(store),
             )
@@ -190,6 +201,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         store: admin_store,
         routing,
         experiments,
+        experiments_start,
+        tier,
     })
 }
 
@@ -300,9 +313,16 @@ impl BoundServer {
         let feed_task = tokio::spawn(feed::run(self.feed, self.node.clone(), closing.clone()));
         let metrics_task = tokio::spawn(metrics_http::serve(self.metrics, closing.clone()));
         let experiments_task = match &self.experiments {
-            Some(store) => {
-                Some(follow_experiments(store.clone(), self.node.clone(), closing.clone()).await?)
-            }
+            Some(store) => Some(
+                follow_experiments(
+                    store.clone(),
+                    self.tier.clone(),
+                    self.experiments_start,
+                    self.node.clone(),
+                    closing.clone(),
+                )
+                .await?,
+            ),
             None => None,
         };
         let ownership_task = self.routing.clone().map(|routing| {
@@ -393,12 +413,12 @@ impl BoundServer {
 /// Installs the running experiments in the actor tree now, then on every change until `closing`.
 async fn follow_experiments(
     store: Arc<dyn ExperimentStore>,
+    tier: Option<Arc<dyn shared_tier::SharedTier>>,
+    start: experiment_feed::Start,
     node: Arc<Node>,
     closing: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
-    let feed = crate::experiment_feed::follow(store, EXPERIMENT_CHECK, closing)
-        .await
-        .map_err(|e| ServerError::Config(format!("experiments: {e}")))?;
+    let feed = experiment_feed::follow(store, tier, start, EXPERIMENT_CHECK, closing).await?;
     let mut catalog = feed.catalog;
     let first = catalog.borrow_and_update().clone();
     node.install_experiments(first).await?;

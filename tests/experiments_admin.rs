@@ -774,9 +774,15 @@ async fn the_feed_follows_starts_and_stops() {
     start(&mut client, "early").await.unwrap();
 
     let (closing_tx, closing) = watch::channel(false);
-    let feed = experiment_feed::follow(store(&db).await, NO_VERSION_CHECK, closing)
-        .await
-        .unwrap();
+    let feed = experiment_feed::follow(
+        store(&db).await,
+        None,
+        experiment_feed::Start::Store,
+        NO_VERSION_CHECK,
+        closing,
+    )
+    .await
+    .unwrap();
     let mut catalog = feed.catalog.clone();
     let first = catalog.borrow().clone();
     assert_eq!(first.len(), 1);

@@ -3,14 +3,23 @@
 //! first retries the connection, at most once per [`RETRY_EVERY`], and answers `Unavailable`
 //! until it succeeds. From then on it is the store itself, so the feed catches up by version and
 //! the admin API works without a restart.
+//!
+//! [`PendingExperimentStore`] is the experiment store of such a node: it waits for the same
+//! connection (one pool, one set of retries for both) and then is the `PostgresExperimentStore`
+//! on it, so the experiment feed and the Experiments API also work without a restart.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bunting_experiments::ExperimentId;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::store::experiments::{
+    ExperimentAuditEntry, ExperimentFilter, ExperimentRecord, ExperimentStore,
+    ExperimentStoreError, ExperimentSubscription, NewExperiment, PostgresExperimentStore,
+};
 use crate::store::{
     AdminStore, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord, FlagSetSnapshot,
     PostgresSettings, PostgresStore, StoreError, Subscription,
@@ -37,7 +46,9 @@ impl PendingStore {
         }
     }
 
-    async fn store(&self) -> Result<Arc<PostgresStore>, StoreError> {
+    /// The connected store: at once once connected, else after one connection attempt if none
+    /// was made in the last [`RETRY_EVERY`]; `Unavailable`, naming PostgreSQL, until one succeeds.
+    pub async fn connected(&self) -> Result<Arc<PostgresStore>, StoreError> {
         if let Some(store) = self.store.get() {
             return Ok(store.clone());
         }
@@ -51,11 +62,52 @@ impl PendingStore {
             });
         }
         *last = Some(Instant::now());
-        let store = Arc::new(connect(self.url.clone(), self.settings.clone()).await?);
+        let store = match connect(self.url.clone(), self.settings.clone()).await {
+            Ok(store) => Arc::new(store),
+            // Say which database: callers (the Experiments API among them) report this as it is,
+            // and a bare "connection refused" would not tell an operator what is down.
+            Err(StoreError::Unavailable { source }) => {
+                return Err(StoreError::Unavailable {
+                    source: format!(
+                        "PostgreSQL was unreachable at start-up and still is: {source}"
+                    )
+                    .into(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         tracing::warn!("PostgreSQL is reachable again; catching up from it");
         // Only this call, under the lock, sets it.
         let _ = self.store.set(store.clone());
         Ok(store)
+    }
+}
+
+/// The experiment store of a node whose PostgreSQL was unreachable at start-up: `Unavailable`
+/// until the [`PendingStore`] it shares connects, then the PostgreSQL experiment store on that
+/// connection's pool.
+#[derive(Debug)]
+pub struct PendingExperimentStore {
+    flags: Arc<PendingStore>,
+    store: OnceLock<PostgresExperimentStore>,
+}
+
+impl PendingExperimentStore {
+    pub fn new(flags: Arc<PendingStore>) -> PendingExperimentStore {
+        PendingExperimentStore {
+            flags,
+            store: OnceLock::new(),
+        }
+    }
+
+    async fn store(&self) -> Result<&PostgresExperimentStore, StoreError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let postgres = self.flags.connected().await?;
+        Ok(self
+            .store
+            .get_or_init(|| PostgresExperimentStore::new(&postgres)))
     }
 }
 
@@ -82,7 +134,10 @@ impl AdminStore for PendingStore {
         fields: FlagSetFields,
         actor: &str,
     ) -> Result<FlagSetRecord, StoreError> {
-        self.store().await?.create_flag_set(id, fields, actor).await
+        self.connected()
+            .await?
+            .create_flag_set(id, fields, actor)
+            .await
     }
 
     async fn update_flag_set(
@@ -92,7 +147,7 @@ impl AdminStore for PendingStore {
         expected_version: i64,
         actor: &str,
     ) -> Result<FlagSetRecord, StoreError> {
-        self.store()
+        self.connected()
             .await?
             .update_flag_set(id, fields, expected_version, actor)
             .await
@@ -104,18 +159,18 @@ impl AdminStore for PendingStore {
         expected_version: i64,
         actor: &str,
     ) -> Result<i64, StoreError> {
-        self.store()
+        self.connected()
             .await?
             .delete_flag_set(id, expected_version, actor)
             .await
     }
 
     async fn get_flag_set(&self, id: &str) -> Result<FlagSetRecord, StoreError> {
-        self.store().await?.get_flag_set(id).await
+        self.connected().await?.get_flag_set(id).await
     }
 
     async fn list_flag_sets(&self) -> Result<Vec<FlagSetRecord>, StoreError> {
-        self.store().await?.list_flag_sets().await
+        self.connected().await?.list_flag_sets().await
     }
 
     async fn create_flag(
@@ -126,7 +181,7 @@ impl AdminStore for PendingStore {
         expected_flag_set_version: Option<i64>,
         actor: &str,
     ) -> Result<FlagRecord, StoreError> {
-        self.store()
+        self.connected()
             .await?
             .create_flag(flag_set, key, definition, expected_flag_set_version, actor)
             .await
@@ -140,7 +195,7 @@ impl AdminStore for PendingStore {
         expected_version: i64,
         actor: &str,
     ) -> Result<FlagRecord, StoreError> {
-        self.store()
+        self.connected()
             .await?
             .update_flag(flag_set, key, definition, expected_version, actor)
             .await
@@ -153,18 +208,18 @@ impl AdminStore for PendingStore {
         expected_version: i64,
         actor: &str,
     ) -> Result<i64, StoreError> {
-        self.store()
+        self.connected()
             .await?
             .delete_flag(flag_set, key, expected_version, actor)
             .await
     }
 
     async fn get_flag(&self, flag_set: &str, key: &str) -> Result<FlagRecord, StoreError> {
-        self.store().await?.get_flag(flag_set, key).await
+        self.connected().await?.get_flag(flag_set, key).await
     }
 
     async fn list_flags(&self, flag_set: &str) -> Result<FlagList, StoreError> {
-        self.store().await?.list_flags(flag_set).await
+        self.connected().await?.list_flags(flag_set).await
     }
 
     async fn list_audit(
@@ -174,21 +229,73 @@ impl AdminStore for PendingStore {
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.store()
+        self.connected()
             .await?
             .list_audit(flag_set, flag_key, before_id, limit)
             .await
     }
 
     async fn snapshot(&self, flag_set: &str) -> Result<FlagSetSnapshot, StoreError> {
-        self.store().await?.snapshot(flag_set).await
+        self.connected().await?.snapshot(flag_set).await
     }
 
     async fn snapshots(&self) -> Result<Vec<FlagSetSnapshot>, StoreError> {
-        self.store().await?.snapshots().await
+        self.connected().await?.snapshots().await
     }
 
     async fn subscribe(&self) -> Result<Subscription, StoreError> {
+        self.connected().await?.subscribe().await
+    }
+}
+
+#[async_trait]
+impl ExperimentStore for PendingExperimentStore {
+    async fn create_experiment(
+        &self,
+        new: NewExperiment,
+        actor: &str,
+    ) -> Result<ExperimentRecord, ExperimentStoreError> {
+        self.store().await?.create_experiment(new, actor).await
+    }
+
+    async fn start_experiment(
+        &self,
+        id: &ExperimentId,
+        actor: &str,
+    ) -> Result<ExperimentRecord, ExperimentStoreError> {
+        self.store().await?.start_experiment(id, actor).await
+    }
+
+    async fn stop_experiment(
+        &self,
+        id: &ExperimentId,
+        actor: &str,
+    ) -> Result<ExperimentRecord, ExperimentStoreError> {
+        self.store().await?.stop_experiment(id, actor).await
+    }
+
+    async fn get_experiment(
+        &self,
+        id: &ExperimentId,
+    ) -> Result<ExperimentRecord, ExperimentStoreError> {
+        self.store().await?.get_experiment(id).await
+    }
+
+    async fn list_experiments(
+        &self,
+        filter: &ExperimentFilter,
+    ) -> Result<Vec<ExperimentRecord>, ExperimentStoreError> {
+        self.store().await?.list_experiments(filter).await
+    }
+
+    async fn experiment_audit(
+        &self,
+        id: &ExperimentId,
+    ) -> Result<Vec<ExperimentAuditEntry>, ExperimentStoreError> {
+        self.store().await?.experiment_audit(id).await
+    }
+
+    async fn subscribe(&self) -> Result<ExperimentSubscription, ExperimentStoreError> {
         self.store().await?.subscribe().await
     }
 }

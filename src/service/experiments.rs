@@ -43,7 +43,10 @@ pub struct ExperimentsService {
 
 impl ExperimentsService {
     /// `store` is `None` when `flags` names a source without a database (a file); then every RPC
-    /// is refused with FAILED_PRECONDITION naming that source, as the Admin API does.
+    /// is refused with FAILED_PRECONDITION naming that source, as the Admin API does. A PostgreSQL
+    /// node always has a store: while PostgreSQL is unreachable it is a pending one, whose
+    /// `Unavailable` (naming PostgreSQL) every RPC that needs it answers as UNAVAILABLE; `Track`
+    /// needs only the shards and works meanwhile.
     pub fn new(
         store: Option<Arc<dyn ExperimentStore>>,
         flags: &FlagSourceConfig,
@@ -56,6 +59,7 @@ impl ExperimentsService {
                  a node with [flags] source = \"postgres\"",
                 path.display()
             ),
+            // Not reached by `server::bind`, which always gives a PostgreSQL node a store.
             FlagSourceConfig::Postgres { .. } => {
                 "this node's experiment store is not available".to_owned()
             }
