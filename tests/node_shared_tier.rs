@@ -1,26 +1,31 @@
 //! Whole nodes (`bunting::server::bind`, in-process, free ports) with PostgreSQL
 //! (`tests/common/postgres.rs`) and a shared tier on real Redis started by the test: a standalone
 //! server or a 3-master Redis Cluster (`tests/common/redis.rs`; `scripts/redis-up` installs it).
+//! PostgreSQL comes back for a node that started without it through a loopback TCP proxy the test
+//! starts, late, on the port the node was given.
 //!
 //! Changes travel asynchronously; tests wait with a generous deadline and never assert speed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use bunting::config::{Config, FlagSourceConfig, RedisTierConfig, SharedTierConfig};
 use bunting::shared_tier::{self, SharedTier};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
+use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use bunting_proto::flagd::evaluation::v2;
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tonic::Code;
 use tonic::transport::Channel;
 
 mod common;
 
 use common::in_process::TestNode;
-use common::wait_until;
+use common::{eventually, wait_until};
 
 use common::postgres::TestDb;
 use common::redis::{RedisCluster, RedisServer};
@@ -33,6 +38,10 @@ const NO_VERSION_CHECK: Duration = Duration::from_secs(3600);
 impl TestNode {
     async fn flagd(&self) -> v2::service_client::ServiceClient<Channel> {
         v2::service_client::ServiceClient::new(self.channel().await)
+    }
+
+    async fn experiments(&self) -> ExperimentsClient<Channel> {
+        ExperimentsClient::new(self.channel().await)
     }
 }
 
@@ -264,4 +273,319 @@ async fn a_node_keeps_evaluating_while_redis_is_down() {
     .await;
     serves(&node, "blue", "evaluation after redis came back").await;
     node.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Experiments on a node that starts without PostgreSQL
+// ---------------------------------------------------------------------------------------------
+
+/// Flag set `default` with `button` (blue, red; everyone gets blue) and `banner` (on, off;
+/// everyone gets off).
+async fn shop(admin: &mut AdminClient<Channel>) {
+    admin
+        .create_flag_set(pb::CreateFlagSetRequest {
+            id: "default".into(),
+            metadata: None,
+            evaluators: None,
+            actor: "ada".into(),
+        })
+        .await
+        .unwrap();
+    let flags = [
+        (
+            "button",
+            json!({"state": "ENABLED", "variants": {"blue": "#00f", "red": "#f00"},
+                   "defaultVariant": "blue"}),
+        ),
+        (
+            "banner",
+            json!({"state": "ENABLED", "variants": {"on": "on", "off": "off"},
+                   "defaultVariant": "off"}),
+        ),
+    ];
+    for (key, definition) in flags {
+        admin
+            .create_flag(pb::CreateFlagRequest {
+                flag_set_id: "default".into(),
+                key: key.into(),
+                definition: definition.to_string(),
+                expected_flag_set_version: 0,
+                actor: "ada".into(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Creates and starts experiment `id` on `flag`, with a conversion metric on `purchase`.
+async fn run_experiment(
+    client: &mut ExperimentsClient<Channel>,
+    id: &str,
+    flag: &str,
+    control: &str,
+) {
+    client
+        .create_experiment(pb::CreateExperimentRequest {
+            id: id.into(),
+            flag_set_id: "default".into(),
+            flag_key: flag.into(),
+            control_variant: control.into(),
+            metrics: vec![pb::Metric {
+                name: "purchased".into(),
+                event: "purchase".into(),
+                kind: pb::MetricKind::Conversion.into(),
+            }],
+            traffic_split: Default::default(),
+            actor: "ada".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .start_experiment(pb::StartExperimentRequest {
+            id: id.into(),
+            actor: "ada".into(),
+        })
+        .await
+        .unwrap();
+}
+
+/// The ids of the running experiments the tier holds; `None` if it holds none or cannot say.
+async fn tier_experiments(tier: &dyn SharedTier) -> Option<Vec<String>> {
+    let held = tier.running_experiments().await.ok()??;
+    Some(held.into_iter().map(|e| e.id.to_string()).collect())
+}
+
+/// Evaluates `flag` for `user` on the node (exposing the user if an experiment runs on it there),
+/// then tracks a purchase: the experiments it counted toward. A user is counted only after an
+/// exposure that node's shards recorded, so this shows what the node itself counts.
+async fn expose_and_track(node: &TestNode, flag: &str, user: &str) -> Vec<String> {
+    node.flagd()
+        .await
+        .resolve_string(v2::ResolveStringRequest {
+            flag_key: flag.into(),
+            context: Some(
+                bunting_proto::json::json_to_struct(
+                    json!({"targetingKey": user}).as_object().unwrap(),
+                )
+                .unwrap(),
+            ),
+        })
+        .await
+        .unwrap();
+    node.experiments()
+        .await
+        .track(pb::TrackRequest {
+            targeting_key: user.into(),
+            event: "purchase".into(),
+            value: 1.0,
+            flag_set_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .counted
+}
+
+/// A port nothing listens on yet, and a loopback proxy to PostgreSQL started on it on demand: the
+/// database "comes back" for a node that was given this port.
+struct LatePostgres {
+    port: u16,
+    upstream: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl LatePostgres {
+    async fn new(db: &TestDb) -> LatePostgres {
+        let upstream = tokio::net::lookup_host((db.server.get_host(), db.server.get_port()))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        LatePostgres {
+            port: common::spare_port(0),
+            upstream,
+            accept: None,
+        }
+    }
+
+    fn url(&self, db: &TestDb) -> String {
+        format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            db.server.get_username(),
+            self.port,
+            db.name
+        )
+    }
+
+    async fn start(&mut self) {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, self.port))
+            .await
+            .unwrap();
+        let upstream = self.upstream;
+        self.accept = Some(tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for LatePostgres {
+    fn drop(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+    }
+}
+
+/// A node that starts while PostgreSQL is unreachable counts exposures for the running experiments
+/// the shared tier holds, follows new ones through the tier, answers UNAVAILABLE on the
+/// Experiments API meanwhile, and once PostgreSQL is back serves the API and follows experiments
+/// from it without a restart.
+async fn a_node_without_postgres_runs_the_shared_experiments(cluster: bool) {
+    let db = TestDb::create().await;
+    let redis = Redis::start(cluster, "node-tier-experiments");
+    let tier = redis.tier().await;
+
+    let writer = TestNode::start(node_config(db.url.clone(), &redis)).await;
+    shop(&mut AdminClient::new(writer.channel().await)).await;
+    let mut writer_experiments = writer.experiments().await;
+    run_experiment(&mut writer_experiments, "checkout", "button", "blue").await;
+    wait_until("the running experiment in redis", PATIENCE, || async {
+        tier_experiments(tier.as_ref()).await == Some(vec!["checkout".to_owned()])
+    })
+    .await;
+
+    let mut postgres = LatePostgres::new(&db).await;
+    let cut_off = TestNode::start(node_config(postgres.url(&db), &redis)).await;
+
+    // Its shards count an exposure to the experiment it learnt from the tier: a purchase after an
+    // evaluation counts toward it. (Evaluations before the node's flags and shards are ready
+    // expose nobody, so each attempt takes a new user.)
+    let mut attempt = 0;
+    let exposed = eventually(
+        "a user exposed to checkout on the cut-off node",
+        PATIENCE,
+        || {
+            attempt += 1;
+            let user = format!("offline-{attempt}");
+            let node = &cut_off;
+            async move {
+                (expose_and_track(node, "button", &user).await == ["checkout"]).then_some(user)
+            }
+        },
+    )
+    .await;
+    // The exposure is the cut-off node's own record, written through to the tier.
+    let shard = bunting_keyspace::shard_of(&exposed, 4);
+    let states = tier.load_user_states(shard).await.unwrap();
+    assert!(
+        states.iter().any(|(user, _)| *user == exposed),
+        "{exposed} not in shard {shard}'s user states"
+    );
+
+    // Its Experiments API needs PostgreSQL, and says so.
+    let mut experiments = cut_off.experiments().await;
+    for refused in [
+        experiments
+            .get_experiment(pb::GetExperimentRequest {
+                id: "checkout".into(),
+            })
+            .await
+            .unwrap_err(),
+        experiments
+            .list_experiments(pb::ListExperimentsRequest::default())
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("PostgreSQL"), "{refused:?}");
+    }
+
+    // An experiment started meanwhile elsewhere reaches it through the tier (its periodic check).
+    run_experiment(&mut writer_experiments, "promo", "banner", "off").await;
+    let mut attempt = 0;
+    eventually("promo counted on the cut-off node", PATIENCE, || {
+        attempt += 1;
+        let user = format!("promo-{attempt}");
+        let node = &cut_off;
+        async move {
+            expose_and_track(node, "banner", &user)
+                .await
+                .contains(&"promo".to_owned())
+                .then_some(())
+        }
+    })
+    .await;
+
+    // PostgreSQL comes back: the API answers, without a restart, with what the node counted.
+    postgres.start().await;
+    let results = eventually("the experiment results from PostgreSQL", PATIENCE, || {
+        let mut experiments = experiments.clone();
+        async move {
+            experiments
+                .get_experiment_results(pb::GetExperimentResultsRequest {
+                    id: "checkout".into(),
+                })
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        }
+    })
+    .await;
+    let users: Vec<(String, u64)> = results
+        .users
+        .iter()
+        .map(|a| (a.arm.clone(), a.users))
+        .collect();
+    assert_eq!(
+        users,
+        [("blue".to_owned(), 1), ("red".to_owned(), 0)],
+        "the one user exposed on the cut-off node, counted by it"
+    );
+
+    // And it follows PostgreSQL again: promo stopped (through its own API) stops counting there.
+    experiments
+        .stop_experiment(pb::StopExperimentRequest {
+            id: "promo".into(),
+            actor: "bob".into(),
+        })
+        .await
+        .unwrap();
+    let mut attempt = 0;
+    eventually("promo no longer counted after its stop", PATIENCE, || {
+        attempt += 1;
+        let user = format!("after-{attempt}");
+        let node = &cut_off;
+        async move {
+            expose_and_track(node, "banner", &user)
+                .await
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    wait_until("the tier's catalog without promo", PATIENCE, || async {
+        tier_experiments(tier.as_ref()).await == Some(vec!["checkout".to_owned()])
+    })
+    .await;
+
+    drop((experiments, writer_experiments));
+    cut_off.stop().await;
+    writer.stop().await;
+    drop(postgres);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_redis_a_node_without_postgres_runs_the_shared_experiments() {
+    a_node_without_postgres_runs_the_shared_experiments(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_a_node_without_postgres_runs_the_shared_experiments() {
+    a_node_without_postgres_runs_the_shared_experiments(true).await;
 }
