@@ -16,7 +16,9 @@ use bunting_engine::CompileOptions;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::shared_tier::{ChangeStream, SharedTier, SnapshotWrite, TierChange, TierSnapshot};
+use crate::shared_tier::{
+    ChangeStream, SharedTier, SnapshotWrite, TierChange, TierContent, TierSnapshot,
+};
 use crate::store::experiments::{ExperimentStore, PostgresExperimentStore};
 use crate::store::file::{FileSource, FileWatch};
 use crate::store::{
@@ -137,7 +139,7 @@ async fn tier_catalog(tier: &dyn SharedTier, options: &CompileOptions) -> Catalo
         }
     };
     for snapshot in &snapshots {
-        match tier_put(snapshot, options) {
+        match tier_update(snapshot, options) {
             Ok(update) => {
                 if let Some(next) = catalog.apply(&update) {
                     catalog = next;
@@ -151,7 +153,19 @@ async fn tier_catalog(tier: &dyn SharedTier, options: &CompileOptions) -> Catalo
     catalog
 }
 
-fn tier_put(snapshot: &TierSnapshot, options: &CompileOptions) -> Result<Update, StoreError> {
+/// The change a tier snapshot makes: its flags, or the removal its tombstone records.
+fn tier_update(snapshot: &TierSnapshot, options: &CompileOptions) -> Result<Update, StoreError> {
+    let document = match &snapshot.content {
+        TierContent::Flags(json) => json,
+        TierContent::Deleted => {
+            return Ok(Update::Remove {
+                set: snapshot.set.as_str().into(),
+                version: snapshot.version,
+                // The tier does not keep when the delete committed.
+                committed_at: SystemTime::now(),
+            });
+        }
+    };
     let version = i64::try_from(snapshot.version).map_err(|_| StoreError::Internal {
         source: format!(
             "flag set {:?} version {} is out of range",
@@ -163,7 +177,7 @@ fn tier_put(snapshot: &TierSnapshot, options: &CompileOptions) -> Result<Update,
         &FlagSetSnapshot {
             id: snapshot.set.clone(),
             version,
-            document: snapshot.json.clone(),
+            document: document.clone(),
             updated_at: Utc::now(),
         },
         options,
@@ -250,9 +264,13 @@ async fn follow_store(
                     catch_up_set(store.as_ref(), &options, &node, tier, &flag_set, version).await;
                 }
                 Some(ChangeNotice::Deleted { flag_set, version, at }) => {
+                    let version = u64::try_from(version).unwrap_or(0);
+                    if let Some(tier) = tier {
+                        share_deletion(tier.clone(), flag_set.clone(), version);
+                    }
                     let update = Update::Remove {
                         set: flag_set.as_str().into(),
-                        version: u64::try_from(version).unwrap_or(0),
+                        version,
                         committed_at: at.into(),
                     };
                     apply(&node, update).await;
@@ -342,9 +360,16 @@ async fn catch_up(
     }
     for (set, flags) in current.sets() {
         if !snapshots.iter().any(|s| s.id.as_str() == &**set) {
+            // The delete's own version is not at hand here; the next after ours is enough to
+            // order it after what this node served, and the tier's compare-and-set keeps any
+            // newer version another node already wrote.
+            let version = flags.version() + 1;
+            if let Some(tier) = tier {
+                share_deletion(tier.clone(), set.to_string(), version);
+            }
             let update = Update::Remove {
                 set: set.clone(),
-                version: flags.version() + 1,
+                version,
                 committed_at: SystemTime::now(),
             };
             apply(node, update).await;
@@ -384,6 +409,24 @@ fn share(tier: Arc<dyn SharedTier>, snapshot: FlagSetSnapshot) {
     });
 }
 
+/// Writes a set's deletion to the tier as a tombstone and, if this node wrote it first, announces
+/// it, so nodes following the tier drop the set too. In a task of its own, as [`share`].
+fn share_deletion(tier: Arc<dyn SharedTier>, set: String, version: u64) {
+    tokio::spawn(async move {
+        match tier.delete_snapshot(&set, version).await {
+            Ok(SnapshotWrite::NotNewer { .. }) => {}
+            Ok(SnapshotWrite::Stored | SnapshotWrite::Queued) => {
+                if let Err(e) = tier.publish_change(&set, version).await {
+                    tracing::warn!(error = %e, set, version, "could not announce a flag set deletion on the shared tier");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, set, version, "could not write a flag set deletion to the shared tier")
+            }
+        }
+    });
+}
+
 /// Shares every snapshot the store holds: the versions this node started on.
 fn share_all(store: Arc<dyn AdminStore>, tier: Arc<dyn SharedTier>) {
     tokio::spawn(async move {
@@ -418,8 +461,8 @@ async fn follow_tier_set(
     }
 }
 
-/// Applies every tier snapshot newer than what the node serves. Never removes: the store decides
-/// what exists.
+/// Applies every tier snapshot newer than what the node serves, tombstones included: a set is
+/// removed only where the tier records its deletion, never for being absent.
 async fn catch_up_from_tier(tier: &dyn SharedTier, options: &CompileOptions, node: &Node) {
     let snapshots = match tier.snapshots().await {
         Ok(s) => s,
@@ -440,7 +483,7 @@ async fn catch_up_from_tier(tier: &dyn SharedTier, options: &CompileOptions, nod
 }
 
 async fn apply_from_tier(snapshot: &TierSnapshot, options: &CompileOptions, node: &Node) {
-    match tier_put(snapshot, options) {
+    match tier_update(snapshot, options) {
         Ok(update) => {
             apply(node, update).await;
         }

@@ -173,7 +173,10 @@ async fn tier_holds(tier: &dyn SharedTier, value: &str) -> bool {
         .await
         .ok()
         .flatten()
-        .is_some_and(|s| s.json["flags"]["colour"]["variants"]["c"] == json!(value))
+        .is_some_and(|s| {
+            s.flags()
+                .is_some_and(|f| f["flags"]["colour"]["variants"]["c"] == json!(value))
+        })
 }
 
 /// A node writes its snapshots to Redis; a node that cannot reach PostgreSQL starts on them and
@@ -206,10 +209,63 @@ async fn a_node_without_postgres_serves_the_shared_snapshots(cluster: bool) {
     .await;
     let snapshot = tier.snapshot("default").await.unwrap().unwrap();
     assert_eq!(
-        snapshot.json["flags"]["colour"]["variants"]["c"],
+        snapshot.flags().unwrap()["flags"]["colour"]["variants"]["c"],
         json!("blue")
     );
 
+    // A deleted set is deleted on the tier too (a tombstone): the cut-off node, which hears of it
+    // only through Redis, stops serving it, and a node that starts from the tier afterwards never
+    // serves it.
+    let version = admin
+        .get_flag_set(pb::GetFlagSetRequest {
+            id: "default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flag_set
+        .unwrap()
+        .version;
+    let deleted_at = admin
+        .delete_flag_set(pb::DeleteFlagSetRequest {
+            id: "default".into(),
+            expected_version: version,
+            actor: "ada".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    let flagd = cut_off.flagd().await;
+    wait_until(
+        "the cut-off node dropping the deleted set",
+        PATIENCE,
+        || {
+            let mut flagd = flagd.clone();
+            async move { resolve_colour(&mut flagd).await.is_none() }
+        },
+    )
+    .await;
+    let tombstone = tier.snapshot("default").await.unwrap().unwrap();
+    assert_eq!(
+        (tombstone.version, tombstone.flags()),
+        (u64::try_from(deleted_at).unwrap(), None),
+        "a tombstone at the deletion's version"
+    );
+    let late = TestNode::start(node_config(unreachable_postgres(), &redis)).await;
+    let mut late_flagd = late.flagd().await;
+    assert_eq!(
+        resolve_colour(&mut late_flagd).await,
+        None,
+        "a node starting from the tier after the deletion serves no deleted set"
+    );
+    assert_eq!(
+        resolve_colour(&mut writer.flagd().await).await,
+        None,
+        "nor does the writer"
+    );
+
+    late.stop().await;
     cut_off.stop().await;
     writer.stop().await;
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use bunting::config::{RedisTierConfig, SharedTierConfig};
 use bunting::shared_tier::{
-    self, BreakerState, SharedTier, SharedTierError, SnapshotWrite, TierChange, WriteOutcome,
+    self, BreakerState, SharedTier, SharedTierError, SnapshotWrite, TierChange, TierContent,
+    WriteOutcome,
 };
 use bunting_experiments::{Experiment, ExperimentId, Metric, MetricKind, MetricName};
 use serde_json::json;
@@ -144,7 +145,10 @@ async fn snapshot_cas_and_index(cluster: bool) {
         SnapshotWrite::NotNewer { stored: 2 }
     );
     let a = tier.snapshot("a").await.unwrap().unwrap();
-    assert_eq!((a.version, a.json["metadata"]["n"].clone()), (2, json!(2)));
+    assert_eq!(
+        (a.version, a.flags().unwrap()["metadata"]["n"].clone()),
+        (2, json!(2))
+    );
     assert_eq!(
         tier.put_snapshot("a", 3, &v(3)).await.unwrap(),
         SnapshotWrite::Stored
@@ -157,7 +161,42 @@ async fn snapshot_cas_and_index(cluster: bool) {
     let all = tier.snapshots().await.unwrap();
     let listed: Vec<(&str, u64)> = all.iter().map(|s| (s.set.as_str(), s.version)).collect();
     assert_eq!(listed, [("a", 3), ("b", 1)]);
-    assert_eq!(all[0].json["metadata"]["n"], json!(3));
+    assert_eq!(all[0].flags().unwrap()["metadata"]["n"], json!(3));
+
+    // A deletion is a tombstone at its version: listed, read back as deleted, and under the same
+    // compare-and-set, so neither an older snapshot written late nor an older tombstone undoes
+    // what is newer, while a re-creation at a newer version does.
+    assert_eq!(
+        tier.delete_snapshot("b", 2).await.unwrap(),
+        SnapshotWrite::Stored
+    );
+    let b = tier.snapshot("b").await.unwrap().unwrap();
+    assert_eq!((b.version, b.content), (2, TierContent::Deleted));
+    assert_eq!(
+        tier.put_snapshot("b", 1, &v(1)).await.unwrap(),
+        SnapshotWrite::NotNewer { stored: 2 }
+    );
+    assert_eq!(
+        tier.delete_snapshot("a", 2).await.unwrap(),
+        SnapshotWrite::NotNewer { stored: 3 }
+    );
+    let listed: Vec<(String, u64, bool)> = tier
+        .snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.set.clone(), s.version, s.flags().is_some()))
+        .collect();
+    assert_eq!(
+        listed,
+        [("a".to_owned(), 3, true), ("b".to_owned(), 2, false)]
+    );
+    assert_eq!(
+        tier.put_snapshot("b", 3, &v(3)).await.unwrap(),
+        SnapshotWrite::Stored,
+        "a set re-created after its deletion"
+    );
+    assert!(tier.snapshot("b").await.unwrap().unwrap().flags().is_some());
 
     // Not JSON: refused before anything is written.
     match tier.put_snapshot("c", 1, "{not json").await {
@@ -364,7 +403,7 @@ async fn breaker_opens_and_queued_writes_drain(cluster: bool) {
     assert_eq!(tier.breaker_state(), BreakerState::Closed);
     assert!(metrics.render().contains(&format!("{gauge} 0")));
     let s = tier.snapshot("s").await.unwrap().unwrap();
-    assert_eq!((s.version, s.json), (3, json!({"v": 3})));
+    assert_eq!((s.version, s.flags().cloned()), (3, Some(json!({"v": 3}))));
     assert_eq!(
         tier.load_user_states(1).await.unwrap(),
         [("u".to_owned(), b"state".to_vec())]

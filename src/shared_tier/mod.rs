@@ -31,8 +31,28 @@ pub use redis_tier::RedisTier;
 pub struct TierSnapshot {
     pub set: String,
     pub version: u64,
+    pub content: TierContent,
+}
+
+/// What a flag set is at a snapshot's version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TierContent {
     /// The set's flagd document, as the writer stored it.
-    pub json: serde_json::Value,
+    Flags(serde_json::Value),
+    /// The set was deleted at this version: a tombstone, so a node that starts from the tier (or
+    /// follows it while PostgreSQL is down) does not serve a deleted set, and an older snapshot
+    /// written late cannot bring it back (the version compare-and-set refuses it).
+    Deleted,
+}
+
+impl TierSnapshot {
+    /// The flagd document, unless the snapshot is a tombstone.
+    pub fn flags(&self) -> Option<&serde_json::Value> {
+        match &self.content {
+            TierContent::Flags(json) => Some(json),
+            TierContent::Deleted => None,
+        }
+    }
 }
 
 /// What became of a snapshot write.
@@ -127,6 +147,14 @@ pub trait SharedTier: Send + Sync + std::fmt::Debug {
         set: &str,
         version: u64,
         json: &str,
+    ) -> Result<SnapshotWrite, SharedTierError>;
+
+    /// Records that `set` was deleted at `version` (a tombstone, see [`TierContent::Deleted`]),
+    /// under the same rule as [`SharedTier::put_snapshot`]: only over an older version.
+    async fn delete_snapshot(
+        &self,
+        set: &str,
+        version: u64,
     ) -> Result<SnapshotWrite, SharedTierError>;
 
     async fn snapshot(&self, set: &str) -> Result<Option<TierSnapshot>, SharedTierError>;

@@ -5,7 +5,8 @@
 //!
 //! Keys, for prefix `P`:
 //! - `{P}:sets`: the index, a set of flag-set ids with a snapshot;
-//! - `{P:set:ID}:snapshot`: a hash `version`, `json`;
+//! - `{P:set:ID}:snapshot`: a hash `version`, `json`; an empty `json` is a tombstone (the set
+//!   was deleted at `version`; a flagd document is never empty);
 //! - `{P:users:SHARD}:state`: a hash user → state bytes, one per key-space shard;
 //! - `{P:experiments}:running`: a string, the JSON list of running experiments
 //!   (`bunting_experiments::Experiment`), written whole by nodes that read them from PostgreSQL;
@@ -29,8 +30,8 @@ use tokio_stream::StreamExt;
 
 use super::queue::{Write, WriteQueue};
 use super::{
-    ChangeStream, SharedTier, SharedTierError, SnapshotWrite, TierChange, TierSnapshot,
-    WriteOutcome,
+    ChangeStream, SharedTier, SharedTierError, SnapshotWrite, TierChange, TierContent,
+    TierSnapshot, WriteOutcome,
 };
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::config::RedisTierConfig;
@@ -177,6 +178,25 @@ pub(super) fn transient(e: &RedisError) -> bool {
 }
 
 impl RedisTier {
+    /// A snapshot or tombstone write, through the queue and the compare-and-set.
+    async fn write_snapshot(
+        &self,
+        set: &str,
+        version: u64,
+        json: String,
+    ) -> Result<SnapshotWrite, SharedTierError> {
+        let write = Write::Snapshot {
+            set: set.to_owned(),
+            version,
+            json,
+        };
+        Ok(match self.inner.write(write).await? {
+            Applied::Written => SnapshotWrite::Stored,
+            Applied::NotNewer(stored) => SnapshotWrite::NotNewer { stored },
+            Applied::Queued => SnapshotWrite::Queued,
+        })
+    }
+
     /// Builds the tier and its queue drainer; connects on first use. Needs a tokio runtime.
     pub fn connect(config: &RedisTierConfig) -> Result<Arc<RedisTier>, SharedTierError> {
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
@@ -471,12 +491,18 @@ impl Inner {
                     String::from_utf8_lossy(&version)
                 ))
             })?;
-        let json = serde_json::from_slice(&json)
-            .map_err(|e| corrupt(format!("version {version} is not valid JSON: {e}")))?;
+        let content = if json.is_empty() {
+            TierContent::Deleted
+        } else {
+            TierContent::Flags(
+                serde_json::from_slice(&json)
+                    .map_err(|e| corrupt(format!("version {version} is not valid JSON: {e}")))?,
+            )
+        };
         Ok(Some(TierSnapshot {
             set: set.to_owned(),
             version,
-            json,
+            content,
         }))
     }
 }
@@ -512,16 +538,16 @@ impl SharedTier for RedisTier {
                 source,
             });
         }
-        let write = Write::Snapshot {
-            set: set.to_owned(),
-            version,
-            json: json.to_owned(),
-        };
-        Ok(match self.inner.write(write).await? {
-            Applied::Written => SnapshotWrite::Stored,
-            Applied::NotNewer(stored) => SnapshotWrite::NotNewer { stored },
-            Applied::Queued => SnapshotWrite::Queued,
-        })
+        self.write_snapshot(set, version, json.to_owned()).await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        set: &str,
+        version: u64,
+    ) -> Result<SnapshotWrite, SharedTierError> {
+        // The empty document is the tombstone (see the key list above).
+        self.write_snapshot(set, version, String::new()).await
     }
 
     async fn snapshot(&self, set: &str) -> Result<Option<TierSnapshot>, SharedTierError> {
