@@ -27,7 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::shared_tier::SharedTier;
 use crate::store::experiments::{
-    ExperimentFilter, ExperimentStore, ExperimentStoreError, ExperimentSubscription, StateKind,
+    ExperimentFilter, ExperimentStore, ExperimentStoreError, ExperimentSubscription, PageLimit,
+    StateKind,
 };
 
 /// The running experiments, by id and by the flag they run on: the experiments crate's
@@ -35,15 +36,22 @@ use crate::store::experiments::{
 /// (`Node::install_experiments`), so what this feed publishes goes to them as it is.
 pub type ExperimentCatalog = RunningExperiments;
 
-/// Reads the running experiments from the store.
+/// Reads the running experiments from the store: all of them, from one read.
+///
+/// Unpaged on purpose ([`PageLimit::Unlimited`], which no request can ask for): the catalog must
+/// hold every running experiment, or users of the ones left out would go uncounted, and it must
+/// be one consistent cut, which following pages (separate reads) is not: a stop and a start on
+/// the same flag between two pages could put two experiments on one flag. It stays small, as at
+/// most one experiment runs per flag, and the shards hold all of it anyway.
 pub async fn load(store: &dyn ExperimentStore) -> Result<ExperimentCatalog, ExperimentStoreError> {
     let filter = ExperimentFilter {
-        flag_set: None,
         state: Some(StateKind::Running),
+        limit: PageLimit::Unlimited,
+        ..ExperimentFilter::default()
     };
-    let records = store.list_experiments(&filter).await?;
+    let page = store.list_experiments(&filter).await?;
     Ok(ExperimentCatalog::new(
-        records.into_iter().map(|r| r.experiment),
+        page.experiments.into_iter().map(|r| r.experiment),
     ))
 }
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::store::experiments::{
-    ExperimentAuditEntry, ExperimentFilter, ExperimentRecord, ExperimentStore,
+    ExperimentAuditEntry, ExperimentFilter, ExperimentPage, ExperimentRecord, ExperimentStore,
     ExperimentStoreError, ExperimentSubscription, NewExperiment, PostgresExperimentStore,
 };
 use crate::store::{
@@ -284,7 +284,7 @@ impl ExperimentStore for PendingExperimentStore {
     async fn list_experiments(
         &self,
         filter: &ExperimentFilter,
-    ) -> Result<Vec<ExperimentRecord>, ExperimentStoreError> {
+    ) -> Result<ExperimentPage, ExperimentStoreError> {
         self.store().await?.list_experiments(filter).await
     }
 

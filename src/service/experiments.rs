@@ -25,7 +25,7 @@ use crate::routing::Routing;
 use crate::routing::peer::Tracked;
 use crate::store::experiments::{
     ExperimentFilter, ExperimentRecord, ExperimentStore, ExperimentStoreError, NewExperiment,
-    StateKind,
+    PageLimit, PageSize, StateKind,
 };
 use bunting_actors::{Node, TrackRefused, TrackRequest};
 
@@ -174,27 +174,14 @@ impl ExperimentsRpc for ExperimentsService {
         request: Request<pb::ListExperimentsRequest>,
     ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
         let store = self.store()?;
-        let req = request.into_inner();
-        if let Some(set) = &req.flag_set_id {
-            check_flag_set_id("flag_set_id", set)?;
-        }
-        let state = match req.state.map(pb::ExperimentState::try_from) {
-            None | Some(Ok(pb::ExperimentState::Unspecified)) => None,
-            Some(Ok(pb::ExperimentState::Draft)) => Some(StateKind::Draft),
-            Some(Ok(pb::ExperimentState::Running)) => Some(StateKind::Running),
-            Some(Ok(pb::ExperimentState::Stopped)) => Some(StateKind::Stopped),
-            Some(Err(e)) => return Err(bad_field("state", format!("{e}"))),
-        };
-        let filter = ExperimentFilter {
-            flag_set: req.flag_set_id,
-            state,
-        };
-        let records = store
+        let filter = list_filter(request.into_inner())?;
+        let page = store
             .list_experiments(&filter)
             .await
             .map_err(|e| experiment_status("list_experiments", e))?;
         Ok(Response::new(pb::ListExperimentsResponse {
-            experiments: records.into_iter().map(experiment).collect(),
+            experiments: page.experiments.into_iter().map(experiment).collect(),
+            next_after_id: page.next_after.map(String::from).unwrap_or_default(),
         }))
     }
 
@@ -295,6 +282,39 @@ impl ExperimentsRpc for ExperimentsService {
             experiment(record),
         )))
     }
+}
+
+/// A checked ListExperiments request as the store's filter: always one page (an API caller
+/// never reads the whole table in one answer), each refused field named.
+fn list_filter(req: pb::ListExperimentsRequest) -> Result<ExperimentFilter, Status> {
+    if let Some(set) = &req.flag_set_id {
+        check_flag_set_id("flag_set_id", set)?;
+    }
+    let state = match req.state.map(pb::ExperimentState::try_from) {
+        None | Some(Ok(pb::ExperimentState::Unspecified)) => None,
+        Some(Ok(pb::ExperimentState::Draft)) => Some(StateKind::Draft),
+        Some(Ok(pb::ExperimentState::Running)) => Some(StateKind::Running),
+        Some(Ok(pb::ExperimentState::Stopped)) => Some(StateKind::Stopped),
+        Some(Err(e)) => return Err(bad_field("state", format!("{e}"))),
+    };
+    // A cursor is an id (the previous page's last), so anything that could not be one is a
+    // caller's mistake worth naming, not a position to read from.
+    let after = match req.after_id.as_str() {
+        "" => None,
+        _ => Some(ExperimentId::new(req.after_id).map_err(|e| {
+            bad_field(
+                "after_id",
+                format!("{e}; pass empty or a previous page's next_after_id"),
+            )
+        })?),
+    };
+    let size = PageSize::from_request(req.limit).map_err(|e| bad_field("limit", e.to_string()))?;
+    Ok(ExperimentFilter {
+        flag_set: req.flag_set_id,
+        state,
+        after,
+        limit: PageLimit::AtMost(size),
+    })
 }
 
 fn counted(ids: Vec<ExperimentId>) -> Response<pb::TrackResponse> {
@@ -425,5 +445,61 @@ fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(after_id: &str, limit: i32) -> pb::ListExperimentsRequest {
+        pb::ListExperimentsRequest {
+            after_id: after_id.into(),
+            limit,
+            ..Default::default()
+        }
+    }
+
+    fn refused_field(status: &Status) -> Vec<String> {
+        status
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn list_requests_become_one_page() {
+        let filter = list_filter(request("", 0)).unwrap();
+        assert_eq!(filter.after, None);
+        assert_eq!(filter.limit, PageLimit::AtMost(PageSize::DEFAULT));
+
+        let filter = list_filter(pb::ListExperimentsRequest {
+            flag_set_id: Some("shop".into()),
+            state: Some(pb::ExperimentState::Running.into()),
+            after_id: "checkout".into(),
+            limit: 1000,
+        })
+        .unwrap();
+        assert_eq!(filter.flag_set.as_deref(), Some("shop"));
+        assert_eq!(filter.state, Some(StateKind::Running));
+        assert_eq!(filter.after.as_ref().map(|a| a.as_str()), Some("checkout"));
+        assert_eq!(filter.limit, PageLimit::AtMost(PageSize::MAX));
+    }
+
+    #[test]
+    fn bad_pages_are_refused_naming_the_field() {
+        for (req, field) in [
+            (request("", -1), "limit"),
+            (request("", 1001), "limit"),
+            (request("", i32::MIN), "limit"),
+            (request("no spaces", 0), "after_id"),
+            (request(&"x".repeat(65), 0), "after_id"),
+        ] {
+            let status = list_filter(req).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert_eq!(refused_field(&status), [field], "{status:?}");
+            assert!(status.message().starts_with(field), "{status:?}");
+        }
     }
 }

@@ -71,11 +71,83 @@ impl StateKind {
     }
 }
 
-/// Which experiments [`ExperimentStore::list_experiments`] returns; `None` matches everything.
+/// Experiments per page when a request does not say (experiments.proto,
+/// ListExperimentsRequest.limit).
+pub const DEFAULT_EXPERIMENT_PAGE: u32 = 100;
+
+/// The most experiments one page holds, whatever the caller asks for.
+pub const MAX_EXPERIMENT_PAGE: u32 = 1000;
+
+/// Which experiments [`ExperimentStore::list_experiments`] returns, and how many of them: the
+/// filters (`None` matches everything) and the page, in one value so that a list is one call.
+/// The default is the first page of [`DEFAULT_EXPERIMENT_PAGE`] experiments, unfiltered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExperimentFilter {
     pub flag_set: Option<String>,
     pub state: Option<StateKind>,
+    /// Only experiments whose id sorts after this one (a keyset cursor: the previous page's
+    /// [`ExperimentPage::next_after`]); `None` starts from the first.
+    pub after: Option<ExperimentId>,
+    pub limit: PageLimit,
+}
+
+/// How many experiments one [`ExperimentStore::list_experiments`] call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageLimit {
+    /// At most this many, with a cursor to the rest. What every API caller gets: a production
+    /// store holds thousands of experiments, and one answer must not carry them all.
+    AtMost(PageSize),
+    /// Every match, from one read. Only for the node's own use where the result is bounded and
+    /// must be one consistent cut (the running experiments: at most one per flag, and the feed
+    /// needs them all at one instant, see `experiment_feed::load`); never from a request.
+    Unlimited,
+}
+
+impl Default for PageLimit {
+    fn default() -> Self {
+        PageLimit::AtMost(PageSize::DEFAULT)
+    }
+}
+
+/// A page size within the bounds the API allows: 1 to [`MAX_EXPERIMENT_PAGE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u32);
+
+impl PageSize {
+    pub const DEFAULT: PageSize = PageSize(DEFAULT_EXPERIMENT_PAGE);
+    pub const MAX: PageSize = PageSize(MAX_EXPERIMENT_PAGE);
+
+    /// A request's `limit`: 0 means [`PageSize::DEFAULT`]; 1 to [`MAX_EXPERIMENT_PAGE`] is taken
+    /// as it is; anything else is refused rather than clamped, so a caller who asked for more than
+    /// a page can hold learns it instead of silently getting fewer.
+    pub fn from_request(limit: i32) -> Result<PageSize, PageSizeError> {
+        match u32::try_from(limit) {
+            Ok(0) => Ok(PageSize::DEFAULT),
+            Ok(n) if n <= MAX_EXPERIMENT_PAGE => Ok(PageSize(n)),
+            _ => Err(PageSizeError { requested: limit }),
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A `limit` outside 0 to [`MAX_EXPERIMENT_PAGE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("is {requested}; pass 1 to {MAX_EXPERIMENT_PAGE}, or 0 for {DEFAULT_EXPERIMENT_PAGE}")]
+pub struct PageSizeError {
+    pub requested: i32,
+}
+
+/// One page of [`ExperimentStore::list_experiments`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentPage {
+    /// By id.
+    pub experiments: Vec<ExperimentRecord>,
+    /// The `after` of the next page (the last experiment's id here) when more match; `None` when
+    /// this page is the last, and always with [`PageLimit::Unlimited`].
+    pub next_after: Option<ExperimentId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -223,11 +295,12 @@ pub trait ExperimentStore: Send + Sync + fmt::Debug {
         id: &ExperimentId,
     ) -> Result<ExperimentRecord, ExperimentStoreError>;
 
-    /// By id, from one read.
+    /// One page of the experiments the filter matches, by id, from one read. Pages are separate
+    /// reads: following `next_after` is not a snapshot of the whole list.
     async fn list_experiments(
         &self,
         filter: &ExperimentFilter,
-    ) -> Result<Vec<ExperimentRecord>, ExperimentStoreError>;
+    ) -> Result<ExperimentPage, ExperimentStoreError>;
 
     /// The experiment's audit log, newest first; empty for an unknown id.
     async fn experiment_audit(
@@ -237,4 +310,32 @@ pub trait ExperimentStore: Send + Sync + fmt::Debug {
 
     /// Starts listening for changes from every writer.
     async fn subscribe(&self) -> Result<ExperimentSubscription, ExperimentStoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_sizes_from_requests() {
+        assert_eq!(PageSize::from_request(0), Ok(PageSize::DEFAULT));
+        assert_eq!(PageSize::DEFAULT.get(), 100);
+        assert_eq!(PageSize::from_request(1).map(PageSize::get), Ok(1));
+        assert_eq!(PageSize::from_request(1000), Ok(PageSize::MAX));
+        for refused in [-1, 1001, i32::MIN, i32::MAX] {
+            let error = PageSize::from_request(refused).unwrap_err();
+            assert_eq!(error.requested, refused);
+            assert_eq!(
+                error.to_string(),
+                format!("is {refused}; pass 1 to 1000, or 0 for 100")
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_filter_is_the_first_default_page() {
+        let filter = ExperimentFilter::default();
+        assert_eq!(filter.after, None);
+        assert_eq!(filter.limit, PageLimit::AtMost(PageSize::DEFAULT));
+    }
 }

@@ -22,8 +22,9 @@ use sqlx::postgres::PgConnection;
 use sqlx::types::Json;
 
 use super::{
-    ExperimentAction, ExperimentAuditEntry, ExperimentFilter, ExperimentNotice, ExperimentRecord,
-    ExperimentStore, ExperimentStoreError, ExperimentSubscription, NewExperiment,
+    ExperimentAction, ExperimentAuditEntry, ExperimentFilter, ExperimentNotice, ExperimentPage,
+    ExperimentRecord, ExperimentStore, ExperimentStoreError, ExperimentSubscription, NewExperiment,
+    PageLimit,
 };
 use crate::store::{PostgresStore, StoreError};
 
@@ -193,20 +194,29 @@ impl PostgresExperimentStore {
             .into_record()?)
     }
 
-    async fn try_list(&self, filter: &ExperimentFilter) -> Result<Vec<ExperimentRecord>, Failure> {
-        let rows: Vec<ExperimentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM experiments
-             WHERE ($1::text IS NULL OR flag_set_id = $1) AND ($2::text IS NULL OR state = $2)
-             ORDER BY id"
-        )))
-        .bind(filter.flag_set.as_deref())
-        .bind(filter.state.map(|s| s.as_str()))
-        .fetch_all(self.flags.pool())
-        .await?;
-        Ok(rows
+    async fn try_list(&self, filter: &ExperimentFilter) -> Result<ExperimentPage, Failure> {
+        let (sql, binds) = list_query(filter);
+        let mut query = sqlx::query_as::<_, ExperimentRow>(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text),
+                Bind::Int(n) => query.bind(n),
+            };
+        }
+        let rows = query.fetch_all(self.flags.pool()).await?;
+        let (rows, more) = cut_page(rows, filter.limit);
+        let experiments = rows
             .into_iter()
             .map(ExperimentRow::into_record)
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_after = match experiments.last() {
+            Some(last) if more => Some(last.experiment.id.clone()),
+            _ => None,
+        };
+        Ok(ExperimentPage {
+            experiments,
+            next_after,
+        })
     }
 
     async fn try_audit(&self, id: &ExperimentId) -> Result<Vec<ExperimentAuditEntry>, Failure> {
@@ -265,7 +275,7 @@ impl ExperimentStore for PostgresExperimentStore {
     async fn list_experiments(
         &self,
         filter: &ExperimentFilter,
-    ) -> Result<Vec<ExperimentRecord>, ExperimentStoreError> {
+    ) -> Result<ExperimentPage, ExperimentStoreError> {
         let result = self.try_list(filter).await;
         self.done(result).await
     }
@@ -321,6 +331,83 @@ impl From<sqlx::Error> for Failure {
 fn internal(message: String) -> StoreError {
     StoreError::Internal {
         source: message.into(),
+    }
+}
+
+/// A value bound to a list query's parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bind<'f> {
+    Text(&'f str),
+    Int(i64),
+}
+
+/// The list query for `filter`, and what to bind to its parameters, in order.
+///
+/// The SQL names only the conditions the filter has, rather than one statement with
+/// `($1 IS NULL OR ...)` for each: PostgreSQL may run a prepared statement (sqlx prepares and
+/// caches every one) with a generic plan, and in a generic plan such an OR cannot become an index
+/// condition, so every page would scan and sort the whole table.
+///
+/// Without a flag set, the cursor is `id > $n`: a range scan of the primary key in id order that
+/// stops once the page is full. With one, the cursor is the row comparison
+/// `(flag_set_id, id) > ($set, $after)`, which only `experiments_by_flag_set` can serve as an
+/// index condition: given `flag_set_id = $set` it means `id > $after`, but a plain `id > $after`
+/// lets a generic plan (which cannot know how many experiments the set has) pick the primary key
+/// and filter on the set, reading past every other set's experiments to fill the page of a small
+/// one. The first page of a set uses the cursor `''`, before every id (ids are never empty), for
+/// the same reason. The state, one of three fixed names, is written into the SQL rather than
+/// bound, so that a filter on `running` can use the partial index
+/// `experiments_one_running_per_flag` in a generic plan too.
+///
+/// The limit is one more than the page, so that the extra row tells whether another page follows
+/// ([`cut_page`]) without a second query.
+fn list_query(filter: &ExperimentFilter) -> (String, Vec<Bind<'_>>) {
+    /// Binds `bind` to the next parameter and returns its placeholder.
+    fn param<'f>(binds: &mut Vec<Bind<'f>>, bind: Bind<'f>) -> String {
+        binds.push(bind);
+        format!("${}", binds.len())
+    }
+    let mut conditions = Vec::new();
+    let mut binds = Vec::new();
+    let after = filter.after.as_ref().map(ExperimentId::as_str);
+    match (&filter.flag_set, after) {
+        (Some(set), after) => {
+            let set = param(&mut binds, Bind::Text(set));
+            let after = param(&mut binds, Bind::Text(after.unwrap_or("")));
+            conditions.push(format!("flag_set_id = {set}"));
+            conditions.push(format!("(flag_set_id, id) > ({set}, {after})"));
+        }
+        (None, Some(after)) => {
+            conditions.push(format!("id > {}", param(&mut binds, Bind::Text(after))));
+        }
+        (None, None) => {}
+    }
+    if let Some(state) = filter.state {
+        conditions.push(format!("state = '{}'", state.as_str()));
+    }
+    let mut sql = format!("SELECT {COLUMNS} FROM experiments");
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY id");
+    if let PageLimit::AtMost(size) = filter.limit {
+        let limit = param(&mut binds, Bind::Int(i64::from(size.get()) + 1));
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    (sql, binds)
+}
+
+/// The page in `rows` (read with [`list_query`]'s limit of one more), and whether more follow.
+fn cut_page<T>(mut rows: Vec<T>, limit: PageLimit) -> (Vec<T>, bool) {
+    match limit {
+        PageLimit::Unlimited => (rows, false),
+        PageLimit::AtMost(size) => {
+            let size = usize::try_from(size.get()).unwrap_or(usize::MAX);
+            let more = rows.len() > size;
+            rows.truncate(size);
+            (rows, more)
+        }
     }
 }
 
@@ -617,6 +704,7 @@ impl AuditRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::experiments::{PageSize, StateKind};
     use bunting_experiments::{MetricKind, MetricName};
 
     fn metric(name: &str, event: &str) -> Metric {
@@ -654,6 +742,84 @@ mod tests {
             "control_variant"
         );
         assert_eq!(field_of(invalid(&[], draft(vec![], "on"))), "metrics");
+    }
+
+    #[test]
+    fn list_queries_name_only_the_conditions_the_filter_has() {
+        let columns = format!("SELECT {COLUMNS} FROM experiments");
+        let default = ExperimentFilter::default();
+        let (sql, binds) = list_query(&default);
+        assert_eq!(sql, format!("{columns} ORDER BY id LIMIT $1"));
+        assert_eq!(binds, [Bind::Int(101)]);
+
+        let after = ExperimentId::new("m").unwrap();
+        let two = PageLimit::AtMost(PageSize::from_request(2).unwrap());
+        let filter = ExperimentFilter {
+            flag_set: Some("shop".into()),
+            state: Some(StateKind::Stopped),
+            after: Some(after.clone()),
+            limit: two,
+        };
+        let (sql, binds) = list_query(&filter);
+        assert_eq!(
+            sql,
+            format!(
+                "{columns} WHERE flag_set_id = $1 AND (flag_set_id, id) > ($1, $2) \
+                 AND state = 'stopped' ORDER BY id LIMIT $3"
+            )
+        );
+        assert_eq!(binds, [Bind::Text("shop"), Bind::Text("m"), Bind::Int(3)]);
+
+        // A set's first page starts after the empty id, for the same index.
+        let first = ExperimentFilter {
+            flag_set: Some("shop".into()),
+            ..ExperimentFilter::default()
+        };
+        let (sql, binds) = list_query(&first);
+        assert_eq!(
+            sql,
+            format!(
+                "{columns} WHERE flag_set_id = $1 AND (flag_set_id, id) > ($1, $2) \
+                 ORDER BY id LIMIT $3"
+            )
+        );
+        assert_eq!(binds, [Bind::Text("shop"), Bind::Text(""), Bind::Int(101)]);
+
+        // Every set: the primary key from the cursor on.
+        let every_set = ExperimentFilter {
+            after: Some(after),
+            limit: two,
+            ..ExperimentFilter::default()
+        };
+        let (sql, binds) = list_query(&every_set);
+        assert_eq!(sql, format!("{columns} WHERE id > $1 ORDER BY id LIMIT $2"));
+        assert_eq!(binds, [Bind::Text("m"), Bind::Int(3)]);
+
+        // The feed's read: every running experiment, no cursor, no limit.
+        let running = ExperimentFilter {
+            state: Some(StateKind::Running),
+            limit: PageLimit::Unlimited,
+            ..ExperimentFilter::default()
+        };
+        let (sql, binds) = list_query(&running);
+        assert_eq!(
+            sql,
+            format!("{columns} WHERE state = 'running' ORDER BY id")
+        );
+        assert!(binds.is_empty());
+    }
+
+    #[test]
+    fn pages_are_cut_at_the_limit_and_say_whether_more_follow() {
+        let two = PageLimit::AtMost(PageSize::from_request(2).unwrap());
+        assert_eq!(cut_page(vec![1, 2, 3], two), (vec![1, 2], true));
+        assert_eq!(cut_page(vec![1, 2], two), (vec![1, 2], false));
+        assert_eq!(cut_page(vec![1], two), (vec![1], false));
+        assert_eq!(cut_page(Vec::<i32>::new(), two), (vec![], false));
+        assert_eq!(
+            cut_page(vec![1, 2, 3], PageLimit::Unlimited),
+            (vec![1, 2, 3], false)
+        );
     }
 
     #[test]
