@@ -195,11 +195,18 @@ pub enum ExperimentAction {
         #[arg(long)]
         json: bool,
     },
-    /// Every experiment: id, flag, state, control and arms.
+    /// Every experiment: id, flag, state, control and arms. ListExperiments is paged; this
+    /// follows the pages to the last one, so nothing is left out (each page is its own read, so
+    /// experiments created or changed while it runs may or may not show).
     List {
         /// Print the experiments as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Experiments asked for per request (1 to 1000): fewer means more round trips, not
+        /// fewer experiments shown.
+        #[arg(long, default_value_t = 1000, value_name = "N",
+              value_parser = clap::value_parser!(i32).range(1..=1000))]
+        page_size: i32,
     },
     /// Define an experiment on a flag (a draft: nothing counts until it starts). Its arms are the
     /// flag's variants as they are now.

@@ -46,6 +46,17 @@ pub enum CliError {
         code: tonic::Code,
         message: String,
     },
+    /// A paged list whose next cursor would not move on: following it would loop forever.
+    #[error(
+        "node {node} answered the page after {after:?} with next_after_id {next:?} and {count} \
+         experiment(s); that does not move on, so the list stops here rather than loop"
+    )]
+    StuckPage {
+        node: String,
+        after: String,
+        next: String,
+        count: usize,
+    },
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }

@@ -444,6 +444,43 @@ async fn experiments_are_created_started_tracked_and_stopped_from_the_command_li
     assert!(stopped.status.success(), "{}", stderr(&stopped));
     let list = run(vec!["list"]).await;
     assert!(stdout(&list).contains("cli-made"), "{}", stdout(&list));
+
+    // ListExperiments is paged: the list follows the pages to the last, whatever their size.
+    let everything = ["checkout", "cli-made", "later"];
+    for page_size in ["1", "2", "1000"] {
+        let list = run(vec!["list", "--page-size", page_size]).await;
+        assert!(list.status.success(), "{}", stderr(&list));
+        let shown: Vec<String> = stdout(&list)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            shown,
+            everything,
+            "--page-size {page_size}:\n{}",
+            stdout(&list)
+        );
+        let json = run(vec!["list", "--json", "--page-size", page_size]).await;
+        assert!(json.status.success(), "{}", stderr(&json));
+        let listed: Value = serde_json::from_str(&stdout(&json)).unwrap();
+        let ids: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, everything, "--page-size {page_size} --json");
+    }
+    for refused in ["0", "1001"] {
+        let list = run(vec!["list", "--page-size", refused]).await;
+        assert_eq!(
+            list.status.code(),
+            Some(2),
+            "--page-size {refused}: {list:?}"
+        );
+        assert!(stderr(&list).contains("--page-size"), "{}", stderr(&list));
+    }
     node.stop().await;
 }
 

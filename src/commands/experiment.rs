@@ -42,17 +42,13 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                     results_table(&results)
                 }
             }
-            ExperimentAction::List { json } => {
-                let list = client
-                    .list_experiments(pb::ListExperimentsRequest::default())
-                    .await
-                    .map_err(|status| super::rpc_error(node, &status))?
-                    .into_inner();
+            ExperimentAction::List { json, page_size } => {
+                let experiments = list_all(&mut client, node, page_size).await?;
                 if json {
-                    let list: Vec<Value> = list.experiments.iter().map(experiment_json).collect();
+                    let list: Vec<Value> = experiments.iter().map(experiment_json).collect();
                     format!("{:#}\n", Value::Array(list))
                 } else {
-                    list_table(&list.experiments)
+                    list_table(&experiments)
                 }
             }
             ExperimentAction::Create {
@@ -129,6 +125,57 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
         std::io::stdout().lock().write_all(text.as_bytes())?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Every experiment, page after page until the node says the last one came: printing only the
+/// first page would silently leave experiments out.
+async fn list_all(
+    client: &mut ExperimentsClient<tonic::transport::Channel>,
+    node: &str,
+    page_size: i32,
+) -> Result<Vec<pb::Experiment>, CliError> {
+    let mut experiments = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = client
+            .list_experiments(pb::ListExperimentsRequest {
+                after_id: after.clone(),
+                limit: page_size,
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| super::rpc_error(node, &status))?
+            .into_inner();
+        let next = next_page(node, &after, &page)?;
+        experiments.extend(page.experiments);
+        match next {
+            Some(next) => after = next,
+            None => return Ok(experiments),
+        }
+    }
+}
+
+/// Where the page after `page` (asked for with `after`) starts, or `None` if `page` was the last.
+/// A node that names a next page but gave nothing, or names the cursor it was given, would have
+/// the CLI ask for the same page forever: that is an error, not a loop.
+fn next_page(
+    node: &str,
+    after: &str,
+    page: &pb::ListExperimentsResponse,
+) -> Result<Option<String>, CliError> {
+    let next = &page.next_after_id;
+    if next.is_empty() {
+        return Ok(None);
+    }
+    if page.experiments.is_empty() || next == after {
+        return Err(CliError::StuckPage {
+            node: node.to_owned(),
+            after: after.to_owned(),
+            next: next.clone(),
+            count: page.experiments.len(),
+        });
+    }
+    Ok(Some(next.clone()))
 }
 
 /// `NAME:EVENT:KIND` → a metric definition (the node checks names and events again).
@@ -610,6 +657,32 @@ mod tests {
         );
         assert!(parse_metric("revenue:purchase").is_err());
         assert!(parse_metric("revenue:purchase:median").is_err());
+    }
+
+    #[test]
+    fn pages_are_followed_until_the_last_and_never_in_a_loop() {
+        let page = |ids: &[&str], next: &str| pb::ListExperimentsResponse {
+            experiments: ids
+                .iter()
+                .map(|id| pb::Experiment {
+                    id: (*id).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            next_after_id: next.into(),
+        };
+        let node = "127.0.0.1:8013";
+        assert_eq!(
+            next_page(node, "", &page(&["a", "b"], "b")).unwrap(),
+            Some("b".into())
+        );
+        assert_eq!(next_page(node, "b", &page(&["c"], "")).unwrap(), None);
+        assert_eq!(next_page(node, "c", &page(&[], "")).unwrap(), None);
+        for (after, stuck) in [("b", page(&["c"], "b")), ("", page(&[], "x"))] {
+            let error = next_page(node, after, &stuck).unwrap_err();
+            assert!(matches!(error, CliError::StuckPage { .. }), "{error}");
+            assert!(error.to_string().contains(node), "{error}");
+        }
     }
 
     fn lift(estimate: f64, p: f64) -> pb::Lift {
