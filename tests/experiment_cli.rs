@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::admin::create_set_with_flags;
 use common::in_process::TestNode;
 
 use std::collections::BTreeMap;
@@ -75,32 +76,14 @@ fn stderr(o: &Output) -> String {
 /// `checkout` (started) and `later` (a draft), each with a conversion and a mean metric.
 async fn set_up(node: &TestNode) {
     let mut admin = AdminClient::new(node.channel().await);
-    admin
-        .create_flag_set(pb::CreateFlagSetRequest {
-            id: "default".into(),
-            actor: "test".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    for key in [FLAG, "banner"] {
-        admin
-            .create_flag(pb::CreateFlagRequest {
-                flag_set_id: "default".into(),
-                key: key.into(),
-                definition: json!({
-                    "state": "ENABLED",
-                    "variants": {"control": "blue", "treatment": "green"},
-                    "defaultVariant": "control",
-                    "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
-                })
-                .to_string(),
-                expected_flag_set_version: 0,
-                actor: "test".into(),
-            })
-            .await
-            .unwrap();
-    }
+    let fifty_fifty = json!({
+        "state": "ENABLED",
+        "variants": {"control": "blue", "treatment": "green"},
+        "defaultVariant": "control",
+        "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
+    });
+    let flags = [(FLAG, fifty_fifty.clone()), ("banner", fifty_fifty)];
+    create_set_with_flags(&mut admin, "default", &flags, "test").await;
     let mut experiments = ExperimentsClient::new(node.channel().await);
     for (id, flag) in [("checkout", FLAG), ("later", "banner")] {
         let metric = |name: &str, kind: pb::MetricKind| pb::Metric {

@@ -29,6 +29,7 @@ use tonic_types::StatusExt;
 
 mod common;
 
+use common::admin::create_set_with_flags;
 use common::in_process::TestNode;
 
 use common::postgres::TestDb;
@@ -90,14 +91,6 @@ async fn store(db: &TestDb) -> Arc<dyn ExperimentStore> {
 /// The flag set `shop` with `button` (blue, green, red), `solo` (one variant) and `banner`
 /// (on, off).
 async fn shop(admin: &mut AdminClient<Channel>) {
-    admin
-        .create_flag_set(pb::CreateFlagSetRequest {
-            id: "shop".into(),
-            actor: "ada".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     let flags = [
         (
             "button",
@@ -114,18 +107,7 @@ async fn shop(admin: &mut AdminClient<Channel>) {
                    "defaultVariant": "off"}),
         ),
     ];
-    for (key, definition) in flags {
-        admin
-            .create_flag(pb::CreateFlagRequest {
-                flag_set_id: "shop".into(),
-                key: key.into(),
-                definition: definition.to_string(),
-                expected_flag_set_version: 0,
-                actor: "ada".into(),
-            })
-            .await
-            .unwrap();
-    }
+    create_set_with_flags(admin, "shop", &flags, "ada").await;
 }
 
 fn metric(name: &str, event: &str, kind: pb::MetricKind) -> pb::Metric {
@@ -787,26 +769,9 @@ fn on_off_request(id: &str, set: &str, flag_key: &str) -> pb::CreateExperimentRe
 
 /// The flag set `lab` with `toggle` (on, off).
 async fn lab(admin: &mut AdminClient<Channel>) {
-    admin
-        .create_flag_set(pb::CreateFlagSetRequest {
-            id: "lab".into(),
-            actor: "ada".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    admin
-        .create_flag(pb::CreateFlagRequest {
-            flag_set_id: "lab".into(),
-            key: "toggle".into(),
-            definition: json!({"state": "ENABLED", "variants": {"on": true, "off": false},
-                               "defaultVariant": "off"})
-            .to_string(),
-            expected_flag_set_version: 0,
-            actor: "ada".into(),
-        })
-        .await
-        .unwrap();
+    let toggle = json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+                        "defaultVariant": "off"});
+    create_set_with_flags(admin, "lab", &[("toggle", toggle)], "ada").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ use bunting_client::{Client, ClientConfig, EvaluationContext};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
+use common::admin::create_set_with_flags;
 use common::cluster::{ClusterNode, agreement, postgres_flags, status_text};
 use common::postgres::TestDb;
 use common::redis::RedisServer;
@@ -73,30 +74,13 @@ async fn an_ab_test_through_the_cluster_counts_every_user_once_and_finds_the_win
 
     // The flag (50/50 by targeting key) and the experiment on it, through the admin APIs.
     let mut admin = AdminClient::connect(n1.url()).await.unwrap();
-    admin
-        .create_flag_set(pb::CreateFlagSetRequest {
-            id: "default".into(),
-            actor: "e2e".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    admin
-        .create_flag(pb::CreateFlagRequest {
-            flag_set_id: "default".into(),
-            key: FLAG.into(),
-            definition: json!({
-                "state": "ENABLED",
-                "variants": {"control": "blue", "treatment": "green"},
-                "defaultVariant": "control",
-                "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
-            })
-            .to_string(),
-            expected_flag_set_version: 0,
-            actor: "e2e".into(),
-        })
-        .await
-        .unwrap();
+    let flag = json!({
+        "state": "ENABLED",
+        "variants": {"control": "blue", "treatment": "green"},
+        "defaultVariant": "control",
+        "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
+    });
+    create_set_with_flags(&mut admin, "default", &[(FLAG, flag)], "e2e").await;
     let mut experiments = ExperimentsClient::connect(n2.url()).await.unwrap();
     experiments
         .create_experiment(pb::CreateExperimentRequest {

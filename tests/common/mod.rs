@@ -6,6 +6,7 @@
 // Each test crate compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod cluster;
 pub mod in_process;
 pub mod postgres;
