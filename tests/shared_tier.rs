@@ -306,11 +306,13 @@ async fn user_state_round_trip(cluster: bool) {
     for shard in 0..12u32 {
         for user in ["alice", "bob"] {
             let state = format!("{user}@{shard}").into_bytes();
-            tier.put_user_state(shard, user, &state).await.unwrap();
+            tier.put_user_state(shard, 0, user, &state).await.unwrap();
         }
     }
-    tier.put_user_state(3, "bin", &[0, 255, 1]).await.unwrap();
-    tier.delete_user_state(5, "bob").await.unwrap();
+    tier.put_user_state(3, 0, "bin", &[0, 255, 1])
+        .await
+        .unwrap();
+    tier.delete_user_state(5, 0, "bob").await.unwrap();
     for shard in 0..12u32 {
         let states = tier.load_user_states(shard).await.unwrap();
         let mut expected = vec![("alice".to_owned(), format!("alice@{shard}").into_bytes())];
@@ -380,7 +382,7 @@ async fn breaker_opens_and_queued_writes_drain(cluster: bool) {
         SnapshotWrite::Queued
     );
     assert_eq!(
-        tier.put_user_state(1, "u", b"state").await.unwrap(),
+        tier.put_user_state(1, 0, "u", b"state").await.unwrap(),
         WriteOutcome::Queued
     );
     assert_eq!(
@@ -426,7 +428,7 @@ async fn a_full_queue_drops_its_oldest_writes(cluster: bool) {
         .unwrap();
     redis.stop();
     for user in ["u1", "u2", "u3", "u4", "u5"] {
-        tier.put_user_state(0, user, b"x").await.unwrap();
+        tier.put_user_state(0, 0, user, b"x").await.unwrap();
     }
     assert_eq!(tier.queued_writes(), 3);
     redis.restart();
@@ -446,6 +448,160 @@ async fn a_full_queue_drops_its_oldest_writes(cluster: bool) {
     let newest: BTreeSet<String> = ["u3", "u4", "u5"].map(str::to_owned).into();
     assert!(newest.is_subset(&users), "{users:?}");
     assert!(users.len() <= 4 && !users.contains("u2"), "{users:?}");
+}
+
+/// The shard's record of `user`, if any.
+async fn record(tier: &dyn SharedTier, shard: u32, user: &str) -> Option<Vec<u8>> {
+    tier.load_user_states(shard)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|(u, s)| (u == user).then_some(s))
+}
+
+async fn user_state_writes_are_fenced_by_the_owner_epoch(cluster: bool) {
+    let redis = Deployment::start(cluster, "tier-fence");
+    let tier = redis.tier().await;
+    let shard = 7;
+    // Before any claim, writes at any epoch land (a single node writes at epoch 0).
+    tier.put_user_state(shard, 0, "ann", b"v0").await.unwrap();
+    assert_eq!(tier.claim_user_states(shard, 5).await.unwrap(), 5);
+    tier.put_user_state(shard, 5, "ann", b"v5").await.unwrap();
+
+    // A stale owner (epoch 4) is refused, naming the shard and both epochs, and the record stays.
+    match tier.put_user_state(shard, 4, "ann", b"stale").await {
+        Err(SharedTierError::Fenced {
+            shard: 7,
+            epoch: 4,
+            owner_epoch: 5,
+        }) => {}
+        other => panic!("a write at epoch 4 after a claim at 5: {other:?}"),
+    }
+    assert!(matches!(
+        tier.delete_user_state(shard, 4, "ann").await,
+        Err(SharedTierError::Fenced { .. })
+    ));
+    assert_eq!(
+        record(tier.as_ref(), shard, "ann").await.as_deref(),
+        Some(&b"v5"[..])
+    );
+
+    // Writes at the owner's epoch or a newer one are stored.
+    tier.put_user_state(shard, 6, "ann", b"v6").await.unwrap();
+    assert_eq!(
+        record(tier.as_ref(), shard, "ann").await.as_deref(),
+        Some(&b"v6"[..])
+    );
+    tier.put_user_state(shard, 5, "bob", b"b5").await.unwrap();
+    assert_eq!(
+        record(tier.as_ref(), shard, "bob").await.as_deref(),
+        Some(&b"b5"[..])
+    );
+
+    // A claim from an older map does not lower the owner epoch.
+    assert_eq!(tier.claim_user_states(shard, 3).await.unwrap(), 5);
+    assert!(matches!(
+        tier.put_user_state(shard, 4, "ann", b"stale").await,
+        Err(SharedTierError::Fenced { owner_epoch: 5, .. })
+    ));
+    // The epoch is per shard: another shard is not fenced.
+    tier.put_user_state(shard + 1, 0, "ann", b"other")
+        .await
+        .unwrap();
+    assert_eq!(
+        record(tier.as_ref(), shard + 1, "ann").await.as_deref(),
+        Some(&b"other"[..])
+    );
+}
+
+async fn a_queued_write_fenced_after_recovery_is_dropped(cluster: bool) {
+    let metrics = bunting::metrics_http::handle().expect("the test installs the recorder");
+    let mut redis = Deployment::start(cluster, "tier-fence-queue");
+    let config = RedisTierConfig {
+        // Once open, the breaker lets no replay through for this long: the restart and the newer
+        // owner's claim below fit in it (checked below, so a slow machine fails loudly).
+        open_for_ms: 6_000,
+        ..redis.config()
+    };
+    let stale = shared_tier::connect(&SharedTierConfig::Redis(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let shard = 2;
+    assert_eq!(stale.claim_user_states(shard, 1).await.unwrap(), 1);
+    stale.put_user_state(shard, 1, "ann", b"old").await.unwrap();
+
+    redis.stop();
+    // The old owner's writes during the outage wait in its queue, in order: a fenced one must
+    // not block the one behind it (another shard, which nobody else claimed).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match stale.put_user_state(shard, 1, "ann", b"queued").await {
+            Ok(WriteOutcome::Queued) => break,
+            Ok(WriteOutcome::Written) => panic!("wrote to a stopped redis"),
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+        assert!(Instant::now() < deadline, "the write was never queued");
+    }
+    assert_eq!(
+        stale
+            .put_user_state(shard + 1, 1, "bob", b"queued")
+            .await
+            .unwrap(),
+        WriteOutcome::Queued
+    );
+    assert_eq!(stale.queued_writes(), 2);
+    // The drainer's failed attempts open the breaker; from that moment no replay is tried for
+    // `open_for_ms`.
+    wait_until("the breaker to open", PATIENCE, || async {
+        stale.breaker_state() == BreakerState::Open
+    })
+    .await;
+
+    redis.restart();
+    // The shard moved meanwhile: its new owner (another node, its own connection) claims it at
+    // a newer epoch and records the user before the old owner's queue is replayed.
+    let owner = redis.tier().await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match owner.claim_user_states(shard, 2).await {
+            Ok(epoch) => {
+                assert_eq!(epoch, 2);
+                break;
+            }
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "could not claim after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    owner.put_user_state(shard, 2, "ann", b"new").await.unwrap();
+    assert!(
+        stale.queued_writes() > 0,
+        "replayed before the claim; the test proves nothing"
+    );
+
+    wait_until("the queue to drain", PATIENCE, || async {
+        stale.queued_writes() == 0
+    })
+    .await;
+    assert_eq!(
+        record(owner.as_ref(), shard, "ann").await.as_deref(),
+        Some(&b"new"[..])
+    );
+    assert_eq!(
+        record(owner.as_ref(), shard + 1, "bob").await.as_deref(),
+        Some(&b"queued"[..])
+    );
+    let rendered = metrics.render();
+    assert!(
+        rendered
+            .lines()
+            .any(|l| l.starts_with("bunting_user_state_fenced_total{at=\"replay\"}")),
+        "no replayed write counted as fenced in:\n{rendered}"
+    );
 }
 
 macro_rules! suite {
@@ -477,4 +633,6 @@ suite!(
     user_state_round_trip,
     breaker_opens_and_queued_writes_drain,
     a_full_queue_drops_its_oldest_writes,
+    user_state_writes_are_fenced_by_the_owner_epoch,
+    a_queued_write_fenced_after_recovery_is_dropped,
 );

@@ -122,6 +122,16 @@ pub enum SharedTierError {
     },
     #[error("shared tier config: {0}")]
     Config(String),
+    /// A user-state write of shard `shard` at epoch `epoch` was refused: a node claimed the shard
+    /// at `owner_epoch`, a newer shard map, so the writer is no longer its owner.
+    #[error(
+        "user state write to shard {shard} at epoch {epoch} fenced: the shard's owner epoch is {owner_epoch}"
+    )]
+    Fenced {
+        shard: u32,
+        epoch: u64,
+        owner_epoch: u64,
+    },
 }
 
 impl SharedTierError {
@@ -133,6 +143,7 @@ impl SharedTierError {
             SharedTierError::Corrupt { .. }
             | SharedTierError::InvalidSnapshot { .. }
             | SharedTierError::Encode { .. }
+            | SharedTierError::Fenced { .. }
             | SharedTierError::Config(_) => false,
         }
     }
@@ -174,9 +185,20 @@ pub trait SharedTier: Send + Sync + std::fmt::Debug {
     /// with [`TierChange::Resync`].
     fn subscribe(&self) -> ChangeStream;
 
+    /// Claims `shard` for an owner that acquired it under the shard map of `epoch`: raises the
+    /// shard's owner epoch to `max(stored, epoch)` (never lowers it) and returns the owner epoch
+    /// now stored. From then on user-state writes from an older epoch are refused. Not queued:
+    /// a claim that cannot reach the tier fails, like the load that follows it.
+    async fn claim_user_states(&self, shard: u32, epoch: u64) -> Result<u64, SharedTierError>;
+
+    /// Stores one user's state, written by the owner that acquired `shard` at `epoch`:
+    /// [`SharedTierError::Fenced`] (nothing written) if the shard's owner epoch is above `epoch`.
+    /// A write queued while the tier is down is checked when it is replayed, and dropped
+    /// (counted in `bunting_user_state_fenced_total`) if it is fenced by then.
     async fn put_user_state(
         &self,
         shard: u32,
+        epoch: u64,
         user: &str,
         state: &[u8],
     ) -> Result<WriteOutcome, SharedTierError>;
@@ -185,9 +207,11 @@ pub trait SharedTier: Send + Sync + std::fmt::Debug {
     async fn load_user_states(&self, shard: u32)
     -> Result<Vec<(String, Vec<u8>)>, SharedTierError>;
 
+    /// Deletes one user's state, fenced like [`SharedTier::put_user_state`].
     async fn delete_user_state(
         &self,
         shard: u32,
+        epoch: u64,
         user: &str,
     ) -> Result<WriteOutcome, SharedTierError>;
 

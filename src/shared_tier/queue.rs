@@ -18,13 +18,17 @@ pub enum Write {
         set: String,
         version: u64,
     },
+    /// `epoch`: the writer's fencing token, checked when the write reaches Redis (also when it
+    /// is replayed after an outage, by which time the shard may have a newer owner).
     PutUserState {
         shard: u32,
+        epoch: u64,
         user: String,
         state: Vec<u8>,
     },
     DeleteUserState {
         shard: u32,
+        epoch: u64,
         user: String,
     },
     /// The JSON list of running experiments, replacing the stored one.

@@ -8,6 +8,10 @@
 //! - `{P:set:ID}:snapshot`: a hash `version`, `json`; an empty `json` is a tombstone (the set
 //!   was deleted at `version`; a flagd document is never empty);
 //! - `{P:users:SHARD}:state`: a hash user → state bytes, one per key-space shard;
+//! - `{P:users:SHARD}:owner`: a string, the shard's owner epoch: the highest shard map epoch at
+//!   which a node claimed the shard. A user-state write carries its writer's epoch and is stored
+//!   only if that is not below the owner epoch (a fencing token; same hash tag as the state, so one
+//!   script covers both);
 //! - `{P:experiments}:running`: a string, the JSON list of running experiments
 //!   (`bunting_experiments::Experiment`), written whole by nodes that read them from PostgreSQL;
 //! - channel `P:changes`: `{"set": ID, "version": N}` per stored version. PUBLISH reaches every
@@ -48,6 +52,35 @@ redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 return -1
 ";
 
+/// Claims a shard: raises its owner epoch (KEYS[1]) to max(stored, ARGV[1]) and returns the owner
+/// epoch now stored, never lowering it. Epochs stay far below 2^53, where Lua's numbers are exact.
+const CLAIM_SHARD: &str = r"
+local stored = tonumber(redis.call('GET', KEYS[1]))
+local epoch = tonumber(ARGV[1])
+if stored and stored >= epoch then
+  return stored
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return epoch
+";
+
+/// A fenced user-state write: stores (ARGV[3] = 'put': HSET ARGV[4]) or deletes ('del') user
+/// ARGV[2] in the shard's hash (KEYS[2]) only if the writer's epoch ARGV[1] is not below the
+/// shard's owner epoch (KEYS[1]); returns -1 when it wrote, else the owner epoch that refused it.
+/// One script, so a claim cannot slip between the check and the write.
+const FENCED_USER_WRITE: &str = r"
+local owner = tonumber(redis.call('GET', KEYS[1]))
+if owner and owner > tonumber(ARGV[1]) then
+  return owner
+end
+if ARGV[3] == 'put' then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+else
+  redis.call('HDEL', KEYS[2], ARGV[2])
+end
+return -1
+";
+
 /// Notifications a slow subscriber may fall behind by before the subscriber task waits for it.
 const CHANGE_BUFFER: usize = 256;
 
@@ -85,6 +118,8 @@ struct Inner {
     timeout: Duration,
     keys: Keys,
     cas: redis::Script,
+    claim: redis::Script,
+    fenced_write: redis::Script,
 }
 
 enum Target {
@@ -142,6 +177,10 @@ impl Keys {
 
     fn users(&self, shard: u32) -> String {
         format!("{{{}:users:{shard}}}:state", self.prefix)
+    }
+
+    fn owner(&self, shard: u32) -> String {
+        format!("{{{}:users:{shard}}}:owner", self.prefix)
     }
 
     fn running_experiments(&self) -> String {
@@ -245,6 +284,8 @@ impl RedisTier {
                 prefix: config.key_prefix.clone(),
             },
             cas: redis::Script::new(SNAPSHOT_CAS),
+            claim: redis::Script::new(CLAIM_SHARD),
+            fenced_write: redis::Script::new(FENCED_USER_WRITE),
         });
         // The drainer retries about as often as the breaker lets a probe through.
         let every = open_for.clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -361,10 +402,21 @@ impl Inner {
         let Ok(_draining) = self.draining.try_lock() else {
             return;
         };
+        let mut fenced = 0u64;
         while let Some((seq, write)) = self.queue.front() {
             match self.apply(&write).await {
                 Ok(_) => self.queue.done(seq),
-                Err(e) if e.is_transient() => return,
+                Err(e) if e.is_transient() => break,
+                Err(e @ SharedTierError::Fenced { .. }) => {
+                    // Queued before the outage ended, by an owner that has since lost the shard:
+                    // replaying it would overwrite the new owner's record. Dropped, not retried,
+                    // and the writes behind it go on.
+                    tracing::debug!(error = %e, "dropped a queued user state write fenced by a newer owner");
+                    metrics::counter!("bunting_user_state_fenced_total", "at" => "replay")
+                        .increment(1);
+                    fenced += 1;
+                    self.queue.done(seq);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, ?write, "shared tier refused a queued write; dropped");
                     metrics::counter!("bunting_shared_tier_queue_dropped_total", "endpoint" => self.endpoint.clone())
@@ -372,6 +424,10 @@ impl Inner {
                     self.queue.done(seq);
                 }
             }
+        }
+        if fenced > 0 {
+            // One line per drain, not per write: an outage can queue thousands of them.
+            tracing::warn!(endpoint = %self.endpoint, fenced, "dropped queued user state writes fenced by a newer shard owner");
         }
     }
 
@@ -418,30 +474,18 @@ impl Inner {
                 .await?;
                 Ok(Applied::Written)
             }
-            Write::PutUserState { shard, user, state } => {
-                let key = self.keys.users(*shard);
-                self.call("put_user_state", |mut conn| async move {
-                    redis::cmd("HSET")
-                        .arg(&key)
-                        .arg(user)
-                        .arg(state.as_slice())
-                        .query_async::<()>(&mut conn)
-                        .await
-                })
-                .await?;
-                Ok(Applied::Written)
+            Write::PutUserState {
+                shard,
+                epoch,
+                user,
+                state,
+            } => {
+                self.fenced_user_write("put_user_state", *shard, *epoch, user, Some(state))
+                    .await
             }
-            Write::DeleteUserState { shard, user } => {
-                let key = self.keys.users(*shard);
-                self.call("delete_user_state", |mut conn| async move {
-                    redis::cmd("HDEL")
-                        .arg(&key)
-                        .arg(user)
-                        .query_async::<()>(&mut conn)
-                        .await
-                })
-                .await?;
-                Ok(Applied::Written)
+            Write::DeleteUserState { shard, epoch, user } => {
+                self.fenced_user_write("delete_user_state", *shard, *epoch, user, None)
+                    .await
             }
             Write::RunningExperiments { json } => {
                 let key = self.keys.running_experiments();
@@ -455,6 +499,39 @@ impl Inner {
                 .await?;
                 Ok(Applied::Written)
             }
+        }
+    }
+
+    /// Writes (`Some(state)`) or deletes one user's state if `epoch` is not below the shard's
+    /// owner epoch; `Fenced` otherwise.
+    async fn fenced_user_write(
+        &self,
+        what: &'static str,
+        shard: u32,
+        epoch: u64,
+        user: &str,
+        state: Option<&Vec<u8>>,
+    ) -> Result<Applied, SharedTierError> {
+        let (owner, key) = (self.keys.owner(shard), self.keys.users(shard));
+        let script = &self.fenced_write;
+        let refused: i64 = self
+            .call(what, |mut conn| async move {
+                let mut invocation = script.key(&owner);
+                invocation.key(&key).arg(epoch).arg(user);
+                match state {
+                    Some(state) => invocation.arg("put").arg(state.as_slice()),
+                    None => invocation.arg("del"),
+                };
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        match u64::try_from(refused) {
+            Ok(owner_epoch) => Err(SharedTierError::Fenced {
+                shard,
+                epoch,
+                owner_epoch,
+            }),
+            Err(_) => Ok(Applied::Written),
         }
     }
 
@@ -603,14 +680,28 @@ impl SharedTier for RedisTier {
         rx
     }
 
+    async fn claim_user_states(&self, shard: u32, epoch: u64) -> Result<u64, SharedTierError> {
+        let owner = self.inner.keys.owner(shard);
+        let script = &self.inner.claim;
+        let stored: u64 = self
+            .inner
+            .call("claim_user_states", |mut conn| async move {
+                script.key(&owner).arg(epoch).invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(stored)
+    }
+
     async fn put_user_state(
         &self,
         shard: u32,
+        epoch: u64,
         user: &str,
         state: &[u8],
     ) -> Result<WriteOutcome, SharedTierError> {
         let write = Write::PutUserState {
             shard,
+            epoch,
             user: user.to_owned(),
             state: state.to_vec(),
         };
@@ -636,10 +727,12 @@ impl SharedTier for RedisTier {
     async fn delete_user_state(
         &self,
         shard: u32,
+        epoch: u64,
         user: &str,
     ) -> Result<WriteOutcome, SharedTierError> {
         let write = Write::DeleteUserState {
             shard,
+            epoch,
             user: user.to_owned(),
         };
         Ok(self.inner.write(write).await?.outcome())
