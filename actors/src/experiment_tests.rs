@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::{
     Catalog, MemoryUserStates, Node, NodeConfig, ResolveRequest, ShardServices, TrackRefused,
-    TrackRequest, Update,
+    TrackRequest, Update, UserStateError, UserStateStore,
 };
 
 const SHARDS: u32 = 4;
@@ -165,14 +165,14 @@ async fn a_shard_moved_to_another_node_keeps_its_users() {
     };
     let a = node(&services).await;
     let b = node(&services).await;
-    b.set_owned(vec![false; SHARDS as usize]).await.unwrap();
+    b.set_owned(vec![false; SHARDS as usize], 1).await.unwrap();
     for i in 0..100 {
         evaluate(&a, &format!("user-{i}")).await;
     }
     track(&a, "user-7", 4.0).await.unwrap();
     // The move: A gives every shard up, B takes them.
-    a.set_owned(vec![false; SHARDS as usize]).await.unwrap();
-    b.set_owned(vec![true; SHARDS as usize]).await.unwrap();
+    a.set_owned(vec![false; SHARDS as usize], 2).await.unwrap();
+    b.set_owned(vec![true; SHARDS as usize], 2).await.unwrap();
     assert!(matches!(
         track(&a, "user-7", 1.0).await,
         Err(TrackRefused::NotOwner(_))
@@ -246,4 +246,126 @@ async fn a_variant_that_is_not_an_arm_counts_nothing() {
         "not exposed, so nothing to attribute"
     );
     node.shutdown().await;
+}
+
+/// Memory user states that fence like the shared tier: a per-shard owner epoch raised by claims,
+/// and writes from an older epoch refused. Counts claims per shard.
+#[derive(Debug, Default)]
+struct FencingStates {
+    inner: MemoryUserStates,
+    owners: std::sync::Mutex<std::collections::HashMap<u32, u64>>,
+    claims: std::sync::Mutex<Vec<(u32, u64)>>,
+}
+
+#[async_trait::async_trait]
+impl UserStateStore for FencingStates {
+    async fn claim(&self, shard: u32, epoch: u64) -> Result<(), UserStateError> {
+        self.claims.lock().unwrap().push((shard, epoch));
+        let mut owners = self.owners.lock().unwrap();
+        let owner = owners.entry(shard).or_default();
+        *owner = (*owner).max(epoch);
+        if *owner > epoch {
+            return Err(UserStateError::Fenced {
+                shard,
+                epoch,
+                owner_epoch: *owner,
+            });
+        }
+        Ok(())
+    }
+
+    async fn load(&self, shard: u32) -> Result<Vec<(String, Vec<u8>)>, UserStateError> {
+        self.inner.load(shard).await
+    }
+
+    async fn save(
+        &self,
+        shard: u32,
+        epoch: u64,
+        user: &str,
+        state: &[u8],
+    ) -> Result<(), UserStateError> {
+        let owner = self
+            .owners
+            .lock()
+            .unwrap()
+            .get(&shard)
+            .copied()
+            .unwrap_or(0);
+        if owner > epoch {
+            return Err(UserStateError::Fenced {
+                shard,
+                epoch,
+                owner_epoch: owner,
+            });
+        }
+        self.inner.save(shard, epoch, user, state).await
+    }
+}
+
+/// A user of `shard` (users are spread over shards by the key's hash).
+fn user_in(shard: u32, not: &str) -> String {
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|u| u != not && bunting_keyspace::shard_of(u, SHARDS) == shard)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_fenced_shard_stops_owning_and_still_answers() {
+    let store = Arc::new(FencingStates::default());
+    let services = ShardServices {
+        user_states: store.clone(),
+        events: Arc::new(MemoryEventStore::default()),
+    };
+    // A holds every shard from the start (epoch 0). B takes them under map 2, which A has not
+    // adopted yet: for a while both believe they own the shards.
+    let a = node(&services).await;
+    let b = node(&services).await;
+    b.set_owned(vec![false; SHARDS as usize], 1).await.unwrap();
+    b.set_owned(vec![true; SHARDS as usize], 2).await.unwrap();
+
+    let ann = "user-1";
+    let ann_shard = bunting_keyspace::shard_of(ann, SHARDS);
+    // The stale owner's write is fenced: the evaluation is still answered, nothing is counted,
+    // and A no longer acts as the shard's owner.
+    let variant = evaluate(&a, ann).await;
+    assert!(["blue", "green"].contains(&variant.as_str()), "{variant}");
+    assert_eq!(a.experiment_totals(&id()).await.unwrap().exposed(), 0);
+    assert!(matches!(
+        track(&a, ann, 1.0).await,
+        Err(TrackRefused::NotOwner(shard)) if shard == ann_shard
+    ));
+    assert!(store.inner.load(ann_shard).await.unwrap().is_empty());
+    // The exposure was left to the new owner, which records it when it handles the user.
+    assert_eq!(evaluate(&b, ann).await, variant);
+    assert_eq!(b.experiment_totals(&id()).await.unwrap().exposed(), 1);
+
+    // Map 4 gives every shard back to A. Ann's shard, released by the fence, is claimed again
+    // at 4 and finds B's record of her.
+    b.set_owned(vec![false; SHARDS as usize], 4).await.unwrap();
+    a.set_owned(vec![true; SHARDS as usize], 4).await.unwrap();
+    assert_eq!(track(&a, ann, 2.0).await.unwrap(), vec![id()]);
+    assert!(store.claims.lock().unwrap().contains(&(ann_shard, 4)));
+    assert_eq!(evaluate(&a, ann).await, variant);
+
+    // Another shard A held since epoch 0 without noticing B: its first write is fenced too, and
+    // since A's map (4) is newer than that acquisition, it is claimed again at once; the user's
+    // next evaluation is counted.
+    let other_shard = (ann_shard + 1) % SHARDS;
+    let bob = user_in(other_shard, ann);
+    evaluate(&a, &bob).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.experiment_totals(&id()).await.unwrap().exposed() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shard {other_shard} was never re-acquired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        evaluate(&a, &bob).await;
+    }
+    assert!(store.claims.lock().unwrap().contains(&(other_shard, 4)));
+    assert_eq!(a.experiment_totals(&id()).await.unwrap().exposed(), 2);
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -212,12 +212,17 @@ impl Node {
             .await
     }
 
-    /// Which shards this node owns (index = shard). Shards gaining ownership load their users'
-    /// state; shards losing it flush and forget. Requests sent after this returns are handled
-    /// after the change.
-    pub async fn set_owned(&self, owned: Vec<bool>) -> Result<(), NodeError> {
-        self.tell_supervisor(|reply| SupervisorMsg::Own(owned, Some(reply)))
-            .await
+    /// Which shards this node owns (index = shard) under the shard map of `epoch`. Shards gaining
+    /// ownership claim it at `epoch` (their fencing token for every user-state write) and load
+    /// their users' state; shards losing it flush and forget. Requests sent after this returns
+    /// are handled after the change.
+    pub async fn set_owned(&self, owned: Vec<bool>, epoch: u64) -> Result<(), NodeError> {
+        self.tell_supervisor(|reply| SupervisorMsg::Own {
+            owned,
+            epoch,
+            reply: Some(reply),
+        })
+        .await
     }
 
     async fn tell_supervisor(

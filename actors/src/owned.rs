@@ -25,6 +25,9 @@ pub struct Owned {
     dirty: BTreeSet<ExperimentId>,
     /// The last flush's sequence number; the next one is larger (see [`Owned::next_seq`]).
     seq: u64,
+    /// The shard map epoch at which this node acquired the shard: the fencing token every write
+    /// of a user's record carries (see [`UserStateStore`]).
+    epoch: u64,
 }
 
 /// Why a tracked event was not counted.
@@ -39,15 +42,22 @@ pub enum TrackRefused {
 }
 
 impl Owned {
-    /// Takes ownership of `shard`: loads its users' records and rebuilds the statistics. A record
+    /// Takes ownership of `shard` at map epoch `epoch`: claims it in the store (so a stale
+    /// owner's later writes are refused), then loads its users' records and rebuilds the
+    /// statistics. Claiming first means no write of an older owner lands after the load. A record
     /// that cannot be decoded is skipped and counted (one bad value must not make a shard
     /// unownable).
     pub async fn acquire(
         shard: u32,
+        epoch: u64,
         store: &dyn UserStateStore,
         events: &dyn EventStore,
     ) -> Result<Owned, UserStateError> {
-        let mut owned = Owned::default();
+        store.claim(shard, epoch).await?;
+        let mut owned = Owned {
+            epoch,
+            ..Owned::default()
+        };
         for (user, bytes) in store.load(shard).await? {
             match user_state::decode(shard, &user, &bytes) {
                 Ok(state) => {
@@ -81,6 +91,11 @@ impl Owned {
         self.users.len()
     }
 
+    /// The map epoch the shard was acquired at.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Counts `user`'s first exposure to `experiment` (arm `variant`). Later exposures, and
     /// variants that are not arms of the experiment (the flag changed mid-run), count nothing.
     /// Returns whether this was a first exposure.
@@ -108,7 +123,9 @@ impl Owned {
             experiment.id.clone(),
             UserExposure::new(variant, now_millis()),
         );
-        store.save(shard, user, &user_state::encode(&next)).await?;
+        store
+            .save(shard, self.epoch, user, &user_state::encode(&next))
+            .await?;
         self.users.insert(user.to_owned(), next);
         self.totals
             .entry(experiment.id.clone())
@@ -160,7 +177,9 @@ impl Owned {
         if counted.is_empty() {
             return Ok(counted);
         }
-        store.save(shard, user, &user_state::encode(&next)).await?;
+        store
+            .save(shard, self.epoch, user, &user_state::encode(&next))
+            .await?;
         self.users.insert(user.to_owned(), next);
         for (id, t) in totals {
             self.totals.insert(id.clone(), t);

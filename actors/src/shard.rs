@@ -13,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::catalog::Catalog;
 use crate::owned::{Owned, TrackRefused};
 use crate::resolved::{self, ResolvedFlag};
+use crate::supervisor::SupervisorMsg;
 use crate::user_state::{UserStateError, UserStateStore};
 
 /// Where shards keep what outlives them: per-user records and the experiment statistics.
@@ -83,9 +84,13 @@ pub enum ShardMsg {
     Install(Arc<Catalog>),
     /// The supervisor's fan-out of the running experiments.
     Experiments(Arc<RunningExperiments>),
-    /// Take (`true`: load the users' records) or give up (`false`: flush, then forget them)
-    /// ownership of this shard's users. The reply carries the number of users loaded.
-    Own(bool, Option<RpcReplyPort<Result<usize, UserStateError>>>),
+    /// Take (`Some(epoch)`: claim the shard at that map epoch and load the users' records) or
+    /// give up (`None`: flush, then forget them) ownership of this shard's users. The reply
+    /// carries the number of users loaded.
+    Own(
+        Option<u64>,
+        Option<RpcReplyPort<Result<usize, UserStateError>>>,
+    ),
     /// A conversion event for a user of this shard.
     Track(
         TrackRequest,
@@ -112,7 +117,7 @@ impl std::fmt::Debug for ShardMsg {
             ShardMsg::ResolveAll { set, .. } => write!(f, "ResolveAll({set:?})"),
             ShardMsg::Install(c) => write!(f, "Install({:?})", c.changed_at()),
             ShardMsg::Experiments(e) => write!(f, "Experiments({} running)", e.len()),
-            ShardMsg::Own(own, _) => write!(f, "Own({own})"),
+            ShardMsg::Own(own, _) => write!(f, "Own({own:?})"),
             ShardMsg::Track(t, _) => write!(f, "Track({:?})", t.event),
             ShardMsg::Flush(_) => f.write_str("Flush"),
             ShardMsg::Totals(id, _) => write!(f, "Totals({id})"),
@@ -134,8 +139,11 @@ pub struct ShardArgs {
     pub depth: Arc<AtomicUsize>,
     pub experiments: Arc<RunningExperiments>,
     pub services: ShardServices,
-    /// Whether the shard starts owned (a restart of an owned shard reloads its users).
-    pub owned: bool,
+    /// `Some(epoch)`: the shard starts owned, acquired at that map epoch (a restart of an owned
+    /// shard reloads its users).
+    pub owned: Option<u64>,
+    /// Told when a fenced write shows that another node has claimed the shard.
+    pub supervisor: ActorRef<SupervisorMsg>,
 }
 
 #[derive(Debug)]
@@ -148,6 +156,7 @@ pub struct ShardState {
     services: ShardServices,
     /// `Some` while this node owns the shard's users.
     owned: Option<Owned>,
+    supervisor: ActorRef<SupervisorMsg>,
 }
 
 impl ShardState {
@@ -164,22 +173,36 @@ impl ShardState {
 }
 
 impl ShardState {
-    /// Takes or gives up ownership; returns the number of users now held.
-    async fn own(&mut self, own: bool) -> Result<usize, UserStateError> {
-        match (own, self.owned.is_some()) {
-            (true, false) => {
-                let owned = Owned::acquire(
+    /// Takes (at map epoch `Some(epoch)`) or gives up ownership; returns the number of users
+    /// now held.
+    async fn own(&mut self, own: Option<u64>) -> Result<usize, UserStateError> {
+        match (own, self.owned.as_ref().map(Owned::epoch)) {
+            (Some(epoch), held) if held != Some(epoch) => {
+                // Held at another epoch (the supervisor re-claims at a newer map after a fence):
+                // what is in memory may be stale, so start over from the store.
+                self.owned = None;
+                let acquired = Owned::acquire(
                     self.index,
+                    epoch,
                     self.services.user_states.as_ref(),
                     self.services.events.as_ref(),
                 )
-                .await?;
+                .await;
+                let owned = match acquired {
+                    Ok(owned) => owned,
+                    Err(e) => {
+                        if matches!(e, UserStateError::Fenced { .. }) {
+                            self.fenced(epoch, &e, "claim");
+                        }
+                        return Err(e);
+                    }
+                };
                 let users = owned.users();
                 self.owned = Some(owned);
                 metrics::counter!("bunting_shard_acquisitions_total").increment(1);
                 Ok(users)
             }
-            (false, true) => {
+            (None, Some(_)) => {
                 // Flush what changed so the statistics store is current; the next owner rebuilds
                 // from the user records either way.
                 if let Err(e) = self.flush().await {
@@ -191,6 +214,22 @@ impl ShardState {
             }
             _ => Ok(self.owned.as_ref().map_or(0, Owned::users)),
         }
+    }
+
+    /// A write (or the claim) at `epoch` was fenced: a node holding a newer shard map has
+    /// claimed this shard, so this node has lost it even if its own map does not say so yet.
+    /// Stop acting as the owner at once, without flushing (the new owner rebuilds the statistics
+    /// from the records, and they are its to write now), and tell the supervisor, which hands
+    /// the shard back only under a later map.
+    fn fenced(&mut self, epoch: u64, error: &UserStateError, at: &'static str) {
+        self.owned = None;
+        metrics::counter!("bunting_user_state_fenced_total", "at" => at).increment(1);
+        // Once per loss: the shard no longer owns, so it writes nothing more until re-acquired.
+        tracing::warn!(shard = self.index, epoch, error = %error, "shard fenced by a newer owner; no longer acting as its owner");
+        let _ = self.supervisor.cast(SupervisorMsg::Fenced {
+            shard: self.index,
+            epoch,
+        });
     }
 
     async fn flush(&mut self) -> Result<usize, String> {
@@ -209,7 +248,9 @@ impl ShardState {
 
     /// First exposures for the flags just resolved, when this node owns the user and a running
     /// experiment is on the flag. A failure to store the record is logged and counted; the
-    /// evaluation is answered regardless (serving flags never waits on experiments).
+    /// evaluation is answered regardless (serving flags never waits on experiments). A fenced
+    /// write means the shard has a newer owner: this node stops owning it, and the exposure is
+    /// not lost but left to that owner, which records it when it next handles the user.
     async fn expose<'a>(
         &mut self,
         set: Option<&Arc<str>>,
@@ -223,7 +264,8 @@ impl ShardState {
             return;
         };
         let set = set.unwrap_or(&self.default_set);
-        for (key, answer) in resolved {
+        let mut fenced = None;
+        'flags: for (key, answer) in resolved {
             let Some(variant) = answer.variant.as_deref() else {
                 continue;
             };
@@ -231,7 +273,7 @@ impl ShardState {
                 continue;
             }
             for experiment in self.experiments.on_flag(set, key) {
-                if let Err(e) = owned
+                match owned
                     .expose(
                         self.index,
                         user,
@@ -241,10 +283,20 @@ impl ShardState {
                     )
                     .await
                 {
-                    metrics::counter!("bunting_exposures_lost_total").increment(1);
-                    tracing::warn!(shard = self.index, experiment = %experiment.id, error = %e, "exposure not recorded");
+                    Ok(_) => {}
+                    Err(e @ UserStateError::Fenced { .. }) => {
+                        fenced = Some((owned.epoch(), e));
+                        break 'flags;
+                    }
+                    Err(e) => {
+                        metrics::counter!("bunting_exposures_lost_total").increment(1);
+                        tracing::warn!(shard = self.index, experiment = %experiment.id, error = %e, "exposure not recorded");
+                    }
                 }
             }
+        }
+        if let Some((epoch, e)) = fenced {
+            self.fenced(epoch, &e, "save");
         }
     }
 }
@@ -267,11 +319,12 @@ impl Actor for Shard {
             experiments: args.experiments,
             services: args.services,
             owned: None,
+            supervisor: args.supervisor,
         };
-        if args.owned {
+        if args.owned.is_some() {
             // A shard that cannot load its users still serves evaluations; it retries on the next
             // ownership change. Failing here would make the supervisor restart it in a loop.
-            if let Err(e) = state.own(true).await {
+            if let Err(e) = state.own(args.owned).await {
                 tracing::warn!(shard = state.index, error = %e, "could not load the shard's users");
             }
         }
@@ -364,14 +417,22 @@ impl Actor for Shard {
                 let index = state.index;
                 let answer = match state.owned.as_mut() {
                     Some(owned) => {
-                        owned
+                        let epoch = owned.epoch();
+                        let tracked = owned
                             .track(
                                 index,
                                 &request,
                                 &state.experiments,
                                 state.services.user_states.as_ref(),
                             )
-                            .await
+                            .await;
+                        // The client retries a refused Track; the new owner counts it then.
+                        if let Err(TrackRefused::Store(e @ UserStateError::Fenced { .. })) =
+                            &tracked
+                        {
+                            state.fenced(epoch, e, "save");
+                        }
+                        tracked
                     }
                     None => Err(TrackRefused::NotOwner(index)),
                 };

@@ -42,10 +42,18 @@ pub enum SupervisorMsg {
     Sample,
     /// Install the running experiments on every shard (and on shards restarted later).
     Experiments(Arc<RunningExperiments>, Option<RpcReplyPort<()>>),
-    /// Which shards this node owns (index = shard); shards whose ownership changed are told.
-    /// The reply comes once every shard concerned has the message in its mailbox, so anything
-    /// the caller sends a shard afterwards is handled after it.
-    Own(Vec<bool>, Option<RpcReplyPort<()>>),
+    /// Which shards this node owns (index = shard) under the shard map of `epoch`; shards whose
+    /// ownership changed are told (a shard gained is acquired at `epoch`, its fencing token). The
+    /// reply comes once every shard concerned has the message in its mailbox, so anything the
+    /// caller sends a shard afterwards is handled after it.
+    Own {
+        owned: Vec<bool>,
+        epoch: u64,
+        reply: Option<RpcReplyPort<()>>,
+    },
+    /// From a shard: a write it made as the owner acquired at `epoch` was fenced (a newer owner
+    /// claimed the shard), and it has stopped acting as the owner.
+    Fenced { shard: u32, epoch: u64 },
     #[cfg(test)]
     CrashShard(u32),
 }
@@ -60,8 +68,13 @@ impl std::fmt::Debug for SupervisorMsg {
             SupervisorMsg::Apply(u, _) => write!(f, "Apply({} v{})", u.set(), u.version()),
             SupervisorMsg::Sample => f.write_str("Sample"),
             SupervisorMsg::Experiments(e, _) => write!(f, "Experiments({} running)", e.len()),
-            SupervisorMsg::Own(o, _) => {
-                write!(f, "Own({} shards)", o.iter().filter(|o| **o).count())
+            SupervisorMsg::Own { owned, epoch, .. } => write!(
+                f,
+                "Own({} shards at epoch {epoch})",
+                owned.iter().filter(|o| **o).count()
+            ),
+            SupervisorMsg::Fenced { shard, epoch } => {
+                write!(f, "Fenced(shard {shard} at epoch {epoch})")
             }
             #[cfg(test)]
             SupervisorMsg::CrashShard(i) => write!(f, "CrashShard({i})"),
@@ -90,9 +103,12 @@ pub struct SupervisorState {
     published: watch::Sender<Arc<Catalog>>,
     services: ShardServices,
     experiments: Arc<RunningExperiments>,
-    /// Index = shard. A node starts owning every shard (a single node owns them all); a
-    /// clustered node is told its share as soon as it has a shard map.
-    owned: Vec<bool>,
+    /// Index = shard; `Some(epoch)`: owned, acquired under the map of that epoch. A single node
+    /// owns every shard at epoch 0 from the start; a clustered node is told its share as soon as
+    /// it has a shard map.
+    owned: Vec<Option<u64>>,
+    /// The epoch of the last map handed over with `Own` (0 until then).
+    epoch: u64,
 }
 
 impl SupervisorState {
@@ -114,7 +130,8 @@ impl SupervisorState {
                 depth,
                 experiments: self.experiments.clone(),
                 services: self.services.clone(),
-                owned: self.owned.get(index as usize).copied().unwrap_or(false),
+                owned: self.owned.get(index as usize).copied().flatten(),
+                supervisor: myself.clone(),
             },
             myself.get_cell(),
         )
@@ -134,7 +151,9 @@ impl Actor for NodeSupervisor {
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let state = SupervisorState {
-            owned: vec![args.owns_all; args.slots.len()],
+            // A single node is the shards' only writer: a fixed epoch, never fenced.
+            owned: vec![args.owns_all.then_some(0); args.slots.len()],
+            epoch: 0,
             catalog: args.catalog,
             default_set: args.default_set,
             slots: args.slots,
@@ -192,7 +211,7 @@ impl Actor for NodeSupervisor {
                         .set(depth.load(Ordering::Relaxed) as f64);
                 }
                 metrics::gauge!("bunting_shards_owned")
-                    .set(state.owned.iter().filter(|o| **o).count() as f64);
+                    .set(state.owned.iter().filter(|o| o.is_some()).count() as f64);
                 if !state.experiments.is_empty() {
                     for_each_shard(&state.slots, |shard| {
                         let _ = shard.cast(ShardMsg::Flush(None));
@@ -208,21 +227,60 @@ impl Actor for NodeSupervisor {
                     let _ = reply.send(());
                 }
             }
-            SupervisorMsg::Own(owned, reply) => {
+            SupervisorMsg::Own {
+                owned,
+                epoch,
+                reply,
+            } => {
                 let refs = state
                     .slots
                     .refs
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (i, (shard, own)) in refs.iter().zip(&owned).enumerate() {
-                    if state.owned.get(i) != Some(own) {
-                        let _ = shard.cast(ShardMsg::Own(*own, None));
+                state.owned.resize(refs.len(), None);
+                for ((shard, own), held) in refs.iter().zip(&owned).zip(state.owned.iter_mut()) {
+                    // A shard kept from one map to the next keeps the epoch it was acquired at:
+                    // its records in the store are its own since then.
+                    match (*own, *held) {
+                        (true, None) => {
+                            *held = Some(epoch);
+                            let _ = shard.cast(ShardMsg::Own(Some(epoch), None));
+                        }
+                        (false, Some(_)) => {
+                            *held = None;
+                            let _ = shard.cast(ShardMsg::Own(None, None));
+                        }
+                        _ => {}
                     }
                 }
                 drop(refs);
-                state.owned = owned;
+                state.epoch = epoch;
                 if let Some(reply) = reply {
                     let _ = reply.send(());
+                }
+            }
+            SupervisorMsg::Fenced { shard, epoch } => {
+                let Some(held) = state.owned.get_mut(shard as usize) else {
+                    return Ok(());
+                };
+                // Only a report about the acquisition still current counts: a later map may
+                // already have released or re-acquired the shard.
+                if *held == Some(epoch) {
+                    if state.epoch > epoch {
+                        // The current map, newer than the acquisition, still gives us the shard
+                        // (a newer owner held it in between, under a map this node skipped):
+                        // claim it again at the current epoch, reloading what that owner wrote.
+                        // If the store is fenced above this epoch too, the next report finds
+                        // `state.epoch == epoch` and the shard waits for a later map.
+                        *held = Some(state.epoch);
+                        if let Some(shard) = state.slots.get(shard) {
+                            let _ = shard.cast(ShardMsg::Own(Some(state.epoch), None));
+                        }
+                    } else {
+                        // Released as far as this node is concerned; a later map that gives
+                        // the shard to this node acquires it again at that map's epoch.
+                        *held = None;
+                    }
                 }
             }
             #[cfg(test)]

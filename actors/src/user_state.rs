@@ -26,18 +26,49 @@ pub enum UserStateError {
         user: String,
         problem: String,
     },
+    /// The shard's owner epoch in the store is above the writer's: a node holding a newer shard
+    /// map has claimed the shard, so this writer is a stale owner and must not overwrite what
+    /// the new owner writes.
+    #[error(
+        "shard {shard} is fenced: this node holds it at map epoch {epoch}, the store's owner epoch is {owner_epoch}"
+    )]
+    Fenced {
+        shard: u32,
+        epoch: u64,
+        owner_epoch: u64,
+    },
 }
 
 /// Durable per-user state, one collection per shard. Implementations: the shared tier (Redis)
 /// in a cluster, a local file log for a single node, memory for tests.
 #[async_trait]
+///
+/// Epochs are fencing tokens: the shard map epoch at which this node acquired the shard (a
+/// single node, the only writer, uses 0). A store shared between nodes keeps a per-shard owner
+/// epoch, raised by [`UserStateStore::claim`], and refuses a write from an older epoch with
+/// [`UserStateError::Fenced`], so a stale owner (one that has not yet adopted the map that moved
+/// the shard away) cannot overwrite the new owner's records. Stores with a single writer (memory,
+/// the local file) accept the epoch and ignore it.
+#[async_trait]
 pub trait UserStateStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Claims `shard` for a node that acquired it at `epoch`, before it loads the shard's users:
+    /// raises the shard's owner epoch to `max(stored, epoch)`. `Fenced` if the stored owner epoch
+    /// is already above `epoch` (a newer owner exists; the claim lowers nothing).
+    async fn claim(&self, shard: u32, epoch: u64) -> Result<(), UserStateError>;
+
     /// Every user's state in `shard`, as raw bytes (see [`encode`]).
     async fn load(&self, shard: u32) -> Result<Vec<(String, Vec<u8>)>, UserStateError>;
 
-    /// Replaces one user's state. `Ok` means stored, or queued to be stored by a store that
-    /// buffers writes while its backend is down.
-    async fn save(&self, shard: u32, user: &str, state: &[u8]) -> Result<(), UserStateError>;
+    /// Replaces one user's state, written by the owner that acquired `shard` at `epoch`. `Ok`
+    /// means stored, or queued to be stored by a store that buffers writes while its backend is
+    /// down; `Fenced` means a newer owner has claimed the shard and nothing was written.
+    async fn save(
+        &self,
+        shard: u32,
+        epoch: u64,
+        user: &str,
+        state: &[u8],
+    ) -> Result<(), UserStateError>;
 }
 
 pub fn encode(state: &UserState) -> Vec<u8> {
@@ -62,6 +93,11 @@ pub struct MemoryUserStates {
 
 #[async_trait]
 impl UserStateStore for MemoryUserStates {
+    async fn claim(&self, _shard: u32, _epoch: u64) -> Result<(), UserStateError> {
+        // One process, one writer per shard at a time: nothing to fence.
+        Ok(())
+    }
+
     async fn load(&self, shard: u32) -> Result<Vec<(String, Vec<u8>)>, UserStateError> {
         let shards = self
             .shards
@@ -73,7 +109,13 @@ impl UserStateStore for MemoryUserStates {
             .unwrap_or_default())
     }
 
-    async fn save(&self, shard: u32, user: &str, state: &[u8]) -> Result<(), UserStateError> {
+    async fn save(
+        &self,
+        shard: u32,
+        _epoch: u64,
+        user: &str,
+        state: &[u8],
+    ) -> Result<(), UserStateError> {
         let mut shards = self
             .shards
             .lock()

@@ -225,7 +225,7 @@ pub async fn follow_ownership(
             }
             continue;
         }
-        if let Err(e) = node.set_owned(owned).await {
+        if let Err(e) = node.set_owned(owned, epoch).await {
             tracing::warn!(error = %e, "could not hand the shard map to the actor tree");
         }
         if map.changed().await.is_err() {

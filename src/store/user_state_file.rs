@@ -53,6 +53,11 @@ fn unavailable(path: &Path, e: &std::io::Error) -> UserStateError {
 
 #[async_trait]
 impl UserStateStore for FileUserStates {
+    async fn claim(&self, _shard: u32, _epoch: u64) -> Result<(), UserStateError> {
+        // The file belongs to one node, the shards' only writer: nothing to fence.
+        Ok(())
+    }
+
     async fn load(&self, shard: u32) -> Result<Vec<(String, Vec<u8>)>, UserStateError> {
         let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
         // Compaction replaces the file: an open handle would append to the replaced one.
@@ -84,7 +89,13 @@ impl UserStateStore for FileUserStates {
         Ok(users.into_iter().collect())
     }
 
-    async fn save(&self, shard: u32, user: &str, state: &[u8]) -> Result<(), UserStateError> {
+    async fn save(
+        &self,
+        shard: u32,
+        _epoch: u64,
+        user: &str,
+        state: &[u8],
+    ) -> Result<(), UserStateError> {
         let path = self.path(shard);
         let state =
             serde_json::value::RawValue::from_string(String::from_utf8_lossy(state).into_owned())
@@ -152,13 +163,19 @@ mod tests {
     async fn the_last_write_of_each_user_survives_a_reopen_and_a_torn_line() {
         let dir = dir("reopen");
         let store = FileUserStates::open(&dir).unwrap();
-        store.save(3, "ann", br#"{"e":{"arm":"a"}}"#).await.unwrap();
-        store.save(3, "bob", br#"{"e":{"arm":"b"}}"#).await.unwrap();
         store
-            .save(3, "ann", br#"{"e":{"arm":"a","n":2}}"#)
+            .save(3, 0, "ann", br#"{"e":{"arm":"a"}}"#)
             .await
             .unwrap();
-        store.save(4, "cat", b"{}").await.unwrap();
+        store
+            .save(3, 0, "bob", br#"{"e":{"arm":"b"}}"#)
+            .await
+            .unwrap();
+        store
+            .save(3, 0, "ann", br#"{"e":{"arm":"a","n":2}}"#)
+            .await
+            .unwrap();
+        store.save(4, 0, "cat", b"{}").await.unwrap();
         // A crash mid-append leaves a partial line at the end.
         std::fs::OpenOptions::new()
             .append(true)
@@ -195,7 +212,7 @@ mod tests {
         let dir = dir("refuse");
         let store = FileUserStates::open(&dir).unwrap();
         assert!(matches!(
-            store.save(0, "ann", b"not json").await,
+            store.save(0, 0, "ann", b"not json").await,
             Err(UserStateError::Corrupt { .. })
         ));
         assert!(store.load(0).await.unwrap().is_empty());
