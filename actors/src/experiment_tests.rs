@@ -248,8 +248,8 @@ async fn a_variant_that_is_not_an_arm_counts_nothing() {
     node.shutdown().await;
 }
 
-/// Memory user states that fence like the shared tier: a per-shard owner epoch raised by claims,
-/// and writes from an older epoch refused. Counts claims per shard.
+/// Memory user states that fence like the shared tier: a per-shard owner epoch set by each claim
+/// (the last claimant wins), and writes at any other epoch refused. Counts claims per shard.
 #[derive(Debug, Default)]
 struct FencingStates {
     inner: MemoryUserStates,
@@ -261,16 +261,7 @@ struct FencingStates {
 impl UserStateStore for FencingStates {
     async fn claim(&self, shard: u32, epoch: u64) -> Result<(), UserStateError> {
         self.claims.lock().unwrap().push((shard, epoch));
-        let mut owners = self.owners.lock().unwrap();
-        let owner = owners.entry(shard).or_default();
-        *owner = (*owner).max(epoch);
-        if *owner > epoch {
-            return Err(UserStateError::Fenced {
-                shard,
-                epoch,
-                owner_epoch: *owner,
-            });
-        }
+        self.owners.lock().unwrap().insert(shard, epoch);
         Ok(())
     }
 
@@ -285,14 +276,8 @@ impl UserStateStore for FencingStates {
         user: &str,
         state: &[u8],
     ) -> Result<(), UserStateError> {
-        let owner = self
-            .owners
-            .lock()
-            .unwrap()
-            .get(&shard)
-            .copied()
-            .unwrap_or(0);
-        if owner > epoch {
+        let owner = self.owners.lock().unwrap().get(&shard).copied();
+        if let Some(owner) = owner.filter(|owner| *owner != epoch) {
             return Err(UserStateError::Fenced {
                 shard,
                 epoch,
@@ -366,6 +351,69 @@ async fn a_fenced_shard_stops_owning_and_still_answers() {
     }
     assert!(store.claims.lock().unwrap().contains(&(other_shard, 4)));
     assert_eq!(a.experiment_totals(&id()).await.unwrap().exposed(), 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_claim_from_a_stale_map_is_taken_back_and_the_stale_owner_lets_go() {
+    let store = Arc::new(FencingStates::default());
+    let services = ShardServices {
+        user_states: store.clone(),
+        events: Arc::new(MemoryEventStore::default()),
+    };
+    let a = node(&services).await;
+    let b = node(&services).await;
+    b.set_owned(vec![false; SHARDS as usize], 1).await.unwrap();
+    a.set_owned(vec![false; SHARDS as usize], 2).await.unwrap();
+    // B owns every shard under map 5; A, lagging, acts on map 3, which gave it the shards, and
+    // claims them after B did: the last claim is A's.
+    b.set_owned(vec![true; SHARDS as usize], 5).await.unwrap();
+    a.set_owned(vec![true; SHARDS as usize], 3).await.unwrap();
+
+    let ann = "user-1";
+    let ann_shard = bunting_keyspace::shard_of(ann, SHARDS);
+    let claims_at = |epoch: u64| {
+        store
+            .claims
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == (ann_shard, epoch))
+            .count()
+    };
+    // B's write is fenced by A's claim; B's map (5) is newer than A's (3), so B claims the shard
+    // back, and the user's next evaluation on B is counted.
+    let variant = evaluate(&b, ann).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.experiment_totals(&id()).await.unwrap().exposed() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never took the shard back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(evaluate(&b, ann).await, variant);
+    }
+    assert_eq!(claims_at(5), 2, "B's acquisition and its one claim back");
+    // A's write is fenced by B's claim; A's map is older, so A lets go: it still answers,
+    // counts nothing, and refuses the user's Track.
+    assert_eq!(evaluate(&a, ann).await, variant);
+    assert!(matches!(
+        track(&a, ann, 1.0).await,
+        Err(TrackRefused::NotOwner(shard)) if shard == ann_shard
+    ));
+    for _ in 0..5 {
+        evaluate(&a, ann).await;
+        evaluate(&b, ann).await;
+    }
+    assert_eq!(
+        (claims_at(3), claims_at(5)),
+        (1, 2),
+        "no further claims: the two do not take turns"
+    );
+    assert_eq!(a.experiment_totals(&id()).await.unwrap().exposed(), 0);
+    assert_eq!(b.experiment_totals(&id()).await.unwrap().exposed(), 1);
+    assert_eq!(track(&b, ann, 1.0).await.unwrap(), vec![id()]);
     a.shutdown().await;
     b.shutdown().await;
 }

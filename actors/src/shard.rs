@@ -216,19 +216,26 @@ impl ShardState {
         }
     }
 
-    /// A write (or the claim) at `epoch` was fenced: a node holding a newer shard map has
-    /// claimed this shard, so this node has lost it even if its own map does not say so yet.
-    /// Stop acting as the owner at once, without flushing (the new owner rebuilds the statistics
-    /// from the records, and they are its to write now), and tell the supervisor, which hands
-    /// the shard back only under a later map.
+    /// A write (or the claim) at `epoch` was fenced: another node has claimed this shard, so
+    /// this node has lost it even if its own map does not say so yet. Stop acting as the owner
+    /// at once, without flushing (the new owner rebuilds the statistics from the records, and
+    /// they are its to write now), and tell the supervisor, which claims the shard back only if
+    /// its map is at least as new as the claimant's.
     fn fenced(&mut self, epoch: u64, error: &UserStateError, at: &'static str) {
         self.owned = None;
         metrics::counter!("bunting_user_state_fenced_total", "at" => at).increment(1);
         // Once per loss: the shard no longer owns, so it writes nothing more until re-acquired.
-        tracing::warn!(shard = self.index, epoch, error = %error, "shard fenced by a newer owner; no longer acting as its owner");
+        tracing::warn!(shard = self.index, epoch, error = %error, "shard fenced by another owner; no longer acting as its owner");
+        let owner_epoch = match error {
+            UserStateError::Fenced { owner_epoch, .. } => *owner_epoch,
+            // Not a fence (callers pass only fences): treat the claimant as newer, so the
+            // shard waits for a later map rather than claiming back.
+            _ => u64::MAX,
+        };
         let _ = self.supervisor.cast(SupervisorMsg::Fenced {
             shard: self.index,
             epoch,
+            owner_epoch,
         });
     }
 
@@ -249,7 +256,7 @@ impl ShardState {
     /// First exposures for the flags just resolved, when this node owns the user and a running
     /// experiment is on the flag. A failure to store the record is logged and counted; the
     /// evaluation is answered regardless (serving flags never waits on experiments). A fenced
-    /// write means the shard has a newer owner: this node stops owning it, and the exposure is
+    /// write means another node has claimed the shard: this node stops owning it, and the exposure is
     /// not lost but left to that owner, which records it when it next handles the user.
     async fn expose<'a>(
         &mut self,

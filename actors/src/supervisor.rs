@@ -51,9 +51,13 @@ pub enum SupervisorMsg {
         epoch: u64,
         reply: Option<RpcReplyPort<()>>,
     },
-    /// From a shard: a write it made as the owner acquired at `epoch` was fenced (a newer owner
-    /// claimed the shard), and it has stopped acting as the owner.
-    Fenced { shard: u32, epoch: u64 },
+    /// From a shard: a write it made as the owner acquired at `epoch` was fenced (another node
+    /// claimed the shard, at `owner_epoch`), and it has stopped acting as the owner.
+    Fenced {
+        shard: u32,
+        epoch: u64,
+        owner_epoch: u64,
+    },
     #[cfg(test)]
     CrashShard(u32),
 }
@@ -73,9 +77,14 @@ impl std::fmt::Debug for SupervisorMsg {
                 "Own({} shards at epoch {epoch})",
                 owned.iter().filter(|o| **o).count()
             ),
-            SupervisorMsg::Fenced { shard, epoch } => {
-                write!(f, "Fenced(shard {shard} at epoch {epoch})")
-            }
+            SupervisorMsg::Fenced {
+                shard,
+                epoch,
+                owner_epoch,
+            } => write!(
+                f,
+                "Fenced(shard {shard} at epoch {epoch} by epoch {owner_epoch})"
+            ),
             #[cfg(test)]
             SupervisorMsg::CrashShard(i) => write!(f, "CrashShard({i})"),
         }
@@ -259,26 +268,32 @@ impl Actor for NodeSupervisor {
                     let _ = reply.send(());
                 }
             }
-            SupervisorMsg::Fenced { shard, epoch } => {
+            SupervisorMsg::Fenced {
+                shard,
+                epoch,
+                owner_epoch,
+            } => {
                 let Some(held) = state.owned.get_mut(shard as usize) else {
                     return Ok(());
                 };
                 // Only a report about the acquisition still current counts: a later map may
                 // already have released or re-acquired the shard.
                 if *held == Some(epoch) {
-                    if state.epoch > epoch {
-                        // The current map, newer than the acquisition, still gives us the shard
-                        // (a newer owner held it in between, under a map this node skipped):
-                        // claim it again at the current epoch, reloading what that owner wrote.
-                        // If the store is fenced above this epoch too, the next report finds
-                        // `state.epoch == epoch` and the shard waits for a later map.
+                    if state.epoch >= owner_epoch {
+                        // This node's map gives it the shard and is at least as new as the map
+                        // the other claimant acted on: that claim came from a stale map (or an
+                        // owner this node's map has since replaced). Claim the shard back at the
+                        // current epoch, reloading what the other wrote meanwhile. The stale
+                        // claimant, fenced in turn, finds its map older than ours and lets go, so
+                        // the two cannot take turns forever.
                         *held = Some(state.epoch);
                         if let Some(shard) = state.slots.get(shard) {
                             let _ = shard.cast(ShardMsg::Own(Some(state.epoch), None));
                         }
                     } else {
-                        // Released as far as this node is concerned; a later map that gives
-                        // the shard to this node acquires it again at that map's epoch.
+                        // A node with a newer map owns it. Released as far as this node is
+                        // concerned; a later map that gives the shard to this node acquires it
+                        // again at that map's epoch.
                         *held = None;
                     }
                 }

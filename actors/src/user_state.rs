@@ -26,9 +26,10 @@ pub enum UserStateError {
         user: String,
         problem: String,
     },
-    /// The shard's owner epoch in the store is above the writer's: a node holding a newer shard
-    /// map has claimed the shard, so this writer is a stale owner and must not overwrite what
-    /// the new owner writes.
+    /// The shard's owner epoch in the store is not the writer's: another node has claimed the
+    /// shard since this one acquired it, so this writer must not overwrite what that owner
+    /// writes. Whether this node takes the shard back is the supervisor's call (it compares its
+    /// current map's epoch with `owner_epoch`).
     #[error(
         "shard {shard} is fenced: this node holds it at map epoch {epoch}, the store's owner epoch is {owner_epoch}"
     )]
@@ -41,19 +42,19 @@ pub enum UserStateError {
 
 /// Durable per-user state, one collection per shard. Implementations: the shared tier (Redis)
 /// in a cluster, a local file log for a single node, memory for tests.
-#[async_trait]
 ///
 /// Epochs are fencing tokens: the shard map epoch at which this node acquired the shard (a
 /// single node, the only writer, uses 0). A store shared between nodes keeps a per-shard owner
-/// epoch, raised by [`UserStateStore::claim`], and refuses a write from an older epoch with
-/// [`UserStateError::Fenced`], so a stale owner (one that has not yet adopted the map that moved
-/// the shard away) cannot overwrite the new owner's records. Stores with a single writer (memory,
-/// the local file) accept the epoch and ignore it.
+/// epoch, set by each [`UserStateStore::claim`] (the last claimant wins), and refuses a write at
+/// any other epoch with [`UserStateError::Fenced`], so a stale owner (one that has not yet
+/// adopted the map that moved the shard away) cannot overwrite the new owner's records. The last
+/// claimant rather than the highest epoch wins because epochs start again from zero when a whole
+/// cluster restarts. Stores with a single writer (memory, the local file) accept the epoch and
+/// ignore it.
 #[async_trait]
 pub trait UserStateStore: Send + Sync + std::fmt::Debug + 'static {
     /// Claims `shard` for a node that acquired it at `epoch`, before it loads the shard's users:
-    /// raises the shard's owner epoch to `max(stored, epoch)`. `Fenced` if the stored owner epoch
-    /// is already above `epoch` (a newer owner exists; the claim lowers nothing).
+    /// the shard's owner epoch becomes `epoch`, fencing whichever owner held it before.
     async fn claim(&self, shard: u32, epoch: u64) -> Result<(), UserStateError>;
 
     /// Every user's state in `shard`, as raw bytes (see [`encode`]).
@@ -61,7 +62,7 @@ pub trait UserStateStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Replaces one user's state, written by the owner that acquired `shard` at `epoch`. `Ok`
     /// means stored, or queued to be stored by a store that buffers writes while its backend is
-    /// down; `Fenced` means a newer owner has claimed the shard and nothing was written.
+    /// down; `Fenced` means another node has claimed the shard since and nothing was written.
     async fn save(
         &self,
         shard: u32,

@@ -123,7 +123,7 @@ pub enum SharedTierError {
     #[error("shared tier config: {0}")]
     Config(String),
     /// A user-state write of shard `shard` at epoch `epoch` was refused: a node claimed the shard
-    /// at `owner_epoch`, a newer shard map, so the writer is no longer its owner.
+    /// at `owner_epoch` since this writer did, so the writer is no longer its owner.
     #[error(
         "user state write to shard {shard} at epoch {epoch} fenced: the shard's owner epoch is {owner_epoch}"
     )]
@@ -185,14 +185,20 @@ pub trait SharedTier: Send + Sync + std::fmt::Debug {
     /// with [`TierChange::Resync`].
     fn subscribe(&self) -> ChangeStream;
 
-    /// Claims `shard` for an owner that acquired it under the shard map of `epoch`: raises the
-    /// shard's owner epoch to `max(stored, epoch)` (never lowers it) and returns the owner epoch
-    /// now stored. From then on user-state writes from an older epoch are refused. Not queued:
-    /// a claim that cannot reach the tier fails, like the load that follows it.
-    async fn claim_user_states(&self, shard: u32, epoch: u64) -> Result<u64, SharedTierError>;
+    /// Claims `shard` for an owner that acquired it under the shard map of `epoch`: the shard's
+    /// owner epoch becomes `epoch` (the last claimant wins; see `CLAIM_SHARD` in redis_tier.rs)
+    /// and the epoch it replaced is returned. From then on user-state writes at any other epoch
+    /// are refused. Not queued: a claim that cannot reach the tier fails, like the load that
+    /// follows it.
+    async fn claim_user_states(
+        &self,
+        shard: u32,
+        epoch: u64,
+    ) -> Result<Option<u64>, SharedTierError>;
 
     /// Stores one user's state, written by the owner that acquired `shard` at `epoch`:
-    /// [`SharedTierError::Fenced`] (nothing written) if the shard's owner epoch is above `epoch`.
+    /// [`SharedTierError::Fenced`] (nothing written) if another owner has claimed the shard
+    /// since (its owner epoch is not `epoch`).
     /// A write queued while the tier is down is checked when it is replayed, and dropped
     /// (counted in `bunting_user_state_fenced_total`) if it is fenced by then.
     async fn put_user_state(

@@ -8,10 +8,10 @@
 //! - `{P:set:ID}:snapshot`: a hash `version`, `json`; an empty `json` is a tombstone (the set
 //!   was deleted at `version`; a flagd document is never empty);
 //! - `{P:users:SHARD}:state`: a hash user → state bytes, one per key-space shard;
-//! - `{P:users:SHARD}:owner`: a string, the shard's owner epoch: the highest shard map epoch at
-//!   which a node claimed the shard. A user-state write carries its writer's epoch and is stored
-//!   only if that is not below the owner epoch (a fencing token; same hash tag as the state, so one
-//!   script covers both);
+//! - `{P:users:SHARD}:owner`: a string, the shard's owner epoch: the shard map epoch at which
+//!   the last node to claim the shard acquired it. A user-state write carries its writer's epoch
+//!   and is stored only if that is the owner epoch (a fencing token; same hash tag as the state,
+//!   so one script covers both);
 //! - `{P:experiments}:running`: a string, the JSON list of running experiments
 //!   (`bunting_experiments::Experiment`), written whole by nodes that read them from PostgreSQL;
 //! - channel `P:changes`: `{"set": ID, "version": N}` per stored version. PUBLISH reaches every
@@ -52,25 +52,28 @@ redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
 return -1
 ";
 
-/// Claims a shard: raises its owner epoch (KEYS[1]) to max(stored, ARGV[1]) and returns the owner
-/// epoch now stored, never lowering it. Epochs stay far below 2^53, where Lua's numbers are exact.
+/// Claims a shard: sets its owner epoch (KEYS[1]) to ARGV[1] whatever was stored, and returns the
+/// epoch it replaced (-1 if none). The last claimant wins rather than the highest epoch: map
+/// epochs start again from zero when a whole cluster restarts, and a highest-wins rule would then
+/// refuse every new owner until the new epochs overtook the old ones. A claim from a stale map is
+/// undone by the owner it displaced (see the supervisor's `Fenced` handling). Epochs stay far
+/// below 2^53, where Lua's numbers are exact.
 const CLAIM_SHARD: &str = r"
 local stored = tonumber(redis.call('GET', KEYS[1]))
-local epoch = tonumber(ARGV[1])
-if stored and stored >= epoch then
+redis.call('SET', KEYS[1], ARGV[1])
+if stored then
   return stored
 end
-redis.call('SET', KEYS[1], ARGV[1])
-return epoch
+return -1
 ";
 
 /// A fenced user-state write: stores (ARGV[3] = 'put': HSET ARGV[4]) or deletes ('del') user
-/// ARGV[2] in the shard's hash (KEYS[2]) only if the writer's epoch ARGV[1] is not below the
-/// shard's owner epoch (KEYS[1]); returns -1 when it wrote, else the owner epoch that refused it.
-/// One script, so a claim cannot slip between the check and the write.
+/// ARGV[2] in the shard's hash (KEYS[2]) only if the writer's epoch ARGV[1] is the shard's owner
+/// epoch (KEYS[1]), or no owner has claimed it; returns -1 when it wrote, else the owner epoch
+/// that refused it. One script, so a claim cannot slip between the check and the write.
 const FENCED_USER_WRITE: &str = r"
 local owner = tonumber(redis.call('GET', KEYS[1]))
-if owner and owner > tonumber(ARGV[1]) then
+if owner and owner ~= tonumber(ARGV[1]) then
   return owner
 end
 if ARGV[3] == 'put' then
@@ -411,7 +414,7 @@ impl Inner {
                     // Queued before the outage ended, by an owner that has since lost the shard:
                     // replaying it would overwrite the new owner's record. Dropped, not retried,
                     // and the writes behind it go on.
-                    tracing::debug!(error = %e, "dropped a queued user state write fenced by a newer owner");
+                    tracing::debug!(error = %e, "dropped a queued user state write fenced by a later claim");
                     metrics::counter!("bunting_user_state_fenced_total", "at" => "replay")
                         .increment(1);
                     fenced += 1;
@@ -427,7 +430,7 @@ impl Inner {
         }
         if fenced > 0 {
             // One line per drain, not per write: an outage can queue thousands of them.
-            tracing::warn!(endpoint = %self.endpoint, fenced, "dropped queued user state writes fenced by a newer shard owner");
+            tracing::warn!(endpoint = %self.endpoint, fenced, "dropped queued user state writes fenced by a later claim of their shards");
         }
     }
 
@@ -680,16 +683,20 @@ impl SharedTier for RedisTier {
         rx
     }
 
-    async fn claim_user_states(&self, shard: u32, epoch: u64) -> Result<u64, SharedTierError> {
+    async fn claim_user_states(
+        &self,
+        shard: u32,
+        epoch: u64,
+    ) -> Result<Option<u64>, SharedTierError> {
         let owner = self.inner.keys.owner(shard);
         let script = &self.inner.claim;
-        let stored: u64 = self
+        let replaced: i64 = self
             .inner
             .call("claim_user_states", |mut conn| async move {
                 script.key(&owner).arg(epoch).invoke_async(&mut conn).await
             })
             .await?;
-        Ok(stored)
+        Ok(u64::try_from(replaced).ok())
     }
 
     async fn put_user_state(
