@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 
 mod common;
 
+use common::admin::create_set_with_flags;
 use common::in_process::TestNode;
 use common::{eventually, wait_until};
 
@@ -114,25 +115,7 @@ fn colour(value: &str) -> Value {
 }
 
 async fn create_colour(admin: &mut AdminClient<Channel>, value: &str) {
-    admin
-        .create_flag_set(pb::CreateFlagSetRequest {
-            id: "default".into(),
-            metadata: None,
-            evaluators: None,
-            actor: "ada".into(),
-        })
-        .await
-        .unwrap();
-    admin
-        .create_flag(pb::CreateFlagRequest {
-            flag_set_id: "default".into(),
-            key: "colour".into(),
-            definition: colour(value).to_string(),
-            expected_flag_set_version: 0,
-            actor: "ada".into(),
-        })
-        .await
-        .unwrap();
+    create_set_with_flags(admin, "default", &[("colour", colour(value))], "ada").await;
 }
 
 async fn set_colour(admin: &mut AdminClient<Channel>, value: &str, expected_version: i64) {
@@ -338,15 +321,6 @@ async fn a_node_keeps_evaluating_while_redis_is_down() {
 /// Flag set `default` with `button` (blue, red; everyone gets blue) and `banner` (on, off;
 /// everyone gets off).
 async fn shop(admin: &mut AdminClient<Channel>) {
-    admin
-        .create_flag_set(pb::CreateFlagSetRequest {
-            id: "default".into(),
-            metadata: None,
-            evaluators: None,
-            actor: "ada".into(),
-        })
-        .await
-        .unwrap();
     let flags = [
         (
             "button",
@@ -359,18 +333,7 @@ async fn shop(admin: &mut AdminClient<Channel>) {
                    "defaultVariant": "off"}),
         ),
     ];
-    for (key, definition) in flags {
-        admin
-            .create_flag(pb::CreateFlagRequest {
-                flag_set_id: "default".into(),
-                key: key.into(),
-                definition: definition.to_string(),
-                expected_flag_set_version: 0,
-                actor: "ada".into(),
-            })
-            .await
-            .unwrap();
-    }
+    create_set_with_flags(admin, "default", &flags, "ada").await;
 }
 
 /// Creates and starts experiment `id` on `flag`, with a conversion metric on `purchase`.

@@ -288,6 +288,17 @@ impl UserStateStore for FencingStates {
     }
 }
 
+/// Shard services on one [`FencingStates`] (returned too, to look into), as two nodes share a
+/// Redis.
+fn fencing_services() -> (Arc<FencingStates>, ShardServices) {
+    let store = Arc::new(FencingStates::default());
+    let services = ShardServices {
+        user_states: store.clone(),
+        events: Arc::new(MemoryEventStore::default()),
+    };
+    (store, services)
+}
+
 /// A user of `shard` (users are spread over shards by the key's hash).
 fn user_in(shard: u32, not: &str) -> String {
     (0..)
@@ -298,11 +309,7 @@ fn user_in(shard: u32, not: &str) -> String {
 
 #[tokio::test]
 async fn a_fenced_shard_stops_owning_and_still_answers() {
-    let store = Arc::new(FencingStates::default());
-    let services = ShardServices {
-        user_states: store.clone(),
-        events: Arc::new(MemoryEventStore::default()),
-    };
+    let (store, services) = fencing_services();
     // A holds every shard from the start (epoch 0). B takes them under map 2, which A has not
     // adopted yet: for a while both believe they own the shards.
     let a = node(&services).await;
@@ -357,11 +364,7 @@ async fn a_fenced_shard_stops_owning_and_still_answers() {
 
 #[tokio::test]
 async fn a_claim_from_a_stale_map_is_taken_back_and_the_stale_owner_lets_go() {
-    let store = Arc::new(FencingStates::default());
-    let services = ShardServices {
-        user_states: store.clone(),
-        events: Arc::new(MemoryEventStore::default()),
-    };
+    let (store, services) = fencing_services();
     let a = node(&services).await;
     let b = node(&services).await;
     b.set_owned(vec![false; SHARDS as usize], 1).await.unwrap();
