@@ -266,7 +266,7 @@ async fn follow_store(
                 Some(ChangeNotice::Deleted { flag_set, version, at }) => {
                     let version = u64::try_from(version).unwrap_or(0);
                     if let Some(tier) = tier {
-                        share_deletion(tier.clone(), flag_set.clone(), version);
+                        share(tier.clone(), flag_set.clone(), version, TierContent::Deleted);
                     }
                     let update = Update::Remove {
                         set: flag_set.as_str().into(),
@@ -313,7 +313,7 @@ async fn catch_up_set(
         Ok(snapshot) => {
             let update = put(&snapshot, options);
             if let (Ok(_), Some(tier)) = (&update, tier) {
-                share(tier.clone(), snapshot);
+                share_snapshot(tier.clone(), snapshot);
             }
             update
         }
@@ -365,7 +365,7 @@ async fn catch_up(
             // newer version another node already wrote.
             let version = flags.version() + 1;
             if let Some(tier) = tier {
-                share_deletion(tier.clone(), set.to_string(), version);
+                share(tier.clone(), set.to_string(), version, TierContent::Deleted);
             }
             let update = Update::Remove {
                 set: set.clone(),
@@ -389,39 +389,43 @@ async fn next_tier_change(changes: &mut Option<ChangeStream>) -> Option<TierChan
 /// Writes a snapshot read from the store to the tier and, if this node stored it first,
 /// announces it. In a task of its own: the tier's timeout and breaker bound it, and the feed
 /// never waits on Redis. While the tier is down both writes wait in its queue, in this order.
-fn share(tier: Arc<dyn SharedTier>, snapshot: FlagSetSnapshot) {
+fn share_snapshot(tier: Arc<dyn SharedTier>, snapshot: FlagSetSnapshot) {
     let Ok(version) = u64::try_from(snapshot.version) else {
         return;
     };
-    tokio::spawn(async move {
-        let json = snapshot.document.to_string();
-        match tier.put_snapshot(&snapshot.id, version, &json).await {
-            Ok(SnapshotWrite::NotNewer { .. }) => {}
-            Ok(SnapshotWrite::Stored | SnapshotWrite::Queued) => {
-                if let Err(e) = tier.publish_change(&snapshot.id, version).await {
-                    tracing::warn!(error = %e, set = snapshot.id, version, "could not announce a flag change on the shared tier");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, set = snapshot.id, version, "could not write a flag snapshot to the shared tier")
-            }
-        }
-    });
+    share(
+        tier,
+        snapshot.id,
+        version,
+        TierContent::Flags(snapshot.document),
+    );
 }
 
-/// Writes a set's deletion to the tier as a tombstone and, if this node wrote it first, announces
-/// it, so nodes following the tier drop the set too. In a task of its own, as [`share`].
-fn share_deletion(tier: Arc<dyn SharedTier>, set: String, version: u64) {
+/// Writes `set` at `version` to the tier (its flags, or the tombstone of its deletion) and, if
+/// this node stored it first, announces it, so nodes following the tier apply it too. In a task
+/// of its own (see [`share_snapshot`]).
+fn share(tier: Arc<dyn SharedTier>, set: String, version: u64, content: TierContent) {
     tokio::spawn(async move {
-        match tier.delete_snapshot(&set, version).await {
+        let (written, what) = match &content {
+            TierContent::Flags(document) => (
+                tier.put_snapshot(&set, version, &document.to_string())
+                    .await,
+                "flag snapshot",
+            ),
+            TierContent::Deleted => (
+                tier.delete_snapshot(&set, version).await,
+                "flag set deletion",
+            ),
+        };
+        match written {
             Ok(SnapshotWrite::NotNewer { .. }) => {}
             Ok(SnapshotWrite::Stored | SnapshotWrite::Queued) => {
                 if let Err(e) = tier.publish_change(&set, version).await {
-                    tracing::warn!(error = %e, set, version, "could not announce a flag set deletion on the shared tier");
+                    tracing::warn!(error = %e, set, version, "could not announce a {what} on the shared tier");
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, set, version, "could not write a flag set deletion to the shared tier")
+                tracing::warn!(error = %e, set, version, "could not write a {what} to the shared tier")
             }
         }
     });
@@ -433,7 +437,7 @@ fn share_all(store: Arc<dyn AdminStore>, tier: Arc<dyn SharedTier>) {
         match store.snapshots().await {
             Ok(snapshots) => {
                 for snapshot in snapshots {
-                    share(tier.clone(), snapshot);
+                    share_snapshot(tier.clone(), snapshot);
                 }
             }
             Err(e) => tracing::debug!(error = %e, "no snapshots to share with the shared tier"),
