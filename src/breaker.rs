@@ -229,6 +229,11 @@ impl Breaker {
         }
     }
 
+    /// What the breaker guards, as its metrics label it.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     pub fn state(&self) -> BreakerState {
         self.lock().state
     }

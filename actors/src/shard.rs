@@ -191,9 +191,7 @@ impl ShardState {
                 let owned = match acquired {
                     Ok(owned) => owned,
                     Err(e) => {
-                        if matches!(e, UserStateError::Fenced { .. }) {
-                            self.fenced(epoch, &e, "claim");
-                        }
+                        self.fenced(epoch, &e, "claim");
                         return Err(e);
                     }
                 };
@@ -220,18 +218,16 @@ impl ShardState {
     /// this node has lost it even if its own map does not say so yet. Stop acting as the owner
     /// at once, without flushing (the new owner rebuilds the statistics from the records, and
     /// they are its to write now), and tell the supervisor, which claims the shard back only if
-    /// its map is at least as new as the claimant's.
+    /// its map is at least as new as the claimant's. Any other error is not a loss of the shard
+    /// and changes nothing here.
     fn fenced(&mut self, epoch: u64, error: &UserStateError, at: &'static str) {
+        let UserStateError::Fenced { owner_epoch, .. } = *error else {
+            return;
+        };
         self.owned = None;
         metrics::counter!("bunting_user_state_fenced_total", "at" => at).increment(1);
         // Once per loss: the shard no longer owns, so it writes nothing more until re-acquired.
         tracing::warn!(shard = self.index, epoch, error = %error, "shard fenced by another owner; no longer acting as its owner");
-        let owner_epoch = match error {
-            UserStateError::Fenced { owner_epoch, .. } => *owner_epoch,
-            // Not a fence (callers pass only fences): treat the claimant as newer, so the
-            // shard waits for a later map rather than claiming back.
-            _ => u64::MAX,
-        };
         let _ = self.supervisor.cast(SupervisorMsg::Fenced {
             shard: self.index,
             epoch,
@@ -434,9 +430,7 @@ impl Actor for Shard {
                             )
                             .await;
                         // The client retries a refused Track; the new owner counts it then.
-                        if let Err(TrackRefused::Store(e @ UserStateError::Fenced { .. })) =
-                            &tracked
-                        {
+                        if let Err(TrackRefused::Store(e)) = &tracked {
                             state.fenced(epoch, e, "save");
                         }
                         tracked

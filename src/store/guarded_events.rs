@@ -21,7 +21,6 @@ use crate::breaker::{Breaker, BreakerSettings, BreakerState, EVENT_STORE};
 pub struct GuardedEventStore {
     inner: Arc<dyn EventStore>,
     breaker: Breaker,
-    endpoint: String,
 }
 
 impl GuardedEventStore {
@@ -33,8 +32,7 @@ impl GuardedEventStore {
     ) -> GuardedEventStore {
         GuardedEventStore {
             inner,
-            breaker: Breaker::guarding(EVENT_STORE, settings, endpoint.clone()),
-            endpoint,
+            breaker: Breaker::guarding(EVENT_STORE, settings, endpoint),
         }
     }
 
@@ -51,7 +49,7 @@ impl GuardedEventStore {
         let Some(permit) = self.breaker.admit() else {
             return Err(EventStoreError::Unavailable(format!(
                 "{}: circuit breaker open after repeated failures; retried shortly",
-                self.endpoint
+                self.breaker.endpoint()
             )));
         };
         let result = call().await;
