@@ -16,6 +16,7 @@ use super::admin_status::{
     bad_field, check_actor, check_expected_version, check_flag_key, check_flag_set_id,
     parse_definition, store_status, struct_field,
 };
+use super::request::RequiredStore;
 use crate::config::FlagSourceConfig;
 use crate::store::postgres::MAX_AUDIT_PAGE;
 use crate::store::{AdminStore, AuditAction, AuditEntry, FlagRecord, FlagSetFields, FlagSetRecord};
@@ -26,9 +27,7 @@ pub const DEFAULT_AUDIT_PAGE: u32 = 100;
 /// `bunting.v1.Admin` over the node's store, if it has one.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    store: Option<Arc<dyn AdminStore>>,
-    /// What every RPC answers when there is no store: the node serves its flags from elsewhere.
-    without_store: Arc<str>,
+    store: RequiredStore<dyn AdminStore>,
 }
 
 impl Admin {
@@ -46,15 +45,12 @@ impl Admin {
             }
         };
         Admin {
-            store,
-            without_store: without_store.into(),
+            store: RequiredStore::new(store, without_store),
         }
     }
 
     fn store(&self) -> Result<&dyn AdminStore, Status> {
-        self.store
-            .as_deref()
-            .ok_or_else(|| Status::failed_precondition(&*self.without_store))
+        self.store.get()
     }
 }
 

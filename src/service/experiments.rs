@@ -20,6 +20,7 @@ use super::admin_status::{
     bad_field, check_actor, check_flag_key, check_flag_set_id, store_status,
 };
 use super::experiment_results;
+use super::request::RequiredStore;
 use crate::config::FlagSourceConfig;
 use crate::routing::Routing;
 use crate::routing::peer::Tracked;
@@ -32,9 +33,7 @@ use bunting_actors::{Node, TrackRefused, TrackRequest};
 /// `bunting.v1.Experiments` over the node's experiment store, if it has one.
 #[derive(Debug, Clone)]
 pub struct ExperimentsService {
-    store: Option<Arc<dyn ExperimentStore>>,
-    /// What every RPC answers when there is no store: the node serves its flags from elsewhere.
-    without_store: Arc<str>,
+    store: RequiredStore<dyn ExperimentStore>,
     /// The actor tree (the shards own users' records and statistics).
     node: Arc<Node>,
     /// `Some` on a clustered node: tracked events go to the owner, results gather every member.
@@ -65,17 +64,14 @@ impl ExperimentsService {
             }
         };
         ExperimentsService {
-            store,
-            without_store: without_store.into(),
+            store: RequiredStore::new(store, without_store),
             node,
             routing,
         }
     }
 
     fn store(&self) -> Result<&dyn ExperimentStore, Status> {
-        self.store
-            .as_deref()
-            .ok_or_else(|| Status::failed_precondition(&*self.without_store))
+        self.store.get()
     }
 }
 

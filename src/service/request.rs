@@ -66,6 +66,38 @@ impl Gate {
     }
 }
 
+/// A service's store, or why the node has none (its flags come from a file): every RPC that
+/// needs the store is refused with FAILED_PRECONDITION giving that reason.
+#[derive(Debug)]
+pub struct RequiredStore<S: ?Sized> {
+    store: Option<Arc<S>>,
+    without: Arc<str>,
+}
+
+impl<S: ?Sized> Clone for RequiredStore<S> {
+    fn clone(&self) -> Self {
+        RequiredStore {
+            store: self.store.clone(),
+            without: self.without.clone(),
+        }
+    }
+}
+
+impl<S: ?Sized> RequiredStore<S> {
+    pub fn new(store: Option<Arc<S>>, without: String) -> RequiredStore<S> {
+        RequiredStore {
+            store,
+            without: without.into(),
+        }
+    }
+
+    pub fn get(&self) -> Result<&S, Status> {
+        self.store
+            .as_deref()
+            .ok_or_else(|| Status::failed_precondition(&*self.without))
+    }
+}
+
 /// The flag set a request names: the body's selector if set, else the `Flagd-Selector` header.
 /// Both flagd forms are accepted: a bare id, or `flagSetId=<id>`.
 pub fn selector(metadata: &MetadataMap, body: &str) -> Option<Arc<str>> {
