@@ -1,7 +1,9 @@
 //! Issue 9, item 3: a real `bunting serve` under an open-files limit of 1,024, flooded with 5,000
 //! idle TCP connections on its gRPC port. The node must keep serving the client it already had,
 //! answer `/metrics`, reload an edited flag file, count the refused connections, and take new
-//! clients again once the header-read timeout has freed the flood's slots.
+//! clients again once the header-read timeout has freed the flood's slots. And the idle rule: a
+//! connection with no stream open is closed even though it answers every keepalive ping, while a
+//! silent EventStream on another connection is never cut.
 
 // Tests report failure by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -18,7 +20,10 @@ use prost_types::{Struct, Value, value::Kind};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
+use bunting::config::{Config, ConnectionsConfig, FlagSourceConfig};
+use bunting::store::file::BrokenFlags;
 use common::Serve;
+use common::in_process::TestNode;
 
 /// Idle sockets the flood opens.
 const FLOOD: usize = 5_000;
@@ -248,4 +253,70 @@ async fn a_flood_of_idle_sockets_neither_stops_the_node_nor_locks_clients_out() 
         since_flood.saturating_sub(flood_took),
     );
     drop(sockets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_quiet_streams_are_not() {
+    const IDLE_MS: u64 = 400;
+    let dir = common::scratch_dir("node-limits-idle");
+    let file = dir.join("flags.json");
+    std::fs::write(&file, flags("red")).unwrap();
+    let node = TestNode::start(Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        shards: 4,
+        flags: FlagSourceConfig::File {
+            path: file.clone(),
+            set: "default".to_owned(),
+            broken_flags: BrokenFlags::Refuse,
+        },
+        connections: ConnectionsConfig {
+            header_read_timeout_ms: IDLE_MS,
+            idle_timeout_ms: IDLE_MS,
+            // Pings far more often than the idle timeout: answering them must not count as use.
+            keepalive_interval_ms: 100,
+            keepalive_timeout_ms: 1_000,
+            ..ConnectionsConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let idle_before = sample(
+        &node.scrape().await,
+        "bunting_connections_closed_total",
+        &["reason=\"idle\""],
+    );
+
+    // One connection holds a subscription that stays silent for many idle timeouts.
+    let streaming = connect(node.grpc).await.unwrap();
+    let mut events = v1::service_client::ServiceClient::new(streaming)
+        .event_stream(v1::EventStreamRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let ready = events.message().await.unwrap().unwrap();
+    assert_eq!(ready.r#type, "provider_ready");
+    // Another makes one call and then has nothing open (the channel is kept, so it is the node
+    // that closes the connection, not the client dropping it).
+    let unused = connect(node.grpc).await.unwrap();
+    assert_eq!(colour(unused.clone()).await.unwrap(), "red");
+
+    tokio::time::sleep(Duration::from_millis(IDLE_MS * 4)).await;
+    let closed = sample(
+        &node.scrape().await,
+        "bunting_connections_closed_total",
+        &["reason=\"idle\""],
+    ) - idle_before;
+    assert!(closed >= 1.0, "the unused connection was closed as idle");
+
+    save(&file, &flags("blue"));
+    let change = tokio::time::timeout(PATIENCE, events.message())
+        .await
+        .expect("the quiet stream is still open and gets the change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.r#type, "configuration_change");
+    // A client whose connection was closed for idleness connects again on its next call.
+    assert_eq!(colour(unused).await.unwrap(), "blue");
+    node.stop().await;
 }
