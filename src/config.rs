@@ -574,6 +574,12 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_node_config_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-config/node.toml");
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+    }
+
+    #[test]
     fn reads_connection_limits_and_names_the_bad_key() {
         let c: Config = toml::from_str(
             "[connections]\nmax_connections = 500\nheader_read_timeout_ms = 500\nidle_timeout_ms = 2000",
