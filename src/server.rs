@@ -374,7 +374,12 @@ impl BoundServer {
             builder = builder
                 .tls_config(
                     tonic::transport::ServerTlsConfig::new()
-                        .identity(tonic::transport::Identity::from_pem(cert, key)),
+                        .identity(tonic::transport::Identity::from_pem(cert, key))
+                        // The whole handshake, not just its first bytes, within the header-read
+                        // timeout: a client stalling mid-handshake has no stream to be idle from.
+                        .timeout(Duration::from_millis(
+                            self.config.connections.header_read_timeout_ms,
+                        )),
                 )
                 .map_err(|e| ServerError::Tls(e.to_string()))?;
         }
