@@ -107,13 +107,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         // Counted here, synchronously, as hyper hands the request over: the connection is busy
         // from the moment its request was read, not from when a handler first runs.
-        let guard = request
-            .extensions()
-            .get::<EdgeConnectInfo>()
-            .map(|info| info.streams().opened());
+        let info = request.extensions().get::<EdgeConnectInfo>().cloned();
+        let guard = info.as_ref().map(|info| info.streams().opened());
+        if let Some(info) = info {
+            // What tonic puts there for a plain TCP listener, so `Request::remote_addr` works.
+            request.extensions_mut().insert(info.tcp);
+        }
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
