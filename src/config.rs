@@ -150,6 +150,88 @@ pub struct Config {
     pub shared_tier: SharedTierConfig,
     /// Experiment statistics in ScyllaDB (a cluster's nodes share them there).
     pub scylla: Option<ScyllaConfig>,
+    /// `[connections]`: limits and timeouts for client connections (see [`ConnectionsConfig`]).
+    pub connections: ConnectionsConfig,
+}
+
+/// `[connections]`: what one client connection may hold and for how long, so idle or hostile
+/// connections cannot exhaust the node's file descriptors (enforced by `crate::edge`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Client connections open at once on the gRPC port; more are accepted and closed at once.
+    /// The node lowers it to fit its open-files limit minus `fd_reserve`.
+    pub max_connections: usize,
+    /// File descriptors kept out of the connection cap for the node's own work: the flag file,
+    /// the database, Redis, ScyllaDB, the cluster port, `/metrics`.
+    pub fd_reserve: u64,
+    /// A new connection must send its first bytes (HTTP/2's preface and first frame header, or
+    /// TLS's hello) within this, or it is closed (milliseconds).
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request or stream open for this long is closed (milliseconds).
+    /// Keepalive pings do not count as activity; an open stream (SyncFlags, EventStream) always
+    /// does, however quiet it is.
+    pub idle_timeout_ms: u64,
+    /// The node pings each connection (HTTP/2 PING) this often, and TCP keepalive probes start
+    /// after this much silence (milliseconds).
+    pub keepalive_interval_ms: u64,
+    /// A ping not answered within this closes the connection (milliseconds).
+    pub keepalive_timeout_ms: u64,
+    /// Streams (requests) one connection may have open at once (HTTP/2 SETTINGS).
+    pub max_concurrent_streams_per_connection: u32,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max_connections: 10_000,
+            fd_reserve: 256,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            max_concurrent_streams_per_connection: 1_024,
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    /// The smallest `fd_reserve` accepted: the node's own descriptors (stdio, the runtime's
+    /// epoll and eventfds, both listeners, the flag file, a few store connections).
+    pub const MIN_FD_RESERVE: u64 = 32;
+
+    fn check(&self) -> Result<(), String> {
+        let at_least_one = [
+            ("max_connections", self.max_connections as u64),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+            (
+                "max_concurrent_streams_per_connection",
+                u64::from(self.max_concurrent_streams_per_connection),
+            ),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(format!("connections.{key} must be at least 1"));
+            }
+        }
+        if self.fd_reserve < Self::MIN_FD_RESERVE {
+            return Err(format!(
+                "connections.fd_reserve ({}) must be at least {}: the node needs descriptors of its own",
+                self.fd_reserve,
+                Self::MIN_FD_RESERVE
+            ));
+        }
+        if self.idle_timeout_ms < self.header_read_timeout_ms {
+            return Err(format!(
+                "connections.idle_timeout_ms ({}) must be at least header_read_timeout_ms ({})",
+                self.idle_timeout_ms, self.header_read_timeout_ms
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[scylla]`: the experiment event store.
@@ -216,6 +298,7 @@ impl Default for Config {
             data_dir: None,
             scylla: None,
             shared_tier: SharedTierConfig::None,
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -329,6 +412,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        self.connections.check()?;
         if let SharedTierConfig::Redis(redis) = &self.shared_tier {
             redis.check()?;
         }
@@ -487,6 +571,41 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_documented_node_config_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-config/node.toml");
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reads_connection_limits_and_names_the_bad_key() {
+        let c: Config = toml::from_str(
+            "[connections]\nmax_connections = 500\nheader_read_timeout_ms = 500\nidle_timeout_ms = 2000",
+        )
+        .unwrap();
+        c.check().unwrap();
+        assert_eq!(c.connections.max_connections, 500);
+        assert_eq!(c.connections.fd_reserve, 256);
+        for (bad, key) in [
+            ("max_connections = 0", "connections.max_connections"),
+            (
+                "keepalive_timeout_ms = 0",
+                "connections.keepalive_timeout_ms",
+            ),
+            (
+                "max_concurrent_streams_per_connection = 0",
+                "connections.max_concurrent_streams_per_connection",
+            ),
+            ("fd_reserve = 4", "connections.fd_reserve"),
+            ("idle_timeout_ms = 100", "connections.idle_timeout_ms"),
+        ] {
+            let c: Config = toml::from_str(&format!("[connections]\n{bad}")).unwrap();
+            let problem = c.check().unwrap_err();
+            assert!(problem.contains(key), "{bad}: {problem}");
+        }
+        assert!(toml::from_str::<Config>("[connections]\nmax_conns = 1").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod breaker;
 mod closing;
 pub mod config;
+pub mod edge;
 pub mod experiment_feed;
 pub mod feed;
 pub mod loadgen;

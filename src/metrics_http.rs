@@ -4,11 +4,19 @@
 //! answers one fixed GET, and Prometheus is its only client.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
+
+use crate::edge;
+
+/// How long one scrape may take, request and response: a client that reads the answer slowly
+/// must not hold one of the endpoint's few connections for long.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -32,17 +40,20 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Serves `GET /metrics` until `closing` flips.
+/// Serves `GET /metrics` until `closing` flips. Connections come through the edge's accept loop
+/// with the endpoint's own small cap ([`edge::metrics_limits`]), so a flood on the gRPC port
+/// leaves it reachable.
 pub async fn serve(listener: TcpListener, mut closing: watch::Receiver<bool>) {
+    let mut incoming = edge::incoming(listener, edge::metrics_limits());
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = incoming.next() => accepted,
             () = crate::closing::closed(&mut closing) => break,
         };
-        let Ok((mut socket, _)) = accepted else {
-            continue;
+        let Some(Ok(mut socket)) = accepted else {
+            break;
         };
-        tokio::spawn(async move {
+        tokio::spawn(tokio::time::timeout(EXCHANGE_TIMEOUT, async move {
             let mut request = [0u8; 1024];
             // One read is enough for a scrape's request line; anything else gets a 404.
             let n = socket.read(&mut request).await.unwrap_or(0);
@@ -64,6 +75,6 @@ pub async fn serve(listener: TcpListener, mut closing: watch::Receiver<bool>) {
             );
             let _ = socket.write_all(response.as_bytes()).await;
             let _ = socket.shutdown().await;
-        });
+        }));
     }
 }

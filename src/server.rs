@@ -19,10 +19,10 @@ use bunting_proto::flagd::evaluation::{v1, v2};
 use bunting_proto::flagd::sync::v1::flag_sync_service_server::FlagSyncServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::breaker::BreakerSettings;
 use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
+use crate::edge;
 use crate::experiment_feed;
 use crate::feed::{self, Feed};
 use crate::metrics_http;
@@ -67,6 +67,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("cluster: {0}")]
     Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    FdLimit(#[from] edge::FdLimitError),
 }
 
 /// A node whose sockets are bound and whose actor tree is running, not yet serving.
@@ -89,6 +91,8 @@ pub struct BoundServer {
     /// unreachable at start-up.
     experiments_start: experiment_feed::Start,
     tier: Option<Arc<dyn shared_tier::SharedTier>>,
+    /// The connection caps derived from the open-files limit (`crate::edge`).
+    caps: edge::Caps,
 }
 
 pub fn compile_options(config: &Config) -> CompileOptions {
@@ -105,6 +109,8 @@ pub fn compile_options(config: &Config) -> CompileOptions {
 /// Loads the flags, starts the actor tree and binds both ports (port 0 picks a free one).
 pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     metrics_http::handle();
+    // First, before any store opens a descriptor: the caps must fit what is left of the limit.
+    let caps = edge::fd_limit::plan(&config.connections, edge::METRICS_MAX_CONNECTIONS)?;
     let options = compile_options(&config);
     let mut experiments: Option<Arc<dyn ExperimentStore>> = None;
     let mut experiments_start = experiment_feed::Start::Store;
@@ -203,6 +209,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         experiments,
         experiments_start,
         tier,
+        caps,
     })
 }
 
@@ -349,7 +356,11 @@ impl BoundServer {
             self.node.clone(),
             self.routing.clone(),
         );
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = edge::tune(
+            tonic::transport::Server::builder(),
+            &self.config.connections,
+        )
+        .layer(edge::TrackStreamsLayer);
         if let Some(tls) = &self.config.tls {
             let cert = std::fs::read(&tls.cert)
                 .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.cert.display())))?;
@@ -363,7 +374,12 @@ impl BoundServer {
             builder = builder
                 .tls_config(
                     tonic::transport::ServerTlsConfig::new()
-                        .identity(tonic::transport::Identity::from_pem(cert, key)),
+                        .identity(tonic::transport::Identity::from_pem(cert, key))
+                        // The whole handshake, not just its first bytes, within the header-read
+                        // timeout: a client stalling mid-handshake has no stream to be idle from.
+                        .timeout(Duration::from_millis(
+                            self.config.connections.header_read_timeout_ms,
+                        )),
                 )
                 .map_err(|e| ServerError::Tls(e.to_string()))?;
         }
@@ -381,11 +397,17 @@ impl BoundServer {
             .add_service(ExperimentsServer::new(experiments))
             .add_service(TopologyServer::new(topology.clone()))
             .add_service(ClusterAdminServer::new(topology))
-            .serve_with_incoming_shutdown(incoming(self.grpc), async move {
-                shutdown.await;
-                tracing::info!("shutting down: closing streams, draining requests");
-                let _ = closing_tx.send(true);
-            })
+            .serve_with_incoming_shutdown(
+                edge::incoming(
+                    self.grpc,
+                    edge::grpc_limits(&self.config.connections, &self.caps),
+                ),
+                async move {
+                    shutdown.await;
+                    tracing::info!("shutting down: closing streams, draining requests");
+                    let _ = closing_tx.send(true);
+                },
+            )
             .await;
         let _ = feed_task.await;
         let _ = metrics_task.await;
@@ -436,19 +458,6 @@ async fn follow_experiments(
 
 /// How often a node re-reads the running experiments besides the change notifications.
 const EXPERIMENT_CHECK: Duration = Duration::from_secs(5);
-
-/// Accepted connections with Nagle's algorithm off: small gRPC frames must leave at once, or a
-/// request waits ~40 ms for the peer's delayed ACK.
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
-}
 
 /// Binds and serves: what `bunting serve` runs.
 pub async fn run(

@@ -113,6 +113,10 @@ pub struct Serve {
     flags: PathBuf,
     fractional: &'static str,
     broken_flags: &'static str,
+    /// TOML appended to the config file (whole tables, e.g. `[connections]`).
+    extra: String,
+    /// The open-files limit (soft and hard) the node starts under, when set.
+    open_files: Option<u64>,
 }
 
 impl Serve {
@@ -122,7 +126,22 @@ impl Serve {
             flags: flags.into(),
             fractional: "cbor",
             broken_flags: "refuse",
+            extra: String::new(),
+            open_files: None,
         }
+    }
+
+    /// Appends `toml` (whole tables) to the node's config file.
+    pub fn config(mut self, toml: &str) -> Serve {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Starts the node under an open-files limit of `limit` (soft and hard, as `ulimit -n`).
+    pub fn open_files(mut self, limit: u64) -> Serve {
+        self.open_files = Some(limit);
+        self
     }
 
     pub fn fractional(mut self, mode: &'static str) -> Serve {
@@ -163,16 +182,28 @@ impl Serve {
                  [flags]\n\
                  source = \"file\"\n\
                  path = {}\n\
-                 broken_flags = \"{}\"\n",
+                 broken_flags = \"{}\"\n\
+                 {}",
                 self.fractional,
                 toml_string(&self.flags),
                 self.broken_flags,
+                self.extra,
             ),
         )
         .unwrap();
         let log_path = dir.join(format!("node-{attempt}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_bunting"));
+        let mut command = match self.open_files {
+            // The shell sets the limit and execs the node in its place: the pid stays the node's.
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_bunting"));
+                sh
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_bunting")),
+        };
         command
             .arg("serve")
             .arg("--config")
@@ -200,6 +231,7 @@ impl Serve {
                     return Ok(Node {
                         process,
                         grpc_port,
+                        metrics_port,
                         log: log_path,
                     });
                 }
@@ -221,12 +253,22 @@ impl Serve {
 pub struct Node {
     process: Guarded,
     grpc_port: u16,
+    metrics_port: u16,
     log: PathBuf,
 }
 
 impl Node {
     pub fn grpc_port(&self) -> u16 {
         self.grpc_port
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    /// The operating system's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Everything the node has logged so far, for failure messages.
