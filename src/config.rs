@@ -2,6 +2,7 @@
 //! `bunting serve` with no file runs one node on the embedded defaults.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -150,6 +151,14 @@ pub struct Config {
     pub shared_tier: SharedTierConfig,
     /// Experiment statistics in ScyllaDB (a cluster's nodes share them there).
     pub scylla: Option<ScyllaConfig>,
+    /// Streams (flagd `EventStream` v1/v2 and `SyncFlags`) open at once; more are refused with
+    /// RESOURCE_EXHAUSTED. Separate from `max_concurrent_requests`: a stream lives for hours.
+    pub max_streams: NonZeroUsize,
+    /// A `SyncFlags` subscriber that has not taken the version it was sent for this long
+    /// (milliseconds) while a newer one is ready is dropped with UNAVAILABLE (its provider
+    /// reconnects and gets the newest version), so no node holds versions for a reader that
+    /// does not read.
+    pub stream_lag_ms: NonZeroU64,
 }
 
 /// `[scylla]`: the experiment event store.
@@ -216,6 +225,8 @@ impl Default for Config {
             data_dir: None,
             scylla: None,
             shared_tier: SharedTierConfig::None,
+            max_streams: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            stream_lag_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
         }
     }
 }

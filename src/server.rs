@@ -16,7 +16,6 @@ use bunting_proto::bunting::v1::evaluation_server::EvaluationServer;
 use bunting_proto::bunting::v1::experiments_server::ExperimentsServer;
 use bunting_proto::bunting::v1::topology_server::TopologyServer;
 use bunting_proto::flagd::evaluation::{v1, v2};
-use bunting_proto::flagd::sync::v1::flag_sync_service_server::FlagSyncServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -30,7 +29,8 @@ use crate::routing::Routing;
 use crate::routing::peer::{MAX_PEER_MESSAGE_BYTES, PeerHandler};
 use crate::service::ExperimentsService;
 use crate::service::{
-    Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, TopologyService,
+    Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, SyncService,
+    TopologyService,
 };
 use crate::shared_tier::{self, SharedTierError};
 use crate::store::experiments::{ExperimentStore, ExperimentStoreError};
@@ -89,6 +89,8 @@ pub struct BoundServer {
     /// unreachable at start-up.
     experiments_start: experiment_feed::Start,
     tier: Option<Arc<dyn shared_tier::SharedTier>>,
+    /// Admission, shared by every service and by forwarded peer requests.
+    gate: Gate,
 }
 
 pub fn compile_options(config: &Config) -> CompileOptions {
@@ -186,8 +188,21 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     };
     let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
     let (metrics, metrics_addr) = listen(config.metrics_addr).await?;
+    let gate = Gate::new(Limits {
+        max_concurrent_requests: config.max_concurrent_requests,
+        max_streams: config.max_streams.get(),
+        max_context_bytes: config.max_context_bytes,
+    });
     let routing = match &config.cluster {
-        Some(settings) => Some(join_cluster(settings, &config, grpc_addr, node.clone()).await?),
+        Some(settings) => Some(
+            join_cluster(
+                settings,
+                &config,
+                grpc_addr,
+                PeerHandler::new(node.clone(), gate.clone()),
+            )
+            .await?,
+        ),
         None => None,
     };
     Ok(BoundServer {
@@ -203,6 +218,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         experiments,
         experiments_start,
         tier,
+        gate,
     })
 }
 
@@ -246,7 +262,7 @@ async fn join_cluster(
     settings: &ClusterSettings,
     config: &Config,
     grpc_addr: SocketAddr,
-    node: Arc<Node>,
+    peers: PeerHandler,
 ) -> Result<Routing, ServerError> {
     let cookie = match &settings.cookie_file {
         Some(path) => Cookie::from_file(path),
@@ -273,7 +289,7 @@ async fn join_cluster(
                 .map_err(|e| ServerError::Config(format!("cluster.tls: {e}")))?,
         );
     }
-    let cluster = Cluster::start(cluster_config, Arc::new(PeerHandler::new(node))).await?;
+    let cluster = Cluster::start(cluster_config, Arc::new(peers)).await?;
     tracing::info!(node = %cluster.local_id(), cluster = %cluster.cluster_addr(), "joined the cluster");
     Ok(Routing::new(
         cluster,
@@ -335,11 +351,12 @@ impl BoundServer {
                 alone_after,
             ))
         });
-        let gate = Gate::new(
-            self.config.max_concurrent_requests,
-            self.config.max_context_bytes,
+        let evaluator = Evaluator::new(
+            self.node.clone(),
+            self.gate.clone(),
+            closing,
+            self.routing.clone(),
         );
-        let evaluator = Evaluator::new(self.node.clone(), gate, closing, self.routing.clone());
         let topology = TopologyService::new(self.routing.clone(), advertised, self.config.shards);
         let bulk = BulkEvaluation::new(evaluator.clone(), self.config.max_bulk_evaluations);
         let admin = Admin::new(self.store.clone(), &self.config.flags);
@@ -348,6 +365,7 @@ impl BoundServer {
             &self.config.flags,
             self.node.clone(),
             self.routing.clone(),
+            self.gate.clone(),
         );
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.config.tls {
@@ -375,7 +393,10 @@ impl BoundServer {
             .add_service(v2::service_server::ServiceServer::new(FlagdV2(
                 evaluator.clone(),
             )))
-            .add_service(FlagSyncServiceServer::new(FlagdSync(evaluator)))
+            .add_service(SyncService::new(
+                FlagdSync(evaluator),
+                Duration::from_millis(self.config.stream_lag_ms.get()),
+            ))
             .add_service(EvaluationServer::new(bulk))
             .add_service(AdminServer::new(admin))
             .add_service(ExperimentsServer::new(experiments))

@@ -19,6 +19,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::service::Gate;
+
 /// Larger peer messages are refused, and the cluster transport is configured with the same limit:
 /// a context passed the sender's `max_context_bytes` already, and a whole flag set's answers
 /// (about 200 bytes a flag) stay far below this.
@@ -140,11 +142,17 @@ fn decode_response(bytes: &[u8]) -> Result<peer_response::Kind, PeerError> {
 #[derive(Debug, Clone)]
 pub struct PeerHandler {
     node: Arc<Node>,
+    /// The node's one admission gate: forwarded work reaches the same mailboxes as local work, so
+    /// it counts against the same cap.
+    gate: Gate,
 }
 
+/// The label of refused peer requests in `bunting_requests_shed_total`.
+const SERVICE: &str = "cluster.peer";
+
 impl PeerHandler {
-    pub fn new(node: Arc<Node>) -> PeerHandler {
-        PeerHandler { node }
+    pub fn new(node: Arc<Node>, gate: Gate) -> PeerHandler {
+        PeerHandler { node, gate }
     }
 
     /// The answer to any peer request; `Err` is a refusal (the asker falls back or fails).
@@ -230,7 +238,15 @@ impl PeerHandler {
 impl ForwardHandler for PeerHandler {
     async fn handle(&self, from: &NodeId, request: Vec<u8>) -> Vec<u8> {
         metrics::counter!("bunting_forwards_received_total").increment(1);
-        let kind = match self.answer(&request).await {
+        let this = self.clone();
+        let answered = self
+            .gate
+            .run(SERVICE, async move { Ok(this.answer(&request).await) })
+            .await;
+        // A refusal at the gate goes back as a refusal: the asker evaluates locally (or answers
+        // UNAVAILABLE for a Track) rather than queueing on a full node.
+        let answered = answered.unwrap_or_else(|shed| Err(shed.message().to_owned()));
+        let kind = match answered {
             Ok(kind) => kind,
             Err(why) => {
                 tracing::warn!(peer = %from, %why, "refused a peer request");

@@ -113,6 +113,8 @@ pub struct Serve {
     flags: PathBuf,
     fractional: &'static str,
     broken_flags: &'static str,
+    /// Top-level settings (TOML lines) added to the config file.
+    extra: String,
 }
 
 impl Serve {
@@ -122,7 +124,15 @@ impl Serve {
             flags: flags.into(),
             fractional: "cbor",
             broken_flags: "refuse",
+            extra: String::new(),
         }
+    }
+
+    /// Adds top-level settings (TOML lines, e.g. `max_streams = 10`) to the node's config.
+    pub fn settings(mut self, toml: &str) -> Serve {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
     }
 
     pub fn fractional(mut self, mode: &'static str) -> Serve {
@@ -160,11 +170,13 @@ impl Serve {
                 "grpc_addr = \"127.0.0.1:{grpc_port}\"\n\
                  metrics_addr = \"127.0.0.1:{metrics_port}\"\n\
                  fractional = \"{}\"\n\
+                 {}\n\
                  [flags]\n\
                  source = \"file\"\n\
                  path = {}\n\
                  broken_flags = \"{}\"\n",
                 self.fractional,
+                self.extra,
                 toml_string(&self.flags),
                 self.broken_flags,
             ),
@@ -200,6 +212,7 @@ impl Serve {
                     return Ok(Node {
                         process,
                         grpc_port,
+                        metrics_port,
                         log: log_path,
                     });
                 }
@@ -221,12 +234,29 @@ impl Serve {
 pub struct Node {
     process: Guarded,
     grpc_port: u16,
+    metrics_port: u16,
     log: PathBuf,
 }
 
 impl Node {
     pub fn grpc_port(&self) -> u16 {
         self.grpc_port
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    /// The node's resident set size (VmRSS in `/proc/PID/status`), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+            .expect("the node's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line");
+        kib * 1024
     }
 
     /// Everything the node has logged so far, for failure messages.
