@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::actor_runtime::ActorRuntime;
 use crate::breaker::BreakerSettings;
 use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
 use crate::experiment_feed;
@@ -91,6 +92,8 @@ pub struct BoundServer {
     tier: Option<Arc<dyn shared_tier::SharedTier>>,
     /// Admission, shared by every service and by forwarded peer requests.
     gate: Gate,
+    /// Where the actor tree runs (see `actor_runtime.rs`); stopped after the tree.
+    actors: ActorRuntime,
 }
 
 pub fn compile_options(config: &Config) -> CompileOptions {
@@ -164,18 +167,19 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             )
         }
     };
+    let actors = ActorRuntime::start()
+        .map_err(|e| ServerError::Config(format!("cannot start the actors' runtime: {e}")))?;
+    let node_config = NodeConfig {
+        shards: config.shards,
+        default_set: config.default_set.clone(),
+        owns_all_at_start: config.cluster.is_none(),
+        ..NodeConfig::default()
+    };
     let node = Arc::new(
-        Node::start_with(
-            NodeConfig {
-                shards: config.shards,
-                default_set: config.default_set.clone(),
-                owns_all_at_start: config.cluster.is_none(),
-                ..NodeConfig::default()
-            },
-            catalog,
-            services,
-        )
-        .await?,
+        actors
+            .run(Node::start_with(node_config, catalog, services))
+            .await
+            .map_err(|e| ServerError::Config(format!("the actor tree failed to start: {e}")))??,
     );
     let listen = |addr: SocketAddr| async move {
         let listener = TcpListener::bind(addr)
@@ -219,6 +223,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         experiments_start,
         tier,
         gate,
+        actors,
     })
 }
 
@@ -427,6 +432,8 @@ impl BoundServer {
             tracing::warn!(error = %e, "final flush of experiment statistics failed");
         }
         self.node.shutdown().await;
+        // The tree has stopped; its runtime goes now rather than whenever `self` is dropped.
+        drop(self.actors);
         served.map_err(ServerError::from)
     }
 }

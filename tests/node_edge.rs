@@ -1,6 +1,7 @@
 //! The node's edge against clients that cost it too much, on a real `bunting serve` over real
 //! sockets: `SyncFlags` subscribers that never read (one shared copy of a large set, a cap on
-//! streams, dropped once they fall behind), and short client errors for undecodable requests and huge keys.
+//! streams, dropped once they fall behind), evaluations shed past `max_concurrent_requests`, and
+//! short client errors for undecodable requests and huge keys.
 //!
 //! `BUNTING_EDGE_SUBSCRIBERS` sets how many non-reading subscribers the first test opens (default
 //! 200); the figures it prints are the ones reported for larger runs.
@@ -238,6 +239,74 @@ async fn sync_subscribers_that_never_read_share_one_copy_and_are_dropped_once_be
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert!(ended.message().contains("fell behind"), "{ended:?}");
     drop(streams);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_evaluations_past_the_cap_are_shed() {
+    let dir = scratch_dir("edge-shed");
+    let path = dir.join("flags.json");
+    write_flags(&path, &flag_file(0, "v1"));
+    let node = Serve::new(&path)
+        .settings("max_concurrent_requests = 4\nmax_context_bytes = 1000000")
+        .start(&dir);
+    let client = channel(node.grpc_port()).await;
+    // Long enough for `slow` to take a while (tens of megabytes copied), small on the wire.
+    let list: Vec<serde_json::Value> = (0..12_000)
+        .map(|i| serde_json::Value::String(format!("item-{i}")))
+        .collect();
+    let mut fields = serde_json::Map::new();
+    fields.insert("list".into(), serde_json::Value::Array(list));
+    let context = bunting_proto::json::json_to_struct(&fields).unwrap();
+    let mut outcomes = Vec::new();
+    for _round in 0..3 {
+        let started = Instant::now();
+        let calls: Vec<_> = (0..12)
+            .map(|_| {
+                let client = client.clone();
+                let context = context.clone();
+                tokio::spawn(async move {
+                    v1::service_client::ServiceClient::new(client)
+                        .resolve_boolean(v1::ResolveBooleanRequest {
+                            flag_key: "slow".into(),
+                            context: Some(context),
+                        })
+                        .await
+                        .map(|r| r.into_inner().value)
+                        .map_err(|s| {
+                            if s.code() != Code::ResourceExhausted {
+                                eprintln!("unexpected: {s:?}");
+                            }
+                            s
+                        })
+                })
+            })
+            .collect();
+        for call in calls {
+            outcomes.push(call.await.unwrap().map_err(|s| s.code()));
+        }
+        eprintln!(
+            "12 concurrent slow evaluations took {:?}",
+            started.elapsed()
+        );
+        if outcomes.contains(&Err(Code::ResourceExhausted)) {
+            break;
+        }
+    }
+    let shed = outcomes
+        .iter()
+        .filter(|o| **o == Err(Code::ResourceExhausted))
+        .count();
+    let answered = outcomes.iter().filter(|o| **o == Ok(false)).count();
+    assert!(shed > 0, "nothing shed: {outcomes:?}");
+    assert!(answered >= 4, "too few answered: {outcomes:?}");
+    assert_eq!(shed + answered, outcomes.len(), "{outcomes:?}");
+    assert!(
+        metric(
+            node.metrics_port(),
+            "bunting_requests_shed_total",
+            &["service=\"flagd.evaluation.v1\""]
+        ) >= shed as f64
+    );
 }
 
 /// Bytes in, bytes out: a client that can send what no generated client would.
