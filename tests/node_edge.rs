@@ -96,6 +96,16 @@ fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// p50 and p99 of `n` sequential evaluations of `plain`.
+async fn latencies(channel: &Channel, n: usize) -> (Duration, Duration) {
+    let mut all = Vec::with_capacity(n);
+    for _ in 0..n {
+        all.push(resolve_plain(channel).await);
+    }
+    all.sort();
+    (all[n / 2], all[(n * 99 / 100).min(n - 1)])
+}
+
 async fn resolve_plain(channel: &Channel) -> Duration {
     let started = Instant::now();
     let answer = v1::service_client::ServiceClient::new(channel.clone())
@@ -125,7 +135,8 @@ async fn sync_subscribers_that_never_read_share_one_copy_and_are_dropped_once_be
         .start(&dir);
     let (port, metrics) = (node.grpc_port(), node.metrics_port());
     let client = channel(port).await;
-    let before_latency = resolve_plain(&client).await;
+    latencies(&client, 50).await; // warm-up: connections, shard actors, allocator
+    let before = latencies(&client, 200).await;
     let rss_before = node.rss_bytes();
 
     // Subscribers on a few connections (a connection carries at most some hundreds of streams).
@@ -159,24 +170,21 @@ async fn sync_subscribers_that_never_read_share_one_copy_and_are_dropped_once_be
     // Let the node push what it can to every subscriber.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = node.rss_bytes();
-    let mut latencies = Vec::new();
-    for _ in 0..20 {
-        latencies.push(resolve_plain(&client).await);
-    }
-    latencies.sort();
-    let p99 = latencies[latencies.len() - 1];
+    let after = latencies(&client, 200).await;
     let grown = rss_after.saturating_sub(rss_before);
     eprintln!(
         "{subscribers} non-reading SyncFlags subscribers on a {:.1} MB set: node RSS {:.0} MB -> \
-         {:.0} MB (+{:.0} MB; one copy per stream would be +{:.0} MB); evaluation before {:?}, \
-         max of 20 after {:?}",
+         {:.0} MB (+{:.0} MB; one copy per stream would be +{:.0} MB); evaluation p50/p99 \
+         before {:?}/{:?}, with the subscribers {:?}/{:?}",
         set_bytes as f64 / 1e6,
         rss_before as f64 / 1e6,
         rss_after as f64 / 1e6,
         grown as f64 / 1e6,
         (subscribers * set_bytes) as f64 / 1e6,
-        before_latency,
-        p99,
+        before.0,
+        before.1,
+        after.0,
+        after.1,
     );
     // A bound far below one copy per stream (700 MB at the default count), far above the few
     // shared copies the node should hold.
@@ -186,8 +194,9 @@ async fn sync_subscribers_that_never_read_share_one_copy_and_are_dropped_once_be
         "RSS grew by {grown} bytes with {subscribers} subscribers (bound {bound})"
     );
     assert!(
-        p99 < Duration::from_secs(2),
-        "an evaluation took {p99:?} beside the subscribers"
+        after.1 < Duration::from_secs(2),
+        "evaluations' p99 was {:?} beside the subscribers",
+        after.1
     );
 
     // New versions while nobody reads: every subscriber falls behind and is dropped.
@@ -203,7 +212,9 @@ async fn sync_subscribers_that_never_read_share_one_copy_and_are_dropped_once_be
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut version = 1;
+    let mut rss_peak = rss_after;
     while dropped() < subscribers as f64 {
+        rss_peak = rss_peak.max(node.rss_bytes());
         assert!(
             Instant::now() < deadline,
             "only {} of {subscribers} subscribers dropped\n{}",
@@ -214,6 +225,11 @@ async fn sync_subscribers_that_never_read_share_one_copy_and_are_dropped_once_be
         write_flags(&path, &flag_file(LARGE_SET_BYTES, &format!("v{version}")));
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
+    eprintln!(
+        "all {subscribers} dropped as fell-behind after {} new versions; peak RSS meanwhile {:.0} MB",
+        version - 1,
+        rss_peak as f64 / 1e6
+    );
     // Their slots are free again: a reading subscriber gets the newest version.
     let mut fresh = FlagSyncServiceClient::new(client.clone())
         .sync_flags(SyncFlagsRequest::default())
@@ -238,7 +254,12 @@ async fn sync_subscribers_that_never_read_share_one_copy_and_are_dropped_once_be
     };
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert!(ended.message().contains("fell behind"), "{ended:?}");
-    drop(streams);
+    drop((streams, connections));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "after the subscribers closed: RSS {:.0} MB",
+        node.rss_bytes() as f64 / 1e6
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
