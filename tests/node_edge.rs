@@ -6,6 +6,8 @@
 //! `BUNTING_EDGE_SUBSCRIBERS` sets how many non-reading subscribers the first test opens (default
 //! 200); the figures it prints are the ones reported for larger runs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -118,9 +118,10 @@ impl Subscriptions {
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, Status> {
         let evaluator = &self.sync.0;
-        let slot = evaluator.gate.open_stream(STREAM)?;
         let (parts, body) = request.into_parts();
+        // Read before the slot is taken: a client that never sends its request holds nothing.
         let message = read_request(body).await?;
+        let slot = evaluator.gate.open_stream(STREAM)?;
         let metadata = MetadataMap::from_headers(parts.headers);
         let set = self.sync.set_name(selector(&metadata, &message.selector));
         let mut catalog = evaluator.node.watch();
@@ -136,7 +137,7 @@ impl Subscriptions {
         let (frames, taken) = mpsc::channel(1);
         let (end, ended) = oneshot::channel();
         // The channel is empty: the first version always fits.
-        let _ = frames.try_send(first.frame.clone());
+        let _ = frames.try_send(first.frame);
         let subscriber = Subscriber {
             set,
             sent: first.version,
