@@ -332,6 +332,47 @@ async fn slow_evaluations_past_the_cap_are_shed() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_and_sync_streams_share_the_stream_cap() {
+    let dir = scratch_dir("edge-stream-cap");
+    let path = dir.join("flags.json");
+    write_flags(&path, &flag_file(0, "v1"));
+    let node = Serve::new(&path)
+        .settings("max_streams = 2\nmax_concurrent_requests = 1")
+        .start(&dir);
+    let client = channel(node.grpc_port()).await;
+    let events = || async {
+        v1::service_client::ServiceClient::new(client.clone())
+            .event_stream(v1::EventStreamRequest {})
+            .await
+    };
+    let first = events().await.unwrap();
+    let mut sync = FlagSyncServiceClient::new(client.clone())
+        .sync_flags(SyncFlagsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sync.message().await.unwrap().is_some());
+    let refused = events().await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("open streams"), "{refused:?}");
+    // Streams do not take request slots: with one request slot, evaluations still answer.
+    resolve_plain(&client).await;
+    resolve_plain(&client).await;
+    // A closed stream gives its slot back.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match events().await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the closed stream's slot did not come back: {e:?}"),
+        }
+    }
+}
+
 /// Bytes in, bytes out: a client that can send what no generated client would.
 #[derive(Debug, Clone, Default)]
 struct RawCodec;

@@ -485,4 +485,43 @@ mod tests {
             Err(PeerError::Refused("stopping".into()))
         );
     }
+
+    /// A forwarded request on a full node is refused (the asker evaluates locally), counted
+    /// like any other refusal, and evaluated once a slot is free.
+    #[tokio::test]
+    async fn forwarded_requests_pass_the_same_gate() {
+        let node = Arc::new(
+            Node::start(
+                bunting_actors::NodeConfig::default(),
+                bunting_actors::Catalog::new(),
+            )
+            .await
+            .unwrap(),
+        );
+        let gate = Gate::new(crate::service::Limits {
+            max_concurrent_requests: 1,
+            max_streams: 1,
+            max_context_bytes: 1024,
+        });
+        let handler = PeerHandler::new(node.clone(), gate.clone());
+        let from = NodeId::new("asker").unwrap();
+        let request = encode_request(None, "f", &EvaluationContext::new(), None);
+        let held = gate.admit("test").unwrap();
+        let refused = PeerResponse::decode(handler.handle(&from, request.clone()).await.as_slice())
+            .unwrap()
+            .kind;
+        assert!(
+            matches!(&refused, Some(peer_response::Kind::Refused(why)) if why.contains("limit")),
+            "{refused:?}"
+        );
+        drop(held);
+        let answered = PeerResponse::decode(handler.handle(&from, request).await.as_slice())
+            .unwrap()
+            .kind;
+        assert!(
+            matches!(answered, Some(peer_response::Kind::ResolvedJson(_))),
+            "{answered:?}"
+        );
+        node.shutdown().await;
+    }
 }
