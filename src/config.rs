@@ -451,6 +451,14 @@ mod tests {
     }
 
     #[test]
+    fn stream_limits_are_read_and_zero_is_refused() {
+        let c: Config = toml::from_str("max_streams = 7\nstream_lag_ms = 250").unwrap();
+        assert_eq!((c.max_streams.get(), c.stream_lag_ms.get()), (7, 250));
+        assert!(toml::from_str::<Config>("max_streams = 0").is_err());
+        assert!(toml::from_str::<Config>("stream_lag_ms = 0").is_err());
+    }
+
+    #[test]
     fn the_loopback_cluster_configs_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-config/three-node");
         let mut ids = Vec::new();
