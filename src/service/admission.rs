@@ -18,6 +18,8 @@ use prost_types::Struct;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
+use super::wire_text::bounded;
+
 /// The admission state shared by every service of a node.
 #[derive(Debug, Clone)]
 pub struct Gate {
@@ -141,7 +143,7 @@ impl Gate {
         }
         bunting_proto::json::struct_into_json(context)
             .map(EvaluationContext::from_fields)
-            .map_err(|e| Status::invalid_argument(format!("evaluation context: {e}")))
+            .map_err(|e| Status::invalid_argument(bounded(format!("evaluation context: {e}"))))
     }
 
     pub fn max_context_bytes(&self) -> usize {

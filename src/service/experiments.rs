@@ -250,7 +250,7 @@ impl ExperimentsService {
                 .await
             {
                 Ok(Tracked::Counted(ids)) => Ok(counted(ids)),
-                Ok(Tracked::BadEvent(why)) => Err(Status::invalid_argument(why)),
+                Ok(Tracked::BadEvent(why)) => Err(Status::invalid_argument(bounded(why))),
                 Err(e) => Err(Status::unavailable(format!(
                     "the owner of {}'s shard ({owner}) did not take the event: {e}; retry",
                     quoted(&req.targeting_key)
@@ -269,7 +269,7 @@ impl ExperimentsService {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         match answer {
             Ok(ids) => Ok(counted(ids)),
-            Err(TrackRefused::BadEvent(e)) => Err(Status::invalid_argument(e.to_string())),
+            Err(TrackRefused::BadEvent(e)) => Err(Status::invalid_argument(bounded(e.to_string()))),
             Err(e @ (TrackRefused::NotOwner(_) | TrackRefused::Store(_))) => {
                 Err(Status::unavailable(format!("{e}; retry")))
             }
