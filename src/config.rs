@@ -159,6 +159,10 @@ pub struct Config {
     /// reconnects and gets the newest version), so no node holds versions for a reader that
     /// does not read.
     pub stream_lag_ms: NonZeroU64,
+    /// At shutdown, how long (milliseconds) in-flight requests and streams get to finish before
+    /// the remaining connections are closed: a peer that does not read would otherwise hold the
+    /// node up for ever.
+    pub drain_timeout_ms: NonZeroU64,
 }
 
 /// `[scylla]`: the experiment event store.
@@ -227,6 +231,7 @@ impl Default for Config {
             shared_tier: SharedTierConfig::None,
             max_streams: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
             stream_lag_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
+            drain_timeout_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
         }
     }
 }
@@ -456,6 +461,7 @@ mod tests {
         assert_eq!((c.max_streams.get(), c.stream_lag_ms.get()), (7, 250));
         assert!(toml::from_str::<Config>("max_streams = 0").is_err());
         assert!(toml::from_str::<Config>("stream_lag_ms = 0").is_err());
+        assert!(toml::from_str::<Config>("drain_timeout_ms = 0").is_err());
     }
 
     #[test]

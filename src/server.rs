@@ -331,6 +331,7 @@ impl BoundServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let advertised = self.advertised_grpc();
         let (closing_tx, closing) = watch::channel(false);
+        let closing_watch = closing.clone();
         let feed_task = tokio::spawn(feed::run(self.feed, self.node.clone(), closing.clone()));
         let metrics_task = tokio::spawn(metrics_http::serve(self.metrics, closing.clone()));
         let experiments_task = match &self.experiments {
@@ -391,6 +392,10 @@ impl BoundServer {
                 .map_err(|e| ServerError::Tls(e.to_string()))?;
         }
         tracing::info!(grpc = %self.grpc_addr, metrics = %self.metrics_addr, "node serving");
+        let drain = (
+            closing_watch,
+            Duration::from_millis(self.config.drain_timeout_ms.get()),
+        );
         let served = builder
             .add_service(v1::service_server::ServiceServer::new(FlagdV1(
                 evaluator.clone(),
@@ -411,8 +416,10 @@ impl BoundServer {
                 shutdown.await;
                 tracing::info!("shutting down: closing streams, draining requests");
                 let _ = closing_tx.send(true);
-            })
-            .await;
+            });
+        let served = crate::closing::bounded_drain(served, drain.0, drain.1)
+            .await
+            .unwrap_or(Ok(()));
         let _ = feed_task.await;
         let _ = metrics_task.await;
         // Leave the cluster before the actors stop, so peers move this node's shards at once

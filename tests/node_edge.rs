@@ -373,6 +373,34 @@ async fn event_streams_and_sync_streams_share_the_stream_cap() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_subscribers_that_never_read_still_shuts_down() {
+    let dir = scratch_dir("edge-shutdown");
+    let path = dir.join("flags.json");
+    write_flags(&path, &flag_file(200_000, "v1"));
+    let mut node = Serve::new(&path)
+        .settings("drain_timeout_ms = 1000")
+        .start(&dir);
+    let stalled = stalled_channel(node.grpc_port()).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(
+            FlagSyncServiceClient::new(stalled.clone())
+                .sync_flags(SyncFlagsRequest::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let exited = node.terminate_within(Duration::from_secs(10));
+    assert!(
+        exited.is_some(),
+        "the node did not exit within 10 s of SIGTERM (drain limit 1 s)\n{}",
+        node.log()
+    );
+    assert!(exited.unwrap().success(), "{}", node.log());
+    drop(streams);
+}
+
 /// Bytes in, bytes out: a client that can send what no generated client would.
 #[derive(Debug, Clone, Default)]
 struct RawCodec;

@@ -247,6 +247,13 @@ impl Node {
         self.metrics_port
     }
 
+    /// SIGTERM, then waits up to `limit` for the node to exit; `None` (and the node killed) if it
+    /// did not.
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.process.terminate();
+        self.process.wait_for(limit)
+    }
+
     /// The node's resident set size (VmRSS in `/proc/PID/status`), in bytes.
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
