@@ -40,7 +40,9 @@ pub struct Limits {
 /// see [`Gate::run`].
 #[derive(Debug)]
 #[must_use = "the admission is given back when this is dropped"]
-pub struct Admitted(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+}
 
 /// One admitted stream; the stream's task holds it until the stream ends. Keeps
 /// `bunting_streams_open{stream}` current.
@@ -96,7 +98,7 @@ impl Gate {
     pub fn admit(&self, service: &'static str) -> Result<Admitted, Status> {
         self.requests
             .take(service, "requests in flight")
-            .map(Admitted)
+            .map(|permit| Admitted { _permit: permit })
     }
 
     /// A slot for one stream of kind `stream`, or RESOURCE_EXHAUSTED at once.
