@@ -35,6 +35,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Undecodable requests are the caller's error (INVALID_ARGUMENT), not INTERNAL.
+        .codec_path("crate::codec::InvalidArgumentCodec")
         // Serialized descriptors of every file, for gRPC server reflection.
         .file_descriptor_set_path(out_dir.join("bunting_descriptor.bin"))
         .compile_with_config(config, &protos, &includes)?;

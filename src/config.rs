@@ -2,6 +2,7 @@
 //! `bunting serve` with no file runs one node on the embedded defaults.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -152,6 +153,18 @@ pub struct Config {
     pub scylla: Option<ScyllaConfig>,
     /// `[connections]`: limits and timeouts for client connections (see [`ConnectionsConfig`]).
     pub connections: ConnectionsConfig,
+    /// Streams (flagd `EventStream` v1/v2 and `SyncFlags`) open at once; more are refused with
+    /// RESOURCE_EXHAUSTED. Separate from `max_concurrent_requests`: a stream lives for hours.
+    pub max_streams: NonZeroUsize,
+    /// A `SyncFlags` subscriber that has not taken the version it was sent for this long
+    /// (milliseconds) while a newer one is ready is dropped with UNAVAILABLE (its provider
+    /// reconnects and gets the newest version), so no node holds versions for a reader that
+    /// does not read.
+    pub stream_lag_ms: NonZeroU64,
+    /// At shutdown, how long (milliseconds) in-flight requests and streams get to finish before
+    /// the remaining connections are closed: a peer that does not read would otherwise hold the
+    /// node up for ever.
+    pub drain_timeout_ms: NonZeroU64,
 }
 
 /// `[connections]`: what one client connection may hold and for how long, so idle or hostile
@@ -299,6 +312,9 @@ impl Default for Config {
             scylla: None,
             shared_tier: SharedTierConfig::None,
             connections: ConnectionsConfig::default(),
+            max_streams: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            stream_lag_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
+            drain_timeout_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
         }
     }
 }
@@ -521,6 +537,15 @@ mod tests {
         assert!(toml::from_str::<Config>("[flags]\nsource = \"s3\"").is_err());
         let zero: Config = toml::from_str("shards = 0").unwrap();
         assert!(zero.check().is_err());
+    }
+
+    #[test]
+    fn stream_limits_are_read_and_zero_is_refused() {
+        let c: Config = toml::from_str("max_streams = 7\nstream_lag_ms = 250").unwrap();
+        assert_eq!((c.max_streams.get(), c.stream_lag_ms.get()), (7, 250));
+        assert!(toml::from_str::<Config>("max_streams = 0").is_err());
+        assert!(toml::from_str::<Config>("stream_lag_ms = 0").is_err());
+        assert!(toml::from_str::<Config>("drain_timeout_ms = 0").is_err());
     }
 
     #[test]

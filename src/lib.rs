@@ -1,6 +1,7 @@
 //! The `bunting` node: everything the binary wires together (stores, services, server), kept in a
 //! library so integration tests drive the same code the binary runs.
 
+mod actor_runtime;
 pub mod breaker;
 mod closing;
 pub mod config;

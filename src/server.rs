@@ -16,10 +16,10 @@ use bunting_proto::bunting::v1::evaluation_server::EvaluationServer;
 use bunting_proto::bunting::v1::experiments_server::ExperimentsServer;
 use bunting_proto::bunting::v1::topology_server::TopologyServer;
 use bunting_proto::flagd::evaluation::{v1, v2};
-use bunting_proto::flagd::sync::v1::flag_sync_service_server::FlagSyncServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::actor_runtime::ActorRuntime;
 use crate::breaker::BreakerSettings;
 use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
 use crate::edge;
@@ -30,7 +30,8 @@ use crate::routing::Routing;
 use crate::routing::peer::{MAX_PEER_MESSAGE_BYTES, PeerHandler};
 use crate::service::ExperimentsService;
 use crate::service::{
-    Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, TopologyService,
+    Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, SyncService,
+    TopologyService,
 };
 use crate::shared_tier::{self, SharedTierError};
 use crate::store::experiments::{ExperimentStore, ExperimentStoreError};
@@ -93,6 +94,10 @@ pub struct BoundServer {
     tier: Option<Arc<dyn shared_tier::SharedTier>>,
     /// The connection caps derived from the open-files limit (`crate::edge`).
     caps: edge::Caps,
+    /// Admission, shared by every service and by forwarded peer requests.
+    gate: Gate,
+    /// Where the actor tree runs (see `actor_runtime.rs`); stopped after the tree.
+    actors: ActorRuntime,
 }
 
 pub fn compile_options(config: &Config) -> CompileOptions {
@@ -168,18 +173,19 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             )
         }
     };
+    let actors = ActorRuntime::start()
+        .map_err(|e| ServerError::Config(format!("cannot start the actors' runtime: {e}")))?;
+    let node_config = NodeConfig {
+        shards: config.shards,
+        default_set: config.default_set.clone(),
+        owns_all_at_start: config.cluster.is_none(),
+        ..NodeConfig::default()
+    };
     let node = Arc::new(
-        Node::start_with(
-            NodeConfig {
-                shards: config.shards,
-                default_set: config.default_set.clone(),
-                owns_all_at_start: config.cluster.is_none(),
-                ..NodeConfig::default()
-            },
-            catalog,
-            services,
-        )
-        .await?,
+        actors
+            .run(Node::start_with(node_config, catalog, services))
+            .await
+            .map_err(|e| ServerError::Config(format!("the actor tree failed to start: {e}")))??,
     );
     let listen = |addr: SocketAddr| async move {
         let listener = TcpListener::bind(addr)
@@ -192,8 +198,21 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     };
     let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
     let (metrics, metrics_addr) = listen(config.metrics_addr).await?;
+    let gate = Gate::new(Limits {
+        max_concurrent_requests: config.max_concurrent_requests,
+        max_streams: config.max_streams.get(),
+        max_context_bytes: config.max_context_bytes,
+    });
     let routing = match &config.cluster {
-        Some(settings) => Some(join_cluster(settings, &config, grpc_addr, node.clone()).await?),
+        Some(settings) => Some(
+            join_cluster(
+                settings,
+                &config,
+                grpc_addr,
+                PeerHandler::new(node.clone(), gate.clone()),
+            )
+            .await?,
+        ),
         None => None,
     };
     Ok(BoundServer {
@@ -210,6 +229,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         experiments_start,
         tier,
         caps,
+        gate,
+        actors,
     })
 }
 
@@ -253,7 +274,7 @@ async fn join_cluster(
     settings: &ClusterSettings,
     config: &Config,
     grpc_addr: SocketAddr,
-    node: Arc<Node>,
+    peers: PeerHandler,
 ) -> Result<Routing, ServerError> {
     let cookie = match &settings.cookie_file {
         Some(path) => Cookie::from_file(path),
@@ -280,7 +301,7 @@ async fn join_cluster(
                 .map_err(|e| ServerError::Config(format!("cluster.tls: {e}")))?,
         );
     }
-    let cluster = Cluster::start(cluster_config, Arc::new(PeerHandler::new(node))).await?;
+    let cluster = Cluster::start(cluster_config, Arc::new(peers)).await?;
     tracing::info!(node = %cluster.local_id(), cluster = %cluster.cluster_addr(), "joined the cluster");
     Ok(Routing::new(
         cluster,
@@ -317,6 +338,7 @@ impl BoundServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let advertised = self.advertised_grpc();
         let (closing_tx, closing) = watch::channel(false);
+        let closing_watch = closing.clone();
         let feed_task = tokio::spawn(feed::run(self.feed, self.node.clone(), closing.clone()));
         let metrics_task = tokio::spawn(metrics_http::serve(self.metrics, closing.clone()));
         let experiments_task = match &self.experiments {
@@ -342,11 +364,12 @@ impl BoundServer {
                 alone_after,
             ))
         });
-        let gate = Gate::new(
-            self.config.max_concurrent_requests,
-            self.config.max_context_bytes,
+        let evaluator = Evaluator::new(
+            self.node.clone(),
+            self.gate.clone(),
+            closing,
+            self.routing.clone(),
         );
-        let evaluator = Evaluator::new(self.node.clone(), gate, closing, self.routing.clone());
         let topology = TopologyService::new(self.routing.clone(), advertised, self.config.shards);
         let bulk = BulkEvaluation::new(evaluator.clone(), self.config.max_bulk_evaluations);
         let admin = Admin::new(self.store.clone(), &self.config.flags);
@@ -355,6 +378,7 @@ impl BoundServer {
             &self.config.flags,
             self.node.clone(),
             self.routing.clone(),
+            self.gate.clone(),
         );
         let mut builder = edge::tune(
             tonic::transport::Server::builder(),
@@ -384,6 +408,10 @@ impl BoundServer {
                 .map_err(|e| ServerError::Tls(e.to_string()))?;
         }
         tracing::info!(grpc = %self.grpc_addr, metrics = %self.metrics_addr, "node serving");
+        let drain = (
+            closing_watch,
+            Duration::from_millis(self.config.drain_timeout_ms.get()),
+        );
         let served = builder
             .add_service(v1::service_server::ServiceServer::new(FlagdV1(
                 evaluator.clone(),
@@ -391,7 +419,10 @@ impl BoundServer {
             .add_service(v2::service_server::ServiceServer::new(FlagdV2(
                 evaluator.clone(),
             )))
-            .add_service(FlagSyncServiceServer::new(FlagdSync(evaluator)))
+            .add_service(SyncService::new(
+                FlagdSync(evaluator),
+                Duration::from_millis(self.config.stream_lag_ms.get()),
+            ))
             .add_service(EvaluationServer::new(bulk))
             .add_service(AdminServer::new(admin))
             .add_service(ExperimentsServer::new(experiments))
@@ -407,8 +438,10 @@ impl BoundServer {
                     tracing::info!("shutting down: closing streams, draining requests");
                     let _ = closing_tx.send(true);
                 },
-            )
-            .await;
+            );
+        let served = crate::closing::bounded_drain(served, drain.0, drain.1)
+            .await
+            .unwrap_or(Ok(()));
         let _ = feed_task.await;
         let _ = metrics_task.await;
         // Leave the cluster before the actors stop, so peers move this node's shards at once
@@ -428,6 +461,8 @@ impl BoundServer {
             tracing::warn!(error = %e, "final flush of experiment statistics failed");
         }
         self.node.shutdown().await;
+        // The tree has stopped; its runtime goes now rather than whenever `self` is dropped.
+        drop(self.actors);
         served.map_err(ServerError::from)
     }
 }

@@ -28,6 +28,10 @@ fn start_node(label: &str) -> Node {
 /// registers its provider under its own name: the API is a process-wide singleton and the tests
 /// run in parallel.
 async fn client(node: &Node, name: &str) -> Client {
+    client_with(node, name, ResolverType::Rpc).await
+}
+
+async fn client_with(node: &Node, name: &str, resolver_type: ResolverType) -> Client {
     let provider = FlagdProvider::new(FlagdOptions {
         host: "127.0.0.1".to_owned(),
         port: node.grpc_port(),
@@ -38,7 +42,7 @@ async fn client(node: &Node, name: &str) -> Client {
         tls: false,
         cert_path: None,
         selector: None,
-        resolver_type: ResolverType::Rpc,
+        resolver_type,
         deadline_ms: 5_000,
         retry_backoff_ms: 100,
         retry_grace_period: 5,
@@ -72,6 +76,20 @@ fn metadata_str<'a, T>(details: &'a EvaluationDetails<T>, key: &str) -> Option<&
         Some(FlagMetadataValue::String(s)) => Some(s),
         _ => None,
     }
+}
+
+/// The in-process resolver takes the whole flag set over `flagd.sync.v1` `SyncFlags` (answered
+/// from Bunting's shared encoded snapshot, below tonic's codec) and evaluates it itself.
+#[tokio::test]
+async fn the_in_process_resolver_evaluates_the_set_sync_flags_sent() {
+    let node = start_node("rust-provider-in-process");
+    let client = client_with(&node, "in_process", ResolverType::InProcess).await;
+    let b = client
+        .get_bool_details("welcome-banner", Some(&context()), None)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", node.log()));
+    assert!(!b.value);
+    assert_eq!(b.variant.as_deref(), Some("off"));
 }
 
 #[tokio::test]

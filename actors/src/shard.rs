@@ -343,6 +343,9 @@ impl Actor for Shard {
         match message {
             ShardMsg::Resolve(request, reply) => {
                 state.depth.fetch_sub(1, Ordering::Relaxed);
+                if abandoned(&reply) {
+                    return Ok(());
+                }
                 let answer = match state.set(request.set.as_ref()) {
                     Ok(set) => {
                         resolved::resolve(set, &request.key, request.wanted, &request.context)
@@ -361,6 +364,9 @@ impl Actor for Shard {
             }
             ShardMsg::ResolveMany(request, reply) => {
                 state.depth.fetch_sub(1, Ordering::Relaxed);
+                if abandoned(&reply) {
+                    return Ok(());
+                }
                 let answer: Vec<ResolvedFlag> = request
                     .keys
                     .iter()
@@ -381,6 +387,9 @@ impl Actor for Shard {
                 reply,
             } => {
                 state.depth.fetch_sub(1, Ordering::Relaxed);
+                if abandoned(&reply) {
+                    return Ok(());
+                }
                 let answer = state.set(set.as_ref()).map(|set| {
                     set.resolve_all(&context)
                         .map(|(key, r)| {
@@ -454,4 +463,16 @@ impl Actor for Shard {
         }
         Ok(())
     }
+}
+
+/// Whether the caller of an evaluation has stopped waiting (its call timed out, or the request
+/// was cancelled). Its evaluation is skipped: nobody sees the variant, so no exposure is
+/// counted, and a backlog left by callers that gave up drains at no cost. Track is never
+/// skipped: the event happened whether or not its caller waits for the answer.
+fn abandoned<T>(reply: &RpcReplyPort<T>) -> bool {
+    let gone = reply.is_closed();
+    if gone {
+        metrics::counter!("bunting_shard_abandoned_total").increment(1);
+    }
+    gone
 }

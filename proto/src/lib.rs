@@ -6,6 +6,7 @@
 //! and servers from them. [`json`] converts between `google.protobuf.Struct` and JSON, which every
 //! layer above needs because the engine speaks JSON and the protocols speak Struct.
 
+pub mod codec;
 pub mod json;
 
 /// flagd's protocols (package `flagd.*`).

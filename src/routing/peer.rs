@@ -19,6 +19,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::service::Gate;
+
 /// Larger peer messages are refused, and the cluster transport is configured with the same limit:
 /// a context passed the sender's `max_context_bytes` already, and a whole flag set's answers
 /// (about 200 bytes a flag) stay far below this.
@@ -140,11 +142,17 @@ fn decode_response(bytes: &[u8]) -> Result<peer_response::Kind, PeerError> {
 #[derive(Debug, Clone)]
 pub struct PeerHandler {
     node: Arc<Node>,
+    /// The node's one admission gate: forwarded work reaches the same mailboxes as local work, so
+    /// it counts against the same cap.
+    gate: Gate,
 }
 
+/// The label of refused peer requests in `bunting_requests_shed_total`.
+const SERVICE: &str = "cluster.peer";
+
 impl PeerHandler {
-    pub fn new(node: Arc<Node>) -> PeerHandler {
-        PeerHandler { node }
+    pub fn new(node: Arc<Node>, gate: Gate) -> PeerHandler {
+        PeerHandler { node, gate }
     }
 
     /// The answer to any peer request; `Err` is a refusal (the asker falls back or fails).
@@ -230,7 +238,15 @@ impl PeerHandler {
 impl ForwardHandler for PeerHandler {
     async fn handle(&self, from: &NodeId, request: Vec<u8>) -> Vec<u8> {
         metrics::counter!("bunting_forwards_received_total").increment(1);
-        let kind = match self.answer(&request).await {
+        let this = self.clone();
+        let answered = self
+            .gate
+            .run(SERVICE, async move { Ok(this.answer(&request).await) })
+            .await;
+        // A refusal at the gate goes back as a refusal: the asker evaluates locally (or answers
+        // UNAVAILABLE for a Track) rather than queueing on a full node.
+        let answered = answered.unwrap_or_else(|shed| Err(shed.message().to_owned()));
+        let kind = match answered {
             Ok(kind) => kind,
             Err(why) => {
                 tracing::warn!(peer = %from, %why, "refused a peer request");
@@ -468,5 +484,44 @@ mod tests {
             decode_answer(&refused),
             Err(PeerError::Refused("stopping".into()))
         );
+    }
+
+    /// A forwarded request on a full node is refused (the asker evaluates locally), counted
+    /// like any other refusal, and evaluated once a slot is free.
+    #[tokio::test]
+    async fn forwarded_requests_pass_the_same_gate() {
+        let node = Arc::new(
+            Node::start(
+                bunting_actors::NodeConfig::default(),
+                bunting_actors::Catalog::new(),
+            )
+            .await
+            .unwrap(),
+        );
+        let gate = Gate::new(crate::service::Limits {
+            max_concurrent_requests: 1,
+            max_streams: 1,
+            max_context_bytes: 1024,
+        });
+        let handler = PeerHandler::new(node.clone(), gate.clone());
+        let from = NodeId::new("asker").unwrap();
+        let request = encode_request(None, "f", &EvaluationContext::new(), None);
+        let held = gate.admit("test").unwrap();
+        let refused = PeerResponse::decode(handler.handle(&from, request.clone()).await.as_slice())
+            .unwrap()
+            .kind;
+        assert!(
+            matches!(&refused, Some(peer_response::Kind::Refused(why)) if why.contains("limit")),
+            "{refused:?}"
+        );
+        drop(held);
+        let answered = PeerResponse::decode(handler.handle(&from, request).await.as_slice())
+            .unwrap()
+            .kind;
+        assert!(
+            matches!(answered, Some(peer_response::Kind::ResolvedJson(_))),
+            "{answered:?}"
+        );
+        node.shutdown().await;
     }
 }

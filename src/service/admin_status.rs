@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use super::wire_text::{bounded, quoted};
 use crate::store::StoreError;
 
 /// A flag set id: 1 to this many characters of `[A-Za-z0-9._-]` (bunting.proto, FlagSet.id).
@@ -17,7 +18,8 @@ pub const MAX_FLAG_KEY_CHARS: usize = 256;
 /// INVALID_ARGUMENT for one request field, with the field named in a `google.rpc.BadRequest` as
 /// well as in the message.
 pub fn bad_field(field: &str, description: impl Into<String>) -> Status {
-    let description = description.into();
+    // Descriptions often quote the field's value, which is the client's and may be huge.
+    let description = bounded(description.into());
     Status::with_error_details(
         Code::InvalidArgument,
         format!("{field}: {description}"),
@@ -33,8 +35,9 @@ pub fn check_flag_set_id(field: &str, id: &str) -> Result<(), Status> {
         Err(bad_field(
             field,
             format!(
-                "{id:?} is not a flag set id: 1 to {MAX_FLAG_SET_ID_CHARS} characters of \
-                 [A-Za-z0-9._-]"
+                "{} is not a flag set id: 1 to {MAX_FLAG_SET_ID_CHARS} characters of \
+                 [A-Za-z0-9._-]",
+                quoted(id)
             ),
         ))
     } else {
@@ -49,8 +52,9 @@ pub fn check_flag_key(field: &str, key: &str) -> Result<(), Status> {
         Err(bad_field(
             field,
             format!(
-                "{key:?} is not a flag key: 1 to {MAX_FLAG_KEY_CHARS} characters, no control \
-                 characters"
+                "{} is not a flag key: 1 to {MAX_FLAG_KEY_CHARS} characters, no control \
+                 characters",
+                quoted(key)
             ),
         ))
     } else {
@@ -124,7 +128,7 @@ pub fn store_status(op: &'static str, error: StoreError) -> Status {
         StoreError::Internal { .. } => "internal",
     };
     metrics::counter!("bunting_store_errors_total", "op" => op, "kind" => kind).increment(1);
-    let message = error.to_string();
+    let message = bounded(error.to_string());
     match error {
         StoreError::NotFound { .. } => Status::not_found(message),
         StoreError::AlreadyExists { .. } => Status::already_exists(message),

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use super::evaluator::{Evaluator, metadata_struct};
 use super::request::node_status;
+use super::wire_text::quoted;
 
 /// The label this service's evaluations carry in `bunting_evaluations_total` and friends.
 const SERVICE: &str = "bunting.v1";
@@ -48,9 +49,22 @@ impl Evaluation for BulkEvaluation {
         &self,
         request: Request<EvaluateBulkRequest>,
     ) -> Result<Response<EvaluateBulkResponse>, Status> {
-        let _permit = self.evaluator.gate.admit()?;
-        let started = Instant::now();
+        let this = self.clone();
         let request = request.into_inner();
+        self.evaluator
+            .gate
+            .run("bunting.v1.Evaluation", async move {
+                this.evaluate(request).await
+            })
+            .await
+            .map(Response::new)
+    }
+}
+
+impl BulkEvaluation {
+    /// One admitted call (see `Gate::run`).
+    async fn evaluate(&self, request: EvaluateBulkRequest) -> Result<EvaluateBulkResponse, Status> {
+        let started = Instant::now();
         if request.subjects.is_empty() {
             return Err(Status::invalid_argument(
                 "subjects is empty: name at least one subject to evaluate for",
@@ -62,11 +76,10 @@ impl Evaluation for BulkEvaluation {
         } else {
             request.flag_set_id.as_str()
         };
-        let flags = node
-            .catalog()
-            .get(set_id)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("flag set {set_id:?} not found")))?;
+        let flags =
+            node.catalog().get(set_id).cloned().ok_or_else(|| {
+                Status::not_found(format!("flag set {} not found", quoted(set_id)))
+            })?;
         let keys: Vec<String> = if request.flag_keys.is_empty() {
             flags.entries().iter().map(|e| e.key().to_owned()).collect()
         } else {
@@ -118,11 +131,11 @@ impl Evaluation for BulkEvaluation {
             });
         }
         tally.record(started);
-        Ok(Response::new(EvaluateBulkResponse {
+        Ok(EvaluateBulkResponse {
             subjects,
             flag_set_version: i64::try_from(flags.version()).unwrap_or(i64::MAX),
             flag_set_metadata: Some(metadata_struct(flags.metadata())?),
-        }))
+        })
     }
 }
 

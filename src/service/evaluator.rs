@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tonic::Status;
 
-use super::request::{Gate, node_status, resolution_status};
+use super::admission::Gate;
+use super::request::{node_status, resolution_status};
 use crate::routing::{Route, Routing, Stamp};
 
 #[derive(Debug, Clone)]
@@ -52,7 +53,8 @@ impl Evaluator {
         }
     }
 
-    /// One typed resolution. A resolution error is returned as the gRPC status flagd uses.
+    /// One typed resolution, admitted (see [`Gate::run`]). A resolution error is returned as the
+    /// gRPC status flagd uses.
     pub async fn resolve(
         &self,
         service: &'static str,
@@ -61,7 +63,23 @@ impl Evaluator {
         context: Option<Struct>,
         wanted: FlagType,
     ) -> Result<(ResolvedFlag, Stamp), Status> {
-        let _permit = self.gate.admit()?;
+        let this = self.clone();
+        self.gate
+            .run(service, async move {
+                this.resolve_admitted(service, set, key, context, wanted)
+                    .await
+            })
+            .await
+    }
+
+    async fn resolve_admitted(
+        &self,
+        service: &'static str,
+        set: Option<Arc<str>>,
+        key: String,
+        context: Option<Struct>,
+        wanted: FlagType,
+    ) -> Result<(ResolvedFlag, Stamp), Status> {
         let started = Instant::now();
         if key.is_empty() {
             return Err(Status::invalid_argument("flag_key is empty"));
@@ -97,14 +115,27 @@ impl Evaluator {
         }
     }
 
-    /// Every flag of a set for one subject.
+    /// Every flag of a set for one subject, admitted (see [`Gate::run`]).
     pub async fn resolve_all(
         &self,
         service: &'static str,
         set: Option<Arc<str>>,
         context: Option<Struct>,
     ) -> Result<(Vec<(String, ResolvedFlag)>, Stamp), Status> {
-        let _permit = self.gate.admit()?;
+        let this = self.clone();
+        self.gate
+            .run(service, async move {
+                this.resolve_all_admitted(service, set, context).await
+            })
+            .await
+    }
+
+    async fn resolve_all_admitted(
+        &self,
+        service: &'static str,
+        set: Option<Arc<str>>,
+        context: Option<Struct>,
+    ) -> Result<(Vec<(String, ResolvedFlag)>, Stamp), Status> {
         let started = Instant::now();
         let context: EvaluationContext = self.gate.context(context)?;
         let (remote, stamp) = self.route(&context);

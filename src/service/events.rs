@@ -22,21 +22,26 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(20);
 const STREAM_BUFFER: usize = 16;
 
 /// flagd's event stream: `provider_ready` first, then `configuration_change` with the changed
-/// flag keys whenever the selected set changes, and `keep_alive` when idle.
+/// flag keys whenever the selected set changes, and `keep_alive` when idle. Refused with
+/// RESOURCE_EXHAUSTED when the node has `max_streams` open; `kind` labels it in the metrics.
 pub fn stream<T, F>(
     evaluator: &Evaluator,
+    kind: &'static str,
     set: Option<Arc<str>>,
     make: F,
-) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+) -> Result<impl Stream<Item = Result<T, Status>> + Send + 'static, Status>
 where
     T: Send + 'static,
     F: Fn(&str, Struct) -> T + Send + 'static,
 {
+    let slot = evaluator.gate.open_stream(kind)?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let mut catalog = evaluator.node.watch();
     let mut closing = evaluator.closing.clone();
     let set: Arc<str> = set.unwrap_or_else(|| evaluator.node.config().default_set.as_str().into());
     tokio::spawn(async move {
+        // The stream's slot is given back when this task ends, whatever ends it.
+        let _slot = slot;
         let mut previous = catalog.borrow_and_update().clone();
         if tx
             .send(Ok(make("provider_ready", Struct::default())))
@@ -72,28 +77,27 @@ where
             }
         }
     });
-    ReceiverStream::new(rx)
+    Ok(ReceiverStream::new(rx))
 }
 
 /// The flags of `set` that differ between two catalogs, as flagd reports them:
 /// `{key: {"type": "write" | "update" | "delete", "flagKey": key}}`.
 pub fn changed_flags(before: &Catalog, after: &Catalog, set: &str) -> Map<String, Value> {
-    let flags_of = |c: &Catalog| {
-        c.get(set)
-            .and_then(|s| {
-                s.document()
-                    .get("flags")
-                    .and_then(Value::as_object)
-                    .cloned()
-            })
-            .unwrap_or_default()
-    };
-    let (old, new) = (flags_of(before), flags_of(after));
+    // Borrowed, not cloned: every open stream runs this on every change, and a large set's
+    // definitions are megabytes.
+    let none = Map::new();
+    fn flags_of<'c>(c: &'c Catalog, set: &str) -> Option<&'c Map<String, Value>> {
+        c.get(set)?.document().get("flags")?.as_object()
+    }
+    let (old, new) = (
+        flags_of(before, set).unwrap_or(&none),
+        flags_of(after, set).unwrap_or(&none),
+    );
     let mut changes = Map::new();
     let mut note = |key: &str, kind: &str| {
         changes.insert(key.to_owned(), json!({"type": kind, "flagKey": key}));
     };
-    for (key, definition) in &new {
+    for (key, definition) in new {
         match old.get(key) {
             None => note(key, "write"),
             Some(before) if before != definition => note(key, "update"),

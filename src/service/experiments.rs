@@ -19,8 +19,10 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use super::admin_status::{
     bad_field, check_actor, check_flag_key, check_flag_set_id, store_status,
 };
+use super::admission::Gate;
 use super::experiment_results;
 use super::request::RequiredStore;
+use super::wire_text::{bounded, quoted};
 use crate::config::FlagSourceConfig;
 use crate::routing::Routing;
 use crate::routing::peer::Tracked;
@@ -38,7 +40,12 @@ pub struct ExperimentsService {
     node: Arc<Node>,
     /// `Some` on a clustered node: tracked events go to the owner, results gather every member.
     routing: Option<Routing>,
+    /// Admission for the RPCs that reach the shard actors (`Track`, `GetExperimentResults`).
+    gate: Gate,
 }
+
+/// The label of this service's refusals in `bunting_requests_shed_total`.
+const SERVICE: &str = "bunting.v1.Experiments";
 
 impl ExperimentsService {
     /// `store` is `None` when `flags` names a source without a database (a file); then every RPC
@@ -51,6 +58,7 @@ impl ExperimentsService {
         flags: &FlagSourceConfig,
         node: Arc<Node>,
         routing: Option<Routing>,
+        gate: Gate,
     ) -> ExperimentsService {
         let without_store = match flags {
             FlagSourceConfig::File { path, .. } => format!(
@@ -67,6 +75,7 @@ impl ExperimentsService {
             store: RequiredStore::new(store, without_store),
             node,
             routing,
+            gate,
         }
     }
 
@@ -185,7 +194,31 @@ impl ExperimentsRpc for ExperimentsService {
         &self,
         request: Request<pb::TrackRequest>,
     ) -> Result<Response<pb::TrackResponse>, Status> {
+        let this = self.clone();
         let req = request.into_inner();
+        self.gate
+            .run(SERVICE, async move { this.track_admitted(req).await })
+            .await
+    }
+
+    async fn get_experiment_results(
+        &self,
+        request: Request<pb::GetExperimentResultsRequest>,
+    ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
+        let this = self.clone();
+        let req = request.into_inner();
+        self.gate
+            .run(SERVICE, async move { this.results_admitted(req).await })
+            .await
+    }
+}
+
+impl ExperimentsService {
+    /// One admitted Track (see `Gate::run`).
+    async fn track_admitted(
+        &self,
+        req: pb::TrackRequest,
+    ) -> Result<Response<pb::TrackResponse>, Status> {
         if req.targeting_key.is_empty() {
             return Err(bad_field("targeting_key", "must not be empty"));
         }
@@ -217,10 +250,10 @@ impl ExperimentsRpc for ExperimentsService {
                 .await
             {
                 Ok(Tracked::Counted(ids)) => Ok(counted(ids)),
-                Ok(Tracked::BadEvent(why)) => Err(Status::invalid_argument(why)),
+                Ok(Tracked::BadEvent(why)) => Err(Status::invalid_argument(bounded(why))),
                 Err(e) => Err(Status::unavailable(format!(
-                    "the owner of {:?}'s shard ({owner}) did not take the event: {e}; retry",
-                    req.targeting_key
+                    "the owner of {}'s shard ({owner}) did not take the event: {e}; retry",
+                    quoted(&req.targeting_key)
                 ))),
             };
         }
@@ -236,19 +269,20 @@ impl ExperimentsRpc for ExperimentsService {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         match answer {
             Ok(ids) => Ok(counted(ids)),
-            Err(TrackRefused::BadEvent(e)) => Err(Status::invalid_argument(e.to_string())),
+            Err(TrackRefused::BadEvent(e)) => Err(Status::invalid_argument(bounded(e.to_string()))),
             Err(e @ (TrackRefused::NotOwner(_) | TrackRefused::Store(_))) => {
                 Err(Status::unavailable(format!("{e}; retry")))
             }
         }
     }
 
-    async fn get_experiment_results(
+    /// One admitted results request: it asks every shard (and every peer) for its totals.
+    async fn results_admitted(
         &self,
-        request: Request<pb::GetExperimentResultsRequest>,
+        request: pb::GetExperimentResultsRequest,
     ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
         let store = self.store()?;
-        let id = experiment_id(request.into_inner().id)?;
+        let id = experiment_id(request.id)?;
         let record = store
             .get_experiment(&id)
             .await
@@ -348,7 +382,7 @@ fn metric(index: usize, metric: pb::Metric) -> Result<Metric, Status> {
 
 /// An experiment store refusal as the status experiments.proto gives it.
 fn experiment_status(op: &'static str, error: ExperimentStoreError) -> Status {
-    let message = error.to_string();
+    let message = bounded(error.to_string());
     match error {
         ExperimentStoreError::UnknownFlagSet { .. }
         | ExperimentStoreError::UnknownFlag { .. }
@@ -357,7 +391,10 @@ fn experiment_status(op: &'static str, error: ExperimentStoreError) -> Status {
         ExperimentStoreError::Invalid { field, source } => Status::with_error_details(
             Code::InvalidArgument,
             message,
-            ErrorDetails::with_bad_request(vec![FieldViolation::new(field, source.to_string())]),
+            ErrorDetails::with_bad_request(vec![FieldViolation::new(
+                field,
+                bounded(source.to_string()),
+            )]),
         ),
         ExperimentStoreError::TooFewVariants { .. }
         | ExperimentStoreError::Transition(_)

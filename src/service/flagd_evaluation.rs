@@ -204,11 +204,15 @@ macro_rules! flagd_evaluation_service {
                 request: Request<$proto::EventStreamRequest>,
             ) -> Result<Response<Self::EventStreamStream>, Status> {
                 let set = selector(request.metadata(), "");
-                let stream =
-                    events::stream(&self.0, set, |kind, data| $proto::EventStreamResponse {
+                let stream = events::stream(
+                    &self.0,
+                    concat!($label, ".EventStream"),
+                    set,
+                    |kind, data| $proto::EventStreamResponse {
                         r#type: kind.to_owned(),
                         data: Some(data),
-                    });
+                    },
+                )?;
                 Ok(Response::new(Box::pin(stream)))
             }
         }

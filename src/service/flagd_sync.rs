@@ -10,19 +10,17 @@ use bunting_proto::flagd::sync::v1::{
     SyncFlagsRequest, SyncFlagsResponse, flag_sync_service_server::FlagSyncService,
 };
 use futures_core::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::evaluator::{Evaluator, metadata_struct};
-use super::events::record_propagation;
 use super::request::selector;
+use super::wire_text::quoted;
 
 #[derive(Debug, Clone)]
 pub struct FlagdSync(pub Evaluator);
 
 impl FlagdSync {
-    fn set_name(&self, chosen: Option<Arc<str>>) -> Arc<str> {
+    pub(super) fn set_name(&self, chosen: Option<Arc<str>>) -> Arc<str> {
         chosen.unwrap_or_else(|| self.0.node.config().default_set.as_str().into())
     }
 }
@@ -32,56 +30,23 @@ fn configuration(catalog: &Catalog, set: &str) -> Option<String> {
     catalog.get(set).map(|s| s.document().to_string())
 }
 
-fn unknown_set(set: &str) -> Status {
-    Status::not_found(format!("flag set {set:?} not found"))
+pub(super) fn unknown_set(set: &str) -> Status {
+    Status::not_found(format!("flag set {} not found", quoted(set)))
 }
 
 #[tonic::async_trait]
 impl FlagSyncService for FlagdSync {
     type SyncFlagsStream = Pin<Box<dyn Stream<Item = Result<SyncFlagsResponse, Status>> + Send>>;
 
+    /// Never called: `SyncService` (sync_stream.rs) answers this path itself, from encoded
+    /// snapshots shared by every subscriber, before the request reaches this generated service.
     async fn sync_flags(
         &self,
-        request: Request<SyncFlagsRequest>,
+        _request: Request<SyncFlagsRequest>,
     ) -> Result<Response<Self::SyncFlagsStream>, Status> {
-        let set = self.set_name(selector(request.metadata(), &request.get_ref().selector));
-        let mut catalog = self.0.node.watch();
-        let mut closing = self.0.closing.clone();
-        let first = {
-            let current = catalog.borrow_and_update();
-            configuration(&current, &set).ok_or_else(|| unknown_set(&set))?
-        };
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let send = |flag_configuration: String| SyncFlagsResponse {
-                flag_configuration,
-                sync_context: None,
-            };
-            if tx.send(Ok(send(first))).await.is_err() {
-                return;
-            }
-            let mut sent_version = catalog.borrow().version_of(&set);
-            loop {
-                tokio::select! {
-                    changed = catalog.changed() => if changed.is_err() { break },
-                    () = crate::closing::closed(&mut closing) => break,
-                    () = tx.closed() => break,
-                }
-                let current = catalog.borrow_and_update().clone();
-                if current.version_of(&set) == sent_version {
-                    continue;
-                }
-                sent_version = current.version_of(&set);
-                // A deleted set syncs as an empty one: providers drop its flags.
-                let flags =
-                    configuration(&current, &set).unwrap_or_else(|| r#"{"flags":{}}"#.to_owned());
-                record_propagation("sync", &current);
-                if tx.send(Ok(send(flags))).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Err(Status::internal(
+            "SyncFlags is served by the sync stream service, not here",
+        ))
     }
 
     async fn fetch_all_flags(

@@ -4,6 +4,7 @@
 
 mod admin;
 mod admin_status;
+mod admission;
 mod bulk;
 mod evaluator;
 mod events;
@@ -13,15 +14,20 @@ mod experiments;
 mod flagd_evaluation;
 mod flagd_sync;
 mod request;
+mod sync_snapshots;
+mod sync_stream;
 mod topology;
+mod wire_text;
 
 pub use admin::{Admin, DEFAULT_AUDIT_PAGE};
 pub use admin_status::{MAX_FLAG_KEY_CHARS, MAX_FLAG_SET_ID_CHARS};
+pub use admission::{Gate, Limits};
 pub use bulk::BulkEvaluation;
 pub use evaluator::Evaluator;
 pub use events::changed_flags;
 pub use experiments::ExperimentsService;
 pub use flagd_evaluation::{FlagdV1, FlagdV2};
 pub use flagd_sync::FlagdSync;
-pub use request::{Gate, SELECTOR_HEADER};
+pub use request::SELECTOR_HEADER;
+pub use sync_stream::SyncService;
 pub use topology::TopologyService;

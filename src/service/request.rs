@@ -1,70 +1,15 @@
-//! What every RPC does first: admit the request, read the selector, decode the context within
-//! its size limit; and how failures become gRPC statuses.
+//! What every RPC shares besides admission (`admission.rs`): the selector, and how failures
+//! become gRPC statuses.
 
 use std::sync::Arc;
 
 use bunting_actors::NodeError;
-use bunting_engine::{ErrorCode, EvaluationContext, ResolveError};
-use prost::Message;
-use prost_types::Struct;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use bunting_engine::{ErrorCode, ResolveError};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 /// flagd's header naming the flag set a request is for.
 pub const SELECTOR_HEADER: &str = "flagd-selector";
-
-/// Admission control shared by every service: a cap on requests in flight (ractor mailboxes are
-/// unbounded, so the bound lives here, at the edge) and on the size of evaluation contexts.
-#[derive(Debug, Clone)]
-pub struct Gate {
-    permits: Arc<Semaphore>,
-    limit: usize,
-    max_context_bytes: usize,
-}
-
-impl Gate {
-    pub fn new(max_concurrent_requests: usize, max_context_bytes: usize) -> Gate {
-        Gate {
-            permits: Arc::new(Semaphore::new(max_concurrent_requests)),
-            limit: max_concurrent_requests,
-            max_context_bytes,
-        }
-    }
-
-    /// A permit for one request, or `RESOURCE_EXHAUSTED` at once when the node is full: shedding
-    /// load beats queueing it where nobody can see it.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("bunting_requests_shed_total").increment(1);
-            Status::resource_exhausted(format!(
-                "node is at its limit of {} requests in flight; retry with backoff",
-                self.limit
-            ))
-        })
-    }
-
-    /// Decodes a request's context, refusing it whole if it is over the size limit.
-    pub fn context(&self, context: Option<Struct>) -> Result<EvaluationContext, Status> {
-        let Some(context) = context else {
-            return Ok(EvaluationContext::new());
-        };
-        let size = context.encoded_len();
-        if size > self.max_context_bytes {
-            return Err(Status::invalid_argument(format!(
-                "evaluation context is {size} bytes, over this node's limit of {} bytes",
-                self.max_context_bytes
-            )));
-        }
-        bunting_proto::json::struct_into_json(context)
-            .map(EvaluationContext::from_fields)
-            .map_err(|e| Status::invalid_argument(format!("evaluation context: {e}")))
-    }
-
-    pub fn max_context_bytes(&self) -> usize {
-        self.max_context_bytes
-    }
-}
 
 /// A service's store, or why the node has none (its flags come from a file): every RPC that
 /// needs the store is refused with FAILED_PRECONDITION giving that reason.
@@ -119,7 +64,8 @@ pub fn resolution_status(error: &ResolveError) -> Status {
         ErrorCode::ParseError => Code::DataLoss,
         ErrorCode::General => Code::Unknown,
     };
-    Status::new(code, error.message.clone())
+    // The engine's message quotes the flag key whole, and the key is the client's.
+    Status::new(code, super::wire_text::bounded(error.message.clone()))
 }
 
 pub fn node_status(error: NodeError) -> Status {
@@ -137,29 +83,5 @@ mod tests {
         headers.insert(SELECTOR_HEADER, "flagSetId=shop".parse().unwrap());
         assert_eq!(selector(&headers, "").as_deref(), Some("shop"));
         assert_eq!(selector(&headers, "billing").as_deref(), Some("billing"));
-    }
-
-    #[test]
-    fn oversized_contexts_are_refused() {
-        let gate = Gate::new(1, 16);
-        let mut big = Struct::default();
-        big.fields.insert(
-            "k".into(),
-            prost_types::Value {
-                kind: Some(prost_types::value::Kind::StringValue("x".repeat(100))),
-            },
-        );
-        let err = gate.context(Some(big)).unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("over this node's limit of 16 bytes"));
-    }
-
-    #[test]
-    fn the_gate_sheds_load_past_its_limit() {
-        let gate = Gate::new(1, 1024);
-        let held = gate.admit().unwrap();
-        assert_eq!(gate.admit().unwrap_err().code(), Code::ResourceExhausted);
-        drop(held);
-        assert!(gate.admit().is_ok());
     }
 }

@@ -15,6 +15,7 @@ use bunting_proto::bunting::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::wire_text::{bounded, quoted};
 use crate::routing::Routing;
 
 /// How long `Drain` waits for the cluster to adopt a map without the node.
@@ -161,9 +162,9 @@ impl ClusterAdmin for TopologyService {
     ) -> Result<Response<DrainResponse>, Status> {
         let cluster = self.routing()?.cluster();
         let name = request.into_inner().node_id;
-        let node: NodeId = name
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("node_id {name:?}: {e}")))?;
+        let node: NodeId = name.parse().map_err(|e| {
+            Status::invalid_argument(bounded(format!("node_id {}: {e}", quoted(&name))))
+        })?;
         let epoch = cluster
             .drain(&node, DRAIN_TIMEOUT)
             .await

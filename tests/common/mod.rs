@@ -117,6 +117,8 @@ pub struct Serve {
     extra: String,
     /// The open-files limit (soft and hard) the node starts under, when set.
     open_files: Option<u64>,
+    /// Top-level settings (TOML lines) added to the config file before its tables.
+    settings: String,
 }
 
 impl Serve {
@@ -127,8 +129,16 @@ impl Serve {
             fractional: "cbor",
             broken_flags: "refuse",
             extra: String::new(),
+            settings: String::new(),
             open_files: None,
         }
+    }
+
+    /// Adds top-level settings (TOML lines, e.g. `max_streams = 10`) to the node's config.
+    pub fn settings(mut self, toml: &str) -> Serve {
+        self.settings.push_str(toml);
+        self.settings.push('\n');
+        self
     }
 
     /// Appends `toml` (whole tables) to the node's config file.
@@ -179,12 +189,14 @@ impl Serve {
                 "grpc_addr = \"127.0.0.1:{grpc_port}\"\n\
                  metrics_addr = \"127.0.0.1:{metrics_port}\"\n\
                  fractional = \"{}\"\n\
+                 {}\n\
                  [flags]\n\
                  source = \"file\"\n\
                  path = {}\n\
                  broken_flags = \"{}\"\n\
                  {}",
                 self.fractional,
+                self.settings,
                 toml_string(&self.flags),
                 self.broken_flags,
                 self.extra,
@@ -269,6 +281,25 @@ impl Node {
     /// The operating system's process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// SIGTERM, then waits up to `limit` for the node to exit; `None` (and the node killed) if it
+    /// did not.
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.process.terminate();
+        self.process.wait_for(limit)
+    }
+
+    /// The node's resident set size (VmRSS in `/proc/PID/status`), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+            .expect("the node's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line");
+        kib * 1024
     }
 
     /// Everything the node has logged so far, for failure messages.

@@ -1,0 +1,249 @@
+//! Admission at the edge. ractor's mailboxes are unbounded, so the only bound on the work a node
+//! takes on is here: **every request that reaches an actor passes admission first**, and holds
+//! its admission until the actor is done with it.
+//!
+//! Two independent caps: requests in flight (`max_concurrent_requests`: evaluations, bulk
+//! evaluations, Track, peer-forwarded requests) and open streams (`max_streams`: flagd's
+//! `EventStream` v1/v2 and `SyncFlags`), because a stream lives for hours and would otherwise eat
+//! the request cap, or (as before) escape any cap at all. A refusal is RESOURCE_EXHAUSTED at once,
+//! counted in `bunting_requests_shed_total{service}`: shedding load beats queueing it where
+//! nobody can see it.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bunting_engine::EvaluationContext;
+use prost::Message;
+use prost_types::Struct;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+
+use super::wire_text::bounded;
+
+/// The admission state shared by every service of a node.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    requests: Cap,
+    streams: Cap,
+    max_context_bytes: usize,
+}
+
+/// The limits a [`Gate`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_concurrent_requests: usize,
+    pub max_streams: usize,
+    pub max_context_bytes: usize,
+}
+
+/// One admitted request. Dropping it gives the slot back, so it must live as long as the work:
+/// see [`Gate::run`].
+#[derive(Debug)]
+#[must_use = "the admission is given back when this is dropped"]
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// One admitted stream; the stream's task holds it until the stream ends. Keeps
+/// `bunting_streams_open{stream}` current.
+#[derive(Debug)]
+#[must_use = "the stream's slot is given back when this is dropped"]
+pub struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+    stream: &'static str,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        metrics::gauge!("bunting_streams_open", "stream" => self.stream).decrement(1.0);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Cap {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Cap {
+    fn new(limit: usize) -> Cap {
+        Cap {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    fn take(&self, service: &'static str, what: &str) -> Result<OwnedSemaphorePermit, Status> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("bunting_requests_shed_total", "service" => service).increment(1);
+            Status::resource_exhausted(format!(
+                "node is at its limit of {} {what}; retry with backoff",
+                self.limit
+            ))
+        })
+    }
+}
+
+impl Gate {
+    pub fn new(limits: Limits) -> Gate {
+        Gate {
+            requests: Cap::new(limits.max_concurrent_requests),
+            streams: Cap::new(limits.max_streams),
+            max_context_bytes: limits.max_context_bytes,
+        }
+    }
+
+    /// A slot for one request to `service` (the label of `bunting_requests_shed_total`), or
+    /// RESOURCE_EXHAUSTED at once when the node is full.
+    pub fn admit(&self, service: &'static str) -> Result<Admitted, Status> {
+        self.requests
+            .take(service, "requests in flight")
+            .map(|permit| Admitted { _permit: permit })
+    }
+
+    /// A slot for one stream of kind `stream`, or RESOURCE_EXHAUSTED at once.
+    pub fn open_stream(&self, stream: &'static str) -> Result<StreamSlot, Status> {
+        let permit = self.streams.take(stream, "open streams")?;
+        metrics::gauge!("bunting_streams_open", "stream" => stream).increment(1.0);
+        Ok(StreamSlot {
+            _permit: permit,
+            stream,
+        })
+    }
+
+    /// Admits a request to `service` and runs `work` on a task of its own that holds the
+    /// admission until `work` is done. The caller may stop waiting (a client that cancels, a
+    /// deadline): the work it put in a shard's mailbox is still there, so its slot stays taken
+    /// until the work completes instead of being handed to the next request at once, which is
+    /// how an unbounded mailbox filled up behind a full-looking gate.
+    pub async fn run<F, T>(&self, service: &'static str, work: F) -> Result<T, Status>
+    where
+        F: Future<Output = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let admitted = self.admit(service)?;
+        tokio::spawn(async move {
+            let done = work.await;
+            drop(admitted);
+            done
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the request's task failed: {e}")))?
+    }
+
+    /// Decodes a request's context, refusing it whole if it is over the size limit.
+    pub fn context(&self, context: Option<Struct>) -> Result<EvaluationContext, Status> {
+        let Some(context) = context else {
+            return Ok(EvaluationContext::new());
+        };
+        let size = context.encoded_len();
+        if size > self.max_context_bytes {
+            return Err(Status::invalid_argument(format!(
+                "evaluation context is {size} bytes, over this node's limit of {} bytes",
+                self.max_context_bytes
+            )));
+        }
+        bunting_proto::json::struct_into_json(context)
+            .map(EvaluationContext::from_fields)
+            .map_err(|e| Status::invalid_argument(bounded(format!("evaluation context: {e}"))))
+    }
+
+    pub fn max_context_bytes(&self) -> usize {
+        self.max_context_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn gate(requests: usize, streams: usize) -> Gate {
+        Gate::new(Limits {
+            max_concurrent_requests: requests,
+            max_streams: streams,
+            max_context_bytes: 16,
+        })
+    }
+
+    #[test]
+    fn oversized_contexts_are_refused() {
+        let mut big = Struct::default();
+        big.fields.insert(
+            "k".into(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("x".repeat(100))),
+            },
+        );
+        let err = gate(1, 1).context(Some(big)).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("over this node's limit of 16 bytes"));
+    }
+
+    /// What each step does to a gate of 2 requests and 1 stream, and the code it answers.
+    #[test]
+    fn requests_and_streams_are_capped_separately() {
+        #[derive(Debug)]
+        enum Step {
+            Request,
+            Stream,
+            EndRequest,
+            EndStream,
+        }
+        use Step::*;
+        let table: &[(Step, Option<Code>)] = &[
+            (Request, None),
+            (Stream, None),
+            (Request, None),
+            (Request, Some(Code::ResourceExhausted)),
+            (Stream, Some(Code::ResourceExhausted)),
+            (EndRequest, None),
+            (Request, None),
+            (EndStream, None),
+            (Stream, None),
+        ];
+        let gate = gate(2, 1);
+        let (mut requests, mut streams) = (Vec::new(), Vec::new());
+        for (i, (step, expected)) in table.iter().enumerate() {
+            let got = match step {
+                Request => gate.admit("test").map(|a| requests.push(a)).err(),
+                Stream => gate.open_stream("test").map(|s| streams.push(s)).err(),
+                EndRequest => requests.pop().map(drop).and(None),
+                EndStream => streams.pop().map(drop).and(None),
+            };
+            assert_eq!(got.map(|s| s.code()), *expected, "step {i}: {step:?}");
+        }
+    }
+
+    /// A caller that stops waiting does not give its slot back: the work still runs.
+    #[tokio::test]
+    async fn the_slot_is_held_until_the_work_is_done_even_if_the_caller_gives_up() {
+        let gate = gate(1, 1);
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let running = gate.run("test", async move {
+            let _ = released.await;
+            Ok(())
+        });
+        // The caller gives up after the work started (a cancelled RPC).
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(20), running).await;
+        assert!(gave_up.is_err());
+        assert_eq!(
+            gate.admit("test").unwrap_err().code(),
+            Code::ResourceExhausted,
+            "the abandoned work still holds its slot"
+        );
+        release.send(()).unwrap();
+        let mut admitted = None;
+        for _ in 0..200 {
+            if let Ok(a) = gate.admit("test") {
+                admitted = Some(a);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            admitted.is_some(),
+            "the slot comes back once the work is done"
+        );
+    }
+}
