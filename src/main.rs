@@ -9,6 +9,12 @@ mod commands;
 mod error;
 mod flag_file;
 
+/// mimalloc, not the system allocator: glibc's per-thread arenas keep memory freed by closed
+/// streams and replaced flag sets, so a node's RSS stayed near its peak; mimalloc returns freed
+/// pages to the OS (figures in BENCHMARKS.md, "Memory comes back").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match commands::run(cli) {
