@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::flag::Metadata;
+use crate::targeting::BudgetExceeded;
 
 /// Why a flag resolved the way it did. The names are flagd's (and OpenFeature's) wire strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,6 +96,9 @@ impl fmt::Display for ErrorCode {
 pub struct ResolveError {
     pub code: ErrorCode,
     pub message: String,
+    /// `Some` when the flag's evaluation was stopped by the set's [`Budget`](crate::Budget) (the
+    /// code is then `General`): which budget, so a node can count these per flag.
+    pub exceeded: Option<BudgetExceeded>,
 }
 
 impl ResolveError {
@@ -102,6 +106,20 @@ impl ResolveError {
         ResolveError {
             code,
             message: message.into(),
+            exceeded: None,
+        }
+    }
+
+    /// flagd has no code for "too expensive", so a budget stop is GENERAL, like every other
+    /// failure of targeting at run time.
+    pub(crate) fn over_budget(flag_key: &str, exceeded: BudgetExceeded) -> ResolveError {
+        ResolveError {
+            code: ErrorCode::General,
+            message: format!(
+                "flag {:?}: evaluation exceeded its {exceeded}",
+                crate::limits::shown(flag_key)
+            ),
+            exceeded: Some(exceeded),
         }
     }
 }

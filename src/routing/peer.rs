@@ -367,6 +367,7 @@ impl WireError {
         Ok(ResolveError {
             code,
             message: self.message,
+            exceeded: None,
         })
     }
 }
@@ -401,6 +402,7 @@ mod tests {
         let missing = ResolveError {
             code: ErrorCode::FlagNotFound,
             message: "flag g not found".into(),
+            exceeded: None,
         };
         assert_eq!(
             decode_answer(&answer_bytes(Err(missing.clone()))).unwrap(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::budget::{Budget, Meter, heap_size_within};
 use super::eval::Scope;
 use super::expr::{Expr, Op, VarPath};
 use super::fractional::{Bucket, Fractional, FractionalMode, MAX_TOTAL_WEIGHT, Weight};
@@ -33,15 +34,25 @@ pub(crate) struct Compiler<'d> {
     shared: HashMap<String, Option<Arc<Expr>>>,
     expanding: Vec<String>,
     mode: FractionalMode,
+    budget: Budget,
+    /// The product of the lengths of the constant arrays that the iterating operators around the
+    /// rule being compiled walk: a lower bound on how many times it runs per evaluation.
+    loop_product: u64,
 }
 
 impl<'d> Compiler<'d> {
-    pub(crate) fn new(evaluators: Option<&'d Map<String, Value>>, mode: FractionalMode) -> Self {
+    pub(crate) fn new(
+        evaluators: Option<&'d Map<String, Value>>,
+        mode: FractionalMode,
+        budget: Budget,
+    ) -> Self {
         Compiler {
             evaluators,
             shared: HashMap::new(),
             expanding: Vec::new(),
             mode,
+            budget,
+            loop_product: 1,
         }
     }
 
@@ -159,18 +170,21 @@ impl<'d> Compiler<'d> {
             }
             return Expr::Const(Value::Null);
         }
-        let compiled: Vec<Expr> = args
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let inner = if op.iterates() && i == 1 {
-                    Level::Element
-                } else {
-                    level
-                };
-                self.expr(a, &arg_path(i), depth + 1, inner, diags)
-            })
-            .collect();
+        let mut compiled: Vec<Expr> = Vec::with_capacity(args.len());
+        for (i, a) in args.iter().enumerate() {
+            let outer_product = self.loop_product;
+            let inner = if op.iterates() && i == 1 {
+                self.enter_loop(compiled.first(), path, diags);
+                Level::Element
+            } else {
+                level
+            };
+            compiled.push(self.expr(a, &arg_path(i), depth + 1, inner, diags));
+            self.loop_product = outer_product;
+        }
+        if op == Op::Reduce {
+            self.check_reduce_growth(&compiled, path, diags);
+        }
         if op.is_flagd_custom() {
             for (i, a) in compiled.iter().enumerate() {
                 if let Expr::Const(c) = a
@@ -189,7 +203,92 @@ impl<'d> Compiler<'d> {
         {
             return Expr::InList(Box::new(needle.clone()), list.clone().into());
         }
-        fold(Expr::Op(op, compiled.into()))
+        self.fold(Expr::Op(op, compiled.into()), path, diags)
+    }
+
+    /// Before compiling the body of an iterating operator: when its input is a constant array the
+    /// body runs at least that many times per run of the operator, times the runs of the loops
+    /// around it. Past the step budget every evaluation would fail, so the rule is refused now
+    /// (once, at the first operator that crosses it).
+    fn enter_loop(&mut self, input: Option<&Expr>, path: &Path, diags: &mut Diagnostics) {
+        let Some(Expr::Const(Value::Array(items))) = input else {
+            return;
+        };
+        let outer = self.loop_product;
+        let needed = outer.saturating_mul(items.len() as u64);
+        let max = self.budget.max_steps;
+        if needed > max && outer <= max {
+            diags.error(
+                path,
+                format!(
+                    "nested iteration over constant arrays needs {needed} steps, over the step budget of {max}"
+                ),
+            );
+        }
+        self.loop_product = needed;
+    }
+
+    /// `reduce` over a constant array whose body builds the new accumulator from the old one:
+    /// `cat(accumulator, accumulator)` doubles it every element. A lower bound of what the
+    /// evaluation builds (see [`growth`]) past the size budget refuses the rule now.
+    fn check_reduce_growth(&self, args: &[Expr], path: &Path, diags: &mut Diagnostics) {
+        let [Expr::Const(Value::Array(items)), body, rest @ ..] = args else {
+            return;
+        };
+        let max = self.budget.max_built_bytes;
+        for kind in [Built::Text, Built::List] {
+            let (times, plus) = growth(body, kind);
+            let mut size = match (rest.first(), kind) {
+                (Some(Expr::Const(Value::String(s))), Built::Text) => s.len() as u64,
+                (Some(Expr::Const(v @ Value::Array(_))), Built::List) => {
+                    heap_size_within(v, u64::MAX).unwrap_or(u64::MAX)
+                }
+                _ => 0,
+            };
+            let mut total: u64 = 0;
+            for (n, _) in items.iter().enumerate() {
+                size = size.saturating_mul(times).saturating_add(plus);
+                total = total.saturating_add(size);
+                if total > max {
+                    diags.error(
+                        path,
+                        format!(
+                            "\"reduce\" over a constant array of {} elements builds at least {total} bytes by element {}, over the size budget of {max} bytes",
+                            items.len(),
+                            n + 1
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Evaluates a node whose arguments are all constants, so the work happens once, at load
+    /// time, under the same budget as an evaluation: a constant rule that would exceed it (a
+    /// `map` of a `map` of long constant arrays) is refused instead of built.
+    fn fold(&self, expr: Expr, path: &Path, diags: &mut Diagnostics) -> Expr {
+        if !foldable(&expr) {
+            return expr;
+        }
+        let empty = Map::new();
+        let meter = Meter::new(self.budget);
+        let scope = Scope {
+            root: &empty,
+            data: None,
+            flag_key: "",
+            now: Some(0),
+            meter: &meter,
+        };
+        let value = expr.eval(&scope).into_owned();
+        if let Some(exceeded) = meter.exceeded() {
+            diags.error(
+                path,
+                format!("this constant rule exceeds the {exceeded} when evaluated"),
+            );
+            return Expr::Const(Value::Null);
+        }
+        Expr::Const(value)
     }
 
     fn var(
@@ -305,6 +404,9 @@ impl<'d> Compiler<'d> {
         };
         let before = diags.len();
         self.expanding.push(name.to_owned());
+        // An evaluator is compiled once for all its users, so the loops around the first user do
+        // not belong to it.
+        let outer_product = std::mem::replace(&mut self.loop_product, 1);
         let expr = self.expr(
             definition,
             &Path::root("$evaluators").key(name),
@@ -313,6 +415,7 @@ impl<'d> Compiler<'d> {
             diags,
         );
         self.expanding.pop();
+        self.loop_product = outer_product;
         let failed = diags.errors_since(before).next().is_some();
         let shared = (!failed).then(|| Arc::new(expr));
         self.shared.insert(name.to_owned(), shared.clone());
@@ -379,7 +482,8 @@ impl<'d> Compiler<'d> {
         match (left, op, right) {
             (Some(left), Some(op), Some(right)) => {
                 let rule = SemVerRule { left, op, right };
-                fold(Expr::SemVer(Box::new(rule)))
+                let path = arg_path(1);
+                self.fold(Expr::SemVer(Box::new(rule)), &path, diags)
             }
             _ => Expr::Const(Value::Null),
         }
@@ -522,9 +626,9 @@ fn constants(items: &[Expr]) -> Option<Vec<Value>> {
         .collect()
 }
 
-/// Evaluates a node whose arguments are all constants, so the work happens once, at load time.
-fn fold(expr: Expr) -> Expr {
-    let foldable = match &expr {
+/// Whether a node's arguments are all constants, so it can be evaluated once, at load time.
+fn foldable(expr: &Expr) -> bool {
+    match expr {
         // `missing` reads the context even when its arguments are constant key names.
         Expr::Op(Op::Missing | Op::MissingSome, _) => false,
         Expr::Op(_, args) => args.iter().all(|a| matches!(a, Expr::Const(_))),
@@ -534,17 +638,65 @@ fn fold(expr: Expr) -> Expr {
                 && matches!(rule.right, Operand::Fixed(_))
         }
         _ => false,
-    };
-    if !foldable {
-        return expr;
     }
-    let empty = Map::new();
-    let scope = Scope {
-        root: &empty,
-        data: None,
-        flag_key: "",
-        now: Some(0),
+}
+
+/// What a `reduce` body builds from its accumulator: text (`cat`) or a list (`merge`, arrays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Built {
+    Text,
+    List,
+}
+
+/// A lower bound on how a `reduce` body grows the accumulator, as `(times, plus)`: the new one is
+/// at least `times` copies of the old one plus `plus` bytes. Only what is certain counts: a
+/// branch (`if`, `and`, `or`) counts its smallest outcome, an operator it does not know counts
+/// nothing, and inside a nested iterating operator `accumulator` is another element's, so it
+/// counts nothing either. The runtime meter charges at least this much, so a rule refused on this
+/// bound would fail every evaluation.
+fn growth(e: &Expr, kind: Built) -> (u64, u64) {
+    let sum = |args: &[Expr], piece: &dyn Fn(&Expr) -> (u64, u64)| {
+        args.iter()
+            .map(piece)
+            .fold((0u64, 0u64), |(t, p), (t2, p2)| {
+                (t.saturating_add(t2), p.saturating_add(p2))
+            })
     };
-    let value = expr.eval(&scope).into_owned();
-    Expr::Const(value)
+    let slot = std::mem::size_of::<Value>() as u64;
+    match e {
+        Expr::Var(var) if var.segments.len() == 1 && &*var.segments[0] == "accumulator" => (1, 0),
+        Expr::Op(Op::If, args) => {
+            let outcomes = args
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1 || *i + 1 == args.len());
+            least(outcomes.map(|(_, a)| growth(a, kind)))
+        }
+        Expr::Op(Op::And | Op::Or, args) => least(args.iter().map(|a| growth(a, kind))),
+        Expr::Op(Op::Cat, args) if kind == Built::Text => sum(args, &|a| match a {
+            Expr::Const(Value::String(s)) => (0, s.len() as u64),
+            other => growth(other, kind),
+        }),
+        Expr::Op(Op::Merge, args) if kind == Built::List => sum(args, &|a| match a {
+            Expr::Const(Value::Array(items)) => (0, (items.len() as u64).saturating_mul(slot)),
+            Expr::Const(_) => (0, slot),
+            Expr::Array(items) => sum(items, &|item| {
+                let (t, p) = growth(item, kind);
+                (t, p.saturating_add(slot))
+            }),
+            other => growth(other, kind),
+        }),
+        Expr::Array(items) if kind == Built::List => sum(items, &|item| {
+            let (t, p) = growth(item, kind);
+            (t, p.saturating_add(slot))
+        }),
+        _ => (0, 0),
+    }
+}
+
+/// The component-wise minimum of several growth bounds (none: no growth).
+fn least(bounds: impl Iterator<Item = (u64, u64)>) -> (u64, u64) {
+    bounds
+        .reduce(|(t, p), (t2, p2)| (t.min(t2), p.min(p2)))
+        .unwrap_or((0, 0))
 }

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use super::budget::Meter;
 use super::coerce::{
     compare, loose_equals, number_value, parse_float, strict_equals, to_js_string, to_number,
     truthy,
@@ -23,6 +24,8 @@ pub(crate) struct Scope<'a> {
     pub(crate) flag_key: &'a str,
     /// Evaluation time in Unix seconds, fixed by the caller, or read from the clock when needed.
     pub(crate) now: Option<u64>,
+    /// This evaluation's budget (see `budget.rs`).
+    pub(crate) meter: &'a Meter,
 }
 
 impl<'a> Scope<'a> {
@@ -39,6 +42,7 @@ impl<'a> Scope<'a> {
             data: Some(data),
             flag_key: self.flag_key,
             now: self.now,
+            meter: self.meter,
         }
     }
 
@@ -50,11 +54,19 @@ impl<'a> Scope<'a> {
         })
     }
 
+    fn charge_root(&self) -> bool {
+        self.root
+            .iter()
+            .all(|(k, v)| self.meter.charge_entries(1, k.len()) && self.meter.charge_copy(v))
+    }
+
     fn lookup(&self, segments: &[Box<str>]) -> Option<Cow<'a, Value>> {
         let Some((first, rest)) = segments.split_first() else {
             return Some(match self.data {
                 Some(data) => Cow::Borrowed(data),
-                None => Cow::Owned(Value::Object(self.root.clone())),
+                // The whole context as a value: a copy, so it is charged like any built value.
+                None if self.charge_root() => Cow::Owned(Value::Object(self.root.clone())),
+                None => NULL,
             });
         };
         let mut current = match self.data {
@@ -88,6 +100,9 @@ fn number<'a>(f: f64) -> Cow<'a, Value> {
 
 impl Expr {
     pub(crate) fn eval<'a>(&'a self, s: &Scope<'a>) -> Cow<'a, Value> {
+        if !s.meter.step() {
+            return NULL;
+        }
         match self {
             Expr::Const(v) => Cow::Borrowed(v),
             Expr::Var(var) => eval_var(var, s),
@@ -98,8 +113,10 @@ impl Expr {
                     Value::String(p) if p.is_empty() => s.lookup(&[]),
                     other => {
                         let text = to_js_string(other);
-                        let segments: Vec<Box<str>> = text.split('.').map(Box::from).collect();
-                        s.lookup(&segments)
+                        match split_path(&text, s.meter) {
+                            Some(segments) => s.lookup(&segments),
+                            None => return NULL,
+                        }
                     }
                 };
                 match (found, args.get(1)) {
@@ -108,19 +125,36 @@ impl Expr {
                     (None, None) => NULL,
                 }
             }
-            Expr::FlagKey => Cow::Owned(Value::String(s.flag_key.to_owned())),
+            Expr::FlagKey if s.meter.charge(s.flag_key.len() as u64) => {
+                Cow::Owned(Value::String(s.flag_key.to_owned()))
+            }
+            Expr::FlagKey => NULL,
             Expr::Timestamp => Cow::Owned(Value::from(s.timestamp())),
             Expr::FlagdProperties => {
+                if !s
+                    .meter
+                    .charge_entries(2, "flagKey".len() + "timestamp".len() + s.flag_key.len())
+                {
+                    return NULL;
+                }
                 let mut props = Map::new();
                 props.insert("flagKey".into(), Value::String(s.flag_key.to_owned()));
                 props.insert("timestamp".into(), Value::from(s.timestamp()));
                 Cow::Owned(Value::Object(props))
             }
-            Expr::Array(items) => Cow::Owned(Value::Array(
-                items.iter().map(|e| e.eval(s).into_owned()).collect(),
-            )),
+            Expr::Array(items) => {
+                if !s.meter.charge_slots(items.len()) {
+                    return NULL;
+                }
+                Cow::Owned(Value::Array(
+                    items.iter().map(|e| own(e.eval(s), s.meter)).collect(),
+                ))
+            }
             Expr::Op(op, args) => eval_op(*op, args, s),
-            Expr::InList(needle, list) => boolean(in_list(&needle.eval(s), list)),
+            Expr::InList(needle, list) => {
+                let needle = needle.eval(s);
+                boolean(s.meter.steps(list.len()) && in_list(&needle, list))
+            }
             Expr::SemVer(rule) => rule.eval(s).map_or(NULL, boolean),
             Expr::Fractional(f) => f.eval(s),
             Expr::Shared(shared) => shared.eval(s),
@@ -132,6 +166,9 @@ impl Expr {
     /// The truthiness of this rule, without building its value: what `if` conditions and the
     /// operands of `and`/`or`/`!` need.
     pub(crate) fn test<'a>(&'a self, s: &Scope<'a>) -> bool {
+        if !s.meter.step() {
+            return false;
+        }
         let arg = |args: &'a [Expr], i: usize| args.get(i).map_or(NULL, |e| e.eval(s));
         match self {
             Expr::Op(op, args) => match op {
@@ -143,11 +180,15 @@ impl Expr {
                     affix_matches(*op, &arg(args, 0), &arg(args, 1)).unwrap_or(false)
                 }
                 Op::Lt | Op::Le | Op::Gt | Op::Ge if args.len() == 2 => {
-                    ordered(*op, &arg(args, 0), &arg(args, 1))
+                    let (a, b) = (arg(args, 0), arg(args, 1));
+                    coercible(&a, &b, s.meter) && ordered(*op, &a, &b)
                 }
                 _ => truthy(&self.eval(s)),
             },
-            Expr::InList(needle, list) => in_list(&needle.eval(s), list),
+            Expr::InList(needle, list) => {
+                let needle = needle.eval(s);
+                s.meter.steps(list.len()) && in_list(&needle, list)
+            }
             Expr::SemVer(rule) => rule.eval(s).unwrap_or(false),
             _ => truthy(&self.eval(s)),
         }
@@ -204,8 +245,13 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             }
             arg(i)
         }
-        Op::Eq => boolean(loose_equals(&arg(0), &arg(1))),
-        Op::Ne => boolean(!loose_equals(&arg(0), &arg(1))),
+        Op::Eq | Op::Ne => {
+            let (a, b) = (arg(0), arg(1));
+            if !coercible(&a, &b, s.meter) {
+                return NULL;
+            }
+            boolean(loose_equals(&a, &b) == (op == Op::Eq))
+        }
         Op::StrictEq => boolean(strict_equals(&arg(0), &arg(1))),
         Op::StrictNe => boolean(!strict_equals(&arg(0), &arg(1))),
         Op::Not => boolean(!truthy(&arg(0))),
@@ -223,7 +269,7 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         }
         Op::Lt | Op::Le | Op::Gt | Op::Ge => {
             let (a, b) = (arg(0), arg(1));
-            if !ordered(op, &a, &b) {
+            if !coercible(&a, &b, s.meter) || !ordered(op, &a, &b) {
                 return boolean(false);
             }
             // The three-argument "between" form: a < b < c.
@@ -232,8 +278,16 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         Op::In => {
             let (needle, haystack) = (arg(0), arg(1));
             boolean(match &*haystack {
-                Value::String(text) => text.contains(&*to_js_string(&needle)),
-                Value::Array(items) => items.iter().any(|item| strict_equals(&needle, item)),
+                Value::String(text) => {
+                    coercible(&needle, &Value::Null, s.meter)
+                        && text.contains(&*to_js_string(&needle))
+                }
+                // A linear scan: one step per element, so a loop over `in` a long context array
+                // pays for every comparison.
+                Value::Array(items) => {
+                    s.meter.steps(items.len())
+                        && items.iter().any(|item| strict_equals(&needle, item))
+                }
                 _ => false,
             })
         }
@@ -275,39 +329,68 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             let input = arg(0);
             let items: &[Value] = input.as_array().map_or(&[], Vec::as_slice);
             let body = &args[1];
+            // Every iteration evaluates the body, so it takes at least one step; once the budget
+            // is exhausted the body answers null at once and `live` ends the loop.
+            let live = |_: &&Value| !s.meter.is_exhausted();
             let test = |item: &Value| truthy(&body.eval(&s.with_data(item)));
             match op {
-                Op::Map => Cow::Owned(Value::Array(
+                Op::Map => {
+                    if !s.meter.charge_slots(items.len()) {
+                        return NULL;
+                    }
+                    Cow::Owned(Value::Array(
+                        items
+                            .iter()
+                            .take_while(live)
+                            .map(|item| own(body.eval(&s.with_data(item)), s.meter))
+                            .collect(),
+                    ))
+                }
+                Op::Filter => Cow::Owned(Value::Array(
                     items
                         .iter()
-                        .map(|item| body.eval(&s.with_data(item)).into_owned())
+                        .take_while(live)
+                        .filter(|item| test(item))
+                        .filter(|item| s.meter.charge_slots(1) && s.meter.charge_copy(item))
+                        .cloned()
                         .collect(),
                 )),
-                Op::Filter => Cow::Owned(Value::Array(
-                    items.iter().filter(|item| test(item)).cloned().collect(),
-                )),
-                Op::All => boolean(!items.is_empty() && items.iter().all(test)),
-                Op::None => boolean(!items.iter().any(test)),
-                _ => boolean(items.iter().any(test)),
+                Op::All => boolean(!items.is_empty() && items.iter().take_while(live).all(test)),
+                Op::None => boolean(!items.iter().take_while(live).any(test)),
+                _ => boolean(items.iter().take_while(live).any(test)),
             }
         }
         Op::Reduce => {
             let input = arg(0);
             let items: &[Value] = input.as_array().map_or(&[], Vec::as_slice);
-            let mut accumulator = arg(2).into_owned();
+            let mut accumulator = own(arg(2), s.meter);
             for item in items {
+                // The element record {"current", "accumulator"}: two entries and a copy of the
+                // element; the accumulator moves in.
+                if !(s
+                    .meter
+                    .charge_entries(2, "current".len() + "accumulator".len())
+                    && s.meter.charge_copy(item))
+                {
+                    return NULL;
+                }
                 let mut data = Map::new();
                 data.insert("current".into(), item.clone());
                 data.insert("accumulator".into(), accumulator);
                 let data = Value::Object(data);
-                accumulator = args[1].eval(&s.with_data(&data)).into_owned();
+                accumulator = own(args[1].eval(&s.with_data(&data)), s.meter);
             }
             Cow::Owned(accumulator)
         }
         Op::Merge => {
             let mut out = Vec::new();
             for e in args {
-                match e.eval(s).into_owned() {
+                let v = e.eval(s);
+                let added = v.as_array().map_or(1, Vec::len);
+                if !s.meter.charge_slots(added) {
+                    return NULL;
+                }
+                match own(v, s.meter) {
                     Value::Array(items) => out.extend(items),
                     other => out.push(other),
                 }
@@ -317,13 +400,24 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         Op::Cat => {
             let mut out = String::new();
             for e in args {
-                out.push_str(&to_js_string(&e.eval(s)));
+                let piece = e.eval(s);
+                let piece = to_js_string(&piece);
+                // Charged before the string grows: `cat(accumulator, accumulator)` in a `reduce`
+                // doubles every round and must stop before it allocates, not after.
+                if !s.meter.charge(piece.len() as u64) {
+                    return NULL;
+                }
+                out.push_str(&piece);
             }
             Cow::Owned(Value::String(out))
         }
         Op::Substr => {
             let source = arg(0);
             let text = to_js_string(&source);
+            // The characters as a vector, then the slice: at most 4 + 1 bytes per input byte.
+            if !s.meter.charge((text.len() as u64).saturating_mul(5)) {
+                return NULL;
+            }
             let chars: Vec<char> = text.chars().collect();
             let len = chars.len() as f64;
             let start = to_number(&arg(1));
@@ -355,6 +449,10 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         }
         Op::Missing => {
             let first = arg(0);
+            let count = first.as_array().map_or(args.len(), Vec::len);
+            if !(s.meter.steps(count) && s.meter.charge_slots(count)) {
+                return NULL;
+            }
             let keys: Vec<Cow<'_, Value>> = match &*first {
                 Value::Array(items) => items.iter().map(Cow::Borrowed).collect(),
                 _ => args.iter().map(|e| e.eval(s)).collect(),
@@ -365,6 +463,9 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             let need = to_number(&arg(0));
             let keys = arg(1);
             let keys: &[Value] = keys.as_array().map_or(&[], Vec::as_slice);
+            if !(s.meter.steps(keys.len()) && s.meter.charge_slots(keys.len())) {
+                return NULL;
+            }
             let missing = missing_keys(s, keys.iter());
             #[allow(clippy::cast_precision_loss)]
             let present = (keys.len() - missing.len()) as f64;
@@ -385,7 +486,10 @@ fn missing_keys<'k>(s: &Scope<'_>, keys: impl Iterator<Item = &'k Value>) -> Vec
         let segments: Vec<Box<str>> = if path.is_empty() {
             Vec::new()
         } else {
-            path.split('.').map(Box::from).collect()
+            match split_path(&path, s.meter) {
+                Some(segments) => segments,
+                None => return false,
+            }
         };
         match s.lookup(&segments).as_deref() {
             None | Some(Value::Null) => true,
@@ -393,6 +497,34 @@ fn missing_keys<'k>(s: &Scope<'_>, keys: impl Iterator<Item = &'k Value>) -> Vec
             Some(_) => false,
         }
     })
+    .filter(|key| s.meter.charge_copy(key))
     .cloned()
     .collect()
+}
+
+/// A value into an owned one. A borrowed value (from the context or the rule) is copied, and the
+/// copy is charged; an owned one was charged when it was built. Exhausted: null.
+fn own(v: Cow<'_, Value>, meter: &Meter) -> Value {
+    match v {
+        Cow::Owned(v) => v,
+        Cow::Borrowed(v) if meter.charge_copy(v) => v.clone(),
+        Cow::Borrowed(_) => Value::Null,
+    }
+}
+
+/// A path computed at evaluation time, split at its dots; the segments are charged (their bytes
+/// and one boxed slice each). `None` when the budget is exhausted.
+fn split_path(text: &str, meter: &Meter) -> Option<Vec<Box<str>>> {
+    let segments = text.bytes().filter(|&b| b == b'.').count() + 1;
+    meter
+        .charge((text.len() as u64).saturating_add((segments as u64).saturating_mul(16)))
+        .then(|| text.split('.').map(Box::from).collect())
+}
+
+/// Comparing an array with a primitive (`==`, `<`, `in` a string) goes through the array's string
+/// form, a transient copy as large as the array: charged, so a loop of such comparisons against a
+/// large context array cannot churn memory past the budget. Primitives pass for free.
+#[inline]
+fn coercible(a: &Value, b: &Value, meter: &Meter) -> bool {
+    (!a.is_array() || meter.charge_copy(a)) && (!b.is_array() || meter.charge_copy(b))
 }
