@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::budget::{Budget, Meter, heap_size_within};
+use super::budget::{Budget, Meter, SCAN_PER_STEP, heap_size_within};
 use super::eval::Scope;
 use super::expr::{Expr, Op, VarPath};
 use super::fractional::{Bucket, Fractional, FractionalMode, MAX_TOTAL_WEIGHT, Weight};
@@ -201,6 +201,7 @@ impl<'d> Compiler<'d> {
             && let [needle, Expr::Const(Value::Array(list))] = compiled.as_slice()
             && !matches!(needle, Expr::Const(_))
         {
+            self.check_scan(list.len(), path, diags);
             return Expr::InList(Box::new(needle.clone()), list.clone().into());
         }
         self.fold(Expr::Op(op, compiled.into()), path, diags)
@@ -226,6 +227,22 @@ impl<'d> Compiler<'d> {
             );
         }
         self.loop_product = needed;
+    }
+
+    /// `in` a constant list scans it on every run, times the runs of the loops around it.
+    fn check_scan(&self, len: usize, path: &Path, diags: &mut Diagnostics) {
+        let needed = (len as u64)
+            .div_ceil(SCAN_PER_STEP)
+            .saturating_mul(self.loop_product);
+        let max = self.budget.max_steps;
+        if needed > max && self.loop_product <= max {
+            diags.error(
+                path,
+                format!(
+                    "scanning a constant list of {len} elements needs {needed} steps, over the step budget of {max}"
+                ),
+            );
+        }
     }
 
     /// `reduce` over a constant array whose body builds the new accumulator from the old one:

@@ -153,7 +153,7 @@ impl Expr {
             Expr::Op(op, args) => eval_op(*op, args, s),
             Expr::InList(needle, list) => {
                 let needle = needle.eval(s);
-                boolean(s.meter.steps(list.len()) && in_list(&needle, list))
+                boolean(s.meter.scan(list.len()) && in_list(&needle, list))
             }
             Expr::SemVer(rule) => rule.eval(s).map_or(NULL, boolean),
             Expr::Fractional(f) => f.eval(s),
@@ -187,7 +187,7 @@ impl Expr {
             },
             Expr::InList(needle, list) => {
                 let needle = needle.eval(s);
-                s.meter.steps(list.len()) && in_list(&needle, list)
+                s.meter.scan(list.len()) && in_list(&needle, list)
             }
             Expr::SemVer(rule) => rule.eval(s).unwrap_or(false),
             _ => truthy(&self.eval(s)),
@@ -282,10 +282,10 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
                     coercible(&needle, &Value::Null, s.meter)
                         && text.contains(&*to_js_string(&needle))
                 }
-                // A linear scan: one step per element, so a loop over `in` a long context array
+                // A linear scan, paid for by length, so a loop over `in` a long context array
                 // pays for every comparison.
                 Value::Array(items) => {
-                    s.meter.steps(items.len())
+                    s.meter.scan(items.len())
                         && items.iter().any(|item| strict_equals(&needle, item))
                 }
                 _ => false,
@@ -450,7 +450,7 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         Op::Missing => {
             let first = arg(0);
             let count = first.as_array().map_or(args.len(), Vec::len);
-            if !(s.meter.steps(count) && s.meter.charge_slots(count)) {
+            if !(s.meter.scan(count) && s.meter.charge_slots(count)) {
                 return NULL;
             }
             let keys: Vec<Cow<'_, Value>> = match &*first {
@@ -463,7 +463,7 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             let need = to_number(&arg(0));
             let keys = arg(1);
             let keys: &[Value] = keys.as_array().map_or(&[], Vec::as_slice);
-            if !(s.meter.steps(keys.len()) && s.meter.charge_slots(keys.len())) {
+            if !(s.meter.scan(keys.len()) && s.meter.charge_slots(keys.len())) {
                 return NULL;
             }
             let missing = missing_keys(s, keys.iter());
