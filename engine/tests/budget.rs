@@ -346,3 +346,33 @@ fn a_standalone_rule_reports_its_budget() {
     let ctx = EvaluationContext::new().with("items", numbers(3));
     assert_eq!(rule.try_evaluate("f", &ctx), Ok(json!("off")));
 }
+
+/// Work between two steps is linear in the operands, and long operands pay for their bytes: a
+/// shared comparison of two 100 KB context strings evaluated 100 times through `$ref` fan-out
+/// would otherwise cost a few hundred steps and 10 MB of comparing.
+#[test]
+fn long_operands_pay_for_their_bytes() {
+    let mut evaluators = serde_json::Map::new();
+    evaluators.insert(
+        "e0".into(),
+        json!({"if": [{"==": [{"var": "a"}, {"var": "b"}]}, 1, 0]}),
+    );
+    evaluators.insert("e1".into(), json!({"+": vec![json!({"$ref": "e0"}); 10]}));
+    evaluators.insert("e2".into(), json!({"+": vec![json!({"$ref": "e1"}); 10]}));
+    let document = json!({"$evaluators": evaluators, "flags": {
+        "compare": flag_with(&json!({"if": [{">": [{"$ref": "e2"}, 0]}, "on", "off"]})),
+    }});
+    let set = compiled(&document).flag_set;
+    let ctx = |len: usize| {
+        EvaluationContext::new()
+            .with("a", "q".repeat(len))
+            .with("b", "q".repeat(len))
+    };
+    let r = set.resolve_string("compare", &ctx(100_000));
+    assert_eq!(
+        r.error.and_then(|e| e.exceeded).map(|e| e.kind),
+        Some(BudgetKind::Steps)
+    );
+    let r = set.resolve_string("compare", &ctx(1_000));
+    assert_eq!((r.value, r.error), (Some("on"), None));
+}

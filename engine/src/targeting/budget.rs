@@ -107,6 +107,11 @@ pub(crate) struct Meter {
 
 /// Elements a scan (`in`, `missing`) visits per step.
 pub(crate) const SCAN_PER_STEP: u64 = 16;
+/// Operand bytes compared, searched, hashed or parsed per step.
+pub(crate) const WORK_BYTES_PER_STEP: u64 = 256;
+/// Steps per element when an array is turned into its string form (formatting a number costs
+/// several node evaluations).
+pub(crate) const STEPS_PER_COERCED_ELEMENT: u64 = 4;
 
 /// The bytes a value slot takes inside an array or an object entry (`size_of::<Value>()`), the
 /// unit in which containers are charged.
@@ -139,7 +144,18 @@ impl Meter {
     /// Pays for a linear scan of `n` elements, one step per [`SCAN_PER_STEP`] begun; `false` if
     /// that does not fit.
     pub(crate) fn scan(&self, n: usize) -> bool {
-        let n = (n as u64).div_ceil(SCAN_PER_STEP);
+        self.steps((n as u64).div_ceil(SCAN_PER_STEP))
+    }
+
+    /// Pays for work linear in `bytes` (comparing, searching, hashing, parsing an operand), one
+    /// step per [`WORK_BYTES_PER_STEP`]; operands shorter than that ride on the node's own step.
+    #[inline]
+    pub(crate) fn work(&self, bytes: usize) -> bool {
+        bytes < WORK_BYTES_PER_STEP as usize || self.steps(bytes as u64 / WORK_BYTES_PER_STEP)
+    }
+
+    /// Takes `n` steps at once; `false` (and exhausted) if they do not fit.
+    pub(crate) fn steps(&self, n: u64) -> bool {
         let left = self.steps_left.get();
         if n > left {
             self.exhaust(BudgetKind::Steps);
@@ -177,6 +193,18 @@ impl Meter {
         }
     }
 
+    /// Pays for an array's string form (`String([1, 2])` is `"1,2"`): a transient copy as large
+    /// as the array, and the formatting of every element.
+    pub(crate) fn coerce(&self, v: &Value) -> bool {
+        match heap_size_within(v, self.bytes_left.get()) {
+            Some(size) => self.charge(size) && self.steps(size / SLOT * STEPS_PER_COERCED_ELEMENT),
+            None => {
+                self.exhaust(BudgetKind::BuiltBytes);
+                false
+            }
+        }
+    }
+
     /// Charges an object entry's key and slot beyond the value itself.
     pub(crate) fn charge_entries(&self, n: usize, key_bytes: usize) -> bool {
         self.charge((n as u64).saturating_mul(ENTRY) + key_bytes as u64)
@@ -203,6 +231,18 @@ impl Meter {
                 BudgetKind::BuiltBytes => self.budget.max_built_bytes,
             },
         })
+    }
+}
+
+/// A cheap measure of the work comparing `v` costs: a string's bytes, a container's slots (its
+/// top level only; deeper levels ride on the slots).
+#[inline]
+pub(crate) fn work_size(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.len() * SLOT as usize,
+        Value::Object(map) => map.len() * ENTRY as usize,
+        _ => 0,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use super::budget::Meter;
+use super::budget::{Meter, work_size};
 use super::coerce::{
     compare, loose_equals, number_value, parse_float, strict_equals, to_js_string, to_number,
     truthy,
@@ -153,7 +153,7 @@ impl Expr {
             Expr::Op(op, args) => eval_op(*op, args, s),
             Expr::InList(needle, list) => {
                 let needle = needle.eval(s);
-                boolean(s.meter.scan(list.len()) && in_list(&needle, list))
+                boolean(in_list(&needle, list, s.meter))
             }
             Expr::SemVer(rule) => rule.eval(s).map_or(NULL, boolean),
             Expr::Fractional(f) => f.eval(s),
@@ -177,17 +177,17 @@ impl Expr {
                 Op::Not => !args.first().is_some_and(|e| e.test(s)),
                 Op::NotNot => args.first().is_some_and(|e| e.test(s)),
                 Op::StartsWith | Op::EndsWith => {
-                    affix_matches(*op, &arg(args, 0), &arg(args, 1)).unwrap_or(false)
+                    affix_matches(*op, &arg(args, 0), &arg(args, 1), s.meter).unwrap_or(false)
                 }
                 Op::Lt | Op::Le | Op::Gt | Op::Ge if args.len() == 2 => {
                     let (a, b) = (arg(args, 0), arg(args, 1));
-                    coercible(&a, &b, s.meter) && ordered(*op, &a, &b)
+                    coercible(&a, &b, s.meter) && ordered(*op, &a, &b, s.meter)
                 }
                 _ => truthy(&self.eval(s)),
             },
             Expr::InList(needle, list) => {
                 let needle = needle.eval(s);
-                s.meter.scan(list.len()) && in_list(&needle, list)
+                in_list(&needle, list, s.meter)
             }
             Expr::SemVer(rule) => rule.eval(s).unwrap_or(false),
             _ => truthy(&self.eval(s)),
@@ -196,30 +196,44 @@ impl Expr {
 }
 
 /// `<`, `<=`, `>`, `>=` between two values, with JavaScript's comparison rules.
-fn ordered(op: Op, a: &Value, b: &Value) -> bool {
-    compare(a, b).is_some_and(|o| match op {
-        Op::Lt => o.is_lt(),
-        Op::Le => o.is_le(),
-        Op::Gt => o.is_gt(),
-        _ => o.is_ge(),
-    })
+fn ordered(op: Op, a: &Value, b: &Value, meter: &Meter) -> bool {
+    meter.work(work_size(a).min(work_size(b)))
+        && compare(a, b).is_some_and(|o| match op {
+            Op::Lt => o.is_lt(),
+            Op::Le => o.is_le(),
+            Op::Gt => o.is_gt(),
+            _ => o.is_ge(),
+        })
 }
 
 /// `starts_with` / `ends_with`; `None` (flagd's null) unless both sides are strings.
-fn affix_matches(op: Op, text: &Value, affix: &Value) -> Option<bool> {
+fn affix_matches(op: Op, text: &Value, affix: &Value, meter: &Meter) -> Option<bool> {
     match (text, affix) {
-        (Value::String(text), Value::String(affix)) => Some(if op == Op::StartsWith {
-            text.starts_with(affix.as_str())
-        } else {
-            text.ends_with(affix.as_str())
-        }),
+        (Value::String(text), Value::String(affix)) => Some(
+            meter.work(affix.len().min(text.len()))
+                && if op == Op::StartsWith {
+                    text.starts_with(affix.as_str())
+                } else {
+                    text.ends_with(affix.as_str())
+                },
+        ),
         _ => None,
     }
 }
 
 /// `{"in": [x, [constants...]]}`: strict equality against each listed value.
-fn in_list(needle: &Value, list: &[Value]) -> bool {
-    list.iter().any(|item| strict_equals(needle, item))
+/// Paid for like any scan; a long needle also pays for the bytes each comparison may read.
+fn in_list(needle: &Value, list: &[Value], meter: &Meter) -> bool {
+    let size = work_size(needle);
+    meter.scan(list.len())
+        && (size <= 64 || meter.work(size.saturating_mul(list.len())))
+        && list.iter().any(|item| strict_equals(needle, item))
+}
+
+/// `==` and friends read at most the shorter operand.
+#[inline]
+fn equality_work(a: &Value, b: &Value, meter: &Meter) -> bool {
+    meter.work(work_size(a).min(work_size(b)))
 }
 
 fn eval_var<'a>(var: &'a VarPath, s: &Scope<'a>) -> Cow<'a, Value> {
@@ -247,13 +261,18 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         }
         Op::Eq | Op::Ne => {
             let (a, b) = (arg(0), arg(1));
-            if !coercible(&a, &b, s.meter) {
+            if !(coercible(&a, &b, s.meter) && equality_work(&a, &b, s.meter)) {
                 return NULL;
             }
             boolean(loose_equals(&a, &b) == (op == Op::Eq))
         }
-        Op::StrictEq => boolean(strict_equals(&arg(0), &arg(1))),
-        Op::StrictNe => boolean(!strict_equals(&arg(0), &arg(1))),
+        Op::StrictEq | Op::StrictNe => {
+            let (a, b) = (arg(0), arg(1));
+            if !equality_work(&a, &b, s.meter) {
+                return NULL;
+            }
+            boolean(strict_equals(&a, &b) == (op == Op::StrictEq))
+        }
         Op::Not => boolean(!truthy(&arg(0))),
         Op::NotNot => boolean(truthy(&arg(0))),
         Op::Or | Op::And => {
@@ -269,30 +288,30 @@ fn eval_op<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         }
         Op::Lt | Op::Le | Op::Gt | Op::Ge => {
             let (a, b) = (arg(0), arg(1));
-            if !coercible(&a, &b, s.meter) || !ordered(op, &a, &b) {
+            if !coercible(&a, &b, s.meter) || !ordered(op, &a, &b, s.meter) {
                 return boolean(false);
             }
             // The three-argument "between" form: a < b < c.
-            boolean(args.len() < 3 || ordered(op, &b, &arg(2)))
+            boolean(args.len() < 3 || ordered(op, &b, &arg(2), s.meter))
         }
         Op::In => {
             let (needle, haystack) = (arg(0), arg(1));
             boolean(match &*haystack {
                 Value::String(text) => {
                     coercible(&needle, &Value::Null, s.meter)
+                        && s.meter.work(text.len())
                         && text.contains(&*to_js_string(&needle))
                 }
                 // A linear scan, paid for by length, so a loop over `in` a long context array
                 // pays for every comparison.
-                Value::Array(items) => {
-                    s.meter.scan(items.len())
-                        && items.iter().any(|item| strict_equals(&needle, item))
-                }
+                Value::Array(items) => in_list(&needle, items, s.meter),
                 _ => false,
             })
         }
         // flagd answers null, not false, on non-strings, so the default variant applies.
-        Op::StartsWith | Op::EndsWith => affix_matches(op, &arg(0), &arg(1)).map_or(NULL, boolean),
+        Op::StartsWith | Op::EndsWith => {
+            affix_matches(op, &arg(0), &arg(1), s.meter).map_or(NULL, boolean)
+        }
         _ => eval_op_cold(op, args, s),
     }
 }
@@ -383,43 +402,64 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             Cow::Owned(accumulator)
         }
         Op::Merge => {
-            let mut out = Vec::new();
-            for e in args {
-                let v = e.eval(s);
-                let added = v.as_array().map_or(1, Vec::len);
-                if !s.meter.charge_slots(added) {
-                    return NULL;
-                }
-                match own(v, s.meter) {
-                    Value::Array(items) => out.extend(items),
-                    other => out.push(other),
+            let values: Vec<Cow<'_, Value>> = args.iter().map(|e| e.eval(s)).collect();
+            let total: usize = values
+                .iter()
+                .map(|v| v.as_array().map_or(1, Vec::len))
+                .sum();
+            // The result's slots up front (allocated once, at their final number); copies of
+            // borrowed elements as they are made.
+            if !s.meter.charge_slots(total) {
+                return NULL;
+            }
+            let mut out = Vec::with_capacity(total);
+            for v in values {
+                match v {
+                    Cow::Owned(Value::Array(items)) => out.extend(items),
+                    Cow::Borrowed(Value::Array(items)) => {
+                        for item in items {
+                            if !s.meter.charge_copy(item) {
+                                return NULL;
+                            }
+                            out.push(item.clone());
+                        }
+                    }
+                    other => out.push(own(other, s.meter)),
                 }
             }
             Cow::Owned(Value::Array(out))
         }
         Op::Cat => {
-            let mut out = String::new();
-            for e in args {
-                let piece = e.eval(s);
-                let piece = to_js_string(&piece);
-                // Charged before the string grows: `cat(accumulator, accumulator)` in a `reduce`
-                // doubles every round and must stop before it allocates, not after.
-                if !s.meter.charge(piece.len() as u64) {
-                    return NULL;
-                }
-                out.push_str(&piece);
+            let values: Vec<Cow<'_, Value>> = args.iter().map(|e| e.eval(s)).collect();
+            if !values.iter().all(|v| coercible(v, &Value::Null, s.meter)) {
+                return NULL;
+            }
+            let pieces: Vec<Cow<'_, str>> = values.iter().map(|v| to_js_string(v)).collect();
+            let total: usize = pieces.iter().map(|p| p.len()).sum();
+            // Charged before the string is allocated, and allocated once at its final size:
+            // `cat(accumulator, accumulator)` in a `reduce` doubles every round and must stop
+            // before it allocates, not after.
+            if !s.meter.charge(total as u64) {
+                return NULL;
+            }
+            let mut out = String::with_capacity(total);
+            for piece in &pieces {
+                out.push_str(piece);
             }
             Cow::Owned(Value::String(out))
         }
         Op::Substr => {
             let source = arg(0);
-            let text = to_js_string(&source);
-            // The characters as a vector, then the slice: at most 4 + 1 bytes per input byte.
-            if !s.meter.charge((text.len() as u64).saturating_mul(5)) {
+            if !coercible(&source, &Value::Null, s.meter) {
                 return NULL;
             }
-            let chars: Vec<char> = text.chars().collect();
-            let len = chars.len() as f64;
+            let text = to_js_string(&source);
+            // Counting characters reads the whole text.
+            if !s.meter.work(text.len()) {
+                return NULL;
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let len = text.chars().count() as f64;
             let start = to_number(&arg(1));
             let start = if start.is_nan() { 0.0 } else { start.trunc() };
             let from = if start < 0.0 {
@@ -442,10 +482,19 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             };
             // Both bounds are clamped to [0, len] above, so the casts are exact.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let slice: String = chars[from as usize..(to as usize).max(from as usize)]
-                .iter()
-                .collect();
-            Cow::Owned(Value::String(slice))
+            let (from, to) = (from as usize, (to as usize).max(from as usize));
+            // Character positions to byte offsets, so the slice is copied once and nothing else
+            // is allocated.
+            let byte = |chars: usize| {
+                text.char_indices()
+                    .nth(chars)
+                    .map_or(text.len(), |(i, _)| i)
+            };
+            let (start, end) = (byte(from), byte(to));
+            if !s.meter.charge((end - start) as u64) {
+                return NULL;
+            }
+            Cow::Owned(Value::String(text[start..end].to_owned()))
         }
         Op::Missing => {
             let first = arg(0);
@@ -526,5 +575,5 @@ fn split_path(text: &str, meter: &Meter) -> Option<Vec<Box<str>>> {
 /// large context array cannot churn memory past the budget. Primitives pass for free.
 #[inline]
 fn coercible(a: &Value, b: &Value, meter: &Meter) -> bool {
-    (!a.is_array() || meter.charge_copy(a)) && (!b.is_array() || meter.charge_copy(b))
+    (!a.is_array() || meter.coerce(a)) && (!b.is_array() || meter.coerce(b))
 }

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use super::budget::heap_size_within;
 use super::cbor;
 use super::eval::Scope;
 use super::expr::Expr;
@@ -107,6 +108,16 @@ impl Fractional {
     /// The bucketing hash, or `None` when there is nothing to bucket by (flagd answers null then).
     fn hash(&self, scope: &Scope<'_>) -> Option<u32> {
         let explicit = self.bucket_by.as_ref().map(|e| e.eval(scope));
+        // Hashing reads the whole bucketing value.
+        if let Some(value) = &explicit
+            && !scope.meter.work(
+                heap_size_within(value, u64::MAX)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(usize::MAX),
+            )
+        {
+            return None;
+        }
         match self.mode {
             FractionalMode::Cbor => {
                 let mut hasher = Murmur3::new(0);
