@@ -128,6 +128,26 @@ fn cases() -> Vec<Case> {
             max_n: 1_000,
         },
         Case {
+            name: "shared_ref_long_compare",
+            // 100 evaluations of a comparison of two equal context strings of n bytes.
+            build: |n| {
+                let mut evaluators = Map::new();
+                evaluators.insert(
+                    "e0".into(),
+                    json!({"if": [{"==": [{"var": "a"}, {"var": "b"}]}, 1, 0]}),
+                );
+                evaluators.insert("e1".into(), json!({"+": vec![json!({"$ref": "e0"}); 10]}));
+                evaluators.insert("e2".into(), json!({"+": vec![json!({"$ref": "e1"}); 10]}));
+                let document = json!({"$evaluators": evaluators,
+                    "flags": {"worst": flag(&json!({">": [{"$ref": "e2"}, 0]}))}});
+                let ctx = EvaluationContext::new()
+                    .with("a", "q".repeat(n))
+                    .with("b", "q".repeat(n));
+                (document, ctx)
+            },
+            max_n: 1 << 20,
+        },
+        Case {
             name: "some_in_constant_list",
             // Every element of a context array looked up in a 1,000-entry constant list.
             build: |n| {

@@ -83,7 +83,7 @@ fn rules_that_must_exceed_the_budget_are_refused_when_compiled() {
             "a constant in-list longer than the step budget can scan",
             json!({"if": [{"in": [{"var": "id"}, numbers(400_000)]}, "on", "off"]}),
             "flags.bomb.targeting.if[0]",
-            "scanning a constant list of 400000 elements needs 25000 steps",
+            "scanning a constant list of 400000 elements needs 50000 steps",
         ),
     ];
     for (case, rule, path, words) in cases {

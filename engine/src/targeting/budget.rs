@@ -106,7 +106,7 @@ pub(crate) struct Meter {
 }
 
 /// Elements a scan (`in`, `missing`) visits per step.
-pub(crate) const SCAN_PER_STEP: u64 = 16;
+pub(crate) const SCAN_PER_STEP: u64 = 8;
 /// Operand bytes compared, searched, hashed or parsed per step.
 pub(crate) const WORK_BYTES_PER_STEP: u64 = 256;
 /// Steps per element when an array is turned into its string form (formatting a number costs
@@ -118,6 +118,9 @@ pub(crate) const STEPS_PER_COERCED_ELEMENT: u64 = 4;
 const SLOT: u64 = std::mem::size_of::<Value>() as u64;
 /// An object entry: its key's `String`, its value slot, and the tree node around them (roughly).
 const ENTRY: u64 = 2 * SLOT;
+/// An object's first tree node, allocated whole however few entries it holds (a `BTreeMap` leaf:
+/// eleven keys and values).
+const OBJECT: u64 = 11 * (24 + SLOT) + 16;
 
 impl Meter {
     pub(crate) fn new(budget: Budget) -> Meter {
@@ -205,9 +208,14 @@ impl Meter {
         }
     }
 
-    /// Charges an object entry's key and slot beyond the value itself.
-    pub(crate) fn charge_entries(&self, n: usize, key_bytes: usize) -> bool {
-        self.charge((n as u64).saturating_mul(ENTRY) + key_bytes as u64)
+    /// Charges a new object of `n` entries whose keys take `key_bytes`, beyond its values.
+    pub(crate) fn charge_object(&self, n: usize, key_bytes: usize) -> bool {
+        self.charge(OBJECT + (n as u64).saturating_mul(ENTRY) + key_bytes as u64)
+    }
+
+    /// Charges one more entry of an object already charged.
+    pub(crate) fn charge_entry(&self, key_bytes: usize) -> bool {
+        self.charge(ENTRY + key_bytes as u64)
     }
 
     pub(crate) fn is_exhausted(&self) -> bool {
@@ -262,7 +270,7 @@ pub(crate) fn heap_size_within(v: &Value, cap: u64) -> Option<u64> {
                     && items.iter().all(|item| walk(item, cap, total))
             }
             Value::Object(map) => {
-                add(total, (map.len() as u64).saturating_mul(ENTRY))
+                add(total, OBJECT + (map.len() as u64).saturating_mul(ENTRY))
                     && map
                         .iter()
                         .all(|(k, item)| add(total, k.len() as u64) && walk(item, cap, total))
@@ -324,7 +332,7 @@ mod tests {
         );
         assert_eq!(
             heap_size_within(&json!({"k": "vv"}), 1000),
-            Some(ENTRY + 1 + 2)
+            Some(OBJECT + ENTRY + 1 + 2)
         );
         assert_eq!(heap_size_within(&json!(["ab", 1]), 2 * SLOT), None);
     }

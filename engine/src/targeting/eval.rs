@@ -55,9 +55,11 @@ impl<'a> Scope<'a> {
     }
 
     fn charge_root(&self) -> bool {
-        self.root
-            .iter()
-            .all(|(k, v)| self.meter.charge_entries(1, k.len()) && self.meter.charge_copy(v))
+        self.meter.charge_object(0, 0)
+            && self
+                .root
+                .iter()
+                .all(|(k, v)| self.meter.charge_entry(k.len()) && self.meter.charge_copy(v))
     }
 
     fn lookup(&self, segments: &[Box<str>]) -> Option<Cow<'a, Value>> {
@@ -133,7 +135,7 @@ impl Expr {
             Expr::FlagdProperties => {
                 if !s
                     .meter
-                    .charge_entries(2, "flagKey".len() + "timestamp".len() + s.flag_key.len())
+                    .charge_object(2, "flagKey".len() + "timestamp".len() + s.flag_key.len())
                 {
                     return NULL;
                 }
@@ -353,27 +355,30 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             let live = |_: &&Value| !s.meter.is_exhausted();
             let test = |item: &Value| truthy(&body.eval(&s.with_data(item)));
             match op {
+                // Both allocate their result once, at the input's length, which is what they were
+                // charged (a growing vector would allocate up to twice that).
                 Op::Map => {
                     if !s.meter.charge_slots(items.len()) {
                         return NULL;
                     }
-                    Cow::Owned(Value::Array(
-                        items
-                            .iter()
-                            .take_while(live)
-                            .map(|item| own(body.eval(&s.with_data(item)), s.meter))
-                            .collect(),
-                    ))
+                    let mut out = Vec::with_capacity(items.len());
+                    for item in items.iter().take_while(live) {
+                        out.push(own(body.eval(&s.with_data(item)), s.meter));
+                    }
+                    Cow::Owned(Value::Array(out))
                 }
-                Op::Filter => Cow::Owned(Value::Array(
-                    items
-                        .iter()
-                        .take_while(live)
-                        .filter(|item| test(item))
-                        .filter(|item| s.meter.charge_slots(1) && s.meter.charge_copy(item))
-                        .cloned()
-                        .collect(),
-                )),
+                Op::Filter => {
+                    if !s.meter.charge_slots(items.len()) {
+                        return NULL;
+                    }
+                    let mut out = Vec::with_capacity(items.len());
+                    for item in items.iter().take_while(live) {
+                        if test(item) && s.meter.charge_copy(item) {
+                            out.push(item.clone());
+                        }
+                    }
+                    Cow::Owned(Value::Array(out))
+                }
                 Op::All => boolean(!items.is_empty() && items.iter().take_while(live).all(test)),
                 Op::None => boolean(!items.iter().take_while(live).any(test)),
                 _ => boolean(items.iter().take_while(live).any(test)),
@@ -388,7 +393,7 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
                 // element; the accumulator moves in.
                 if !(s
                     .meter
-                    .charge_entries(2, "current".len() + "accumulator".len())
+                    .charge_object(2, "current".len() + "accumulator".len())
                     && s.meter.charge_copy(item))
                 {
                     return NULL;
@@ -407,9 +412,9 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
                 .iter()
                 .map(|v| v.as_array().map_or(1, Vec::len))
                 .sum();
-            // The result's slots up front (allocated once, at their final number); copies of
-            // borrowed elements as they are made.
-            if !s.meter.charge_slots(total) {
+            // The result's slots up front (allocated once, at their final number), and the
+            // arguments' vector; copies of borrowed elements as they are made.
+            if !s.meter.charge_slots(total + args.len()) {
                 return NULL;
             }
             let mut out = Vec::with_capacity(total);
@@ -438,8 +443,8 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
             let total: usize = pieces.iter().map(|p| p.len()).sum();
             // Charged before the string is allocated, and allocated once at its final size:
             // `cat(accumulator, accumulator)` in a `reduce` doubles every round and must stop
-            // before it allocates, not after.
-            if !s.meter.charge(total as u64) {
+            // before it allocates, not after. The two vectors above count as a slot per argument.
+            if !(s.meter.charge(total as u64) && s.meter.charge_slots(args.len())) {
                 return NULL;
             }
             let mut out = String::with_capacity(total);
