@@ -230,6 +230,14 @@ impl Meter {
         }
     }
 
+    /// Steps and bytes spent so far.
+    pub(crate) fn used(&self) -> (u64, u64) {
+        (
+            self.budget.max_steps - self.steps_left.get(),
+            self.budget.max_built_bytes - self.bytes_left.get(),
+        )
+    }
+
     /// Which counter ran out, if one did.
     pub(crate) fn exceeded(&self) -> Option<BudgetExceeded> {
         self.exceeded.get().map(|kind| BudgetExceeded {

@@ -17,6 +17,14 @@ use crate::diagnostic::{Diagnostics, Path};
 /// once per level.
 pub(crate) const MAX_RULE_DEPTH: usize = 64;
 
+/// Folding constants evaluates them when the set compiles. Each fold is bounded by the budget like
+/// any evaluation, and all the folds of one document together by this many budgets, so a document
+/// of thousands of expensive constant rules cannot make compiling it slow either. Past that
+/// allowance sub-rules are simply left unfolded: folding is an optimisation, and an unfolded
+/// constant is evaluated under the budget like the rest of the rule. Real constant sub-rules take
+/// a handful of steps.
+pub(crate) const FOLD_BUDGETS_PER_DOCUMENT: u64 = 64;
+
 /// Whether `var` reads the caller's context (top level) or the current element of a
 /// `map`/`filter`/`reduce`; `$flagd.*` is only injected into the former.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +43,8 @@ pub(crate) struct Compiler<'d> {
     expanding: Vec<String>,
     mode: FractionalMode,
     budget: Budget,
+    /// What is left of the document's allowance for folding constants.
+    fold_left: Budget,
     /// The product of the lengths of the constant arrays that the iterating operators around the
     /// rule being compiled walk: a lower bound on how many times it runs per evaluation.
     loop_product: u64,
@@ -52,6 +62,12 @@ impl<'d> Compiler<'d> {
             expanding: Vec::new(),
             mode,
             budget,
+            fold_left: Budget {
+                max_steps: budget.max_steps.saturating_mul(FOLD_BUDGETS_PER_DOCUMENT),
+                max_built_bytes: budget
+                    .max_built_bytes
+                    .saturating_mul(FOLD_BUDGETS_PER_DOCUMENT),
+            },
             loop_product: 1,
         }
     }
@@ -284,12 +300,20 @@ impl<'d> Compiler<'d> {
     /// Evaluates a node whose arguments are all constants, so the work happens once, at load
     /// time, under the same budget as an evaluation: a constant rule that would exceed it (a
     /// `map` of a `map` of long constant arrays) is refused instead of built.
-    fn fold(&self, expr: Expr, path: &Path, diags: &mut Diagnostics) -> Expr {
-        if !foldable(&expr) {
+    fn fold(&mut self, expr: Expr, path: &Path, diags: &mut Diagnostics) -> Expr {
+        if !foldable(&expr) || self.fold_left.max_steps == 0 || self.fold_left.max_built_bytes == 0
+        {
             return expr;
         }
         let empty = Map::new();
-        let meter = Meter::new(self.budget);
+        let this_fold = Budget {
+            max_steps: self.budget.max_steps.min(self.fold_left.max_steps),
+            max_built_bytes: self
+                .budget
+                .max_built_bytes
+                .min(self.fold_left.max_built_bytes),
+        };
+        let meter = Meter::new(this_fold);
         let scope = Scope {
             root: &empty,
             data: None,
@@ -298,14 +322,28 @@ impl<'d> Compiler<'d> {
             meter: &meter,
         };
         let value = expr.eval(&scope).into_owned();
-        if let Some(exceeded) = meter.exceeded() {
-            diags.error(
-                path,
-                format!("this constant rule exceeds the {exceeded} when evaluated"),
-            );
-            return Expr::Const(Value::Null);
+        let (steps, bytes) = meter.used();
+        self.fold_left.max_steps = self.fold_left.max_steps.saturating_sub(steps);
+        self.fold_left.max_built_bytes = self.fold_left.max_built_bytes.saturating_sub(bytes);
+        match meter.exceeded() {
+            None => Expr::Const(value),
+            // Every evaluation would fail the same way: refused now.
+            Some(exceeded) if this_fold == self.budget => {
+                diags.error(
+                    path,
+                    format!("this constant rule exceeds the {exceeded} when evaluated"),
+                );
+                Expr::Const(Value::Null)
+            }
+            // Only the document's allowance ran out: left as it is, and no more folding.
+            Some(_) => {
+                self.fold_left = Budget {
+                    max_steps: 0,
+                    max_built_bytes: 0,
+                };
+                expr
+            }
         }
-        Expr::Const(value)
     }
 
     fn var(
@@ -716,4 +754,50 @@ fn least(bounds: impl Iterator<Item = (u64, u64)>) -> (u64, u64) {
     bounds
         .reduce(|(t, p), (t2, p2)| (t.min(t2), p.min(p2)))
         .unwrap_or((0, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Folds stop once the document's allowance is spent, and what is left unfolded is still the
+    /// rule it was.
+    #[test]
+    fn folding_stops_at_the_documents_allowance() {
+        let budget = Budget {
+            max_steps: 1_000,
+            max_built_bytes: 1 << 20,
+        };
+        let mut compiler = Compiler::new(None, FractionalMode::Cbor, budget);
+        let items: Vec<Value> = (0..400).map(Value::from).collect();
+        let rule = json!({"map": [items, 1]});
+        let mut diags = Diagnostics::default();
+        let folded: Vec<bool> = (0..200)
+            .map(|_| {
+                let expr = compiler.compile(&rule, &Path::root("rule"), &mut diags);
+                matches!(expr, Expr::Const(_))
+            })
+            .collect();
+        assert!(diags.0.is_empty(), "{:?}", diags.0);
+        let count = folded.iter().filter(|f| **f).count();
+        // 64 budgets of 1,000 steps, about 400 steps a fold (a step per element).
+        assert!((150..=165).contains(&count), "{count} folded");
+        assert!(folded[..count].iter().all(|f| *f) && !folded[count..].iter().any(|f| *f));
+        // An unfolded one evaluates to the same value, under the budget.
+        let expr = compiler.compile(&rule, &Path::root("rule"), &mut diags);
+        let meter = Meter::new(budget);
+        let empty = Map::new();
+        let scope = Scope {
+            root: &empty,
+            data: None,
+            flag_key: "",
+            now: None,
+            meter: &meter,
+        };
+        assert!(!matches!(expr, Expr::Const(_)));
+        assert_eq!(expr.eval(&scope).into_owned(), json!(vec![1; 400]));
+        assert_eq!(meter.exceeded(), None);
+    }
 }
