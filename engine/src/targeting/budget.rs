@@ -2,17 +2,19 @@
 //!
 //! **Invariant: every evaluation's work is bounded by the set's [`Budget`].** Two counters do it:
 //!
-//! - *Steps.* Every evaluated rule node is a step (`Expr::eval` and `Expr::test` each take one
-//!   before doing anything), and the linear scans of `in` and `missing` take one per
-//!   [`SCAN_PER_STEP`] elements scanned (comparing an element costs a fraction of evaluating a
-//!   node, and a constant allow-list of thousands of ids is a real use). The
-//!   iterating operators (`map`, `filter`, `reduce`, `all`, `some`, `none`) evaluate their body
-//!   once per element, so each iteration costs at least one step and nested loops cost the
-//!   product of their lengths. A `$ref` is a node like any other, so an evaluator shared a
-//!   thousand times in a tree costs a thousand times its size: sharing cannot multiply work past
-//!   the budget either. Between two steps the work is linear in the operands, which are borrowed
-//!   from the context (capped by the node's edge), borrowed from the rule (capped by the
-//!   document [`Limits`](crate::Limits)) or built (capped by the second counter).
+//! - *Steps.* Every evaluated rule node is a step (`Expr::eval` takes one before doing anything;
+//!   a node that `Expr::test` handles itself is paid for by the children it must evaluate). A
+//!   linear scan (`in`, `missing`) takes one per [`SCAN_PER_STEP`] elements beyond the first
+//!   few: comparing an element costs a fraction of evaluating a node, and a constant allow-list
+//!   of thousands of ids is a real use. Reading a long operand (comparing, searching, hashing or
+//!   parsing it) takes one per [`WORK_BYTES_PER_STEP`] bytes, and an array's string form
+//!   [`STEPS_PER_COERCED_ELEMENT`] per element. The iterating operators (`map`, `filter`,
+//!   `reduce`, `all`, `some`, `none`) evaluate their body once per element, so each iteration
+//!   costs at least one step and nested loops cost the product of their lengths. A `$ref` is a
+//!   node like any other, so an evaluator shared a thousand times in a tree costs a thousand
+//!   times its size: sharing cannot multiply work past the budget either. Between two steps the
+//!   remaining work is linear in the node's arity (bounded by the document [`Limits`](crate::Limits)) and in
+//!   short operands.
 //! - *Built bytes.* Every value an evaluation builds (`cat`, `merge`, `substr`, `map` and
 //!   `filter` results, array literals, `reduce`'s accumulator and element records, `missing`,
 //!   a computed `var` path, a clone of the whole context) is charged before or as it is built, and
@@ -144,10 +146,12 @@ impl Meter {
         true
     }
 
-    /// Pays for a linear scan of `n` elements, one step per [`SCAN_PER_STEP`] begun; `false` if
-    /// that does not fit.
+    /// Pays for a linear scan of `n` elements, one step per [`SCAN_PER_STEP`] begun beyond the
+    /// first [`SCAN_PER_STEP`]; `false` if that does not fit.
+    #[inline]
     pub(crate) fn scan(&self, n: usize) -> bool {
-        self.steps((n as u64).div_ceil(SCAN_PER_STEP))
+        // A scan no longer than that rides on its node's step (the common short `in` list).
+        n as u64 <= SCAN_PER_STEP || self.steps((n as u64).div_ceil(SCAN_PER_STEP))
     }
 
     /// Pays for work linear in `bytes` (comparing, searching, hashing, parsing an operand), one

@@ -167,10 +167,12 @@ impl Expr {
 impl Expr {
     /// The truthiness of this rule, without building its value: what `if` conditions and the
     /// operands of `and`/`or`/`!` need.
+    ///
+    /// No step of its own: every node handled here evaluates at least one child through `eval`
+    /// or `test` (their arities are at least one, and a `sem_ver` with no computed operand was
+    /// folded), whose step pays for it, and its own work is linear in its arity. So the nodes
+    /// tested are bounded by the steps taken, and the hot path pays one step per leaf only.
     pub(crate) fn test<'a>(&'a self, s: &Scope<'a>) -> bool {
-        if !s.meter.step() {
-            return false;
-        }
         let arg = |args: &'a [Expr], i: usize| args.get(i).map_or(NULL, |e| e.eval(s));
         match self {
             Expr::Op(op, args) => match op {
@@ -198,8 +200,15 @@ impl Expr {
 }
 
 /// `<`, `<=`, `>`, `>=` between two values, with JavaScript's comparison rules.
+#[inline]
 fn ordered(op: Op, a: &Value, b: &Value, meter: &Meter) -> bool {
-    meter.work(work_size(a).min(work_size(b)))
+    // Only two strings compare byte by byte; anything else compares as numbers (an array's
+    // string form was paid for by `coercible`).
+    let work = match (a, b) {
+        (Value::String(x), Value::String(y)) => x.len().min(y.len()),
+        _ => 0,
+    };
+    meter.work(work)
         && compare(a, b).is_some_and(|o| match op {
             Op::Lt => o.is_lt(),
             Op::Le => o.is_le(),
@@ -232,10 +241,18 @@ fn in_list(needle: &Value, list: &[Value], meter: &Meter) -> bool {
         && list.iter().any(|item| strict_equals(needle, item))
 }
 
-/// `==` and friends read at most the shorter operand.
+/// `==` and friends read at most the shorter operand, and only strings, arrays and objects are
+/// read beyond their slot.
 #[inline]
 fn equality_work(a: &Value, b: &Value, meter: &Meter) -> bool {
-    meter.work(work_size(a).min(work_size(b)))
+    let work = match (a, b) {
+        (Value::String(x), Value::String(y)) => x.len().min(y.len()),
+        (Value::Array(_) | Value::Object(_), Value::Array(_) | Value::Object(_)) => {
+            work_size(a).min(work_size(b))
+        }
+        _ => 0,
+    };
+    meter.work(work)
 }
 
 fn eval_var<'a>(var: &'a VarPath, s: &Scope<'a>) -> Cow<'a, Value> {

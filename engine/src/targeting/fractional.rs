@@ -110,11 +110,7 @@ impl Fractional {
         let explicit = self.bucket_by.as_ref().map(|e| e.eval(scope));
         // Hashing reads the whole bucketing value.
         if let Some(value) = &explicit
-            && !scope.meter.work(
-                heap_size_within(value, u64::MAX)
-                    .and_then(|n| usize::try_from(n).ok())
-                    .unwrap_or(usize::MAX),
-            )
+            && !scope.meter.work(hashed_bytes(value))
         {
             return None;
         }
@@ -145,6 +141,19 @@ impl Fractional {
                 }
             },
         }
+    }
+}
+
+/// The bytes hashing `value` reads: a string's length (the usual case, without a walk), or the
+/// size of a whole array or object.
+#[inline]
+fn hashed_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        _ => heap_size_within(value, u64::MAX)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(usize::MAX),
     }
 }
 
