@@ -214,12 +214,17 @@ impl Meter {
 
     /// Charges a new object of `n` entries whose keys take `key_bytes`, beyond its values.
     pub(crate) fn charge_object(&self, n: usize, key_bytes: usize) -> bool {
-        self.charge(OBJECT + (n as u64).saturating_mul(ENTRY) + key_bytes as u64)
+        self.charge(
+            (n as u64)
+                .saturating_mul(ENTRY)
+                .saturating_add(OBJECT)
+                .saturating_add(key_bytes as u64),
+        )
     }
 
     /// Charges one more entry of an object already charged.
     pub(crate) fn charge_entry(&self, key_bytes: usize) -> bool {
-        self.charge(ENTRY + key_bytes as u64)
+        self.charge(ENTRY.saturating_add(key_bytes as u64))
     }
 
     pub(crate) fn is_exhausted(&self) -> bool {
@@ -282,10 +287,14 @@ pub(crate) fn heap_size_within(v: &Value, cap: u64) -> Option<u64> {
                     && items.iter().all(|item| walk(item, cap, total))
             }
             Value::Object(map) => {
-                add(total, OBJECT + (map.len() as u64).saturating_mul(ENTRY))
-                    && map
-                        .iter()
-                        .all(|(k, item)| add(total, k.len() as u64) && walk(item, cap, total))
+                add(
+                    total,
+                    (map.len() as u64)
+                        .saturating_mul(ENTRY)
+                        .saturating_add(OBJECT),
+                ) && map
+                    .iter()
+                    .all(|(k, item)| add(total, k.len() as u64) && walk(item, cap, total))
             }
         }
     }

@@ -425,13 +425,13 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
         }
         Op::Merge => {
             let values: Vec<Cow<'_, Value>> = args.iter().map(|e| e.eval(s)).collect();
-            let total: usize = values
+            let total = values
                 .iter()
                 .map(|v| v.as_array().map_or(1, Vec::len))
-                .sum();
+                .fold(0usize, usize::saturating_add);
             // The result's slots up front (allocated once, at their final number), and the
             // arguments' vector; copies of borrowed elements as they are made.
-            if !s.meter.charge_slots(total + args.len()) {
+            if !s.meter.charge_slots(total.saturating_add(args.len())) {
                 return NULL;
             }
             let mut out = Vec::with_capacity(total);
@@ -457,7 +457,10 @@ fn eval_op_cold<'a>(op: Op, args: &'a [Expr], s: &Scope<'a>) -> Cow<'a, Value> {
                 return NULL;
             }
             let pieces: Vec<Cow<'_, str>> = values.iter().map(|v| to_js_string(v)).collect();
-            let total: usize = pieces.iter().map(|p| p.len()).sum();
+            let total = pieces
+                .iter()
+                .map(|p| p.len())
+                .fold(0usize, usize::saturating_add);
             // Charged before the string is allocated, and allocated once at its final size:
             // `cat(accumulator, accumulator)` in a `reduce` doubles every round and must stop
             // before it allocates, not after. The two vectors above count as a slot per argument.
