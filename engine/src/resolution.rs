@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::flag::Metadata;
-use crate::targeting::BudgetExceeded;
+use crate::targeting::{BudgetExceeded, BudgetKind};
 
 /// Why a flag resolved the way it did. The names are flagd's (and OpenFeature's) wire strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,8 +97,11 @@ pub struct ResolveError {
     pub code: ErrorCode,
     pub message: String,
     /// `Some` when the flag's evaluation was stopped by the set's [`Budget`](crate::Budget) (the
-    /// code is then `General`): which budget, so a node can count these per flag.
-    pub exceeded: Option<BudgetExceeded>,
+    /// code is then `General`): which of its counters ran out, so a node can count these per
+    /// flag; the limit is the set's (`FlagSet::budget`) and the message names it. Only the kind,
+    /// one byte that fits beside `code`: every resolution carries an `Option<ResolveError>`, and
+    /// a larger one measurably slowed the hot paths.
+    pub exceeded: Option<BudgetKind>,
 }
 
 impl ResolveError {
@@ -119,7 +122,7 @@ impl ResolveError {
                 "flag {:?}: evaluation exceeded its {exceeded}",
                 crate::limits::shown(flag_key)
             ),
-            exceeded: Some(exceeded),
+            exceeded: Some(exceeded.kind),
         }
     }
 }
@@ -170,6 +173,15 @@ impl<'s, V> Resolution<'s, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_kind_costs_a_resolution_nothing() {
+        // `exceeded` fits in the padding beside `code`: resolutions stay as small as before.
+        assert_eq!(
+            std::mem::size_of::<Option<ResolveError>>(),
+            std::mem::size_of::<String>() + 8
+        );
+    }
 
     #[test]
     fn wire_names_round_trip() {

@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use bunting_engine::{
-    Budget, BudgetExceeded, BudgetKind, CompileOptions, Compiled, Entry, ErrorCode,
-    EvaluationContext, FractionalMode, Reason, Rule, Severity, compile,
+    Budget, BudgetKind, CompileOptions, Compiled, Entry, ErrorCode, EvaluationContext,
+    FractionalMode, Reason, Rule, Severity, compile,
 };
 use serde_json::{Value, json};
 
@@ -168,18 +168,9 @@ fn context_driven_bombs_fail_their_evaluation_with_general() {
             started.elapsed()
         );
         let error = r.error.expect(case);
-        let limit = match kind {
-            BudgetKind::Steps => 20_000,
-            BudgetKind::BuiltBytes => 1 << 20,
-        };
         assert_eq!(
             (error.code, error.exceeded, r.reason, r.value),
-            (
-                ErrorCode::General,
-                Some(BudgetExceeded { kind, limit }),
-                Reason::Error,
-                None
-            ),
+            (ErrorCode::General, Some(kind), Reason::Error, None),
             "{case}"
         );
         let budget = match kind {
@@ -286,10 +277,7 @@ fn shared_evaluators_cannot_multiply_work_past_the_budget() {
     let started = Instant::now();
     let r = compiled.flag_set.resolve_string("shared", &ctx);
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(
-        r.error.and_then(|e| e.exceeded).map(|e| e.kind),
-        Some(BudgetKind::Steps)
-    );
+    assert_eq!(r.error.and_then(|e| e.exceeded), Some(BudgetKind::Steps));
     // 10^2 evaluations of e0 fit.
     let r = compiled.flag_set.resolve_string("small", &ctx);
     assert_eq!((r.value, r.error), (Some("on"), None));
@@ -312,12 +300,10 @@ fn the_budget_is_configurable_and_carried_by_the_flag_set() {
     let ctx = |n| EvaluationContext::new().with("items", numbers(n));
     assert_eq!(set.resolve_string("f", &ctx(10)).value, Some("off"));
     let error = set.resolve_string("f", &ctx(200)).error.unwrap();
+    assert_eq!(error.exceeded, Some(BudgetKind::Steps));
     assert_eq!(
-        error.exceeded,
-        Some(BudgetExceeded {
-            kind: BudgetKind::Steps,
-            limit: 100
-        })
+        error.message,
+        "flag \"f\": evaluation exceeded its step budget of 100"
     );
     // The default budget takes the same context in its stride.
     let set = compiled(&json!({"flags": {"f": flag_with(&rule)}})).flag_set;
@@ -369,10 +355,7 @@ fn long_operands_pay_for_their_bytes() {
             .with("b", "q".repeat(len))
     };
     let r = set.resolve_string("compare", &ctx(100_000));
-    assert_eq!(
-        r.error.and_then(|e| e.exceeded).map(|e| e.kind),
-        Some(BudgetKind::Steps)
-    );
+    assert_eq!(r.error.and_then(|e| e.exceeded), Some(BudgetKind::Steps));
     let r = set.resolve_string("compare", &ctx(1_000));
     assert_eq!((r.value, r.error), (Some("on"), None));
 }
