@@ -100,7 +100,7 @@ pub struct ResolveError {
     /// code is then `General`): which of its counters ran out, so a node can count these per
     /// flag; the limit is the set's (`FlagSet::budget`) and the message names it. Only the kind,
     /// one byte that fits beside `code`: every resolution carries an `Option<ResolveError>`, and
-    /// a larger one measurably slowed the hot paths.
+    /// this keeps it (and so every resolution) the size it was.
     pub exceeded: Option<BudgetKind>,
 }
 
