@@ -40,6 +40,7 @@ pub fn load(
             FractionalArg::String => FractionalMode::String,
             FractionalArg::Legacy => FractionalMode::LegacyFloat,
         },
+        ..CompileOptions::default()
     };
     bunting_engine::compile_value(&document, &options).map_err(definition_error)
 }

@@ -108,6 +108,7 @@ pub fn compile_options(config: &Config) -> CompileOptions {
             FractionalConfig::String => FractionalMode::String,
             FractionalConfig::Legacy => FractionalMode::LegacyFloat,
         },
+        ..CompileOptions::default()
     }
 }
 

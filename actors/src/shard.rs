@@ -168,6 +168,7 @@ impl ShardState {
             .ok_or_else(|| ResolveError {
                 code: ErrorCode::FlagNotFound,
                 message: format!("flag set {name:?} not found"),
+                exceeded: None,
             })
     }
 }

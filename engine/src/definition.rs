@@ -4,10 +4,12 @@
 use serde_json::{Map, Value};
 
 use crate::context::kind_of;
-use crate::diagnostic::{DefinitionError, Diagnostic, Diagnostics, Path, Severity};
+use crate::diagnostic::{DefinitionError, Diagnostic, Diagnostics, LimitKind, Path, Severity};
 use crate::flag::{BrokenFlag, Entry, Flag, FlagState, Metadata, Variant, VariantKind};
 use crate::flag_set::FlagSet;
-use crate::targeting::{Compiler, FractionalMode};
+use crate::json_text::parse_document;
+use crate::limits::{Limits, shown};
+use crate::targeting::{Budget, Compiler, FractionalMode};
 
 /// Which of flagd's two document schemas applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,10 +36,17 @@ impl Dialect {
     }
 }
 
+/// How to read a document. Construct with `..CompileOptions::default()` so new options keep their
+/// defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CompileOptions {
     pub dialect: Dialect,
     pub fractional: FractionalMode,
+    /// What one evaluation may cost; carried by the compiled `FlagSet`. Rules that must exceed it
+    /// whatever the context (visible in their constants) are refused when compiled.
+    pub budget: Budget,
+    /// How large a document may be.
+    pub limits: Limits,
 }
 
 /// A compiled flag set and everything worth telling its author.
@@ -67,14 +76,23 @@ impl Compiled {
     }
 }
 
-/// Compiles a flag-definition document given as JSON text.
+/// Compiles a flag-definition document given as JSON text: refused whole if it is larger than
+/// `options.limits.max_document_bytes` or repeats a key in any object (see [`parse_document`]).
 pub fn compile(json: &str, options: &CompileOptions) -> Result<Compiled, DefinitionError> {
-    let document: Value =
-        serde_json::from_str(json).map_err(|e| DefinitionError::Json(e.to_string()))?;
+    // Checked on the text, before parsing: the cheapest place to refuse a huge document.
+    if json.len() > options.limits.max_document_bytes {
+        return Err(DefinitionError::Limit {
+            kind: LimitKind::DocumentBytes,
+            found: json.len(),
+            limit: options.limits.max_document_bytes,
+        });
+    }
+    let document = parse_document(json)?;
     compile_value(&document, options)
 }
 
-/// Compiles a flag-definition document already parsed as JSON.
+/// Compiles a flag-definition document already parsed as JSON. A `Value` has already lost any
+/// repeated keys and its text's size, so those two checks are [`compile`]'s; prefer it for text.
 pub fn compile_value(
     document: &Value,
     options: &CompileOptions,
@@ -115,8 +133,23 @@ pub fn compile_value(
             ));
         }
     };
+    let limits = &options.limits;
+    if raw_flags.len() > limits.max_flags {
+        return Err(DefinitionError::Limit {
+            kind: LimitKind::Flags,
+            found: raw_flags.len(),
+            limit: limits.max_flags,
+        });
+    }
     let evaluators = match root.get("$evaluators") {
         None => None,
+        Some(Value::Object(map)) if map.len() > limits.max_evaluators => {
+            return Err(DefinitionError::Limit {
+                kind: LimitKind::Evaluators,
+                found: map.len(),
+                limit: limits.max_evaluators,
+            });
+        }
         Some(Value::Object(map)) => Some(map),
         Some(other) => {
             return Err(shape(
@@ -128,7 +161,7 @@ pub fn compile_value(
 
     let mut diags = Diagnostics::default();
     let set_metadata = metadata(root.get("metadata"), &Path::root("metadata"), &mut diags);
-    let mut compiler = Compiler::new(evaluators, options.fractional);
+    let mut compiler = Compiler::new(evaluators, options.fractional, options.budget);
     compiler.compile_evaluators(&mut diags);
 
     let mut entries: Vec<Entry> = Vec::with_capacity(raw_flags.len());
@@ -136,15 +169,23 @@ pub fn compile_value(
     let mut flags_map = Map::new();
     for (key, path, raw) in raw_flags {
         if !seen.insert(key.clone()) {
-            diags.error(&path, format!("flag key {key:?} is defined more than once"));
+            diags.error(
+                &path,
+                format!("flag key {:?} is defined more than once", shown(&key)),
+            );
             continue;
         }
         flags_map.insert(key.clone(), without_key(raw));
+        if key.len() > limits.max_flag_key_bytes {
+            entries.push(over_long_key(&key, raw, &set_metadata, limits, &mut diags));
+            continue;
+        }
         entries.push(compile_flag(
             &key,
             raw,
             &path,
             &set_metadata,
+            limits,
             &mut compiler,
             &mut diags,
         ));
@@ -161,7 +202,12 @@ pub fn compile_value(
     }
 
     Ok(Compiled {
-        flag_set: FlagSet::new(entries, set_metadata, Value::Object(provider_document)),
+        flag_set: FlagSet::new(
+            entries,
+            set_metadata,
+            Value::Object(provider_document),
+            options.budget,
+        ),
         diagnostics: diags.0,
     })
 }
@@ -189,6 +235,38 @@ fn array_flags(items: &[Value]) -> Result<Vec<(String, Path, &Value)>, ShapeProb
         .collect()
 }
 
+/// A flag whose key is over `max_flag_key_bytes`: an error diagnostic and a `BrokenFlag`, like any
+/// other problem confined to one flag, but nothing else of it is compiled, so no diagnostic path
+/// repeats the key whole (the path and the message show its first 256 bytes).
+fn over_long_key(
+    key: &str,
+    raw: &Value,
+    set_metadata: &Metadata,
+    limits: &Limits,
+    diags: &mut Diagnostics,
+) -> Entry {
+    let message = format!(
+        "flag key {:?} is {} bytes, over the limit of {} bytes (max_flag_key_bytes)",
+        shown(key),
+        key.len(),
+        limits.max_flag_key_bytes
+    );
+    let path = Path::root("flags").key(&shown(key));
+    diags.error(&path, message.clone());
+    Entry::Broken(BrokenFlag {
+        key: key.into(),
+        problem: format!("{}: {message}", path.as_str()),
+        metadata: own_metadata(raw, set_metadata),
+    })
+}
+
+fn own_metadata(raw: &Value, set_metadata: &Metadata) -> Metadata {
+    raw.get("metadata")
+        .and_then(Value::as_object)
+        .map(|own| overlay(set_metadata, own))
+        .unwrap_or_else(|| set_metadata.clone())
+}
+
 fn without_key(raw: &Value) -> Value {
     let mut flag = raw.clone();
     if let Value::Object(map) = &mut flag {
@@ -202,12 +280,15 @@ fn compile_flag(
     raw: &Value,
     path: &Path,
     set_metadata: &Metadata,
+    limits: &Limits,
     compiler: &mut Compiler<'_>,
     diags: &mut Diagnostics,
 ) -> Entry {
     let mark = diags.len();
     let flag = match raw {
-        Value::Object(def) => compile_flag_object(key, def, path, set_metadata, compiler, diags),
+        Value::Object(def) => {
+            compile_flag_object(key, def, path, set_metadata, limits, compiler, diags)
+        }
         other => {
             diags.error(
                 path,
@@ -223,11 +304,7 @@ fn compile_flag(
     match flag {
         Some(flag) if problem.is_empty() => Entry::Ready(flag),
         _ => {
-            let metadata = raw
-                .get("metadata")
-                .and_then(Value::as_object)
-                .map(|own| overlay(set_metadata, own))
-                .unwrap_or_else(|| set_metadata.clone());
+            let metadata = own_metadata(raw, set_metadata);
             Entry::Broken(BrokenFlag {
                 key: key.into(),
                 problem: if problem.is_empty() {
@@ -246,6 +323,7 @@ fn compile_flag_object(
     def: &Map<String, Value>,
     path: &Path,
     set_metadata: &Metadata,
+    limits: &Limits,
     compiler: &mut Compiler<'_>,
     diags: &mut Diagnostics,
 ) -> Option<Flag> {
@@ -264,7 +342,7 @@ fn compile_flag_object(
             None
         }
     };
-    let variants = variants(def.get("variants"), path, diags);
+    let variants = variants(def.get("variants"), path, limits, diags);
     let default_variant = match (def.get("defaultVariant"), &variants) {
         (None | Some(Value::Null), _) => Some(None),
         (Some(Value::String(name)), Some((list, _))) => {
@@ -310,10 +388,22 @@ fn compile_flag_object(
 fn variants(
     raw: Option<&Value>,
     path: &Path,
+    limits: &Limits,
     diags: &mut Diagnostics,
 ) -> Option<(Box<[Variant]>, VariantKind)> {
     let vpath = path.key("variants");
     let map = match raw {
+        Some(Value::Object(map)) if map.len() > limits.max_variants => {
+            diags.error(
+                &vpath,
+                format!(
+                    "{} variants, over the limit of {} per flag (max_variants)",
+                    map.len(),
+                    limits.max_variants
+                ),
+            );
+            return None;
+        }
         Some(Value::Object(map)) if !map.is_empty() => map,
         Some(Value::Object(_)) => {
             diags.error(&vpath, "a flag needs at least one variant");
@@ -338,6 +428,20 @@ fn variants(
     let mut ok = true;
     let mut list = Vec::with_capacity(map.len());
     for (name, value) in map {
+        if name.len() > limits.max_variant_name_bytes {
+            // Reported at the variants' path: a path with the name in it would echo it whole.
+            diags.error(
+                &vpath,
+                format!(
+                    "variant name {:?} is {} bytes, over the limit of {} bytes (max_variant_name_bytes)",
+                    shown(name),
+                    name.len(),
+                    limits.max_variant_name_bytes
+                ),
+            );
+            ok = false;
+            continue;
+        }
         match (VariantKind::of(value), kind) {
             (None, _) => {
                 diags.error(

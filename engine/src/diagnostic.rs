@@ -52,6 +52,90 @@ pub enum DefinitionError {
     Json(String),
     #[error("{path}: {message}")]
     Shape { path: String, message: String },
+    /// An object with a key repeated (JSON allows it, serde_json would keep the last): the
+    /// object's path, the key (cut to 256 bytes), which member of the object repeats it (1-based),
+    /// and where that member ends in the text.
+    #[error(
+        "{}duplicate key {key:?}: member {member} of the object repeats an earlier member (line {line}, column {column})",
+        if path.is_empty() { String::new() } else { format!("{path}: ") }
+    )]
+    DuplicateKey {
+        path: String,
+        key: String,
+        member: usize,
+        line: usize,
+        column: usize,
+    },
+    /// The document is over one of the [`Limits`](crate::Limits) that apply to a whole set.
+    #[error("{}", limit_message(*kind, *found, *limit))]
+    Limit {
+        kind: LimitKind,
+        found: usize,
+        limit: usize,
+    },
+}
+
+/// Which whole-document limit a [`DefinitionError::Limit`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// `Limits::max_document_bytes`
+    DocumentBytes,
+    /// `Limits::max_flags`
+    Flags,
+    /// `Limits::max_evaluators`
+    Evaluators,
+}
+
+fn limit_message(kind: LimitKind, found: usize, limit: usize) -> String {
+    match kind {
+        LimitKind::DocumentBytes => format!(
+            "the document is {found} bytes, over the limit of {limit} bytes (max_document_bytes)"
+        ),
+        LimitKind::Flags => {
+            format!("flags: {found} flags, over the limit of {limit} flags per set (max_flags)")
+        }
+        LimitKind::Evaluators => {
+            format!("$evaluators: {found} evaluators, over the limit of {limit} (max_evaluators)")
+        }
+    }
+}
+
+/// The first diagnostics of a long list and how many more there are, for reporting a definition
+/// with thousands of problems in a bounded number of lines. `Display` writes one line per shown
+/// diagnostic, then `... and N more` when some were left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiagnosticSummary<'d> {
+    pub shown: &'d [Diagnostic],
+    pub omitted: usize,
+}
+
+impl<'d> DiagnosticSummary<'d> {
+    /// At most `limit` diagnostics, in order, and the count of the rest.
+    pub fn new(diagnostics: &'d [Diagnostic], limit: usize) -> DiagnosticSummary<'d> {
+        let shown = diagnostics.get(..limit).unwrap_or(diagnostics);
+        DiagnosticSummary {
+            shown,
+            omitted: diagnostics.len() - shown.len(),
+        }
+    }
+}
+
+impl fmt::Display for DiagnosticSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.shown.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        if self.omitted > 0 {
+            if !self.shown.is_empty() {
+                f.write_str("\n")?;
+            }
+            write!(f, "... and {} more", self.omitted)?;
+        }
+        Ok(())
+    }
 }
 
 /// A JSON path under construction while walking a definition. Cheap to extend: the compiler builds
@@ -116,5 +200,35 @@ impl Diagnostics {
 
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diagnostic(i: usize) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Error,
+            path: format!("flags.f{i}"),
+            message: "missing \"state\"".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_summary_shows_the_first_diagnostics_and_counts_the_rest() {
+        let many: Vec<Diagnostic> = (0..5).map(diagnostic).collect();
+        let summary = DiagnosticSummary::new(&many, 2);
+        assert_eq!((summary.shown.len(), summary.omitted), (2, 3));
+        assert_eq!(
+            summary.to_string(),
+            "error: flags.f0: missing \"state\"\nerror: flags.f1: missing \"state\"\n... and 3 more"
+        );
+        let all = DiagnosticSummary::new(&many[..1], 100);
+        assert_eq!((all.shown.len(), all.omitted), (1, 0));
+        assert_eq!(
+            DiagnosticSummary::new(&many, 0).to_string(),
+            "... and 5 more"
+        );
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::context::EvaluationContext;
 use crate::flag::{Entry, Flag, FlagState, Metadata, Variant};
 use crate::resolution::{ErrorCode, Reason, Resolution, ResolveError};
-use crate::targeting::Scope;
+use crate::targeting::{Budget, Meter, Scope};
 
 /// Flag keys are chosen by the flag set's authors, not by requests, so a fast unkeyed hash is safe
 /// here: a request can only look keys up, never insert them.
@@ -24,6 +24,8 @@ pub struct FlagSet {
     version: u64,
     /// The definition in flagd's provider form (flags as a map), for the sync protocol.
     document: Value,
+    /// What one evaluation of one of these flags may cost (from `CompileOptions`).
+    budget: Budget,
 }
 
 /// The type a caller asks for; resolving a flag as another type is `TYPE_MISMATCH`.
@@ -37,7 +39,12 @@ pub enum FlagType {
 }
 
 impl FlagSet {
-    pub(crate) fn new(mut entries: Vec<Entry>, metadata: Metadata, document: Value) -> FlagSet {
+    pub(crate) fn new(
+        mut entries: Vec<Entry>,
+        metadata: Metadata,
+        document: Value,
+        budget: Budget,
+    ) -> FlagSet {
         entries.sort_by(|a, b| a.key().cmp(b.key()));
         let index = entries
             .iter()
@@ -50,6 +57,7 @@ impl FlagSet {
             metadata,
             version: 0,
             document,
+            budget,
         }
     }
 
@@ -61,6 +69,11 @@ impl FlagSet {
 
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// What one evaluation of one of these flags may cost.
+    pub fn budget(&self) -> Budget {
+        self.budget
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -91,9 +104,12 @@ impl FlagSet {
     /// Resolves `key` without asking for a type: the value is whatever the variant holds.
     pub fn resolve<'s>(&'s self, key: &str, ctx: &EvaluationContext) -> Resolution<'s, &'s Value> {
         match self.get(key) {
-            Some(entry) => resolve_entry(entry, ctx),
+            Some(entry) => resolve_entry(entry, ctx, self.budget),
             None => Resolution::failed(
-                ResolveError::new(ErrorCode::FlagNotFound, format!("flag {key:?} not found")),
+                ResolveError::new(
+                    ErrorCode::FlagNotFound,
+                    format!("flag {:?} not found", crate::limits::shown(key)),
+                ),
                 &self.metadata,
             ),
         }
@@ -135,7 +151,7 @@ impl FlagSet {
     ) -> impl Iterator<Item = (&'s str, Resolution<'s, &'s Value>)> + 's {
         self.entries
             .iter()
-            .map(move |entry| (entry.key(), resolve_entry(entry, ctx)))
+            .map(move |entry| (entry.key(), resolve_entry(entry, ctx, self.budget)))
     }
 
     fn resolve_typed<'s, T>(
@@ -200,20 +216,32 @@ fn as_whole_number(v: &Value) -> Option<i64> {
     })
 }
 
-fn resolve_entry<'s>(entry: &'s Entry, ctx: &EvaluationContext) -> Resolution<'s, &'s Value> {
+fn resolve_entry<'s>(
+    entry: &'s Entry,
+    ctx: &EvaluationContext,
+    budget: Budget,
+) -> Resolution<'s, &'s Value> {
     match entry {
         Entry::Broken(broken) => Resolution::failed(
             ResolveError::new(
                 ErrorCode::ParseError,
-                format!("flag {:?} is invalid: {}", broken.key, broken.problem),
+                format!(
+                    "flag {:?} is invalid: {}",
+                    crate::limits::shown(&broken.key),
+                    broken.problem
+                ),
             ),
             &broken.metadata,
         ),
-        Entry::Ready(flag) => resolve_flag(flag, ctx),
+        Entry::Ready(flag) => resolve_flag(flag, ctx, budget),
     }
 }
 
-fn resolve_flag<'s>(flag: &'s Flag, ctx: &EvaluationContext) -> Resolution<'s, &'s Value> {
+fn resolve_flag<'s>(
+    flag: &'s Flag,
+    ctx: &EvaluationContext,
+    budget: Budget,
+) -> Resolution<'s, &'s Value> {
     let done = |variant: Option<&'s Variant>, reason: Reason| Resolution {
         value: variant.map(|v| &v.value),
         variant: variant.map(|v| &*v.name),
@@ -230,13 +258,22 @@ fn resolve_flag<'s>(flag: &'s Flag, ctx: &EvaluationContext) -> Resolution<'s, &
             None => done(None, Reason::Default),
         };
     };
+    let meter = Meter::new(budget);
     let scope = Scope {
         root: ctx.fields(),
         data: None,
         flag_key: &flag.key,
         now: ctx.now(),
+        meter: &meter,
     };
     let chosen = rule.eval(&scope);
+    // Whatever an exhausted evaluation answered is meaningless (its nodes turned null midway).
+    if let Some(exceeded) = meter.exceeded() {
+        return Resolution::failed(
+            ResolveError::over_budget(&flag.key, exceeded),
+            &flag.metadata,
+        );
+    }
     let name = match &*chosen {
         Value::Null => return done(flag.default_variant(), Reason::Default),
         Value::String(name) => name.as_str(),

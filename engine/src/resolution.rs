@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::flag::Metadata;
+use crate::targeting::{BudgetExceeded, BudgetKind};
 
 /// Why a flag resolved the way it did. The names are flagd's (and OpenFeature's) wire strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,6 +96,12 @@ impl fmt::Display for ErrorCode {
 pub struct ResolveError {
     pub code: ErrorCode,
     pub message: String,
+    /// `Some` when the flag's evaluation was stopped by the set's [`Budget`](crate::Budget) (the
+    /// code is then `General`): which of its counters ran out, so a node can count these per
+    /// flag; the limit is the set's (`FlagSet::budget`) and the message names it. Only the kind,
+    /// one byte that fits beside `code`: every resolution carries an `Option<ResolveError>`, and
+    /// this keeps it (and so every resolution) the size it was.
+    pub exceeded: Option<BudgetKind>,
 }
 
 impl ResolveError {
@@ -102,6 +109,20 @@ impl ResolveError {
         ResolveError {
             code,
             message: message.into(),
+            exceeded: None,
+        }
+    }
+
+    /// flagd has no code for "too expensive", so a budget stop is GENERAL, like every other
+    /// failure of targeting at run time.
+    pub(crate) fn over_budget(flag_key: &str, exceeded: BudgetExceeded) -> ResolveError {
+        ResolveError {
+            code: ErrorCode::General,
+            message: format!(
+                "flag {:?}: evaluation exceeded its {exceeded}",
+                crate::limits::shown(flag_key)
+            ),
+            exceeded: Some(exceeded.kind),
         }
     }
 }
@@ -152,6 +173,15 @@ impl<'s, V> Resolution<'s, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_kind_costs_a_resolution_nothing() {
+        // `exceeded` fits in the padding beside `code`: resolutions stay as small as before.
+        assert_eq!(
+            std::mem::size_of::<Option<ResolveError>>(),
+            std::mem::size_of::<String>() + 8
+        );
+    }
 
     #[test]
     fn wire_names_round_trip() {

@@ -383,6 +383,7 @@ impl WireError {
         Ok(ResolveError {
             code,
             message: self.message,
+            exceeded: None,
         })
     }
 }
@@ -417,6 +418,7 @@ mod tests {
         let missing = ResolveError {
             code: ErrorCode::FlagNotFound,
             message: "flag g not found".into(),
+            exceeded: None,
         };
         assert_eq!(
             decode_answer(&answer_bytes(Err(missing.clone()))).unwrap(),

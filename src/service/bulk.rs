@@ -292,6 +292,7 @@ mod tests {
             error: Some(bunting_engine::ResolveError {
                 code: EngineErrorCode::FlagNotFound,
                 message: "flag \"nope\" not found".into(),
+                exceeded: None,
             }),
             metadata: serde_json::Map::new(),
             flag_set_version: 1,

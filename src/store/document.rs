@@ -32,6 +32,8 @@ pub(crate) fn validate(document: &Value, options: &CompileOptions) -> Result<Fla
     let compiled = bunting_engine::compile_value(document, options).map_err(|e| match e {
         DefinitionError::Shape { path, message } => StoreError::invalid(&path, message),
         DefinitionError::Json(message) => StoreError::invalid("", message),
+        // Limits and duplicate keys (the message names the path and the limit or key).
+        other => StoreError::invalid("", other.to_string()),
     })?;
     compiled
         .into_clean()

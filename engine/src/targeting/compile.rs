@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::budget::{Budget, Meter, SCAN_PER_STEP, heap_size_within};
 use super::eval::Scope;
 use super::expr::{Expr, Op, VarPath};
 use super::fractional::{Bucket, Fractional, FractionalMode, MAX_TOTAL_WEIGHT, Weight};
@@ -15,6 +16,14 @@ use crate::diagnostic::{Diagnostics, Path};
 /// Rules nested deeper than this are refused: no real rule comes close, and evaluation recurses
 /// once per level.
 pub(crate) const MAX_RULE_DEPTH: usize = 64;
+
+/// Folding constants evaluates them when the set compiles. Each fold is bounded by the budget like
+/// any evaluation, and all the folds of one document together by this many budgets, so a document
+/// of thousands of expensive constant rules cannot make compiling it slow either. Past that
+/// allowance sub-rules are simply left unfolded: folding is an optimisation, and an unfolded
+/// constant is evaluated under the budget like the rest of the rule. Real constant sub-rules take
+/// a handful of steps.
+pub(crate) const FOLD_BUDGETS_PER_DOCUMENT: u64 = 64;
 
 /// Whether `var` reads the caller's context (top level) or the current element of a
 /// `map`/`filter`/`reduce`; `$flagd.*` is only injected into the former.
@@ -33,15 +42,33 @@ pub(crate) struct Compiler<'d> {
     shared: HashMap<String, Option<Arc<Expr>>>,
     expanding: Vec<String>,
     mode: FractionalMode,
+    budget: Budget,
+    /// What is left of the document's allowance for folding constants.
+    fold_left: Budget,
+    /// The product of the lengths of the constant arrays that the iterating operators around the
+    /// rule being compiled walk: a lower bound on how many times it runs per evaluation.
+    loop_product: u64,
 }
 
 impl<'d> Compiler<'d> {
-    pub(crate) fn new(evaluators: Option<&'d Map<String, Value>>, mode: FractionalMode) -> Self {
+    pub(crate) fn new(
+        evaluators: Option<&'d Map<String, Value>>,
+        mode: FractionalMode,
+        budget: Budget,
+    ) -> Self {
         Compiler {
             evaluators,
             shared: HashMap::new(),
             expanding: Vec::new(),
             mode,
+            budget,
+            fold_left: Budget {
+                max_steps: budget.max_steps.saturating_mul(FOLD_BUDGETS_PER_DOCUMENT),
+                max_built_bytes: budget
+                    .max_built_bytes
+                    .saturating_mul(FOLD_BUDGETS_PER_DOCUMENT),
+            },
+            loop_product: 1,
         }
     }
 
@@ -159,18 +186,21 @@ impl<'d> Compiler<'d> {
             }
             return Expr::Const(Value::Null);
         }
-        let compiled: Vec<Expr> = args
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let inner = if op.iterates() && i == 1 {
-                    Level::Element
-                } else {
-                    level
-                };
-                self.expr(a, &arg_path(i), depth + 1, inner, diags)
-            })
-            .collect();
+        let mut compiled: Vec<Expr> = Vec::with_capacity(args.len());
+        for (i, a) in args.iter().enumerate() {
+            let outer_product = self.loop_product;
+            let inner = if op.iterates() && i == 1 {
+                self.enter_loop(compiled.first(), path, diags);
+                Level::Element
+            } else {
+                level
+            };
+            compiled.push(self.expr(a, &arg_path(i), depth + 1, inner, diags));
+            self.loop_product = outer_product;
+        }
+        if op == Op::Reduce {
+            self.check_reduce_growth(&compiled, path, diags);
+        }
         if op.is_flagd_custom() {
             for (i, a) in compiled.iter().enumerate() {
                 if let Expr::Const(c) = a
@@ -187,9 +217,133 @@ impl<'d> Compiler<'d> {
             && let [needle, Expr::Const(Value::Array(list))] = compiled.as_slice()
             && !matches!(needle, Expr::Const(_))
         {
+            self.check_scan(list.len(), path, diags);
             return Expr::InList(Box::new(needle.clone()), list.clone().into());
         }
-        fold(Expr::Op(op, compiled.into()))
+        self.fold(Expr::Op(op, compiled.into()), path, diags)
+    }
+
+    /// Before compiling the body of an iterating operator: when its input is a constant array the
+    /// body runs at least that many times per run of the operator, times the runs of the loops
+    /// around it. Past the step budget every evaluation would fail, so the rule is refused now
+    /// (once, at the first operator that crosses it).
+    fn enter_loop(&mut self, input: Option<&Expr>, path: &Path, diags: &mut Diagnostics) {
+        let Some(Expr::Const(Value::Array(items))) = input else {
+            return;
+        };
+        let outer = self.loop_product;
+        let needed = outer.saturating_mul(items.len() as u64);
+        let max = self.budget.max_steps;
+        if needed > max && outer <= max {
+            diags.error(
+                path,
+                format!(
+                    "nested iteration over constant arrays needs {needed} steps, over the step budget of {max}"
+                ),
+            );
+        }
+        self.loop_product = needed;
+    }
+
+    /// `in` a constant list scans it on every run, times the runs of the loops around it.
+    fn check_scan(&self, len: usize, path: &Path, diags: &mut Diagnostics) {
+        let needed = (len as u64)
+            .div_ceil(SCAN_PER_STEP)
+            .saturating_mul(self.loop_product);
+        let max = self.budget.max_steps;
+        if needed > max && self.loop_product <= max {
+            diags.error(
+                path,
+                format!(
+                    "scanning a constant list of {len} elements needs {needed} steps, over the step budget of {max}"
+                ),
+            );
+        }
+    }
+
+    /// `reduce` over a constant array whose body builds the new accumulator from the old one:
+    /// `cat(accumulator, accumulator)` doubles it every element. A lower bound of what the
+    /// evaluation builds (see [`growth`]) past the size budget refuses the rule now.
+    fn check_reduce_growth(&self, args: &[Expr], path: &Path, diags: &mut Diagnostics) {
+        let [Expr::Const(Value::Array(items)), body, rest @ ..] = args else {
+            return;
+        };
+        let max = self.budget.max_built_bytes;
+        for kind in [Built::Text, Built::List] {
+            let (times, plus) = growth(body, kind);
+            let mut size = match (rest.first(), kind) {
+                (Some(Expr::Const(Value::String(s))), Built::Text) => s.len() as u64,
+                (Some(Expr::Const(v @ Value::Array(_))), Built::List) => {
+                    heap_size_within(v, u64::MAX).unwrap_or(u64::MAX)
+                }
+                _ => 0,
+            };
+            let mut total: u64 = 0;
+            for (n, _) in items.iter().enumerate() {
+                size = size.saturating_mul(times).saturating_add(plus);
+                total = total.saturating_add(size);
+                if total > max {
+                    diags.error(
+                        path,
+                        format!(
+                            "\"reduce\" over a constant array of {} elements builds at least {total} bytes by element {}, over the size budget of {max} bytes",
+                            items.len(),
+                            n + 1
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Evaluates a node whose arguments are all constants, so the work happens once, at load
+    /// time, under the same budget as an evaluation: a constant rule that would exceed it (a
+    /// `map` of a `map` of long constant arrays) is refused instead of built.
+    fn fold(&mut self, expr: Expr, path: &Path, diags: &mut Diagnostics) -> Expr {
+        if !foldable(&expr) || self.fold_left.max_steps == 0 || self.fold_left.max_built_bytes == 0
+        {
+            return expr;
+        }
+        let empty = Map::new();
+        let this_fold = Budget {
+            max_steps: self.budget.max_steps.min(self.fold_left.max_steps),
+            max_built_bytes: self
+                .budget
+                .max_built_bytes
+                .min(self.fold_left.max_built_bytes),
+        };
+        let meter = Meter::new(this_fold);
+        let scope = Scope {
+            root: &empty,
+            data: None,
+            flag_key: "",
+            now: Some(0),
+            meter: &meter,
+        };
+        let value = expr.eval(&scope).into_owned();
+        let (steps, bytes) = meter.used();
+        self.fold_left.max_steps = self.fold_left.max_steps.saturating_sub(steps);
+        self.fold_left.max_built_bytes = self.fold_left.max_built_bytes.saturating_sub(bytes);
+        match meter.exceeded() {
+            None => Expr::Const(value),
+            // Every evaluation would fail the same way: refused now.
+            Some(exceeded) if this_fold == self.budget => {
+                diags.error(
+                    path,
+                    format!("this constant rule exceeds the {exceeded} when evaluated"),
+                );
+                Expr::Const(Value::Null)
+            }
+            // Only the document's allowance ran out: left as it is, and no more folding.
+            Some(_) => {
+                self.fold_left = Budget {
+                    max_steps: 0,
+                    max_built_bytes: 0,
+                };
+                expr
+            }
+        }
     }
 
     fn var(
@@ -305,6 +459,9 @@ impl<'d> Compiler<'d> {
         };
         let before = diags.len();
         self.expanding.push(name.to_owned());
+        // An evaluator is compiled once for all its users, so the loops around the first user do
+        // not belong to it.
+        let outer_product = std::mem::replace(&mut self.loop_product, 1);
         let expr = self.expr(
             definition,
             &Path::root("$evaluators").key(name),
@@ -313,6 +470,7 @@ impl<'d> Compiler<'d> {
             diags,
         );
         self.expanding.pop();
+        self.loop_product = outer_product;
         let failed = diags.errors_since(before).next().is_some();
         let shared = (!failed).then(|| Arc::new(expr));
         self.shared.insert(name.to_owned(), shared.clone());
@@ -379,7 +537,8 @@ impl<'d> Compiler<'d> {
         match (left, op, right) {
             (Some(left), Some(op), Some(right)) => {
                 let rule = SemVerRule { left, op, right };
-                fold(Expr::SemVer(Box::new(rule)))
+                let path = arg_path(1);
+                self.fold(Expr::SemVer(Box::new(rule)), &path, diags)
             }
             _ => Expr::Const(Value::Null),
         }
@@ -522,9 +681,9 @@ fn constants(items: &[Expr]) -> Option<Vec<Value>> {
         .collect()
 }
 
-/// Evaluates a node whose arguments are all constants, so the work happens once, at load time.
-fn fold(expr: Expr) -> Expr {
-    let foldable = match &expr {
+/// Whether a node's arguments are all constants, so it can be evaluated once, at load time.
+fn foldable(expr: &Expr) -> bool {
+    match expr {
         // `missing` reads the context even when its arguments are constant key names.
         Expr::Op(Op::Missing | Op::MissingSome, _) => false,
         Expr::Op(_, args) => args.iter().all(|a| matches!(a, Expr::Const(_))),
@@ -534,17 +693,111 @@ fn fold(expr: Expr) -> Expr {
                 && matches!(rule.right, Operand::Fixed(_))
         }
         _ => false,
-    };
-    if !foldable {
-        return expr;
     }
-    let empty = Map::new();
-    let scope = Scope {
-        root: &empty,
-        data: None,
-        flag_key: "",
-        now: Some(0),
+}
+
+/// What a `reduce` body builds from its accumulator: text (`cat`) or a list (`merge`, arrays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Built {
+    Text,
+    List,
+}
+
+/// A lower bound on how a `reduce` body grows the accumulator, as `(times, plus)`: the new one is
+/// at least `times` copies of the old one plus `plus` bytes. Only what is certain counts: a
+/// branch (`if`, `and`, `or`) counts its smallest outcome, an operator it does not know counts
+/// nothing, and inside a nested iterating operator `accumulator` is another element's, so it
+/// counts nothing either. The runtime meter charges at least this much, so a rule refused on this
+/// bound would fail every evaluation.
+fn growth(e: &Expr, kind: Built) -> (u64, u64) {
+    let sum = |args: &[Expr], piece: &dyn Fn(&Expr) -> (u64, u64)| {
+        args.iter()
+            .map(piece)
+            .fold((0u64, 0u64), |(t, p), (t2, p2)| {
+                (t.saturating_add(t2), p.saturating_add(p2))
+            })
     };
-    let value = expr.eval(&scope).into_owned();
-    Expr::Const(value)
+    let slot = std::mem::size_of::<Value>() as u64;
+    match e {
+        Expr::Var(var) if var.segments.len() == 1 && &*var.segments[0] == "accumulator" => (1, 0),
+        Expr::Op(Op::If, args) => {
+            let outcomes = args
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1 || *i + 1 == args.len());
+            least(outcomes.map(|(_, a)| growth(a, kind)))
+        }
+        Expr::Op(Op::And | Op::Or, args) => least(args.iter().map(|a| growth(a, kind))),
+        Expr::Op(Op::Cat, args) if kind == Built::Text => sum(args, &|a| match a {
+            Expr::Const(Value::String(s)) => (0, s.len() as u64),
+            other => growth(other, kind),
+        }),
+        Expr::Op(Op::Merge, args) if kind == Built::List => sum(args, &|a| match a {
+            Expr::Const(Value::Array(items)) => (0, (items.len() as u64).saturating_mul(slot)),
+            Expr::Const(_) => (0, slot),
+            Expr::Array(items) => sum(items, &|item| {
+                let (t, p) = growth(item, kind);
+                (t, p.saturating_add(slot))
+            }),
+            other => growth(other, kind),
+        }),
+        Expr::Array(items) if kind == Built::List => sum(items, &|item| {
+            let (t, p) = growth(item, kind);
+            (t, p.saturating_add(slot))
+        }),
+        _ => (0, 0),
+    }
+}
+
+/// The component-wise minimum of several growth bounds (none: no growth).
+fn least(bounds: impl Iterator<Item = (u64, u64)>) -> (u64, u64) {
+    bounds
+        .reduce(|(t, p), (t2, p2)| (t.min(t2), p.min(p2)))
+        .unwrap_or((0, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Folds stop once the document's allowance is spent, and what is left unfolded is still the
+    /// rule it was.
+    #[test]
+    fn folding_stops_at_the_documents_allowance() {
+        let budget = Budget {
+            max_steps: 1_000,
+            max_built_bytes: 1 << 20,
+        };
+        let mut compiler = Compiler::new(None, FractionalMode::Cbor, budget);
+        let items: Vec<Value> = (0..400).map(Value::from).collect();
+        let rule = json!({"map": [items, 1]});
+        let mut diags = Diagnostics::default();
+        let folded: Vec<bool> = (0..200)
+            .map(|_| {
+                let expr = compiler.compile(&rule, &Path::root("rule"), &mut diags);
+                matches!(expr, Expr::Const(_))
+            })
+            .collect();
+        assert!(diags.0.is_empty(), "{:?}", diags.0);
+        let count = folded.iter().filter(|f| **f).count();
+        // 64 budgets of 1,000 steps, about 400 steps a fold (a step per element).
+        assert!((150..=165).contains(&count), "{count} folded");
+        assert!(folded[..count].iter().all(|f| *f) && !folded[count..].iter().any(|f| *f));
+        // An unfolded one evaluates to the same value, under the budget.
+        let expr = compiler.compile(&rule, &Path::root("rule"), &mut diags);
+        let meter = Meter::new(budget);
+        let empty = Map::new();
+        let scope = Scope {
+            root: &empty,
+            data: None,
+            flag_key: "",
+            now: None,
+            meter: &meter,
+        };
+        assert!(!matches!(expr, Expr::Const(_)));
+        assert_eq!(expr.eval(&scope).into_owned(), json!(vec![1; 400]));
+        assert_eq!(meter.exceeded(), None);
+    }
 }

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use super::budget::heap_size_within;
 use super::cbor;
 use super::eval::Scope;
 use super::expr::Expr;
@@ -107,6 +108,12 @@ impl Fractional {
     /// The bucketing hash, or `None` when there is nothing to bucket by (flagd answers null then).
     fn hash(&self, scope: &Scope<'_>) -> Option<u32> {
         let explicit = self.bucket_by.as_ref().map(|e| e.eval(scope));
+        // Hashing reads the whole bucketing value.
+        if let Some(value) = &explicit
+            && !scope.meter.work(hashed_bytes(value))
+        {
+            return None;
+        }
         match self.mode {
             FractionalMode::Cbor => {
                 let mut hasher = Murmur3::new(0);
@@ -134,6 +141,19 @@ impl Fractional {
                 }
             },
         }
+    }
+}
+
+/// The bytes hashing `value` reads: a string's length (the usual case, without a walk), or the
+/// size of a whole array or object.
+#[inline]
+fn hashed_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        _ => heap_size_within(value, u64::MAX)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(usize::MAX),
     }
 }
 

@@ -229,7 +229,14 @@ impl SemVerRule {
 fn operand<'r>(o: &'r Operand, scope: &Scope<'_>) -> Option<std::borrow::Cow<'r, Version>> {
     match o {
         Operand::Fixed(v) => Some(std::borrow::Cow::Borrowed(v)),
-        Operand::Computed(e) => Version::from_value(&e.eval(scope)).map(std::borrow::Cow::Owned),
+        Operand::Computed(e) => {
+            let value = e.eval(scope);
+            // Parsing reads the whole version text.
+            if !scope.meter.work(super::budget::work_size(&value)) {
+                return None;
+            }
+            Version::from_value(&value).map(std::borrow::Cow::Owned)
+        }
     }
 }
 
