@@ -153,6 +153,10 @@ pub struct Config {
     pub scylla: Option<ScyllaConfig>,
     /// `[connections]`: limits and timeouts for client connections (see [`ConnectionsConfig`]).
     pub connections: ConnectionsConfig,
+    /// `[evaluation]`: what one flag evaluation may cost (see [`EvaluationConfig`]).
+    pub evaluation: EvaluationConfig,
+    /// `[definitions]`: how large a flag set may be (see [`DefinitionsConfig`]).
+    pub definitions: DefinitionsConfig,
     /// Streams (flagd `EventStream` v1/v2 and `SyncFlags`) open at once; more are refused with
     /// RESOURCE_EXHAUSTED. Separate from `max_concurrent_requests`: a stream lives for hours.
     pub max_streams: NonZeroUsize,
@@ -165,6 +169,85 @@ pub struct Config {
     /// the remaining connections are closed: a peer that does not read would otherwise hold the
     /// node up for ever.
     pub drain_timeout_ms: NonZeroU64,
+}
+
+/// `[evaluation]`: the engine's budget for one evaluation (`bunting_engine::Budget`). A rule
+/// that runs past it fails that one evaluation with flagd's GENERAL error, counted in
+/// `bunting_evaluation_budget_exceeded_total{flag_set, flag, budget}`; a rule whose constants show
+/// it must run past it is refused when the flag set is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluationConfig {
+    /// Rule nodes evaluated plus elements scanned (a step per 8), per evaluation.
+    pub max_steps: NonZeroU64,
+    /// Bytes of values built during one evaluation (strings, arrays, objects), added up.
+    pub max_built_bytes: NonZeroU64,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        let budget = bunting_engine::Budget::default();
+        EvaluationConfig {
+            max_steps: NonZeroU64::new(budget.max_steps).unwrap_or(NonZeroU64::MIN),
+            max_built_bytes: NonZeroU64::new(budget.max_built_bytes).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+}
+
+impl EvaluationConfig {
+    pub fn budget(&self) -> bunting_engine::Budget {
+        bunting_engine::Budget {
+            max_steps: self.max_steps.get(),
+            max_built_bytes: self.max_built_bytes.get(),
+        }
+    }
+}
+
+/// `[definitions]`: the engine's document limits (`bunting_engine::Limits`), applied to the flag
+/// file, the Admin API and `bunting validate` alike. A refusal names the limit and the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefinitionsConfig {
+    /// A flag set's JSON text (a flag file, one Admin write's document), in bytes.
+    pub max_document_bytes: NonZeroUsize,
+    /// Flags in one flag set.
+    pub max_flags: NonZeroUsize,
+    /// Variants of one flag.
+    pub max_variants: NonZeroUsize,
+    /// A flag key, in bytes.
+    pub max_flag_key_bytes: NonZeroUsize,
+    /// A variant name, in bytes.
+    pub max_variant_name_bytes: NonZeroUsize,
+    /// Named rules in a set's `$evaluators`.
+    pub max_evaluators: NonZeroUsize,
+}
+
+impl Default for DefinitionsConfig {
+    fn default() -> Self {
+        let limits = bunting_engine::Limits::default();
+        let non_zero = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        DefinitionsConfig {
+            max_document_bytes: non_zero(limits.max_document_bytes),
+            max_flags: non_zero(limits.max_flags),
+            max_variants: non_zero(limits.max_variants),
+            max_flag_key_bytes: non_zero(limits.max_flag_key_bytes),
+            max_variant_name_bytes: non_zero(limits.max_variant_name_bytes),
+            max_evaluators: non_zero(limits.max_evaluators),
+        }
+    }
+}
+
+impl DefinitionsConfig {
+    pub fn limits(&self) -> bunting_engine::Limits {
+        bunting_engine::Limits {
+            max_document_bytes: self.max_document_bytes.get(),
+            max_flags: self.max_flags.get(),
+            max_variants: self.max_variants.get(),
+            max_flag_key_bytes: self.max_flag_key_bytes.get(),
+            max_variant_name_bytes: self.max_variant_name_bytes.get(),
+            max_evaluators: self.max_evaluators.get(),
+        }
+    }
 }
 
 /// `[connections]`: what one client connection may hold and for how long, so idle or hostile
@@ -312,6 +395,8 @@ impl Default for Config {
             scylla: None,
             shared_tier: SharedTierConfig::None,
             connections: ConnectionsConfig::default(),
+            evaluation: EvaluationConfig::default(),
+            definitions: DefinitionsConfig::default(),
             max_streams: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
             stream_lag_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
             drain_timeout_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),

@@ -26,8 +26,17 @@ pub fn load(
         path: path.to_owned(),
         source,
     };
-    let document: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| definition_error(bunting_engine::DefinitionError::Json(e.to_string())))?;
+    // The engine's parser, not serde_json's: it refuses duplicate keys (serde_json keeps the
+    // last) and documents over the size limit.
+    let limits = bunting_engine::Limits::default();
+    if text.len() > limits.max_document_bytes {
+        return Err(definition_error(bunting_engine::DefinitionError::Limit {
+            kind: bunting_engine::LimitKind::DocumentBytes,
+            found: text.len(),
+            limit: limits.max_document_bytes,
+        }));
+    }
+    let document = bunting_engine::parse_document(&text).map_err(definition_error)?;
     let dialect = match schema {
         Some(SchemaArg::Flagd) => Dialect::Flagd,
         Some(SchemaArg::Provider) => Dialect::Provider,

@@ -100,6 +100,9 @@ pub struct BoundServer {
     actors: ActorRuntime,
 }
 
+/// How this node compiles flag sets: its `fractional` mode, `[evaluation]` budget and
+/// `[definitions]` limits. The file source, the admin store's write check and the feed's snapshot
+/// compile all use it, so what one accepts the others serve.
 pub fn compile_options(config: &Config) -> CompileOptions {
     CompileOptions {
         dialect: Dialect::Flagd,
@@ -108,7 +111,8 @@ pub fn compile_options(config: &Config) -> CompileOptions {
             FractionalConfig::String => FractionalMode::String,
             FractionalConfig::Legacy => FractionalMode::LegacyFloat,
         },
-        ..CompileOptions::default()
+        budget: config.evaluation.budget(),
+        limits: config.definitions.limits(),
     }
 }
 

@@ -1135,3 +1135,69 @@ async fn bunting_flags_push_makes_a_set_match_a_file() {
     assert_eq!(before.flag_set_version, after.flag_set_version);
     node.stop().await;
 }
+
+/// Issue 9's write-side bounds: a flag write checks its own flag (budget, duplicate keys) and the
+/// set's flag count; a refused write changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flag_writes_are_refused_past_the_budget_the_flag_limit_and_on_duplicate_keys() {
+    let db = TestDb::create().await;
+    let mut config = postgres_config(&db);
+    config.definitions.max_flags = std::num::NonZeroUsize::new(3).unwrap();
+    let node = TestNode::start(config).await;
+    let mut admin = node.admin().await;
+    create_set(&mut admin, "shop").await;
+
+    // Three nested `some` over 600 constants: 216 million steps, refused when compiled, at the
+    // rule's path.
+    let big: Vec<Value> = (0..600).map(Value::from).collect();
+    let cpu_bomb = json!({
+        "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+        "targeting": {"if": [
+            {"some": [big, {"some": [big, {"some": [big, {"==": [{"var": ""}, -1]}]}]}]},
+            "on", "off"
+        ]}
+    });
+    let refused = create_flag(&mut admin, "shop", "bomb", &cpu_bomb)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("budget"), "{refused:?}");
+    assert!(
+        violated_fields(&refused)
+            .iter()
+            .any(|f| f.starts_with("flags.bomb.targeting")),
+        "{:?}",
+        violated_fields(&refused)
+    );
+
+    // A repeated key is an error, not the last one silently kept.
+    let duplicated =
+        r#"{"state": "ENABLED", "variants": {"on": true, "on": false}, "defaultVariant": "on"}"#;
+    let refused = admin
+        .create_flag(pb::CreateFlagRequest {
+            flag_set_id: "shop".into(),
+            key: "twice".into(),
+            definition: duplicated.into(),
+            expected_flag_set_version: 0,
+            actor: "ada".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("duplicate key"), "{refused:?}");
+
+    for key in ["a", "b", "c"] {
+        create_flag(&mut admin, "shop", key, &banner("off"))
+            .await
+            .unwrap();
+    }
+    let refused = create_flag(&mut admin, "shop", "d", &banner("off"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("max_flags"), "{refused:?}");
+    let listed = list_flags(&mut admin, "shop").await;
+    let keys: Vec<&str> = listed.flags.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "c"], "refused writes changed nothing");
+    node.stop().await;
+}

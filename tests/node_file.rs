@@ -283,3 +283,101 @@ fn channel_lazy(addr: SocketAddr) -> Channel {
         .timeout(Duration::from_secs(2))
         .connect_lazy()
 }
+
+/// The reduce that doubles a string per element: 2^34 bytes for a 34-item array. From the
+/// context, only the evaluation budget stops it; with the list written in the rule, compiling
+/// refuses it.
+fn doubling(items: serde_json::Value) -> serde_json::Value {
+    json!({"if": [
+        {"reduce": [items, {"cat": [{"var": "accumulator"}, {"var": "accumulator"}]}, "ab"]},
+        "on", "off"
+    ]})
+}
+
+fn budget_flags(targeting: serde_json::Value) -> String {
+    json!({"flags": {
+        "bomb": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                 "defaultVariant": "off", "targeting": targeting},
+        "pro": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "on", null]}}
+    }})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_past_its_budget_fails_alone_and_is_counted() {
+    let dir = scratch("budget");
+    let file = dir.join("flags.json");
+    std::fs::write(&file, budget_flags(doubling(json!({"var": "items"})))).unwrap();
+    let node = TestNode::start(config(&file)).await;
+    let mut client = v1::service_client::ServiceClient::new(channel(node.grpc).await);
+    let items: Vec<serde_json::Value> = (0..34).map(serde_json::Value::from).collect();
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("targetingKey".to_owned(), json!("attacker"));
+    fields.insert("items".to_owned(), json!(items));
+    let attack = bunting_proto::json::json_to_struct(&fields.into_iter().collect()).unwrap();
+    let status = client
+        .resolve_boolean(v1::ResolveBooleanRequest {
+            flag_key: "bomb".into(),
+            context: Some(attack),
+        })
+        .await
+        .unwrap_err();
+    // flagd's GENERAL error (gRPC UNKNOWN), naming the budget; the process is still here.
+    assert_eq!(status.code(), tonic::Code::Unknown, "{status:?}");
+    assert!(status.message().contains("budget"), "{status:?}");
+    let pro = client
+        .resolve_boolean(v1::ResolveBooleanRequest {
+            flag_key: "pro".into(),
+            context: Some(context(&[("plan", "pro")])),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pro.value, "other flags still resolve");
+    let body = node.scrape().await;
+    let counted = "bunting_evaluation_budget_exceeded_total{flag_set=\"default\",flag=\"bomb\",budget=\"built_bytes\"} 1";
+    assert!(body.contains(counted), "{counted} missing from /metrics");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_over_the_limits_are_refused_by_name_and_the_last_good_flags_serve() {
+    let dir = scratch("limits");
+    let file = dir.join("flags.json");
+    std::fs::write(&file, flags("red")).unwrap();
+    let mut config = config(&file);
+    config.definitions.max_document_bytes = std::num::NonZeroUsize::new(4096).unwrap();
+    let node = TestNode::start(config).await;
+    let mut client = v1::service_client::ServiceClient::new(channel(node.grpc).await);
+    assert_eq!(colour(&mut client).await, "red");
+
+    // Each is refused; what refuses it is named in the log (checked in unit tests); here the
+    // node keeps serving red, and a good edit afterwards is served.
+    let literal: Vec<serde_json::Value> = (0..40).map(serde_json::Value::from).collect();
+    let refused = [
+        // The doubling rule over a list written in the rule: refused when compiled.
+        budget_flags(doubling(json!(literal))),
+        // A repeated variant: serde_json alone would keep the last one.
+        flags("blue").replacen(r#""blue":"blue""#, r#""blue":"blue","blue":"green""#, 1),
+        // Over max_document_bytes, refused from its length without being read.
+        format!("{}{}", flags("blue"), " ".repeat(8192)),
+    ];
+    for text in &refused {
+        assert_ne!(text, &flags("blue"), "each edit differs from the good one");
+        save(&file, text);
+        // Two poll ticks and then some: long enough for a refusal to be final.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(colour(&mut client).await, "red", "refused: {:.80}", text);
+    }
+    save(&file, &flags("blue"));
+    let started = std::time::Instant::now();
+    while colour(&mut client).await != "blue" {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the good edit was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.stop().await;
+}

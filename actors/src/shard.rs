@@ -174,6 +174,32 @@ impl ShardState {
 }
 
 impl ShardState {
+    /// Counts the evaluations that ran out of the engine's budget, per flag set, flag and budget
+    /// (`bunting_evaluation_budget_exceeded_total`): the answer is already flagd's GENERAL error,
+    /// and the metric tells the operator which rule to fix. Keys are bounded by the set's limits.
+    fn count_exceeded<'a>(
+        &self,
+        set: Option<&Arc<str>>,
+        resolved: impl IntoIterator<Item = (&'a String, &'a ResolvedFlag)>,
+    ) {
+        let set = set.unwrap_or(&self.default_set);
+        for (key, answer) in resolved {
+            if let Some(kind) = answer.error.as_ref().and_then(|e| e.exceeded) {
+                let budget = match kind {
+                    bunting_engine::BudgetKind::Steps => "steps",
+                    bunting_engine::BudgetKind::BuiltBytes => "built_bytes",
+                };
+                metrics::counter!(
+                    "bunting_evaluation_budget_exceeded_total",
+                    "flag_set" => set.to_string(),
+                    "flag" => key.clone(),
+                    "budget" => budget,
+                )
+                .increment(1);
+            }
+        }
+    }
+
     /// Takes (at map epoch `Some(epoch)`) or gives up ownership; returns the number of users
     /// now held.
     async fn own(&mut self, own: Option<u64>) -> Result<usize, UserStateError> {
@@ -353,6 +379,7 @@ impl Actor for Shard {
                     }
                     Err(e) => ResolvedFlag::failed(e),
                 };
+                state.count_exceeded(request.set.as_ref(), [(&request.key, &answer)]);
                 state
                     .expose(
                         request.set.as_ref(),
@@ -373,6 +400,7 @@ impl Actor for Shard {
                     .iter()
                     .map(|key| resolved::resolve(&request.flags, key, None, &request.context))
                     .collect();
+                state.count_exceeded(Some(&request.set), request.keys.iter().zip(&answer));
                 state
                     .expose(
                         Some(&request.set),
@@ -407,6 +435,7 @@ impl Actor for Shard {
                 if let Ok(all) = &answer {
                     let resolved: Vec<(&String, &ResolvedFlag)> =
                         all.iter().map(|(k, r)| (k, r)).collect();
+                    state.count_exceeded(set.as_ref(), resolved.iter().copied());
                     state.expose(set.as_ref(), &context, resolved).await;
                 }
                 let _ = reply.send(answer);

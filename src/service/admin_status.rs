@@ -1,13 +1,13 @@
 //! The Admin API's request checks and failures: what a malformed request, a refused write or an
 //! unreachable store look like as gRPC statuses (see the conventions in bunting.proto).
 
-use bunting_engine::Diagnostic;
+use bunting_engine::{Diagnostic, DiagnosticSummary};
 use serde_json::{Map, Value};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use super::wire_text::{bounded, quoted};
-use crate::store::StoreError;
+use crate::store::{MAX_REPORTED_PROBLEMS, StoreError};
 
 /// A flag set id: 1 to this many characters of `[A-Za-z0-9._-]` (bunting.proto, FlagSet.id).
 pub const MAX_FLAG_SET_ID_CHARS: usize = 64;
@@ -88,8 +88,9 @@ pub fn check_expected_version(field: &str, version: i64) -> Result<(), Status> {
 
 /// A flag definition: a JSON object in flagd's flag format, without a `key` member.
 pub fn parse_definition(definition: &str) -> Result<Value, Status> {
-    let value: Value = serde_json::from_str(definition)
-        .map_err(|e| bad_field("definition", format!("is not valid JSON: {e}")))?;
+    // The engine's parser: a repeated key is refused (serde_json would keep the last one).
+    let value: Value = bunting_engine::parse_document(definition)
+        .map_err(|e| bad_field("definition", format!("is not a valid flag definition: {e}")))?;
     match value.as_object() {
         None => Err(bad_field(
             "definition",
@@ -152,11 +153,22 @@ pub fn store_status(op: &'static str, error: StoreError) -> Status {
 }
 
 /// One field violation per engine problem: `field` is its JSON path in the flag set's document.
+/// At most [`MAX_REPORTED_PROBLEMS`], then one violation counting the rest: a set of 20,000 broken
+/// flags must not make an error larger than the set.
 fn violations(problems: &[Diagnostic]) -> Vec<FieldViolation> {
-    problems
+    let summary = DiagnosticSummary::new(problems, MAX_REPORTED_PROBLEMS);
+    let mut out: Vec<FieldViolation> = summary
+        .shown
         .iter()
         .map(|p| FieldViolation::new(p.path.clone(), format!("{}: {}", p.severity, p.message)))
-        .collect()
+        .collect();
+    if summary.omitted > 0 {
+        out.push(FieldViolation::new(
+            "",
+            format!("... and {} more problems", summary.omitted),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bunting_engine::{CompileOptions, DefinitionError, Diagnostic, FlagSet};
+use bunting_engine::{CompileOptions, DefinitionError, Diagnostic, DiagnosticSummary, FlagSet};
 use tokio::sync::watch;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -38,19 +39,11 @@ pub enum FileSourceError {
         path: PathBuf,
         source: DefinitionError,
     },
-    #[error("flag file {path} has {} problem(s): {}", problems.len(), list(problems))]
+    #[error("flag file {path} has {} problem(s): {}", problems.len(), super::list(problems))]
     Invalid {
         path: PathBuf,
         problems: Vec<Diagnostic>,
     },
-}
-
-fn list(problems: &[Diagnostic]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// What a file source does with a flag it cannot compile (a `Severity::Error` diagnostic).
@@ -108,7 +101,7 @@ impl FileSource {
     ) -> Result<FileSource, FileSourceError> {
         let path = path.into();
         let options = options.into();
-        let read = read(&path)?;
+        let read = read(&path, options.compile.limits.max_document_bytes)?;
         let flag_set = compile(&path, &read.bytes, &options)?.with_version(1);
         Ok(FileSource {
             current: WatchedFlagSet {
@@ -210,8 +203,18 @@ async fn poll(
         if last_stamp == Some(stamp) && !stamp.is_recent() {
             continue;
         }
-        let read = match tokio::task::spawn_blocking(move || read(&path)).await {
+        let max_bytes = source.options.compile.limits.max_document_bytes;
+        let read = match tokio::task::spawn_blocking(move || read(&path, max_bytes)).await {
             Ok(Ok(read)) => read,
+            Ok(Err(error @ FileSourceError::Definition { .. })) => {
+                // Over the size limit: refused from its length, like any invalid edit.
+                if !unreadable {
+                    tracing::warn!(%error, "flag file edit refused; still serving the last good version");
+                    unreadable = true;
+                }
+                last_stamp = Some(stamp);
+                continue;
+            }
             Ok(Err(error)) => {
                 // Permissions, say: try again when the file changes, and say so once.
                 if !unreadable {
@@ -272,7 +275,11 @@ async fn poll(
 fn report(path: &Path, error: &FileSourceError) {
     match error {
         FileSourceError::Invalid { problems, .. } => {
-            for problem in problems {
+            let summary = DiagnosticSummary::new(problems, super::MAX_REPORTED_PROBLEMS);
+            if summary.omitted > 0 {
+                tracing::warn!(path = %path.display(), omitted = summary.omitted, problems = problems.len(), "flag file edit refused; only the first problems are logged");
+            }
+            for problem in summary.shown {
                 tracing::warn!(
                     path = %path.display(),
                     severity = %problem.severity,
@@ -298,18 +305,22 @@ fn compile(path: &Path, bytes: &[u8], options: &FileOptions) -> Result<FlagSet, 
         path: path.to_owned(),
         source,
     };
-    let document: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| definition(DefinitionError::Json(e.to_string())))?;
-    let compiled =
-        bunting_engine::compile_value(&document, &options.compile).map_err(definition)?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| definition(DefinitionError::Json(format!("not UTF-8 text: {e}"))))?;
+    // `compile` on the text: duplicate keys and the document size limit are checked there.
+    let compiled = bunting_engine::compile(text, &options.compile).map_err(definition)?;
     if options.broken_flags == BrokenFlags::Refuse && compiled.has_errors() {
         return Err(FileSourceError::Invalid {
             path: path.to_owned(),
             problems: compiled.diagnostics,
         });
     }
-    for problem in &compiled.diagnostics {
+    let summary = DiagnosticSummary::new(&compiled.diagnostics, super::MAX_REPORTED_PROBLEMS);
+    for problem in summary.shown {
         tracing::warn!(path = %path.display(), %problem, "flag file served with a problem");
+    }
+    if summary.omitted > 0 {
+        tracing::warn!(path = %path.display(), omitted = summary.omitted, "flag file served with more problems than are logged");
     }
     Ok(compiled.flag_set)
 }
@@ -361,12 +372,33 @@ impl Read {
 
 /// The stamp is taken before the content, so a write racing the read leaves a stamp older than
 /// the content and the next tick reads again.
-fn read(path: &Path) -> Result<Read, FileSourceError> {
+fn read(path: &Path, max_bytes: usize) -> Result<Read, FileSourceError> {
     let failed = |source| FileSourceError::Read {
         path: path.to_owned(),
         source,
     };
-    let stamp = Stamp::of(&std::fs::metadata(path).map_err(failed)?);
-    let bytes = std::fs::read(path).map_err(failed)?;
+    let meta = std::fs::metadata(path).map_err(failed)?;
+    let stamp = Stamp::of(&meta);
+    // Never read more than the document limit: a file that grew to gigabytes is refused from its
+    // length, and one that grows while being read is cut one byte past the limit, which `compile`
+    // then refuses by name. Either way it costs the node no memory.
+    let too_large = |found: u64| FileSourceError::Definition {
+        path: path.to_owned(),
+        source: DefinitionError::Limit {
+            kind: bunting_engine::LimitKind::DocumentBytes,
+            found: usize::try_from(found).unwrap_or(usize::MAX),
+            limit: max_bytes,
+        },
+    };
+    if meta.len() > u64::try_from(max_bytes).unwrap_or(u64::MAX) {
+        return Err(too_large(meta.len()));
+    }
+    let cap = u64::try_from(max_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(cap)).unwrap_or(0));
+    std::fs::File::open(path)
+        .and_then(|file| file.take(cap).read_to_end(&mut bytes))
+        .map_err(failed)?;
     Ok(Read { stamp, bytes })
 }

@@ -18,7 +18,7 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use async_trait::async_trait;
-use bunting_engine::{CompileOptions, Diagnostic, FlagSet};
+use bunting_engine::{CompileOptions, Diagnostic, DiagnosticSummary, FlagSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -237,12 +237,15 @@ impl StoreError {
     }
 }
 
-fn list(problems: &[Diagnostic]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+/// How many of a refused definition's problems an error message, an API error or a log shows
+/// before it only counts the rest: a file of 100,000 broken flags once wrote 100,000 WARN lines.
+pub const MAX_REPORTED_PROBLEMS: usize = 100;
+
+/// A refused definition's problems on one line: the first [`MAX_REPORTED_PROBLEMS`], then a count.
+pub(crate) fn list(problems: &[Diagnostic]) -> String {
+    DiagnosticSummary::new(problems, MAX_REPORTED_PROBLEMS)
+        .to_string()
+        .replace('\n', "; ")
 }
 
 /// The admin API's view of the flag store: CRUD on sets and flags with optimistic concurrency,

@@ -310,6 +310,24 @@ impl PostgresStore {
             }
             .into());
         }
+        // The one limit a single flag's document cannot show: how many flags the set holds.
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM flags WHERE flag_set_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(flag_set)
+        .fetch_one(&mut *tx)
+        .await?;
+        let max_flags = self.settings.compile.limits.max_flags;
+        if usize::try_from(live).unwrap_or(usize::MAX) >= max_flags {
+            return Err(StoreError::invalid(
+                "flags",
+                format!(
+                    "{} already holds {live} flags, the limit of flags per set (definitions.max_flags = {max_flags})",
+                    set_name(flag_set)
+                ),
+            )
+            .into());
+        }
         validate_flag(&set, key, definition, &self.settings.compile)?;
         // The lock on the set row keeps this key free of live rows; a tombstone of it is brought
         // back one version past its deletion.
