@@ -85,13 +85,15 @@ async fn bulk_evaluations_record_each_exposure_once_on_its_owner_and_say_who_own
     n2.start();
     n3.start();
     let nodes = [&n1, &n2, &n3];
-    let epoch = agreement(
+    let Some(epoch) = agreement(
         &nodes,
         &["node-1", "node-2", "node-3"],
         Duration::from_secs(20),
     )
     .await
-    .unwrap_or_else(|| panic!("no cluster:\n{}", status_text(&n1).await));
+    else {
+        panic!("no cluster:\n{}", status_text(&n1).await);
+    };
 
     let mut admin = AdminClient::connect(n1.url()).await.unwrap();
     let flag = json!({
