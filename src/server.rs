@@ -297,6 +297,8 @@ async fn join_cluster(
     let mut cluster_config = ClusterConfig::new(node_id, settings.listen, advertise, cookie);
     cluster_config.seeds = settings.seeds.clone();
     cluster_config.shards = config.shards;
+    // Checked at join: a node speaking another peer protocol never becomes a member.
+    cluster_config.peer_protocol = crate::routing::peer::PEER_PROTOCOL_VERSION;
     cluster_config.vnodes_per_node = settings.vnodes_per_node;
     cluster_config.heartbeat_interval = Duration::from_millis(settings.heartbeat_interval_ms);
     cluster_config.failure_timeout = Duration::from_millis(settings.failure_timeout_ms);
