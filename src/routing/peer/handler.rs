@@ -239,26 +239,22 @@ mod tests {
         );
     }
 
-    fn handler(
-        requests: usize,
-    ) -> impl std::future::Future<Output = (Arc<Node>, Gate, PeerHandler)> {
-        async move {
-            let node = Arc::new(
-                Node::start(
-                    bunting_actors::NodeConfig::default(),
-                    bunting_actors::Catalog::new(),
-                )
-                .await
-                .unwrap(),
-            );
-            let gate = Gate::new(Limits {
-                max_concurrent_requests: requests,
-                max_streams: 1,
-                max_context_bytes: 1024,
-            });
-            let handler = PeerHandler::new(Dispatch::new(node.clone(), gate.clone(), 100));
-            (node, gate, handler)
-        }
+    async fn handler(requests: usize) -> (Arc<Node>, Gate, PeerHandler) {
+        let node = Arc::new(
+            Node::start(
+                bunting_actors::NodeConfig::default(),
+                bunting_actors::Catalog::new(),
+            )
+            .await
+            .unwrap(),
+        );
+        let gate = Gate::new(Limits {
+            max_concurrent_requests: requests,
+            max_streams: 1,
+            max_context_bytes: 1024,
+        });
+        let handler = PeerHandler::new(Dispatch::new(node.clone(), gate.clone(), 100));
+        (node, gate, handler)
     }
 
     /// A forwarded request on a full node is refused (the asker evaluates locally), counted
