@@ -390,6 +390,102 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::{Gate, Limits};
+    use bunting_actors::{Catalog, Node, NodeConfig, Update};
+    use bunting_engine::{CompileOptions, compile};
+    use serde_json::json;
+
+    async fn dispatch(version: u64) -> Dispatch {
+        let doc = json!({"flags": {
+            "colour": {"state": "ENABLED", "variants": {"c": "green"}, "defaultVariant": "c"}
+        }});
+        let flags = compile(&doc.to_string(), &CompileOptions::default())
+            .unwrap()
+            .flag_set
+            .with_version(version);
+        let catalog = Catalog::new()
+            .apply(&Update::Put {
+                set: "default".into(),
+                flags: Arc::new(flags),
+                committed_at: std::time::SystemTime::now(),
+            })
+            .unwrap();
+        let config = NodeConfig {
+            shards: 4,
+            ..NodeConfig::default()
+        };
+        let node = Arc::new(Node::start(config, catalog).await.unwrap());
+        let gate = Gate::new(Limits {
+            max_concurrent_requests: 8,
+            max_streams: 1,
+            max_context_bytes: 1024,
+        });
+        Dispatch::new(node, gate, 100)
+    }
+
+    fn context(user: &str) -> Struct {
+        bunting_proto::json::json_to_struct(json!({"targetingKey": user}).as_object().unwrap())
+            .unwrap()
+    }
+
+    /// The owner evaluates a forwarded group only against the version the asker pinned.
+    #[tokio::test]
+    async fn a_forwarded_group_is_evaluated_only_at_the_pinned_version() {
+        let owner = dispatch(3).await;
+        let group = |version| wire::Bulk {
+            set: "default".into(),
+            version,
+            keys: vec!["colour".into(), "nope".into()],
+            contexts: vec![context("a"), context("b")],
+        };
+        let answer = owner.bulk_forwarded("test", group(3)).await.unwrap();
+        let wire::BulkAnswer::Subjects(subjects) = answer else {
+            panic!("not evaluated: {answer:?}");
+        };
+        assert_eq!(subjects.len(), 2);
+        assert_eq!(subjects[0][0].value, Some(json!("green")));
+        assert!(subjects[1][1].error.is_some(), "unknown key answered");
+        assert!(matches!(
+            owner.bulk_forwarded("test", group(2)).await.unwrap(),
+            wire::BulkAnswer::VersionMismatch { serving: Some(3) }
+        ));
+        let mut elsewhere = group(3);
+        elsewhere.set = "other".into();
+        assert!(matches!(
+            owner.bulk_forwarded("test", elsewhere).await.unwrap(),
+            wire::BulkAnswer::VersionMismatch { serving: None }
+        ));
+        let mut huge = group(3);
+        huge.contexts = vec![context("c"); 51];
+        let refused = owner.bulk_forwarded("test", huge).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        owner.node().shutdown().await;
+    }
+
+    /// Without routing, a batch is answered here in request order, one version, with the set's
+    /// metadata and no routing stamp.
+    #[tokio::test]
+    async fn a_local_batch_answers_in_request_order() {
+        let here = dispatch(5).await;
+        let query = BulkQuery {
+            set: None,
+            keys: vec![],
+            subjects: vec![Some(context("x")), None, Some(context("y"))],
+        };
+        let routed = here.bulk("test", query).await.unwrap();
+        assert_eq!(routed.stamp, Stamp::default());
+        let keys: Vec<&str> = routed
+            .answer
+            .subjects
+            .iter()
+            .map(|s| s.targeting_key.as_str())
+            .collect();
+        assert_eq!(keys, ["x", "", "y"]);
+        assert_eq!(routed.answer.version, 5);
+        assert_eq!(&*routed.answer.keys, ["colour".to_owned()]);
+        assert!(routed.answer.subjects.iter().all(|s| s.flags.len() == 1));
+        here.node().shutdown().await;
+    }
 
     #[test]
     fn repeated_keys_are_kept_once_at_their_first_position() {
