@@ -12,18 +12,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::{Dispatch, DispatchError, Routed, wire_context};
+use crate::routing::peer::wire::{self, Answer, PeerError, Request};
+use crate::routing::{Route, Stamp};
 use bunting_actors::ResolvedFlag;
 use bunting_cluster::NodeId;
 use bunting_engine::{EvaluationContext, FlagSet, Metadata};
 use prost_types::Struct;
 use tokio::task::JoinSet;
-use tonic::Status;
-
-use super::{Dispatch, Routed, wire_context};
-use crate::routing::peer::wire::{self, Answer, PeerError, Request};
-use crate::routing::{Route, Stamp};
-use crate::service::request::node_status;
-use crate::service::wire_text::quoted;
 
 /// A bulk request as every front end states it.
 #[derive(Debug, Clone, Default)]
@@ -78,7 +74,7 @@ impl Dispatch {
         &self,
         service: &'static str,
         query: BulkQuery,
-    ) -> Result<Routed<BulkAnswer>, Status> {
+    ) -> Result<Routed<BulkAnswer>, DispatchError> {
         let this = self.clone();
         self.gate
             .run(
@@ -92,24 +88,19 @@ impl Dispatch {
         &self,
         service: &'static str,
         query: BulkQuery,
-    ) -> Result<Routed<BulkAnswer>, Status> {
+    ) -> Result<Routed<BulkAnswer>, DispatchError> {
         let started = Instant::now();
         if query.subjects.is_empty() {
-            return Err(Status::invalid_argument(
-                "subjects is empty: name at least one subject to evaluate for",
-            ));
+            return Err(DispatchError::NoSubjects);
         }
         let set: Arc<str> = match query.set.filter(|s| !s.is_empty()) {
             Some(set) => set.into(),
             None => self.node.config().default_set.as_str().into(),
         };
         // The set is pinned once per call: every result of a batch comes from one version.
-        let flags = self
-            .node
-            .catalog()
-            .get(&set)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("flag set {} not found", quoted(&set))))?;
+        let Some(flags) = self.node.catalog().get(&set).cloned() else {
+            return Err(DispatchError::UnknownSet(set));
+        };
         let keys: Vec<String> = if query.keys.is_empty() {
             flags.entries().iter().map(|e| e.key().to_owned()).collect()
         } else {
@@ -121,12 +112,12 @@ impl Dispatch {
             .subjects
             .into_iter()
             .enumerate()
-            .map(|(i, context)| {
+            .map(|(index, context)| {
                 self.gate
                     .context(context)
-                    .map_err(|e| Status::new(e.code(), format!("subjects[{i}]: {}", e.message())))
+                    .map_err(|source| DispatchError::SubjectContext { index, source })
             })
-            .collect::<Result<Vec<EvaluationContext>, Status>>()?;
+            .collect::<Result<Vec<EvaluationContext>, DispatchError>>()?;
         let targeting_keys: Vec<String> = contexts
             .iter()
             .map(|c| c.targeting_key().unwrap_or_default().to_owned())
@@ -164,7 +155,7 @@ impl Dispatch {
         }
         while let Some(done) = remote.join_next().await {
             let (positions, answer) =
-                done.map_err(|e| Status::internal(format!("a bulk group's task failed: {e}")))?;
+                done.map_err(|e| crate::service::Refused::TaskFailed(e.to_string()))?;
             place(&mut answers, positions, answer?);
         }
 
@@ -193,14 +184,15 @@ impl Dispatch {
         })
     }
 
-    fn check_size(&self, subjects: usize, keys: usize) -> Result<(), Status> {
+    fn check_size(&self, subjects: usize, keys: usize) -> Result<(), DispatchError> {
         let evaluations = subjects.saturating_mul(keys);
         if evaluations > self.max_bulk_evaluations {
-            return Err(Status::invalid_argument(format!(
-                "{subjects} subjects x {keys} flags is {evaluations} evaluations, over this node's \
-                 limit of {} per call; split the batch",
-                self.max_bulk_evaluations
-            )));
+            return Err(DispatchError::BatchTooLarge {
+                subjects,
+                keys,
+                evaluations,
+                limit: self.max_bulk_evaluations,
+            });
         }
         Ok(())
     }
@@ -210,7 +202,7 @@ impl Dispatch {
         &self,
         pinned: &Pinned,
         contexts: Vec<EvaluationContext>,
-    ) -> Result<Vec<Vec<ResolvedFlag>>, Status> {
+    ) -> Result<Vec<Vec<ResolvedFlag>>, DispatchError> {
         self.node
             .resolve_bulk(
                 pinned.set.clone(),
@@ -219,7 +211,7 @@ impl Dispatch {
                 contexts,
             )
             .await
-            .map_err(node_status)
+            .map_err(DispatchError::from)
     }
 
     /// One group on its owner, or here if the owner does not give a whole answer in time.
@@ -228,7 +220,7 @@ impl Dispatch {
         owner: &NodeId,
         pinned: &Pinned,
         contexts: Vec<EvaluationContext>,
-    ) -> Result<Vec<Vec<ResolvedFlag>>, Status> {
+    ) -> Result<Vec<Vec<ResolvedFlag>>, DispatchError> {
         let wired: Option<Vec<Struct>> = contexts.iter().map(wire_context).collect();
         if let (Some(routing), Some(wired)) = (&self.routing, wired) {
             let request = Request::Bulk(wire::Bulk {
@@ -272,7 +264,7 @@ impl Dispatch {
         &self,
         service: &'static str,
         request: wire::Bulk,
-    ) -> Result<wire::BulkAnswer, Status> {
+    ) -> Result<wire::BulkAnswer, DispatchError> {
         let this = self.clone();
         self.gate
             .run(service, async move {
@@ -291,8 +283,13 @@ impl Dispatch {
                 let contexts = request
                     .contexts
                     .into_iter()
-                    .map(|c| this.gate.context(Some(c)))
-                    .collect::<Result<Vec<_>, Status>>()?;
+                    .enumerate()
+                    .map(|(index, c)| {
+                        this.gate
+                            .context(Some(c))
+                            .map_err(|source| DispatchError::SubjectContext { index, source })
+                    })
+                    .collect::<Result<Vec<_>, DispatchError>>()?;
                 let pinned = Pinned {
                     set: request.set,
                     flags,
@@ -343,12 +340,12 @@ fn place(
 
 /// The requested keys without repeats, each at its first position; an empty key is a malformed
 /// request.
-fn distinct_keys(requested: Vec<String>) -> Result<Vec<String>, Status> {
+fn distinct_keys(requested: Vec<String>) -> Result<Vec<String>, DispatchError> {
     let mut seen = HashSet::with_capacity(requested.len());
     let mut keys = Vec::with_capacity(requested.len());
     for (i, key) in requested.into_iter().enumerate() {
         if key.is_empty() {
-            return Err(Status::invalid_argument(format!("flag_keys[{i}] is empty")));
+            return Err(DispatchError::EmptyKey(i));
         }
         if seen.insert(key.clone()) {
             keys.push(key);
@@ -458,7 +455,17 @@ mod tests {
         let mut huge = group(3);
         huge.contexts = vec![context("c"); 51];
         let refused = owner.bulk_forwarded("test", huge).await.unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            matches!(
+                refused,
+                DispatchError::BatchTooLarge {
+                    subjects: 51,
+                    keys: 2,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
         owner.node().shutdown().await;
     }
 
@@ -492,8 +499,7 @@ mod tests {
         let keys = distinct_keys(vec!["b".into(), "a".into(), "b".into(), "c".into()]).unwrap();
         assert_eq!(keys, ["b", "a", "c"]);
         let empty = distinct_keys(vec!["a".into(), String::new()]).unwrap_err();
-        assert_eq!(empty.code(), tonic::Code::InvalidArgument);
-        assert!(empty.message().contains("flag_keys[1]"));
+        assert!(matches!(empty, DispatchError::EmptyKey(1)), "{empty}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! moment cannot bounce a request between them.
 
 mod bulk;
+mod error;
 mod track;
 
 use std::sync::Arc;
@@ -20,14 +21,13 @@ use bunting_cluster::NodeId;
 use bunting_engine::{EvaluationContext, FlagType, ResolveError};
 use bunting_experiments::{ExperimentId, ExperimentTotals};
 use prost_types::Struct;
-use tonic::Status;
 
 use crate::routing::peer::wire::{Answer, Request, Resolve, Target};
 use crate::routing::{Route, Routing, Stamp};
 use crate::service::Gate;
-use crate::service::request::node_status;
 
 pub use bulk::{BulkAnswer, BulkQuery, SubjectAnswer};
+pub use error::DispatchError;
 pub use track::TrackFailed;
 
 /// Admission, routing and the actor tree: see the module documentation.
@@ -98,7 +98,7 @@ impl Dispatch {
         key: String,
         context: Option<Struct>,
         wanted: FlagType,
-    ) -> Result<Routed<ResolvedFlag>, Status> {
+    ) -> Result<Routed<ResolvedFlag>, DispatchError> {
         let this = self.clone();
         self.gate
             .run(service, async move {
@@ -115,10 +115,10 @@ impl Dispatch {
         key: String,
         context: Option<Struct>,
         wanted: FlagType,
-    ) -> Result<Routed<ResolvedFlag>, Status> {
+    ) -> Result<Routed<ResolvedFlag>, DispatchError> {
         let started = Instant::now();
         if key.is_empty() {
-            return Err(Status::invalid_argument("flag_key is empty"));
+            return Err(DispatchError::EmptyFlagKey);
         }
         let context = self.gate.context(context)?;
         let (remote, stamp) = self.route(&context);
@@ -144,16 +144,16 @@ impl Dispatch {
         };
         let resolved = match forwarded {
             Some(resolved) => resolved,
-            None => self
-                .node
-                .resolve(ResolveRequest {
-                    set,
-                    key,
-                    wanted: Some(wanted),
-                    context,
-                })
-                .await
-                .map_err(node_status)?,
+            None => {
+                self.node
+                    .resolve(ResolveRequest {
+                        set,
+                        key,
+                        wanted: Some(wanted),
+                        context,
+                    })
+                    .await?
+            }
         };
         record(service, &resolved, started);
         Ok(Routed {
@@ -169,7 +169,7 @@ impl Dispatch {
         service: &'static str,
         set: Option<Arc<str>>,
         context: Option<Struct>,
-    ) -> Result<Routed<Result<ResolvedSet, ResolveError>>, Status> {
+    ) -> Result<Routed<Result<ResolvedSet, ResolveError>>, DispatchError> {
         let this = self.clone();
         self.gate
             .run(service, async move {
@@ -183,7 +183,7 @@ impl Dispatch {
         service: &'static str,
         set: Option<Arc<str>>,
         context: Option<Struct>,
-    ) -> Result<Routed<Result<ResolvedSet, ResolveError>>, Status> {
+    ) -> Result<Routed<Result<ResolvedSet, ResolveError>>, DispatchError> {
         let started = Instant::now();
         let context = self.gate.context(context)?;
         let (remote, stamp) = self.route(&context);
@@ -206,11 +206,7 @@ impl Dispatch {
         };
         let answer = match forwarded {
             Some(answer) => answer,
-            None => self
-                .node
-                .resolve_all(set, context)
-                .await
-                .map_err(node_status)?,
+            None => self.node.resolve_all(set, context).await?,
         };
         metrics::histogram!("bunting_evaluation_seconds", "service" => service)
             .record(started.elapsed().as_secs_f64());
@@ -229,24 +225,16 @@ impl Dispatch {
         &self,
         service: &'static str,
         experiment: ExperimentId,
-    ) -> Result<ExperimentTotals, Status> {
+    ) -> Result<ExperimentTotals, DispatchError> {
         let this = self.clone();
         self.gate
             .run(service, async move {
-                let mut totals = this
-                    .node
-                    .experiment_totals(&experiment)
-                    .await
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let mut totals = this.node.experiment_totals(&experiment).await?;
                 if let Some(routing) = &this.routing {
                     let theirs = routing
                         .peer_totals(&experiment)
                         .await
-                        .map_err(|(node, e)| {
-                            Status::unavailable(format!(
-                                "results incomplete: node {node} did not report: {e}; retry"
-                            ))
-                        })?;
+                        .map_err(|(node, error)| DispatchError::PeerTotals { node, error })?;
                     totals.merge(&theirs);
                 }
                 Ok(totals)

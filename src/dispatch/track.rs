@@ -4,10 +4,10 @@
 
 use bunting_actors::{TrackRefused, TrackRequest};
 use bunting_experiments::ExperimentId;
-use tonic::Status;
 
 use super::Dispatch;
 use crate::routing::peer::wire::{Track, Tracked};
+use crate::service::Refused;
 use crate::service::wire_text::quoted;
 
 /// Why an event was not counted.
@@ -21,8 +21,8 @@ pub enum TrackFailed {
     #[error("{0}")]
     Unavailable(String),
     /// Not admitted, or the request's task failed.
-    #[error("{}", .0.message())]
-    Refused(Status),
+    #[error(transparent)]
+    Refused(#[from] Refused),
 }
 
 impl Dispatch {
@@ -35,12 +35,8 @@ impl Dispatch {
     ) -> Result<Vec<ExperimentId>, TrackFailed> {
         let this = self.clone();
         self.gate
-            .run(
-                service,
-                async move { Ok(this.track_admitted(request).await) },
-            )
+            .run(service, async move { this.track_admitted(request).await })
             .await
-            .map_err(TrackFailed::Refused)?
     }
 
     async fn track_admitted(

@@ -209,7 +209,7 @@ impl ExperimentsRpc for ExperimentsService {
             Ok(ids) => Ok(counted(ids)),
             Err(TrackFailed::BadEvent(why)) => Err(Status::invalid_argument(bounded(why))),
             Err(TrackFailed::Unavailable(why)) => Err(Status::unavailable(why)),
-            Err(TrackFailed::Refused(status)) => Err(status),
+            Err(TrackFailed::Refused(refused)) => Err(refused.into()),
         }
     }
 

@@ -13,7 +13,7 @@ pub mod experiment_results;
 mod experiments;
 mod flagd_evaluation;
 mod flagd_sync;
-pub(crate) mod request;
+mod request;
 mod sync_snapshots;
 mod sync_stream;
 mod topology;
@@ -21,7 +21,7 @@ pub(crate) mod wire_text;
 
 pub use admin::{Admin, DEFAULT_AUDIT_PAGE};
 pub use admin_status::{MAX_FLAG_KEY_CHARS, MAX_FLAG_SET_ID_CHARS};
-pub use admission::{Gate, Limits};
+pub use admission::{ContextRefused, Gate, Limits, Refused};
 pub use bulk::BulkEvaluation;
 pub use evaluator::Evaluator;
 pub use events::changed_flags;

@@ -5,12 +5,11 @@
 
 use bunting_actors::TrackRequest;
 use bunting_cluster::{ForwardHandler, NodeId};
-use tonic::Status;
 
 use super::wire::{
     Answer, Request, Resolve, Target, Track, Tracked, decode_request, encode_answer,
 };
-use crate::dispatch::{Dispatch, TrackFailed};
+use crate::dispatch::{Dispatch, DispatchError, TrackFailed};
 
 /// The label of peer requests in `bunting_requests_shed_total` and the evaluation metrics.
 const SERVICE: &str = "cluster.peer";
@@ -34,7 +33,7 @@ impl PeerHandler {
             Ok(request) => request,
             Err(e) => return Answer::Refused(e.to_string()),
         };
-        let refused = |status: Status| Answer::Refused(status.message().to_owned());
+        let refused = |error: DispatchError| Answer::Refused(error.to_string());
         let dispatch = &self.dispatch;
         match request {
             Request::Resolve(Resolve {
