@@ -5,6 +5,7 @@ mod actor_runtime;
 pub mod breaker;
 mod closing;
 pub mod config;
+pub mod dispatch;
 pub mod edge;
 pub mod experiment_feed;
 pub mod feed;

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::actor_runtime::ActorRuntime;
 use crate::breaker::BreakerSettings;
 use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
+use crate::dispatch::Dispatch;
 use crate::edge;
 use crate::experiment_feed;
 use crate::feed::{self, Feed};
@@ -214,7 +215,13 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
                 settings,
                 &config,
                 grpc_addr,
-                PeerHandler::new(node.clone(), gate.clone()),
+                // Peers' requests are served on this node only (never forwarded again), through
+                // the same dispatch, so they pass the same admission.
+                PeerHandler::new(Dispatch::new(
+                    node.clone(),
+                    gate.clone(),
+                    config.max_bulk_evaluations,
+                )),
             )
             .await?,
         ),
@@ -295,6 +302,8 @@ async fn join_cluster(
     let mut cluster_config = ClusterConfig::new(node_id, settings.listen, advertise, cookie);
     cluster_config.seeds = settings.seeds.clone();
     cluster_config.shards = config.shards;
+    // Checked at join: a node speaking another peer protocol never becomes a member.
+    cluster_config.peer_protocol = crate::routing::peer::PEER_PROTOCOL_VERSION;
     cluster_config.vnodes_per_node = settings.vnodes_per_node;
     cluster_config.heartbeat_interval = Duration::from_millis(settings.heartbeat_interval_ms);
     cluster_config.failure_timeout = Duration::from_millis(settings.failure_timeout_ms);
@@ -369,22 +378,19 @@ impl BoundServer {
                 alone_after,
             ))
         });
-        let evaluator = Evaluator::new(
+        // The one path from every client-facing service to the actor tree.
+        let dispatch = Dispatch::new(
             self.node.clone(),
             self.gate.clone(),
-            closing,
-            self.routing.clone(),
-        );
+            self.config.max_bulk_evaluations,
+        )
+        .routed(self.routing.clone());
+        let evaluator = Evaluator::new(dispatch.clone(), closing);
         let topology = TopologyService::new(self.routing.clone(), advertised, self.config.shards);
-        let bulk = BulkEvaluation::new(evaluator.clone(), self.config.max_bulk_evaluations);
+        let bulk = BulkEvaluation::new(dispatch.clone());
         let admin = Admin::new(self.store.clone(), &self.config.flags);
-        let experiments = ExperimentsService::new(
-            self.experiments.clone(),
-            &self.config.flags,
-            self.node.clone(),
-            self.routing.clone(),
-            self.gate.clone(),
-        );
+        let experiments =
+            ExperimentsService::new(self.experiments.clone(), &self.config.flags, dispatch);
         let mut builder = edge::tune(
             tonic::transport::Server::builder(),
             &self.config.connections,

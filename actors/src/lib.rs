@@ -24,7 +24,7 @@ pub use catalog::{Catalog, Update};
 pub use error::NodeError;
 pub use node::{Node, NodeConfig};
 pub use owned::TrackRefused;
-pub use resolved::ResolvedFlag;
+pub use resolved::{ResolvedFlag, ResolvedSet};
 pub use shard::{BulkRequest, ResolveRequest, ShardServices, TrackRequest};
 pub use user_state::{MemoryUserStates, UserState, UserStateError, UserStateStore};
 

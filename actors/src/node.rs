@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::catalog::{Catalog, Update};
 use crate::error::NodeError;
 use crate::owned::TrackRefused;
-use crate::resolved::ResolvedFlag;
+use crate::resolved::{ResolvedFlag, ResolvedSet};
 use crate::shard::{BulkRequest, ResolveRequest, ShardMsg, ShardServices, TrackRequest};
 use crate::supervisor::{NodeSupervisor, ShardSlots, SupervisorArgs, SupervisorMsg};
 use bunting_experiments::{ExperimentId, ExperimentTotals, RunningExperiments};
@@ -131,12 +131,13 @@ impl Node {
             .await
     }
 
-    /// Resolves every flag of a set for one subject, in key order.
+    /// Resolves every flag of a set for one subject, in key order, with the set's metadata as
+    /// the resolving shard held it.
     pub async fn resolve_all(
         &self,
         set: Option<Arc<str>>,
         context: EvaluationContext,
-    ) -> Result<Result<Vec<(String, ResolvedFlag)>, ResolveError>, NodeError> {
+    ) -> Result<Result<ResolvedSet, ResolveError>, NodeError> {
         let shard = self.shard_for(&context);
         self.call(shard, |reply| ShardMsg::ResolveAll {
             set,

@@ -16,6 +16,17 @@ pub struct ResolvedFlag {
     pub flag_set_version: u64,
 }
 
+/// Every flag of one set for one subject, with the set's metadata and version as the shard that
+/// resolved them held it: a caller reading the metadata from its own catalog could pair one
+/// version's flags with another version's metadata while a change spreads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedSet {
+    /// In key order.
+    pub flags: Vec<(String, ResolvedFlag)>,
+    pub metadata: Metadata,
+    pub version: u64,
+}
+
 impl ResolvedFlag {
     pub(crate) fn from_resolution<V: Into<Value>>(
         resolution: Resolution<'_, V>,

@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::catalog::Catalog;
 use crate::owned::{Owned, TrackRefused};
-use crate::resolved::{self, ResolvedFlag};
+use crate::resolved::{self, ResolvedFlag, ResolvedSet};
 use crate::supervisor::SupervisorMsg;
 use crate::user_state::{UserStateError, UserStateStore};
 
@@ -78,7 +78,7 @@ pub enum ShardMsg {
     ResolveAll {
         set: Option<Arc<str>>,
         context: EvaluationContext,
-        reply: RpcReplyPort<Result<Vec<(String, ResolvedFlag)>, ResolveError>>,
+        reply: RpcReplyPort<Result<ResolvedSet, ResolveError>>,
     },
     /// The supervisor's fan-out of a new catalog.
     Install(Arc<Catalog>),
@@ -419,8 +419,9 @@ impl Actor for Shard {
                 if abandoned(&reply) {
                     return Ok(());
                 }
-                let answer = state.set(set.as_ref()).map(|set| {
-                    set.resolve_all(&context)
+                let answer = state.set(set.as_ref()).map(|set| ResolvedSet {
+                    flags: set
+                        .resolve_all(&context)
                         .map(|(key, r)| {
                             (
                                 key.to_owned(),
@@ -430,11 +431,13 @@ impl Actor for Shard {
                                 ),
                             )
                         })
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>(),
+                    metadata: set.metadata().clone(),
+                    version: set.version(),
                 });
                 if let Ok(all) = &answer {
                     let resolved: Vec<(&String, &ResolvedFlag)> =
-                        all.iter().map(|(k, r)| (k, r)).collect();
+                        all.flags.iter().map(|(k, r)| (k, r)).collect();
                     state.count_exceeded(set.as_ref(), resolved.iter().copied());
                     state.expose(set.as_ref(), &context, resolved).await;
                 }

@@ -74,7 +74,7 @@ async fn resolves_through_the_owning_shard() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(all.len(), 2);
+    assert_eq!(all.flags.len(), 2);
     node.shutdown().await;
 }
 

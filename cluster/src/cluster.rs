@@ -133,6 +133,7 @@ impl Cluster {
             grpc_addr: config.advertise_grpc.clone(),
             cluster_addr,
             shards: config.shards,
+            peer_protocol: config.peer_protocol,
             vnodes: config.vnodes_per_node,
         };
         let view = View::new(me.clone(), config.failure_timeout);

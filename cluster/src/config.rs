@@ -31,6 +31,10 @@ pub struct ClusterConfig {
     /// The cluster-wide shard count; heartbeats and maps from a peer with another count are
     /// refused.
     pub shards: u32,
+    /// The version of what the application carries in `Cluster::call` (its peer protocol).
+    /// Heartbeats from a peer of another version are refused, like another shard count: the
+    /// peer never becomes a member, so no map places shards on it and nothing is forwarded to it.
+    pub peer_protocol: u32,
     /// Points each member puts on the hash ring.
     pub vnodes_per_node: u16,
     /// How often a node sends every peer a heartbeat.
@@ -75,6 +79,7 @@ impl ClusterConfig {
             cookie,
             tls: None,
             shards: bunting_keyspace::DEFAULT_SHARDS,
+            peer_protocol: 0,
             vnodes_per_node: Self::DEFAULT_VNODES,
             heartbeat_interval: Self::DEFAULT_HEARTBEAT,
             failure_timeout: Self::DEFAULT_FAILURE_TIMEOUT,

@@ -20,7 +20,7 @@ use crate::forward::ForwardHandler;
 use crate::node_id::NodeId;
 use crate::peer_msg::MemberMsg;
 use crate::shared::{Shared, read, write};
-use crate::view::{HeartbeatOutcome, View};
+use crate::view::{HeartbeatOutcome, Mismatch, View};
 use crate::wire::{self, Inbound, Request, Response};
 
 /// The ractor process-group scope of Bunting's membership actors.
@@ -239,13 +239,21 @@ impl MembershipState {
                 let from = hb.node.clone();
                 let before = self.view.map().epoch();
                 match self.view.on_heartbeat(*hb, now) {
-                    HeartbeatOutcome::Refused { theirs } => {
+                    HeartbeatOutcome::Refused(mismatch) => {
                         if self.refused.insert(from.clone()) {
-                            tracing::warn!(
-                                member = %from,
-                                "refusing a peer that uses {theirs} shards; this node uses {}",
-                                self.view.me().shards
-                            );
+                            match mismatch {
+                                Mismatch::Shards { theirs } => tracing::warn!(
+                                    member = %from,
+                                    "refusing a peer that uses {theirs} shards; this node uses {}",
+                                    self.view.me().shards
+                                ),
+                                Mismatch::PeerProtocol { theirs } => tracing::warn!(
+                                    member = %from,
+                                    "refusing a peer that speaks peer protocol version {theirs}; \
+                                     this node speaks {}: upgrade the older node",
+                                    self.view.me().peer_protocol
+                                ),
+                            }
                         }
                         return;
                     }

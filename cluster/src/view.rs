@@ -45,6 +45,8 @@ pub(crate) struct SelfInfo {
     pub grpc_addr: String,
     pub cluster_addr: SocketAddr,
     pub shards: u32,
+    /// The application's peer protocol version (`ClusterConfig::peer_protocol`).
+    pub peer_protocol: u32,
     pub vnodes: u16,
 }
 
@@ -62,10 +64,20 @@ pub(crate) struct Member {
     pub down_noted: bool,
 }
 
+/// Why a peer is refused membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mismatch {
+    /// It uses another shard count: it cannot share a map with this node.
+    Shards { theirs: u32 },
+    /// It speaks another version of the application's peer protocol: what this node would
+    /// forward to it (or it to this node) would be refused.
+    PeerProtocol { theirs: u32 },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HeartbeatOutcome {
-    /// The sender uses another shard count: it cannot share a map with this node.
-    Refused { theirs: u32 },
+    /// The sender cannot be a member alongside this node.
+    Refused(Mismatch),
     /// From an incarnation that restarted or left since.
     Stale,
     Accepted {
@@ -141,7 +153,12 @@ impl View {
             return HeartbeatOutcome::Stale;
         }
         if hb.shards != self.me.shards {
-            return HeartbeatOutcome::Refused { theirs: hb.shards };
+            return HeartbeatOutcome::Refused(Mismatch::Shards { theirs: hb.shards });
+        }
+        if hb.peer_protocol != self.me.peer_protocol {
+            return HeartbeatOutcome::Refused(Mismatch::PeerProtocol {
+                theirs: hb.peer_protocol,
+            });
         }
         let left_recently = self.left.get(&hb.node).is_some_and(|&(gone, at)| {
             hb.incarnation <= gone && now.saturating_duration_since(at) < TOMBSTONE_FOR
@@ -315,6 +332,7 @@ impl View {
             cluster_addr: self.me.cluster_addr.to_string(),
             draining: self.draining,
             shards: self.me.shards,
+            peer_protocol: self.me.peer_protocol,
             map_epoch: self.map.epoch(),
             map_digest: self.map_digest,
             known,
@@ -360,6 +378,7 @@ mod tests {
             grpc_addr: format!("{name}:8013"),
             cluster_addr: "127.0.0.1:7000".parse().unwrap(),
             shards: 32,
+            peer_protocol: 2,
             vnodes: 16,
         }
     }
@@ -372,6 +391,7 @@ mod tests {
             cluster_addr: "127.0.0.1:7001".parse().unwrap(),
             draining: false,
             shards: 32,
+            peer_protocol: 2,
             map_epoch: 0,
             map_digest: 0,
             known: vec![],
@@ -511,10 +531,22 @@ mod tests {
         other.shards = 64;
         assert_eq!(
             a.on_heartbeat(other, Instant::now()),
-            HeartbeatOutcome::Refused { theirs: 64 }
+            HeartbeatOutcome::Refused(Mismatch::Shards { theirs: 64 })
         );
         assert!(a.members().is_empty());
         assert!(!a.adopt(ShardMap::place(9, id("b"), 64, 4, &[])));
+    }
+
+    #[test]
+    fn other_peer_protocol_versions_are_refused() {
+        let mut a = View::new(me("a"), TIMEOUT);
+        let mut other = hb("b", 1);
+        other.peer_protocol = 1;
+        assert_eq!(
+            a.on_heartbeat(other, Instant::now()),
+            HeartbeatOutcome::Refused(Mismatch::PeerProtocol { theirs: 1 })
+        );
+        assert!(a.members().is_empty());
     }
 
     #[test]

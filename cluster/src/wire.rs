@@ -98,6 +98,9 @@ pub(crate) struct HeartbeatWire {
     /// A digest of the sender's map, so two maps of one epoch can be told apart.
     #[prost(fixed64, tag = "10")]
     pub map_digest: u64,
+    /// The sender's application peer protocol version (0 from a node that predates it).
+    #[prost(uint32, tag = "11")]
+    pub peer_protocol: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -212,6 +215,7 @@ pub(crate) struct Heartbeat {
     pub cluster_addr: SocketAddr,
     pub draining: bool,
     pub shards: u32,
+    pub peer_protocol: u32,
     pub map_epoch: u64,
     pub map_digest: u64,
     /// Members the sender hears from: how nodes learn peers they were not seeded with.
@@ -397,6 +401,7 @@ fn heartbeat(hb: HeartbeatWire) -> Result<Heartbeat, WireError> {
         cluster_addr: socket_addr("cluster address", hb.cluster_addr)?,
         draining: hb.draining,
         shards: shards(hb.shards)?,
+        peer_protocol: hb.peer_protocol,
         map_epoch: hb.map_epoch,
         map_digest: hb.map_digest,
         known,
@@ -496,6 +501,7 @@ mod tests {
             }],
             map: Some(map_to_wire(&map)),
             map_digest: 3,
+            peer_protocol: 2,
         }
     }
 

@@ -279,6 +279,28 @@ async fn a_wrong_cookie_is_refused_and_logged_and_the_cluster_carries_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_protocol_version_is_refused_at_join_and_logged() {
+    let mut a = Node::start("a", &[]).await;
+    let mut m = Node::start_with("m", &[a.addr], COOKIE, &["--peer-protocol", "9"]).await;
+    eventually("both sides log the other's version", PATIENCE, async || {
+        let (theirs, ours) = (a.stderr(), m.stderr());
+        if theirs.contains("speaks peer protocol version 9")
+            && ours.contains("speaks peer protocol version 0")
+        {
+            Ok(())
+        } else {
+            Err(format!("a:\n{theirs}\nm:\n{ours}"))
+        }
+    })
+    .await;
+    let mut b = Node::start("b", &[a.addr]).await;
+    agreed_map(&mut [&mut a, &mut b], &["a", "b"]).await;
+    assert!(!a.status().await.members.contains_key("m"));
+    let alone = m.status().await;
+    assert_eq!(alone.members.keys().collect::<Vec<_>>(), ["m"], "{alone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_with_a_members_id_is_named_in_the_log() {
     let mut a = Node::start("a", &[]).await;
     let twin = Node::start("a", &[a.addr]).await;

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bunting_cluster::{Cluster, NodeId, ShardMap};
-use bunting_engine::{EvaluationContext, FlagType};
+use bunting_engine::EvaluationContext;
 use tokio::sync::watch;
 use tonic::metadata::{MetadataMap, MetadataValue};
 
-use peer::{Answer, PeerError};
+use peer::wire::{Answer, PeerError, Request, Track, Tracked, decode_answer, encode_request};
 
 /// Response metadata naming the serving node's shard map epoch.
 pub const EPOCH_HEADER: &str = "bunting-epoch";
@@ -99,6 +99,40 @@ impl Routing {
         }
     }
 
+    /// Routes a batch under one map: each context's route, and the stamp the batch's answer
+    /// carries (the epoch, and the owner only when every subject has the same remote owner, as
+    /// a single evaluation for any one of them would say).
+    pub fn route_many(&self, contexts: &[EvaluationContext]) -> (Vec<Route>, Stamp) {
+        let map = self.map.borrow();
+        let routes: Vec<Route> = contexts
+            .iter()
+            .map(|context| {
+                let Some(key) = context.targeting_key() else {
+                    return Route::Local;
+                };
+                match map.owner(bunting_keyspace::shard_of(key, self.shards)) {
+                    Some(owner) if &owner.id != self.cluster.local_id() => {
+                        Route::Remote(owner.id.clone())
+                    }
+                    _ => Route::Local,
+                }
+            })
+            .collect();
+        let owner = match routes.split_first() {
+            Some((Route::Remote(first), rest))
+                if rest.iter().all(|r| r == &Route::Remote(first.clone())) =>
+            {
+                Some(first.to_string())
+            }
+            _ => None,
+        };
+        let stamp = Stamp {
+            epoch: Some(map.epoch()),
+            owner,
+        };
+        (routes, stamp)
+    }
+
     /// The node owning `user`'s shard under the current map, when it is not this one.
     pub fn remote_owner(&self, user: &str) -> Option<NodeId> {
         let map = self.map.borrow();
@@ -108,23 +142,41 @@ impl Routing {
             .map(|owner| owner.id.clone())
     }
 
-    /// Hands a tracked event to the owner of the user's shard.
-    pub async fn track(
+    /// Sends one request to `peer` and reads its answer; a refusal is an error.
+    async fn ask(
         &self,
-        owner: &NodeId,
-        user: &str,
-        event: &str,
-        value: f64,
-        flag_set: Option<&str>,
-    ) -> Result<peer::Tracked, ForwardFailed> {
-        let request = peer::encode_track(user, event, value, flag_set);
+        peer: &NodeId,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Answer, ForwardFailed> {
         let bytes = self
             .cluster
-            .call(owner, request, self.forward_timeout)
+            .call(peer, encode_request(request), timeout)
             .await
             .map_err(|e| ForwardFailed::Call(e.to_string()))?;
+        match decode_answer(&bytes) {
+            Ok(Answer::Refused(why)) => Err(ForwardFailed::Peer(PeerError::Refused(why))),
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                if let PeerError::Version { .. } = e {
+                    // Loud: until both sides are upgraded, nothing is forwarded between them.
+                    tracing::warn!(%peer, error = %e, "incompatible peer");
+                }
+                Err(ForwardFailed::Peer(e))
+            }
+        }
+    }
+
+    /// Hands a tracked event to the owner of the user's shard.
+    pub async fn track(&self, owner: &NodeId, track: Track) -> Result<Tracked, ForwardFailed> {
+        let answer = self
+            .ask(owner, Request::Track(track), self.forward_timeout)
+            .await?;
         metrics::counter!("bunting_forwards_total", "outcome" => "track").increment(1);
-        peer::decode_tracked(&bytes).map_err(ForwardFailed::Peer)
+        match answer {
+            Answer::Tracked(tracked) => Ok(tracked),
+            other => Err(ForwardFailed::Peer(other.unexpected("track"))),
+        }
     }
 
     /// Every other member's live statistics of `experiment`, merged. A member that does not
@@ -143,39 +195,37 @@ impl Routing {
             .collect();
         let mut totals = bunting_experiments::ExperimentTotals::default();
         for member in members {
-            let bytes = self
-                .cluster
-                .call(
+            let answer = self
+                .ask(
                     &member,
-                    peer::encode_totals(experiment),
+                    Request::Totals(experiment.clone()),
                     self.forward_timeout * 4,
                 )
                 .await
-                .map_err(|e| (member.clone(), ForwardFailed::Call(e.to_string())))?;
-            let theirs = peer::decode_totals(&bytes)
-                .map_err(|e| (member.clone(), ForwardFailed::Peer(e)))?;
-            totals.merge(&theirs);
+                .map_err(|e| (member.clone(), e))?;
+            match answer {
+                Answer::Totals(theirs) => totals.merge(&theirs),
+                other => {
+                    return Err((member, ForwardFailed::Peer(other.unexpected("totals"))));
+                }
+            }
         }
         Ok(totals)
     }
 
-    /// Asks `owner` to evaluate. `Err` means the caller should evaluate locally (counted).
-    pub async fn forward(
+    /// Asks `owner` to evaluate (`request` is a resolve or a bulk); `accept` takes the answer
+    /// apart, refusing one that is not what was asked. `Err` means the caller should evaluate
+    /// locally; either way the outcome is counted in `bunting_forwards_total` (an answer `accept`
+    /// refuses, such as a bulk's version mismatch, counts as a fallback).
+    pub async fn forward<T>(
         &self,
         owner: &NodeId,
-        set: Option<&str>,
-        key: &str,
-        context: &EvaluationContext,
-        wanted: Option<FlagType>,
-    ) -> Result<Answer, ForwardFailed> {
-        let request = peer::encode_request(set, key, context, wanted);
-        let outcome = match self
-            .cluster
-            .call(owner, request, self.forward_timeout)
-            .await
-        {
-            Ok(bytes) => peer::decode_answer(&bytes).map_err(ForwardFailed::Peer),
-            Err(e) => Err(ForwardFailed::Call(e.to_string())),
+        request: Request,
+        accept: impl FnOnce(Answer) -> Result<T, PeerError>,
+    ) -> Result<T, ForwardFailed> {
+        let outcome = match self.ask(owner, request, self.forward_timeout).await {
+            Ok(answer) => accept(answer).map_err(ForwardFailed::Peer),
+            Err(e) => Err(e),
         };
         let label = if outcome.is_ok() {
             "forwarded"

@@ -18,8 +18,9 @@ use super::admin_status::{
 };
 use super::request::RequiredStore;
 use crate::config::FlagSourceConfig;
-use crate::store::postgres::MAX_AUDIT_PAGE;
-use crate::store::{AdminStore, AuditAction, AuditEntry, FlagRecord, FlagSetFields, FlagSetRecord};
+use crate::store::{
+    AdminStore, AuditAction, AuditEntry, FlagRecord, FlagSetFields, FlagSetRecord, MAX_AUDIT_PAGE,
+};
 
 /// Audit entries per page when a request does not say (bunting.proto, ListAuditRequest.limit).
 pub const DEFAULT_AUDIT_PAGE: u32 = 100;

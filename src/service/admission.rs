@@ -73,14 +73,54 @@ impl Cap {
         }
     }
 
-    fn take(&self, service: &'static str, what: &str) -> Result<OwnedSemaphorePermit, Status> {
+    fn take(
+        &self,
+        service: &'static str,
+        what: &'static str,
+    ) -> Result<OwnedSemaphorePermit, Refused> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!("bunting_requests_shed_total", "service" => service).increment(1);
-            Status::resource_exhausted(format!(
-                "node is at its limit of {} {what}; retry with backoff",
-                self.limit
-            ))
+            Refused::Full {
+                limit: self.limit,
+                what,
+            }
         })
+    }
+}
+
+/// Why a request was not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The node is at its cap (shedding load beats queueing it).
+    #[error("node is at its limit of {limit} {what}; retry with backoff")]
+    Full { limit: usize, what: &'static str },
+    /// The request's own task failed (it panicked or the runtime is shutting down).
+    #[error("the request's task failed: {0}")]
+    TaskFailed(String),
+}
+
+impl From<Refused> for Status {
+    fn from(refused: Refused) -> Status {
+        match refused {
+            Refused::Full { .. } => Status::resource_exhausted(refused.to_string()),
+            Refused::TaskFailed(_) => Status::internal(refused.to_string()),
+        }
+    }
+}
+
+/// Why a request's evaluation context was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContextRefused {
+    #[error("evaluation context is {size} bytes, over this node's limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    /// Not a JSON-compatible Struct (too deep, a non-finite number); the text is bounded.
+    #[error("evaluation context: {0}")]
+    Malformed(String),
+}
+
+impl From<ContextRefused> for Status {
+    fn from(refused: ContextRefused) -> Status {
+        Status::invalid_argument(refused.to_string())
     }
 }
 
@@ -99,11 +139,15 @@ impl Gate {
         self.requests
             .take(service, "requests in flight")
             .map(|permit| Admitted { _permit: permit })
+            .map_err(Status::from)
     }
 
     /// A slot for one stream of kind `stream`, or RESOURCE_EXHAUSTED at once.
     pub fn open_stream(&self, stream: &'static str) -> Result<StreamSlot, Status> {
-        let permit = self.streams.take(stream, "open streams")?;
+        let permit = self
+            .streams
+            .take(stream, "open streams")
+            .map_err(Status::from)?;
         metrics::gauge!("bunting_streams_open", "stream" => stream).increment(1.0);
         Ok(StreamSlot {
             _permit: permit,
@@ -116,36 +160,37 @@ impl Gate {
     /// deadline): the work it put in a shard's mailbox is still there, so its slot stays taken
     /// until the work completes instead of being handed to the next request at once, which is
     /// how an unbounded mailbox filled up behind a full-looking gate.
-    pub async fn run<F, T>(&self, service: &'static str, work: F) -> Result<T, Status>
+    pub async fn run<F, T, E>(&self, service: &'static str, work: F) -> Result<T, E>
     where
-        F: Future<Output = Result<T, Status>> + Send + 'static,
+        F: Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
+        E: From<Refused> + Send + 'static,
     {
-        let admitted = self.admit(service)?;
+        let admitted = self.requests.take(service, "requests in flight")?;
         tokio::spawn(async move {
             let done = work.await;
             drop(admitted);
             done
         })
         .await
-        .map_err(|e| Status::internal(format!("the request's task failed: {e}")))?
+        .map_err(|e| Refused::TaskFailed(e.to_string()))?
     }
 
     /// Decodes a request's context, refusing it whole if it is over the size limit.
-    pub fn context(&self, context: Option<Struct>) -> Result<EvaluationContext, Status> {
+    pub fn context(&self, context: Option<Struct>) -> Result<EvaluationContext, ContextRefused> {
         let Some(context) = context else {
             return Ok(EvaluationContext::new());
         };
         let size = context.encoded_len();
         if size > self.max_context_bytes {
-            return Err(Status::invalid_argument(format!(
-                "evaluation context is {size} bytes, over this node's limit of {} bytes",
-                self.max_context_bytes
-            )));
+            return Err(ContextRefused::TooLarge {
+                size,
+                limit: self.max_context_bytes,
+            });
         }
         bunting_proto::json::struct_into_json(context)
             .map(EvaluationContext::from_fields)
-            .map_err(|e| Status::invalid_argument(bounded(format!("evaluation context: {e}"))))
+            .map_err(|e| ContextRefused::Malformed(bounded(e.to_string())))
     }
 
     pub fn max_context_bytes(&self) -> usize {
@@ -175,7 +220,7 @@ mod tests {
                 kind: Some(prost_types::value::Kind::StringValue("x".repeat(100))),
             },
         );
-        let err = gate(1, 1).context(Some(big)).unwrap_err();
+        let err = Status::from(gate(1, 1).context(Some(big)).unwrap_err());
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("over this node's limit of 16 bytes"));
     }
@@ -222,7 +267,7 @@ mod tests {
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let running = gate.run("test", async move {
             let _ = released.await;
-            Ok(())
+            Ok::<(), Status>(())
         });
         // The caller gives up after the work started (a cancelled RPC).
         let gave_up = tokio::time::timeout(std::time::Duration::from_millis(20), running).await;

@@ -1,17 +1,14 @@
 //! `bunting.v1.Evaluation/EvaluateBulk`: many flags for many subjects in one call, for back ends
-//! that would otherwise make thousands of single-flag calls.
+//! that would otherwise make thousands of single-flag calls. The work (one pinned flag-set
+//! version, each subject on the owner of its shard) is [`Dispatch::bulk`]'s; this is the wire.
 //!
-//! The flag set is pinned once per call (one `Arc<FlagSet>` from the node's catalog), so every
-//! result of a batch comes from one version, as the .proto promises; each subject then goes to the
-//! shard that owns its targeting key, one mailbox round trip per subject, all subjects in flight
-//! at once.
-
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
-use std::time::Instant;
+//! Routing metadata: `bunting-epoch` always (on a clustered node), `bunting-owner` only when
+//! every subject of the batch is owned by the same other node, as a single evaluation for any of
+//! them would answer. A batch spread over several owners carries the epoch alone: the response has
+//! no per-subject owner field, and a shard-aware client refreshes on a newer epoch.
 
 use bunting_actors::ResolvedFlag;
-use bunting_engine::{ErrorCode as EngineErrorCode, EvaluationContext};
+use bunting_engine::ErrorCode as EngineErrorCode;
 use bunting_proto::bunting::v1::evaluation_server::Evaluation;
 use bunting_proto::bunting::v1::{
     ErrorCode, EvaluateBulkRequest, EvaluateBulkResponse, FlagResult, SubjectResults, flag_result,
@@ -19,27 +16,22 @@ use bunting_proto::bunting::v1::{
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use super::evaluator::{Evaluator, metadata_struct};
-use super::request::node_status;
-use super::wire_text::quoted;
+use super::evaluator::metadata_struct;
+use crate::dispatch::{BulkQuery, Dispatch};
 
-/// The label this service's evaluations carry in `bunting_evaluations_total` and friends.
+/// The label this service's evaluations carry in `bunting_evaluations_total` and friends, and its
+/// refusals in `bunting_requests_shed_total`.
 const SERVICE: &str = "bunting.v1";
 
 /// `bunting.v1.Evaluation`.
 #[derive(Debug, Clone)]
 pub struct BulkEvaluation {
-    evaluator: Evaluator,
-    /// The most subjects × flags one call may ask for (the node's `max_bulk_evaluations`).
-    max_evaluations: usize,
+    dispatch: Dispatch,
 }
 
 impl BulkEvaluation {
-    pub fn new(evaluator: Evaluator, max_evaluations: usize) -> BulkEvaluation {
-        BulkEvaluation {
-            evaluator,
-            max_evaluations,
-        }
+    pub fn new(dispatch: Dispatch) -> BulkEvaluation {
+        BulkEvaluation { dispatch }
     }
 }
 
@@ -49,110 +41,35 @@ impl Evaluation for BulkEvaluation {
         &self,
         request: Request<EvaluateBulkRequest>,
     ) -> Result<Response<EvaluateBulkResponse>, Status> {
-        let this = self.clone();
         let request = request.into_inner();
-        self.evaluator
-            .gate
-            .run("bunting.v1.Evaluation", async move {
-                this.evaluate(request).await
-            })
-            .await
-            .map(Response::new)
-    }
-}
-
-impl BulkEvaluation {
-    /// One admitted call (see `Gate::run`).
-    async fn evaluate(&self, request: EvaluateBulkRequest) -> Result<EvaluateBulkResponse, Status> {
-        let started = Instant::now();
-        if request.subjects.is_empty() {
-            return Err(Status::invalid_argument(
-                "subjects is empty: name at least one subject to evaluate for",
-            ));
-        }
-        let node = &self.evaluator.node;
-        let set_id = if request.flag_set_id.is_empty() {
-            node.config().default_set.as_str()
-        } else {
-            request.flag_set_id.as_str()
+        let query = BulkQuery {
+            set: Some(request.flag_set_id),
+            keys: request.flag_keys,
+            subjects: request.subjects.into_iter().map(|s| s.context).collect(),
         };
-        let flags =
-            node.catalog().get(set_id).cloned().ok_or_else(|| {
-                Status::not_found(format!("flag set {} not found", quoted(set_id)))
-            })?;
-        let keys: Vec<String> = if request.flag_keys.is_empty() {
-            flags.entries().iter().map(|e| e.key().to_owned()).collect()
-        } else {
-            distinct_keys(request.flag_keys)?
-        };
-        // Checked before any context is decoded: an oversized batch costs nothing but this.
-        let evaluations = request.subjects.len().saturating_mul(keys.len());
-        if evaluations > self.max_evaluations {
-            return Err(Status::invalid_argument(format!(
-                "{} subjects x {} flags is {evaluations} evaluations, over this node's limit of {} \
-                 per call; split the batch",
-                request.subjects.len(),
-                keys.len(),
-                self.max_evaluations
-            )));
-        }
-        let contexts = request
-            .subjects
-            .into_iter()
-            .enumerate()
-            .map(|(i, subject)| {
-                self.evaluator
-                    .gate
-                    .context(subject.context)
-                    .map_err(|e| Status::new(e.code(), format!("subjects[{i}]: {}", e.message())))
-            })
-            .collect::<Result<Vec<EvaluationContext>, Status>>()?;
-        let targeting_keys: Vec<String> = contexts
-            .iter()
-            .map(|c| c.targeting_key().unwrap_or_default().to_owned())
-            .collect();
-        let keys: Arc<[String]> = keys.into();
-        let answers = node
-            .resolve_bulk(set_id.into(), flags.clone(), keys.clone(), contexts)
-            .await
-            .map_err(node_status)?;
-
-        let mut tally = Tally::default();
-        let mut subjects = Vec::with_capacity(answers.len());
-        for (targeting_key, answer) in targeting_keys.into_iter().zip(answers) {
-            let mut results = Vec::with_capacity(answer.len());
-            for (key, resolved) in keys.iter().zip(answer) {
-                tally.count(&resolved);
-                results.push(flag_result(key, resolved)?);
-            }
+        let routed = self.dispatch.bulk(SERVICE, query).await?;
+        let answer = routed.answer;
+        let mut subjects = Vec::with_capacity(answer.subjects.len());
+        for subject in answer.subjects {
+            let results = answer
+                .keys
+                .iter()
+                .zip(subject.flags)
+                .map(|(key, resolved)| flag_result(key, resolved))
+                .collect::<Result<Vec<_>, Status>>()?;
             subjects.push(SubjectResults {
-                targeting_key,
+                targeting_key: subject.targeting_key,
                 results,
             });
         }
-        tally.record(started);
-        Ok(EvaluateBulkResponse {
+        let mut response = Response::new(EvaluateBulkResponse {
             subjects,
-            flag_set_version: i64::try_from(flags.version()).unwrap_or(i64::MAX),
-            flag_set_metadata: Some(metadata_struct(flags.metadata())?),
-        })
+            flag_set_version: i64::try_from(answer.version).unwrap_or(i64::MAX),
+            flag_set_metadata: Some(metadata_struct(&answer.metadata)?),
+        });
+        routed.stamp.apply(response.metadata_mut());
+        Ok(response)
     }
-}
-
-/// The requested keys without repeats, each at its first position; an empty key is a malformed
-/// request.
-fn distinct_keys(requested: Vec<String>) -> Result<Vec<String>, Status> {
-    let mut seen = HashSet::with_capacity(requested.len());
-    let mut keys = Vec::with_capacity(requested.len());
-    for (i, key) in requested.into_iter().enumerate() {
-        if key.is_empty() {
-            return Err(Status::invalid_argument(format!("flag_keys[{i}] is empty")));
-        }
-        if seen.insert(key.clone()) {
-            keys.push(key);
-        }
-    }
-    Ok(keys)
 }
 
 fn flag_result(key: &str, resolved: ResolvedFlag) -> Result<FlagResult, Status> {
@@ -217,36 +134,6 @@ fn whole_i64(f: f64) -> Option<i64> {
     whole
 }
 
-/// Counts per reason and error code, recorded once per call rather than once per result: a batch
-/// of thousands would otherwise pay a registry lookup for each.
-#[derive(Default)]
-struct Tally {
-    reasons: BTreeMap<&'static str, u64>,
-    errors: BTreeMap<&'static str, u64>,
-}
-
-impl Tally {
-    fn count(&mut self, resolved: &ResolvedFlag) {
-        *self.reasons.entry(resolved.reason.as_str()).or_default() += 1;
-        if let Some(error) = &resolved.error {
-            *self.errors.entry(error.code.as_str()).or_default() += 1;
-        }
-    }
-
-    fn record(self, started: Instant) {
-        metrics::histogram!("bunting_evaluation_seconds", "service" => SERVICE)
-            .record(started.elapsed().as_secs_f64());
-        for (reason, n) in self.reasons {
-            metrics::counter!("bunting_evaluations_total", "service" => SERVICE, "reason" => reason)
-                .increment(n);
-        }
-        for (code, n) in self.errors {
-            metrics::counter!("bunting_evaluation_errors_total", "service" => SERVICE, "code" => code)
-                .increment(n);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,15 +159,6 @@ mod tests {
             wire_value(json!({"a": 1})).unwrap(),
             Some(flag_result::Value::ObjectValue(_))
         ));
-    }
-
-    #[test]
-    fn repeated_keys_are_kept_once_at_their_first_position() {
-        let keys = distinct_keys(vec!["b".into(), "a".into(), "b".into(), "c".into()]).unwrap();
-        assert_eq!(keys, ["b", "a", "c"]);
-        let empty = distinct_keys(vec!["a".into(), String::new()]).unwrap_err();
-        assert_eq!(empty.code(), tonic::Code::InvalidArgument);
-        assert!(empty.message().contains("flag_keys[1]"));
     }
 
     #[test]

@@ -1,178 +1,36 @@
-//! The part of every evaluation RPC that does not depend on the protocol version: admit, decode,
-//! route to the owning shard, count, and turn resolution errors into flagd's status codes.
+//! What the flagd services share: their handle on the node's [`Dispatch`], and the typed wire
+//! forms of a resolved value.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use bunting_actors::{Node, ResolveRequest, ResolvedFlag};
-use bunting_cluster::NodeId;
-use bunting_engine::{EvaluationContext, FlagType, ResolveError};
+use bunting_actors::{Node, ResolvedFlag};
 use prost_types::Struct;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tonic::Status;
 
 use super::admission::Gate;
-use super::request::{node_status, resolution_status};
-use crate::routing::{Route, Routing, Stamp};
+use crate::dispatch::Dispatch;
 
+/// What flagd's evaluation and sync services hold: the node's [`Dispatch`] (every evaluation
+/// goes through it) and the shutdown signal their streams end on.
 #[derive(Debug, Clone)]
 pub struct Evaluator {
-    pub(crate) node: Arc<Node>,
-    pub(crate) gate: Gate,
+    pub(crate) dispatch: Dispatch,
     /// Flips to `true` when the server shuts down, so long-lived streams end and graceful
     /// shutdown does not wait on them forever.
     pub(crate) closing: watch::Receiver<bool>,
-    /// `Some` on a clustered node: requests for shards another node owns are forwarded there.
-    pub(crate) routing: Option<Routing>,
 }
 
 impl Evaluator {
-    pub fn new(
-        node: Arc<Node>,
-        gate: Gate,
-        closing: watch::Receiver<bool>,
-        routing: Option<Routing>,
-    ) -> Evaluator {
-        Evaluator {
-            node,
-            gate,
-            closing,
-            routing,
-        }
+    pub fn new(dispatch: Dispatch, closing: watch::Receiver<bool>) -> Evaluator {
+        Evaluator { dispatch, closing }
     }
 
-    /// Where a request for `context` runs, and what its answer tells the client about routing.
-    fn route(&self, context: &EvaluationContext) -> (Option<(&Routing, NodeId)>, Stamp) {
-        let Some(routing) = &self.routing else {
-            return (None, Stamp::default());
-        };
-        match routing.route(context) {
-            (Route::Remote(owner), stamp) => (Some((routing, owner)), stamp),
-            (Route::Local, stamp) => (None, stamp),
-        }
+    pub(crate) fn node(&self) -> &Node {
+        self.dispatch.node()
     }
 
-    /// One typed resolution, admitted (see [`Gate::run`]). A resolution error is returned as the
-    /// gRPC status flagd uses.
-    pub async fn resolve(
-        &self,
-        service: &'static str,
-        set: Option<Arc<str>>,
-        key: String,
-        context: Option<Struct>,
-        wanted: FlagType,
-    ) -> Result<(ResolvedFlag, Stamp), Status> {
-        let this = self.clone();
-        self.gate
-            .run(service, async move {
-                this.resolve_admitted(service, set, key, context, wanted)
-                    .await
-            })
-            .await
-    }
-
-    async fn resolve_admitted(
-        &self,
-        service: &'static str,
-        set: Option<Arc<str>>,
-        key: String,
-        context: Option<Struct>,
-        wanted: FlagType,
-    ) -> Result<(ResolvedFlag, Stamp), Status> {
-        let started = Instant::now();
-        if key.is_empty() {
-            return Err(Status::invalid_argument("flag_key is empty"));
-        }
-        let context = self.gate.context(context)?;
-        let (remote, stamp) = self.route(&context);
-        let forwarded = match remote {
-            Some((routing, owner)) => routing
-                .forward(&owner, set.as_deref(), &key, &context, Some(wanted))
-                .await
-                .ok()
-                .and_then(|answer| answer.ok())
-                .and_then(|mut flags| flags.pop().map(|(_, r)| r)),
-            None => None,
-        };
-        let resolved = match forwarded {
-            Some(resolved) => resolved,
-            None => self
-                .node
-                .resolve(ResolveRequest {
-                    set,
-                    key,
-                    wanted: Some(wanted),
-                    context,
-                })
-                .await
-                .map_err(node_status)?,
-        };
-        record(service, &resolved, started);
-        match &resolved.error {
-            Some(error) => Err(resolution_status(error)),
-            None => Ok((resolved, stamp)),
-        }
-    }
-
-    /// Every flag of a set for one subject, admitted (see [`Gate::run`]).
-    pub async fn resolve_all(
-        &self,
-        service: &'static str,
-        set: Option<Arc<str>>,
-        context: Option<Struct>,
-    ) -> Result<(Vec<(String, ResolvedFlag)>, Stamp), Status> {
-        let this = self.clone();
-        self.gate
-            .run(service, async move {
-                this.resolve_all_admitted(service, set, context).await
-            })
-            .await
-    }
-
-    async fn resolve_all_admitted(
-        &self,
-        service: &'static str,
-        set: Option<Arc<str>>,
-        context: Option<Struct>,
-    ) -> Result<(Vec<(String, ResolvedFlag)>, Stamp), Status> {
-        let started = Instant::now();
-        let context: EvaluationContext = self.gate.context(context)?;
-        let (remote, stamp) = self.route(&context);
-        let forwarded = match remote {
-            Some((routing, owner)) => routing
-                .forward(&owner, set.as_deref(), "", &context, None)
-                .await
-                .ok(),
-            None => None,
-        };
-        let answer = match forwarded {
-            Some(answer) => answer,
-            None => self
-                .node
-                .resolve_all(set, context)
-                .await
-                .map_err(node_status)?,
-        };
-        let all = answer.map_err(|e: ResolveError| resolution_status(&e))?;
-        metrics::histogram!("bunting_evaluation_seconds", "service" => service)
-            .record(started.elapsed().as_secs_f64());
-        for (_, r) in &all {
-            metrics::counter!("bunting_evaluations_total", "service" => service, "reason" => r.reason.as_str())
-                .increment(1);
-        }
-        Ok((all, stamp))
-    }
-}
-
-fn record(service: &'static str, resolved: &ResolvedFlag, started: Instant) {
-    metrics::histogram!("bunting_evaluation_seconds", "service" => service)
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("bunting_evaluations_total", "service" => service, "reason" => resolved.reason.as_str())
-        .increment(1);
-    if let Some(error) = &resolved.error {
-        metrics::counter!("bunting_evaluation_errors_total", "service" => service, "code" => error.code.as_str())
-            .increment(1);
+    pub(crate) fn gate(&self) -> &Gate {
+        self.dispatch.gate()
     }
 }
 

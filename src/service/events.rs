@@ -34,11 +34,12 @@ where
     T: Send + 'static,
     F: Fn(&str, Struct) -> T + Send + 'static,
 {
-    let slot = evaluator.gate.open_stream(kind)?;
+    let slot = evaluator.gate().open_stream(kind)?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let mut catalog = evaluator.node.watch();
+    let mut catalog = evaluator.node().watch();
     let mut closing = evaluator.closing.clone();
-    let set: Arc<str> = set.unwrap_or_else(|| evaluator.node.config().default_set.as_str().into());
+    let set: Arc<str> =
+        set.unwrap_or_else(|| evaluator.node().config().default_set.as_str().into());
     tokio::spawn(async move {
         // The stream's slot is given back when this task ends, whatever ends it.
         let _slot = slot;

@@ -19,29 +19,24 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use super::admin_status::{
     bad_field, check_actor, check_flag_key, check_flag_set_id, store_status,
 };
-use super::admission::Gate;
 use super::experiment_results;
 use super::request::RequiredStore;
-use super::wire_text::{bounded, quoted};
+use super::wire_text::bounded;
 use crate::config::FlagSourceConfig;
-use crate::routing::Routing;
-use crate::routing::peer::Tracked;
+use crate::dispatch::{Dispatch, TrackFailed};
 use crate::store::experiments::{
     ExperimentFilter, ExperimentRecord, ExperimentStore, ExperimentStoreError, NewExperiment,
     PageLimit, PageSize, StateKind,
 };
-use bunting_actors::{Node, TrackRefused, TrackRequest};
+use bunting_actors::TrackRequest;
 
 /// `bunting.v1.Experiments` over the node's experiment store, if it has one.
 #[derive(Debug, Clone)]
 pub struct ExperimentsService {
     store: RequiredStore<dyn ExperimentStore>,
-    /// The actor tree (the shards own users' records and statistics).
-    node: Arc<Node>,
-    /// `Some` on a clustered node: tracked events go to the owner, results gather every member.
-    routing: Option<Routing>,
-    /// Admission for the RPCs that reach the shard actors (`Track`, `GetExperimentResults`).
-    gate: Gate,
+    /// The way to the shard actors (the shards own users' records and statistics): admission,
+    /// the owner of each user's shard, and every member's statistics.
+    dispatch: Dispatch,
 }
 
 /// The label of this service's refusals in `bunting_requests_shed_total`.
@@ -56,9 +51,7 @@ impl ExperimentsService {
     pub fn new(
         store: Option<Arc<dyn ExperimentStore>>,
         flags: &FlagSourceConfig,
-        node: Arc<Node>,
-        routing: Option<Routing>,
-        gate: Gate,
+        dispatch: Dispatch,
     ) -> ExperimentsService {
         let without_store = match flags {
             FlagSourceConfig::File { path, .. } => format!(
@@ -73,9 +66,7 @@ impl ExperimentsService {
         };
         ExperimentsService {
             store: RequiredStore::new(store, without_store),
-            node,
-            routing,
-            gate,
+            dispatch,
         }
     }
 
@@ -194,31 +185,7 @@ impl ExperimentsRpc for ExperimentsService {
         &self,
         request: Request<pb::TrackRequest>,
     ) -> Result<Response<pb::TrackResponse>, Status> {
-        let this = self.clone();
         let req = request.into_inner();
-        self.gate
-            .run(SERVICE, async move { this.track_admitted(req).await })
-            .await
-    }
-
-    async fn get_experiment_results(
-        &self,
-        request: Request<pb::GetExperimentResultsRequest>,
-    ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
-        let this = self.clone();
-        let req = request.into_inner();
-        self.gate
-            .run(SERVICE, async move { this.results_admitted(req).await })
-            .await
-    }
-}
-
-impl ExperimentsService {
-    /// One admitted Track (see `Gate::run`).
-    async fn track_admitted(
-        &self,
-        req: pb::TrackRequest,
-    ) -> Result<Response<pb::TrackResponse>, Status> {
         if req.targeting_key.is_empty() {
             return Err(bad_field("targeting_key", "must not be empty"));
         }
@@ -232,55 +199,27 @@ impl ExperimentsService {
                 e.to_string(),
             )
         })?;
-        let flag_set = req.flag_set_id.filter(|s| !s.is_empty());
-        if let Some(owner) = self
-            .routing
-            .as_ref()
-            .and_then(|r| r.remote_owner(&req.targeting_key).map(|o| (r, o)))
-        {
-            let (routing, owner) = owner;
-            return match routing
-                .track(
-                    &owner,
-                    &req.targeting_key,
-                    &req.event,
-                    req.value,
-                    flag_set.as_deref(),
-                )
-                .await
-            {
-                Ok(Tracked::Counted(ids)) => Ok(counted(ids)),
-                Ok(Tracked::BadEvent(why)) => Err(Status::invalid_argument(bounded(why))),
-                Err(e) => Err(Status::unavailable(format!(
-                    "the owner of {}'s shard ({owner}) did not take the event: {e}; retry",
-                    quoted(&req.targeting_key)
-                ))),
-            };
-        }
-        let answer = self
-            .node
-            .track(TrackRequest {
-                user: req.targeting_key,
-                event: req.event,
-                value: req.value,
-                flag_set,
-            })
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        match answer {
+        let request = TrackRequest {
+            user: req.targeting_key,
+            event: req.event,
+            value: req.value,
+            flag_set: req.flag_set_id.filter(|s| !s.is_empty()),
+        };
+        match self.dispatch.track(SERVICE, request).await {
             Ok(ids) => Ok(counted(ids)),
-            Err(TrackRefused::BadEvent(e)) => Err(Status::invalid_argument(bounded(e.to_string()))),
-            Err(e @ (TrackRefused::NotOwner(_) | TrackRefused::Store(_))) => {
-                Err(Status::unavailable(format!("{e}; retry")))
-            }
+            Err(TrackFailed::BadEvent(why)) => Err(Status::invalid_argument(bounded(why))),
+            Err(TrackFailed::Unavailable(why)) => Err(Status::unavailable(why)),
+            Err(TrackFailed::Refused(refused)) => Err(refused.into()),
         }
     }
 
-    /// One admitted results request: it asks every shard (and every peer) for its totals.
-    async fn results_admitted(
+    /// Asks every shard (and every peer) for its totals, through the dispatch (which admits
+    /// that part: the store read before it reaches no actor).
+    async fn get_experiment_results(
         &self,
-        request: pb::GetExperimentResultsRequest,
+        request: Request<pb::GetExperimentResultsRequest>,
     ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
+        let request = request.into_inner();
         let store = self.store()?;
         let id = experiment_id(request.id)?;
         let record = store
@@ -292,19 +231,7 @@ impl ExperimentsService {
                 "experiment {id} is a draft: nothing has been counted; start it first"
             )));
         }
-        let mut totals = self
-            .node
-            .experiment_totals(&id)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        if let Some(routing) = &self.routing {
-            let theirs = routing.peer_totals(&id).await.map_err(|(node, e)| {
-                Status::unavailable(format!(
-                    "results incomplete: node {node} did not report: {e}; retry"
-                ))
-            })?;
-            totals.merge(&theirs);
-        }
+        let totals = self.dispatch.experiment_totals(SERVICE, id).await?;
         let analysed = record.experiment.clone();
         Ok(Response::new(experiment_results::results(
             &analysed,

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 
-use bunting_actors::Catalog;
+use bunting_actors::ResolvedFlag;
 use bunting_engine::FlagType;
 use bunting_proto::flagd::evaluation::{v1, v2};
 use futures_core::Stream;
@@ -15,7 +15,8 @@ use super::evaluator::{
     Evaluator, bool_value, float_value, int_value, metadata_struct, object_value, string_value,
 };
 use super::events;
-use super::request::selector;
+use super::request::{resolution_status, selector};
+use crate::dispatch::Routed;
 
 /// `flagd.evaluation.v1.Service`.
 #[derive(Debug, Clone)]
@@ -50,10 +51,12 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveBooleanResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let (r, stamp) = self
-                    .0
-                    .resolve($label, set, req.flag_key, req.context, FlagType::Boolean)
-                    .await?;
+                let (r, stamp) = resolved(
+                    self.0
+                        .dispatch
+                        .resolve($label, set, req.flag_key, req.context, FlagType::Boolean)
+                        .await?,
+                )?;
                 Ok(stamped(
                     stamp,
                     $proto::ResolveBooleanResponse {
@@ -71,10 +74,12 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveStringResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let (mut r, stamp) = self
-                    .0
-                    .resolve($label, set, req.flag_key, req.context, FlagType::String)
-                    .await?;
+                let (mut r, stamp) = resolved(
+                    self.0
+                        .dispatch
+                        .resolve($label, set, req.flag_key, req.context, FlagType::String)
+                        .await?,
+                )?;
                 Ok(stamped(
                     stamp,
                     $proto::ResolveStringResponse {
@@ -92,10 +97,12 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveFloatResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let (r, stamp) = self
-                    .0
-                    .resolve($label, set, req.flag_key, req.context, FlagType::Float)
-                    .await?;
+                let (r, stamp) = resolved(
+                    self.0
+                        .dispatch
+                        .resolve($label, set, req.flag_key, req.context, FlagType::Float)
+                        .await?,
+                )?;
                 Ok(stamped(
                     stamp,
                     $proto::ResolveFloatResponse {
@@ -113,10 +120,12 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveIntResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let (r, stamp) = self
-                    .0
-                    .resolve($label, set, req.flag_key, req.context, FlagType::Integer)
-                    .await?;
+                let (r, stamp) = resolved(
+                    self.0
+                        .dispatch
+                        .resolve($label, set, req.flag_key, req.context, FlagType::Integer)
+                        .await?,
+                )?;
                 Ok(stamped(
                     stamp,
                     $proto::ResolveIntResponse {
@@ -134,10 +143,12 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveObjectResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let (mut r, stamp) = self
-                    .0
-                    .resolve($label, set, req.flag_key, req.context, FlagType::Object)
-                    .await?;
+                let (mut r, stamp) = resolved(
+                    self.0
+                        .dispatch
+                        .resolve($label, set, req.flag_key, req.context, FlagType::Object)
+                        .await?,
+                )?;
                 Ok(stamped(
                     stamp,
                     $proto::ResolveObjectResponse {
@@ -155,9 +166,15 @@ macro_rules! flagd_evaluation_service {
             ) -> Result<Response<$proto::ResolveAllResponse>, Status> {
                 let set = selector(request.metadata(), "");
                 let req = request.into_inner();
-                let (all, stamp) = self.0.resolve_all($label, set.clone(), req.context).await?;
-                let mut flags = std::collections::HashMap::with_capacity(all.len());
-                for (key, mut r) in all {
+                let routed = self
+                    .0
+                    .dispatch
+                    .resolve_all($label, set, req.context)
+                    .await?;
+                let all = routed.answer.map_err(|e| resolution_status(&e))?;
+                let stamp = routed.stamp;
+                let mut flags = std::collections::HashMap::with_capacity(all.flags.len());
+                for (key, mut r) in all.flags {
                     // Like flagd, a flag that fails to resolve is left out rather than failing
                     // the whole call.
                     if r.error.is_some() {
@@ -185,14 +202,13 @@ macro_rules! flagd_evaluation_service {
                         },
                     );
                 }
-                let catalog = self.0.node.catalog();
-                let metadata =
-                    set_metadata(&catalog, set.as_deref(), &self.0.node.config().default_set);
+                // The metadata of the set version that resolved the flags, on whichever node
+                // that was.
                 Ok(stamped(
                     stamp,
                     $proto::ResolveAllResponse {
                         flags,
-                        metadata: Some(metadata_struct(&metadata)?),
+                        metadata: Some(metadata_struct(&all.metadata)?),
                     },
                 ))
             }
@@ -222,16 +238,12 @@ macro_rules! flagd_evaluation_service {
 flagd_evaluation_service!(FlagdV1, v1, "flagd.evaluation.v1", present_v1);
 flagd_evaluation_service!(FlagdV2, v2, "flagd.evaluation.v2", present_v2);
 
-/// The flag-set metadata of the selected set (empty if it does not exist).
-fn set_metadata(
-    catalog: &Catalog,
-    set: Option<&str>,
-    default_set: &str,
-) -> serde_json::Map<String, Value> {
-    catalog
-        .get(set.unwrap_or(default_set))
-        .map(|s| s.metadata().clone())
-        .unwrap_or_default()
+/// A typed resolution's flag and stamp, or flagd's status for its resolution error.
+fn resolved(routed: Routed<ResolvedFlag>) -> Result<(ResolvedFlag, crate::routing::Stamp), Status> {
+    match &routed.answer.error {
+        Some(error) => Err(resolution_status(error)),
+        None => Ok((routed.answer, routed.stamp)),
+    }
 }
 
 /// The answer with the routing metadata a shard-aware client reads (see `crate::routing`).

@@ -21,7 +21,7 @@ pub struct FlagdSync(pub Evaluator);
 
 impl FlagdSync {
     pub(super) fn set_name(&self, chosen: Option<Arc<str>>) -> Arc<str> {
-        chosen.unwrap_or_else(|| self.0.node.config().default_set.as_str().into())
+        chosen.unwrap_or_else(|| self.0.node().config().default_set.as_str().into())
     }
 }
 
@@ -55,7 +55,7 @@ impl FlagSyncService for FlagdSync {
     ) -> Result<Response<FetchAllFlagsResponse>, Status> {
         let set = self.set_name(selector(request.metadata(), &request.get_ref().selector));
         let flag_configuration =
-            configuration(&self.0.node.catalog(), &set).ok_or_else(|| unknown_set(&set))?;
+            configuration(&self.0.node().catalog(), &set).ok_or_else(|| unknown_set(&set))?;
         Ok(Response::new(FetchAllFlagsResponse { flag_configuration }))
     }
 
@@ -64,7 +64,7 @@ impl FlagSyncService for FlagdSync {
         request: Request<GetMetadataRequest>,
     ) -> Result<Response<GetMetadataResponse>, Status> {
         let set = self.set_name(selector(request.metadata(), ""));
-        let catalog = self.0.node.catalog();
+        let catalog = self.0.node().catalog();
         let metadata = catalog
             .get(&set)
             .map(|s| s.metadata().clone())

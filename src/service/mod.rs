@@ -6,7 +6,7 @@ mod admin;
 mod admin_status;
 mod admission;
 mod bulk;
-mod evaluator;
+pub(crate) mod evaluator;
 mod events;
 // Public so the A/A simulation (tests/aa_simulation.rs) analyses totals exactly as the RPC does.
 pub mod experiment_results;
@@ -17,11 +17,11 @@ mod request;
 mod sync_snapshots;
 mod sync_stream;
 mod topology;
-mod wire_text;
+pub(crate) mod wire_text;
 
 pub use admin::{Admin, DEFAULT_AUDIT_PAGE};
 pub use admin_status::{MAX_FLAG_KEY_CHARS, MAX_FLAG_SET_ID_CHARS};
-pub use admission::{Gate, Limits};
+pub use admission::{ContextRefused, Gate, Limits, Refused};
 pub use bulk::BulkEvaluation;
 pub use evaluator::Evaluator;
 pub use events::changed_flags;

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bunting_actors::NodeError;
 use bunting_engine::{ErrorCode, ResolveError};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
@@ -66,10 +65,6 @@ pub fn resolution_status(error: &ResolveError) -> Status {
     };
     // The engine's message quotes the flag key whole, and the key is the client's.
     Status::new(code, super::wire_text::bounded(error.message.clone()))
-}
-
-pub fn node_status(error: NodeError) -> Status {
-    Status::unavailable(error.to_string())
 }
 
 #[cfg(test)]

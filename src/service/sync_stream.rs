@@ -121,10 +121,10 @@ impl Subscriptions {
         let (parts, body) = request.into_parts();
         // Read before the slot is taken: a client that never sends its request holds nothing.
         let message = read_request(body).await?;
-        let slot = evaluator.gate.open_stream(STREAM)?;
+        let slot = evaluator.gate().open_stream(STREAM)?;
         let metadata = MetadataMap::from_headers(parts.headers);
         let set = self.sync.set_name(selector(&metadata, &message.selector));
-        let mut catalog = evaluator.node.watch();
+        let mut catalog = evaluator.node().watch();
         let current = catalog.borrow_and_update().clone();
         let Some(flags) = current.get(&set) else {
             return Err(super::flagd_sync::unknown_set(&set));

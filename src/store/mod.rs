@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+/// The most audit entries one page returns, whatever the caller asks for (every `AdminStore`
+/// caps its pages at this; the Admin API refuses larger requests).
+pub const MAX_AUDIT_PAGE: u32 = 1000;
+
 pub use file::{FileSource, FileSourceError, FileWatch, WatchedFlagSet};
 pub use postgres::{PostgresSettings, PostgresStore};
 

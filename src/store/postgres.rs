@@ -31,8 +31,7 @@ use super::{
 /// The channel every write notifies, with `{"flag_set", "version", "at", "deleted"}` as payload.
 pub const CHANGE_CHANNEL: &str = "bunting_flag_changes";
 
-/// The most audit entries one page returns, whatever the caller asks for.
-pub const MAX_AUDIT_PAGE: u32 = 1000;
+pub use super::MAX_AUDIT_PAGE;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -5,7 +5,7 @@
 //! The arguments (one per line in the variable):
 //!
 //! ```text
-//! --id a [--listen 127.0.0.1:0] [--seed ADDR]... [--grpc HOST:PORT] [--shards N] [--vnodes N]
+//! --id a [--listen 127.0.0.1:0] [--seed ADDR]... [--grpc HOST:PORT] [--shards N] [--vnodes N] [--peer-protocol N]
 //!     [--heartbeat-ms N] [--failure-ms N] [--handshake-ms N] [--max-payload N]
 //!     [--cookie-env VAR | --cookie-file PATH] [--tls-cert PEM --tls-key PEM --tls-ca PEM [--tls-name NAME]]
 //! ```
@@ -72,7 +72,9 @@ fn config(args: &[String]) -> Result<ClusterConfig, String> {
             "--tls-ca" => tls[2] = Some(value),
             "--tls-name" => tls[3] = Some(value),
             "--shards" | "--vnodes" | "--heartbeat-ms" | "--failure-ms" | "--handshake-ms"
-            | "--max-payload" => numbers.push((flag.as_str(), value.parse().map_err(|e| bad(&e))?)),
+            | "--max-payload" | "--peer-protocol" => {
+                numbers.push((flag.as_str(), value.parse().map_err(|e| bad(&e))?))
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -100,6 +102,7 @@ fn config(args: &[String]) -> Result<ClusterConfig, String> {
             "--heartbeat-ms" => config.heartbeat_interval = Duration::from_millis(n),
             "--failure-ms" => config.failure_timeout = Duration::from_millis(n),
             "--handshake-ms" => config.handshake_timeout = Duration::from_millis(n),
+            "--peer-protocol" => config.peer_protocol = u32::try_from(n).map_err(|_| too_big())?,
             _ => config.max_payload_bytes = usize::try_from(n).map_err(|_| too_big())?,
         }
     }

@@ -1,0 +1,262 @@
+//! The one path every per-user request takes to the actor tree: admission (the [`Gate`]), the
+//! owner of the subject's shard ([`Routing`]: here, or forwarded to a peer with local fallback),
+//! and the actor tree ([`Node`]). The gRPC services (flagd evaluation v1/v2, `bunting.v1`
+//! Evaluation and Experiments) and the peer handler call it, and so will any other front end:
+//! they decode their protocol and encode the answer, nothing else. A new per-user operation is
+//! one method here plus its peer message, so no entry point can skip admission or routing.
+//!
+//! A forwarded request is served by the owner's `Dispatch` built with [`Dispatch::new`] (no
+//! routing): it is evaluated there, never forwarded again, so two nodes whose maps disagree for a
+//! moment cannot bounce a request between them.
+
+mod bulk;
+mod error;
+mod track;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bunting_actors::{Node, ResolveRequest, ResolvedFlag, ResolvedSet};
+use bunting_cluster::NodeId;
+use bunting_engine::{EvaluationContext, FlagType, ResolveError};
+use bunting_experiments::{ExperimentId, ExperimentTotals};
+use prost_types::Struct;
+
+use crate::routing::peer::wire::{Answer, Request, Resolve, Target};
+use crate::routing::{Route, Routing, Stamp};
+use crate::service::Gate;
+
+pub use bulk::{BulkAnswer, BulkQuery, SubjectAnswer};
+pub use error::DispatchError;
+pub use track::TrackFailed;
+
+/// Admission, routing and the actor tree: see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    node: Arc<Node>,
+    gate: Gate,
+    /// `Some` on a clustered node answering clients: subjects owned elsewhere are forwarded.
+    routing: Option<Routing>,
+    /// The most subjects × flags one bulk call may ask for (the node's `max_bulk_evaluations`).
+    max_bulk_evaluations: usize,
+}
+
+/// An answer and what it tells the client about routing (`bunting-epoch`, `bunting-owner`).
+#[derive(Debug, Clone)]
+pub struct Routed<T> {
+    pub answer: T,
+    pub stamp: Stamp,
+}
+
+impl Dispatch {
+    /// A dispatch that evaluates on this node only: a single node's, and the one serving
+    /// requests forwarded by peers.
+    pub fn new(node: Arc<Node>, gate: Gate, max_bulk_evaluations: usize) -> Dispatch {
+        Dispatch {
+            node,
+            gate,
+            routing: None,
+            max_bulk_evaluations,
+        }
+    }
+
+    /// The same dispatch, sending each subject to its shard's owner under `routing`.
+    #[must_use]
+    pub fn routed(mut self, routing: Option<Routing>) -> Dispatch {
+        self.routing = routing;
+        self
+    }
+
+    /// The actor tree, for what is not a per-user request (streams, the catalog).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The node's admission, for streams (which take a stream slot, not a request slot).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Where a request for `context` runs, and what its answer tells the client.
+    fn route(&self, context: &EvaluationContext) -> (Option<(&Routing, NodeId)>, Stamp) {
+        let Some(routing) = &self.routing else {
+            return (None, Stamp::default());
+        };
+        match routing.route(context) {
+            (Route::Remote(owner), stamp) => (Some((routing, owner)), stamp),
+            (Route::Local, stamp) => (None, stamp),
+        }
+    }
+
+    /// One typed resolution for one subject, admitted (see [`Gate::run`]). A resolution error
+    /// is in the answer (`ResolvedFlag::error`); `Err` is admission, a malformed request, or the
+    /// actor tree failing.
+    pub async fn resolve(
+        &self,
+        service: &'static str,
+        set: Option<Arc<str>>,
+        key: String,
+        context: Option<Struct>,
+        wanted: FlagType,
+    ) -> Result<Routed<ResolvedFlag>, DispatchError> {
+        let this = self.clone();
+        self.gate
+            .run(service, async move {
+                this.resolve_admitted(service, set, key, context, wanted)
+                    .await
+            })
+            .await
+    }
+
+    async fn resolve_admitted(
+        &self,
+        service: &'static str,
+        set: Option<Arc<str>>,
+        key: String,
+        context: Option<Struct>,
+        wanted: FlagType,
+    ) -> Result<Routed<ResolvedFlag>, DispatchError> {
+        let started = Instant::now();
+        if key.is_empty() {
+            return Err(DispatchError::EmptyFlagKey);
+        }
+        let context = self.gate.context(context)?;
+        let (remote, stamp) = self.route(&context);
+        let forwarded = match (remote, wire_context(&context)) {
+            (Some((routing, owner)), Some(wire)) => {
+                let request = Request::Resolve(Resolve {
+                    set: set.clone(),
+                    context: wire,
+                    target: Target::Flag {
+                        key: key.clone(),
+                        wanted,
+                    },
+                });
+                routing
+                    .forward(&owner, request, |answer| match answer {
+                        Answer::Flag(resolved) => Ok(resolved),
+                        other => Err(other.unexpected("one-flag")),
+                    })
+                    .await
+                    .ok()
+            }
+            _ => None,
+        };
+        let resolved = match forwarded {
+            Some(resolved) => resolved,
+            None => {
+                self.node
+                    .resolve(ResolveRequest {
+                        set,
+                        key,
+                        wanted: Some(wanted),
+                        context,
+                    })
+                    .await?
+            }
+        };
+        record(service, &resolved, started);
+        Ok(Routed {
+            answer: resolved,
+            stamp,
+        })
+    }
+
+    /// Every flag of a set for one subject, with the set's metadata as the resolving shard
+    /// (here or on the owner) held it, admitted (see [`Gate::run`]).
+    pub async fn resolve_all(
+        &self,
+        service: &'static str,
+        set: Option<Arc<str>>,
+        context: Option<Struct>,
+    ) -> Result<Routed<Result<ResolvedSet, ResolveError>>, DispatchError> {
+        let this = self.clone();
+        self.gate
+            .run(service, async move {
+                this.resolve_all_admitted(service, set, context).await
+            })
+            .await
+    }
+
+    async fn resolve_all_admitted(
+        &self,
+        service: &'static str,
+        set: Option<Arc<str>>,
+        context: Option<Struct>,
+    ) -> Result<Routed<Result<ResolvedSet, ResolveError>>, DispatchError> {
+        let started = Instant::now();
+        let context = self.gate.context(context)?;
+        let (remote, stamp) = self.route(&context);
+        let forwarded = match (remote, wire_context(&context)) {
+            (Some((routing, owner)), Some(wire)) => {
+                let request = Request::Resolve(Resolve {
+                    set: set.clone(),
+                    context: wire,
+                    target: Target::All,
+                });
+                routing
+                    .forward(&owner, request, |answer| match answer {
+                        Answer::All(all) => Ok(all),
+                        other => Err(other.unexpected("all-flags")),
+                    })
+                    .await
+                    .ok()
+            }
+            _ => None,
+        };
+        let answer = match forwarded {
+            Some(answer) => answer,
+            None => self.node.resolve_all(set, context).await?,
+        };
+        metrics::histogram!("bunting_evaluation_seconds", "service" => service)
+            .record(started.elapsed().as_secs_f64());
+        if let Ok(all) = &answer {
+            for (_, r) in &all.flags {
+                metrics::counter!("bunting_evaluations_total", "service" => service, "reason" => r.reason.as_str())
+                    .increment(1);
+            }
+        }
+        Ok(Routed { answer, stamp })
+    }
+
+    /// The live statistics of `experiment`: this node's shards, and on a clustered node every
+    /// other member's, admitted (see [`Gate::run`]).
+    pub async fn experiment_totals(
+        &self,
+        service: &'static str,
+        experiment: ExperimentId,
+    ) -> Result<ExperimentTotals, DispatchError> {
+        let this = self.clone();
+        self.gate
+            .run(service, async move {
+                let mut totals = this.node.experiment_totals(&experiment).await?;
+                if let Some(routing) = &this.routing {
+                    let theirs = routing
+                        .peer_totals(&experiment)
+                        .await
+                        .map_err(|(node, error)| DispatchError::PeerTotals { node, error })?;
+                    totals.merge(&theirs);
+                }
+                Ok(totals)
+            })
+            .await
+    }
+}
+
+/// The context as the peer protocol carries it. The engine's contexts are JSON objects that came
+/// from a Struct (or from a peer's), so this fails only past the Struct conversion's depth
+/// limit; such a request is then evaluated here, as when the owner is unreachable.
+fn wire_context(context: &EvaluationContext) -> Option<Struct> {
+    bunting_proto::json::json_to_struct(context.fields()).ok()
+}
+
+fn record(service: &'static str, resolved: &ResolvedFlag, started: Instant) {
+    metrics::histogram!("bunting_evaluation_seconds", "service" => service)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("bunting_evaluations_total", "service" => service, "reason" => resolved.reason.as_str())
+        .increment(1);
+    if let Some(error) = &resolved.error {
+        metrics::counter!("bunting_evaluation_errors_total", "service" => service, "code" => error.code.as_str())
+            .increment(1);
+    }
+}
