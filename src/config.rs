@@ -182,6 +182,10 @@ pub struct EvaluationConfig {
     pub max_steps: NonZeroU64,
     /// Bytes of values built during one evaluation (strings, arrays, objects), added up.
     pub max_built_bytes: NonZeroU64,
+    /// Evaluations of rules that loop (`map`, `filter`, `reduce`, `all`, `none`, `some`) running
+    /// at once on this node; more wait for a turn, so such rules never take every thread from the
+    /// cheap ones. Default: half the CPUs, at least one.
+    pub max_looping_evaluations: NonZeroUsize,
 }
 
 impl Default for EvaluationConfig {
@@ -190,8 +194,16 @@ impl Default for EvaluationConfig {
         EvaluationConfig {
             max_steps: NonZeroU64::new(budget.max_steps).unwrap_or(NonZeroU64::MIN),
             max_built_bytes: NonZeroU64::new(budget.max_built_bytes).unwrap_or(NonZeroU64::MIN),
+            max_looping_evaluations: default_looping_evaluations(),
         }
     }
+}
+
+/// Half the CPUs the process may use, at least one: the other half stays for evaluations that do
+/// not loop, the network and the node's own work.
+fn default_looping_evaluations() -> NonZeroUsize {
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    NonZeroUsize::new(cpus / 2).unwrap_or(NonZeroUsize::MIN)
 }
 
 impl EvaluationConfig {

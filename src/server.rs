@@ -208,6 +208,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         max_concurrent_requests: config.max_concurrent_requests,
         max_streams: config.max_streams.get(),
         max_context_bytes: config.max_context_bytes,
+        max_looping_evaluations: config.evaluation.max_looping_evaluations.get(),
     });
     let routing = match &config.cluster {
         Some(settings) => Some(

@@ -380,6 +380,9 @@ fn compile_flag_object(
         kind,
         variants,
         default_variant: default_variant?,
+        iterates: targeting
+            .as_ref()
+            .is_some_and(crate::targeting::Expr::iterates),
         targeting,
         metadata: overlay(set_metadata, &own_metadata),
     })

@@ -73,6 +73,8 @@ pub struct Flag {
     pub(crate) variants: Box<[Variant]>,
     pub(crate) default_variant: Option<usize>,
     pub(crate) targeting: Option<Expr>,
+    /// `targeting` contains a loop (see [`Flag::iterates`]).
+    pub(crate) iterates: bool,
     /// The flag-set metadata overlaid with the flag's own.
     pub(crate) metadata: Metadata,
 }
@@ -100,6 +102,13 @@ impl Flag {
 
     pub fn has_targeting(&self) -> bool {
         self.targeting.is_some()
+    }
+
+    /// Whether this flag's targeting contains a loop (`map`, `filter`, `reduce`, `all`, `none`,
+    /// `some`): an evaluation that may cost up to the whole budget rather than a few steps.
+    /// Decided when the flag compiled.
+    pub fn iterates(&self) -> bool {
+        self.iterates
     }
 
     pub fn metadata(&self) -> &Metadata {

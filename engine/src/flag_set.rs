@@ -26,6 +26,9 @@ pub struct FlagSet {
     document: Value,
     /// What one evaluation of one of these flags may cost (from `CompileOptions`).
     budget: Budget,
+    /// Some flag's targeting loops (see [`Flag::iterates`]): resolving all of them may cost up to
+    /// a budget per such flag.
+    iterates: bool,
 }
 
 /// The type a caller asks for; resolving a flag as another type is `TYPE_MISMATCH`.
@@ -51,7 +54,11 @@ impl FlagSet {
             .enumerate()
             .map(|(i, e)| (Box::from(e.key()), i))
             .collect();
+        let iterates = entries
+            .iter()
+            .any(|e| matches!(e, Entry::Ready(flag) if flag.iterates()));
         FlagSet {
+            iterates,
             entries: entries.into(),
             index,
             metadata,
@@ -74,6 +81,16 @@ impl FlagSet {
     /// What one evaluation of one of these flags may cost.
     pub fn budget(&self) -> Budget {
         self.budget
+    }
+
+    /// Whether evaluating `key` may loop: true for a flag whose targeting has a loop, and, with
+    /// `None` (every flag, as resolve-all does), for a set that has any such flag. A node gives
+    /// these evaluations a lane of their own so they cannot crowd out the cheap ones.
+    pub fn iterates(&self, key: Option<&str>) -> bool {
+        match key {
+            None => self.iterates,
+            Some(key) => matches!(self.get(key), Some(Entry::Ready(flag)) if flag.iterates()),
+        }
     }
 
     pub fn metadata(&self) -> &Metadata {

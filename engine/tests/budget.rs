@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bunting_engine::{
     Budget, BudgetKind, CompileOptions, Compiled, Entry, ErrorCode, EvaluationContext,
-    FractionalMode, Reason, Rule, Severity, compile,
+    FractionalMode, Reason, Rule, Severity, compile, compile_value,
 };
 use serde_json::{Value, json};
 
@@ -358,4 +358,44 @@ fn long_operands_pay_for_their_bytes() {
     assert_eq!(r.error.and_then(|e| e.exceeded), Some(BudgetKind::Steps));
     let r = set.resolve_string("compare", &ctx(1_000));
     assert_eq!((r.value, r.error), (Some("on"), None));
+}
+
+/// Which flags may loop: what a node uses to keep costly evaluations in a lane of their own.
+#[test]
+fn flags_with_loops_are_known_when_compiled() {
+    let rule = |targeting: serde_json::Value| {
+        json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+               "defaultVariant": "off", "targeting": targeting})
+    };
+    let document = json!({
+        "$evaluators": {"looping": {"some": [{"var": "ids"}, {"==": [{"var": ""}, 1]}]}},
+        "flags": {
+            "static": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"},
+            "compare": rule(json!({"if": [{"==": [{"var": "plan"}, "pro"]}, "on", "off"]})),
+            "direct": rule(json!({"if": [{"all": [{"var": "ids"}, {">": [{"var": ""}, 0]}]}, "on", "off"]})),
+            "shared": rule(json!({"if": [{"$ref": "looping"}, "on", "off"]})),
+            "in_fraction": rule(json!({"fractional": [
+                {"cat": [{"reduce": [{"var": "ids"}, {"+": [{"var": "accumulator"}, 1]}, 0]}]},
+                ["on", 50], ["off", 50]]})),
+        }
+    });
+    let set = compile_value(&document, &CompileOptions::default())
+        .unwrap()
+        .flag_set;
+    for (key, iterates) in [
+        ("static", false),
+        ("compare", false),
+        ("direct", true),
+        ("shared", true),
+        ("in_fraction", true),
+        ("missing", false),
+    ] {
+        assert_eq!(set.iterates(Some(key)), iterates, "{key}");
+    }
+    assert!(set.iterates(None), "a set with one looping flag");
+    let plain = json!({"flags": {"compare": rule(json!({"==": [{"var": "a"}, 1]}))}});
+    let plain = compile_value(&plain, &CompileOptions::default())
+        .unwrap()
+        .flag_set;
+    assert!(!plain.iterates(None));
 }

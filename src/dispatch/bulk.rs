@@ -203,6 +203,11 @@ impl Dispatch {
         pinned: &Pinned,
         contexts: Vec<EvaluationContext>,
     ) -> Result<Vec<Vec<ResolvedFlag>>, DispatchError> {
+        let loops = pinned.keys.iter().any(|k| pinned.flags.iterates(Some(k)));
+        let _turn = match loops {
+            true => self.gate.looping_turn().await,
+            false => None,
+        };
         self.node
             .resolve_bulk(
                 pinned.set.clone(),
@@ -416,6 +421,7 @@ mod tests {
             max_concurrent_requests: 8,
             max_streams: 1,
             max_context_bytes: 1024,
+            max_looping_evaluations: 1,
         });
         Dispatch::new(node, gate, 100)
     }

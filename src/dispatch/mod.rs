@@ -77,6 +77,15 @@ impl Dispatch {
         &self.gate
     }
 
+    /// Whether evaluating `key` of `set` here (every flag, with `None`) may loop, and so waits
+    /// for a turn in the looping lane (see `service::admission`). Read from the catalog the
+    /// shards hold; a set this node does not know costs nothing and is answered by the shard.
+    fn loops(&self, set: Option<&Arc<str>>, key: Option<&str>) -> bool {
+        let catalog = self.node.catalog();
+        let name = set.map_or(self.node.config().default_set.as_str(), |s| &**s);
+        catalog.get(name).is_some_and(|flags| flags.iterates(key))
+    }
+
     /// Where a request for `context` runs, and what its answer tells the client.
     fn route(&self, context: &EvaluationContext) -> (Option<(&Routing, NodeId)>, Stamp) {
         let Some(routing) = &self.routing else {
@@ -145,6 +154,10 @@ impl Dispatch {
         let resolved = match forwarded {
             Some(resolved) => resolved,
             None => {
+                let _turn = match self.loops(set.as_ref(), Some(&key)) {
+                    true => self.gate.looping_turn().await,
+                    false => None,
+                };
                 self.node
                     .resolve(ResolveRequest {
                         set,
@@ -206,7 +219,13 @@ impl Dispatch {
         };
         let answer = match forwarded {
             Some(answer) => answer,
-            None => self.node.resolve_all(set, context).await?,
+            None => {
+                let _turn = match self.loops(set.as_ref(), None) {
+                    true => self.gate.looping_turn().await,
+                    false => None,
+                };
+                self.node.resolve_all(set, context).await?
+            }
         };
         metrics::histogram!("bunting_evaluation_seconds", "service" => service)
             .record(started.elapsed().as_secs_f64());

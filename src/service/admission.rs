@@ -8,6 +8,13 @@
 //! the request cap, or (as before) escape any cap at all. A refusal is RESOURCE_EXHAUSTED at once,
 //! counted in `bunting_requests_shed_total{service}`: shedding load beats queueing it where
 //! nobody can see it.
+//!
+//! Inside the request cap, evaluations of rules that loop (`map`, `filter`, `reduce`, `all`,
+//! `none`, `some`: each may cost up to the engine's whole budget, about a millisecond, where a
+//! rule without loops costs well under a microsecond) take turns in a lane of their own
+//! (`max_looping_evaluations` at once). A request waiting for its turn holds its request slot and
+//! uses no CPU, so however many clients ask for such flags, the cheap evaluations keep the rest
+//! of the actor runtime's threads.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +33,8 @@ pub struct Gate {
     requests: Cap,
     streams: Cap,
     max_context_bytes: usize,
+    /// Turns for evaluations of looping rules (see the module documentation).
+    looping: Arc<Semaphore>,
 }
 
 /// The limits a [`Gate`] enforces.
@@ -34,6 +43,8 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     pub max_streams: usize,
     pub max_context_bytes: usize,
+    /// Evaluations of looping rules running at once; more wait for a turn.
+    pub max_looping_evaluations: usize,
 }
 
 /// One admitted request. Dropping it gives the slot back, so it must live as long as the work:
@@ -130,7 +141,19 @@ impl Gate {
             requests: Cap::new(limits.max_concurrent_requests),
             streams: Cap::new(limits.max_streams),
             max_context_bytes: limits.max_context_bytes,
+            looping: Arc::new(Semaphore::new(limits.max_looping_evaluations.max(1))),
         }
+    }
+
+    /// A turn in the lane for evaluations of looping rules, waited for (the caller already holds
+    /// a request slot, which bounds the queue); dropped when the evaluation is done. `None` only
+    /// if the lane were closed, which it never is: the evaluation then simply runs.
+    pub async fn looping_turn(&self) -> Option<OwnedSemaphorePermit> {
+        let waited = std::time::Instant::now();
+        let turn = self.looping.clone().acquire_owned().await.ok();
+        metrics::histogram!("bunting_looping_lane_wait_seconds")
+            .record(waited.elapsed().as_secs_f64());
+        turn
     }
 
     /// A slot for one request to `service` (the label of `bunting_requests_shed_total`), or
@@ -208,7 +231,33 @@ mod tests {
             max_concurrent_requests: requests,
             max_streams: streams,
             max_context_bytes: 16,
+            max_looping_evaluations: 1,
         })
+    }
+
+    /// Looping evaluations take turns: with one turn, the second waits (without refusal) until
+    /// the first is done, and a request slot is not a turn.
+    #[tokio::test]
+    async fn looping_evaluations_take_turns_in_their_own_lane() {
+        let gate = gate(4, 1);
+        let first = gate.looping_turn().await.expect("a turn");
+        let waiting = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.looping_turn().await.is_some() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the second looping evaluation waits"
+        );
+        // Ordinary requests are admitted meanwhile: the lane is not the request cap.
+        let ordinary = gate.admit("test").expect("a request slot");
+        drop(first);
+        assert!(
+            waiting.await.unwrap(),
+            "its turn comes when the first is done"
+        );
+        drop(ordinary);
     }
 
     #[test]

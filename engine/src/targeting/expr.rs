@@ -34,6 +34,26 @@ pub(crate) enum Expr {
     Shared(Arc<Expr>),
 }
 
+impl Expr {
+    /// Whether evaluating this rule may loop (`map`, `filter`, `reduce`, `all`, `none`, `some`),
+    /// anywhere in it, through a shared `$ref` too. Such a rule can cost up to the whole
+    /// evaluation budget, where a rule without loops costs a few dozen steps; the node keeps the
+    /// former from crowding out the latter (`FlagSet::iterates`).
+    pub(crate) fn iterates(&self) -> bool {
+        let any = |exprs: &[Expr]| exprs.iter().any(Expr::iterates);
+        match self {
+            Expr::Const(_) | Expr::FlagKey | Expr::Timestamp | Expr::FlagdProperties => false,
+            Expr::Var(var) => var.default.as_ref().is_some_and(Expr::iterates),
+            Expr::VarDynamic(args) | Expr::Array(args) => any(args),
+            Expr::Op(op, args) => op.iterates() || any(args),
+            Expr::InList(needle, _) => needle.iterates(),
+            Expr::SemVer(rule) => rule.iterates(),
+            Expr::Fractional(fractional) => fractional.iterates(),
+            Expr::Shared(shared) => shared.iterates(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct VarPath {
     /// Empty means the whole current data (`{"var": ""}`).

@@ -53,6 +53,15 @@ pub(crate) enum Weight {
 }
 
 impl Fractional {
+    /// See [`Expr::iterates`].
+    pub(crate) fn iterates(&self) -> bool {
+        self.bucket_by.as_ref().is_some_and(Expr::iterates)
+            || self.buckets.iter().any(|b| {
+                b.variant.iterates()
+                    || matches!(&b.weight, Weight::Computed(weight) if weight.iterates())
+            })
+    }
+
     pub(crate) fn eval<'a>(&'a self, scope: &Scope<'a>) -> Cow<'a, Value> {
         let null = Cow::Owned(Value::Null);
         let Some(hash) = self.hash(scope) else {

@@ -214,6 +214,14 @@ pub(crate) struct SemVerRule {
 }
 
 impl SemVerRule {
+    /// See [`Expr::iterates`](super::expr::Expr).
+    pub(crate) fn iterates(&self) -> bool {
+        let operand = |o: &Operand| matches!(o, Operand::Computed(e) if e.iterates());
+        operand(&self.left)
+            || operand(&self.right)
+            || matches!(&self.op, OperatorSpec::Computed(e) if e.iterates())
+    }
+
     /// True or false, or `None` (JsonLogic null) when a version or the operator is invalid.
     pub(crate) fn eval(&self, scope: &Scope<'_>) -> Option<bool> {
         let op = match &self.op {

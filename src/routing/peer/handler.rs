@@ -252,6 +252,7 @@ mod tests {
             max_concurrent_requests: requests,
             max_streams: 1,
             max_context_bytes: 1024,
+            max_looping_evaluations: 1,
         });
         let handler = PeerHandler::new(Dispatch::new(node.clone(), gate.clone(), 100));
         (node, gate, handler)
