@@ -40,8 +40,11 @@ fn flag_file(bytes: usize, tag: &str) -> String {
         "slow".into(),
         serde_json::json!({"state": "ENABLED", "variants": {"on": true, "off": false},
             "defaultVariant": "off",
-            "targeting": {"if": [{"==": ["needle", {"reduce": [{"var": "list"},
-                {"cat": [{"var": "accumulator"}, {"var": "current"}]}, ""]}]}, "on", "off"]}}),
+            // The costliest kind of rule the evaluation budget lets through (about 0.3 ms):
+            // two nested loops over 80 constants, never matching. It loops, so it also waits
+            // for its turn in the looping lane while holding its request slot.
+            "targeting": {"if": [{"some": [(0..80).collect::<Vec<u32>>(), {"some": [
+                (0..80).collect::<Vec<u32>>(), {"==": [{"var": ""}, -1]}]}]}, "on", "off"]}}),
     );
     let padding = "p".repeat(1000);
     for i in 0..bytes / 1100 {
@@ -270,15 +273,12 @@ async fn slow_evaluations_past_the_cap_are_shed() {
     let path = dir.join("flags.json");
     write_flags(&path, &flag_file(0, "v1"));
     let node = Serve::new(&path)
-        .settings("max_concurrent_requests = 4\nmax_context_bytes = 1000000")
+        .settings("max_concurrent_requests = 4")
+        .config("[evaluation]\nmax_looping_evaluations = 1")
         .start(&dir);
     let client = channel(node.grpc_port()).await;
-    // Long enough for `slow` to take a while (tens of megabytes copied), small on the wire.
-    let list: Vec<serde_json::Value> = (0..12_000)
-        .map(|i| serde_json::Value::String(format!("item-{i}")))
-        .collect();
     let mut fields = serde_json::Map::new();
-    fields.insert("list".into(), serde_json::Value::Array(list));
+    fields.insert("targetingKey".into(), serde_json::Value::from("someone"));
     let context = bunting_proto::json::json_to_struct(&fields).unwrap();
     let mut outcomes = Vec::new();
     for _round in 0..3 {

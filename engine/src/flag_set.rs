@@ -125,7 +125,7 @@ impl FlagSet {
             None => Resolution::failed(
                 ResolveError::new(
                     ErrorCode::FlagNotFound,
-                    format!("flag {:?} not found", crate::limits::shown(key)),
+                    format!("flag {} not found", crate::limits::quoted(key)),
                 ),
                 &self.metadata,
             ),

@@ -64,6 +64,16 @@ pub(crate) fn shown(text: &str) -> Cow<'_, str> {
     Cow::Owned(format!("{}…", &text[..end]))
 }
 
+/// `text` quoted for a message that does not otherwise say how long it is: [`shown`], and the
+/// original length when it was cut (a caller who sent a megabyte-long key learns that it did).
+pub(crate) fn quoted(text: &str) -> String {
+    if text.len() <= SHOWN_BYTES {
+        format!("{text:?}")
+    } else {
+        format!("{:?} ({} bytes)", shown(text), text.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +85,11 @@ mod tests {
         let cut = shown(&long);
         assert!(cut.ends_with('…'));
         assert_eq!(cut.len(), 256 + '…'.len_utf8());
+        assert_eq!(quoted("short"), "\"short\"");
+        assert!(
+            quoted(&long).ends_with("…\" (400 bytes)"),
+            "{}",
+            quoted(&long)
+        );
     }
 }
