@@ -27,6 +27,7 @@ use super::{
     AdminStore, AuditAction, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord,
     FlagSetSnapshot, StoreError, Subscription,
 };
+use crate::secret_url::RedactedUrl;
 
 /// The channel every write notifies, with `{"flag_set", "version", "at", "deleted"}` as payload.
 pub const CHANGE_CHANNEL: &str = "bunting_flag_changes";
@@ -56,18 +57,30 @@ impl Default for PostgresSettings {
     }
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` by hand: the connect options hold the password, and sqlx's `Debug` prints it.
+#[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     connect_options: PgConnectOptions,
     settings: PostgresSettings,
 }
 
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("host", &self.connect_options.get_host())
+            .field("port", &self.connect_options.get_port())
+            .field("database", &self.connect_options.get_database())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/database`) and applies the migrations.
     pub async fn connect(url: &str, settings: PostgresSettings) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(|e| StoreError::Internal {
-            source: format!("database url {url:?}: {e}").into(),
+            source: format!("database url {}: {e}", RedactedUrl::new(url)).into(),
         })?;
         Self::connect_with(options, settings).await
     }
