@@ -79,9 +79,12 @@ impl std::fmt::Debug for PostgresStore {
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/database`) and applies the migrations.
     pub async fn connect(url: &str, settings: PostgresSettings) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url.parse().map_err(|e| StoreError::Internal {
-            source: format!("database url {}: {e}", RedactedUrl::new(url)).into(),
-        })?;
+        let options: PgConnectOptions =
+            known_params_only(url)
+                .parse()
+                .map_err(|e| StoreError::Internal {
+                    source: format!("database url {}: {e}", RedactedUrl::new(url)).into(),
+                })?;
         Self::connect_with(options, settings).await
     }
 
@@ -705,6 +708,56 @@ impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Self {
         Failure::Db(e)
     }
+}
+
+/// Query parameters of a connection URL that sqlx reads (`sqlx_postgres::options::parse`).
+const SQLX_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// `url` without the query parameters sqlx does not read. sqlx logs an unknown parameter with
+/// its value, and libpq's `sslpassword` is one: dropped here, it is logged by name only. A URL
+/// that does not parse is returned as it is, for sqlx to refuse (its error does not quote it).
+fn known_params_only(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if parsed.query().is_none() {
+        return url.to_owned();
+    }
+    let (known, unknown): (Vec<_>, Vec<_>) = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .partition(|(k, _)| SQLX_PARAMS.contains(&k.as_str()));
+    if unknown.is_empty() {
+        return url.to_owned();
+    }
+    for (key, _) in &unknown {
+        tracing::warn!(%key, "ignoring a database url parameter PostgreSQL connections do not use");
+    }
+    if known.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(known);
+    }
+    parsed.into()
 }
 
 async fn connect_once(
