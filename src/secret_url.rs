@@ -88,6 +88,32 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
+/// `text` with every word that looks like a URL (it contains `://`) redacted: for messages
+/// written by others (a TOML or driver error) that may quote a URL. Words end at whitespace and
+/// quotes.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains("://") {
+            out.push_str(RedactedUrl::new(word).as_str());
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() || matches!(c, '"' | '\'' | '`') {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 /// The redacted text of `raw`, or `None` when it does not parse as a URL with an authority.
 fn redact(raw: &str) -> Option<String> {
     // A bare `host:port` or `user:pw@host:port` would parse as scheme `host` with an opaque
@@ -188,6 +214,19 @@ mod tests {
                 "{raw:?}"
             );
         }
+    }
+
+    #[test]
+    fn redacts_urls_quoted_in_messages() {
+        assert_eq!(
+            redact_urls("invalid type: string \"postgres://u:s3cr3t@db/x\", expected u64"),
+            "invalid type: string \"postgres://***@db/x\", expected u64"
+        );
+        assert_eq!(redact_urls("no url here: a:b@c"), "no url here: a:b@c");
+        assert_eq!(
+            redact_urls("at redis://:s3cr3t@h:1 now"),
+            "at redis://***@h:1 now"
+        );
     }
 
     #[test]

@@ -1087,3 +1087,26 @@ impl From<SnapshotRow> for FlagSetSnapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod url_tests {
+    use super::known_params_only;
+
+    #[test]
+    fn parameters_sqlx_would_log_with_their_values_are_dropped() {
+        for (url, kept) in [
+            ("postgres://u:p@db/x", "postgres://u:p@db/x"),
+            (
+                "postgres://u@db/x?sslmode=require&sslpassword=s3cr3t",
+                "postgres://u@db/x?sslmode=require",
+            ),
+            ("postgres://u@db/x?sslpassword=s3cr3t", "postgres://u@db/x"),
+            (
+                "postgres://u:p@db:notaport/x",
+                "postgres://u:p@db:notaport/x",
+            ),
+        ] {
+            assert_eq!(known_params_only(url), kept, "{url}");
+        }
+    }
+}
