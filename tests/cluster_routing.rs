@@ -543,7 +543,8 @@ async fn no_secret_reaches_a_log_a_metric_or_an_answer() {
     const REDIS_SECRET: &str = "s3cr3t-redis";
     const PG_SECRET: &str = "s3cr3t-pg";
     const COOKIE_SECRET: &str = "s3cr3t-cookie";
-    let secrets = [REDIS_SECRET, PG_SECRET, COOKIE_SECRET];
+    const WRONG_SECRET: &str = "s3cr3t-wrong";
+    let secrets = [REDIS_SECRET, PG_SECRET, COOKIE_SECRET, WRONG_SECRET];
     let leaks = |what: &str, text: &str| {
         for secret in secrets {
             assert!(!text.contains(secret), "{what} shows {secret:?}:\n{text}");
@@ -603,6 +604,24 @@ async fn no_secret_reaches_a_log_a_metric_or_an_answer() {
         "{unavailable:?}"
     );
     leaks("an Admin UNAVAILABLE answer", &format!("{unavailable:?}"));
+
+    // A node with the wrong Redis password: Redis refuses it (the authentication failure path).
+    let mut refused = ClusterNode::new(&dir, "node-wrong", &postgres_flags(&pg_url), &[])
+        .with_cookie(COOKIE_SECRET)
+        .extra_config(&format!(
+            "[shared_tier]\nkind = \"redis\"\nurl = \"redis://:{WRONG_SECRET}@127.0.0.1:{redis_port}\"\n\
+             failure_threshold = 1\nopen_for_ms = 200\ntimeout_ms = 500\n"
+        ));
+    refused.start();
+    common::wait_until(
+        "the node with the wrong password opens its breaker",
+        Duration::from_secs(20),
+        || async { refused.log().contains("circuit breaker open") },
+    )
+    .await;
+    leaks("/metrics with the wrong password", &refused.metrics_text());
+    leaks("the log with the wrong password", &refused.log());
+    drop(refused);
 
     // Redis goes away: the subscription is lost and reconnected, calls fail, the breaker opens.
     redis.kill_hard();
