@@ -7,6 +7,7 @@
 //! own, named by [`Guarded`] in their metrics (`bunting_shared_tier_*`, `bunting_event_store_*`)
 //! and log lines.
 
+use crate::secret_url::RedactedUrl;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -98,7 +99,8 @@ pub struct Breaker {
     settings: BreakerSettings,
     guarded: Guarded,
     names: MetricNames,
-    endpoint: String,
+    /// Redacted by construction: the label is on `/metrics`, which anyone may scrape.
+    endpoint: RedactedUrl,
     inner: Mutex<Inner>,
 }
 
@@ -134,11 +136,11 @@ impl Drop for Permit<'_> {
 
 impl Breaker {
     /// The shared tier's breaker.
-    pub fn new(settings: BreakerSettings, endpoint: String) -> Breaker {
+    pub fn new(settings: BreakerSettings, endpoint: RedactedUrl) -> Breaker {
         Breaker::guarding(SHARED_TIER, settings, endpoint)
     }
 
-    pub fn guarding(guarded: Guarded, settings: BreakerSettings, endpoint: String) -> Breaker {
+    pub fn guarding(guarded: Guarded, settings: BreakerSettings, endpoint: RedactedUrl) -> Breaker {
         let breaker = Breaker {
             settings,
             names: MetricNames::of(&guarded),
@@ -175,14 +177,14 @@ impl Breaker {
         };
         drop(inner);
         if admitted {
-            metrics::counter!(self.names.calls.clone(), "endpoint" => self.endpoint.clone())
+            metrics::counter!(self.names.calls.clone(), "endpoint" => self.endpoint.as_str().to_owned())
                 .increment(1);
             Some(Permit {
                 breaker: self,
                 reported: false,
             })
         } else {
-            metrics::counter!(self.names.rejections.clone(), "endpoint" => self.endpoint.clone())
+            metrics::counter!(self.names.rejections.clone(), "endpoint" => self.endpoint.as_str().to_owned())
                 .increment(1);
             None
         }
@@ -204,7 +206,7 @@ impl Breaker {
     }
 
     fn failed(&self) {
-        metrics::counter!(self.names.failures.clone(), "endpoint" => self.endpoint.clone())
+        metrics::counter!(self.names.failures.clone(), "endpoint" => self.endpoint.as_str().to_owned())
             .increment(1);
         let mut inner = self.lock();
         inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
@@ -230,7 +232,7 @@ impl Breaker {
     }
 
     /// What the breaker guards, as its metrics label it.
-    pub fn endpoint(&self) -> &str {
+    pub fn endpoint(&self) -> &RedactedUrl {
         &self.endpoint
     }
 
@@ -239,7 +241,7 @@ impl Breaker {
     }
 
     fn publish(&self, state: BreakerState) {
-        metrics::gauge!(self.names.state.clone(), "endpoint" => self.endpoint.clone())
+        metrics::gauge!(self.names.state.clone(), "endpoint" => self.endpoint.as_str().to_owned())
             .set(state.gauge());
     }
 
@@ -259,7 +261,7 @@ mod tests {
                 failure_threshold: 2,
                 open_for,
             },
-            "test".to_owned(),
+            RedactedUrl::new("test"),
         )
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::secret_url::redact_urls;
 use crate::store::file::BrokenFlags;
 
 /// Where a node's flags come from.
@@ -498,10 +499,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config {path}: {source}")]
+    /// Not toml's own error: its `Display` quotes the offending line, and that line may be
+    /// the one holding a database URL with its password. The message is redacted as well.
+    #[error("config {path}, line {line}, column {column}: {message}")]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        line: usize,
+        column: usize,
+        message: String,
     },
     #[error("config {path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
@@ -513,9 +518,19 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            // 1-based, counted in characters, as editors show them.
+            let before = e
+                .span()
+                .map_or("", |span| text.get(..span.start).unwrap_or(""));
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: redact_urls(e.message()),
+            }
         })?;
         config.check().map_err(|problem| ConfigError::Invalid {
             path: path.to_owned(),
@@ -598,6 +613,24 @@ mod seconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parse_error_names_the_place_but_not_the_password() {
+        let path = std::env::temp_dir().join(format!("bunting-config-{}.toml", std::process::id()));
+        for (text, line) in [
+            (
+                "[flags]\nsource = \"postgres\"\nurl = \"postgres://u:s3cr3t@db/x\" oops\n",
+                3,
+            ),
+            ("shards = \"redis://:s3cr3t@h:1\"\n", 1),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Config::load(&path).unwrap_err().to_string();
+            assert!(!error.contains("s3cr3t"), "{error}");
+            assert!(error.contains(&format!("line {line},")), "{error}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn an_empty_file_means_the_embedded_defaults() {

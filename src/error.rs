@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+// `--node` may be a URL with credentials: errors name it redacted.
+use bunting::secret_url::RedactedUrl;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("cannot read {path}: {source}")]
@@ -28,12 +31,12 @@ pub enum CliError {
     Runtime(std::io::Error),
     #[error("cannot reach node {node}: {source}")]
     Connect {
-        node: String,
+        node: RedactedUrl,
         source: tonic::transport::Error,
     },
     #[error("node {node} answered {code:?}: {message}")]
     Rpc {
-        node: String,
+        node: RedactedUrl,
         code: tonic::Code,
         message: String,
     },
@@ -41,7 +44,7 @@ pub enum CliError {
     Usage(String),
     #[error("node {node} answered {code:?} for experiment {id:?}: {message}")]
     ExperimentRpc {
-        node: String,
+        node: RedactedUrl,
         id: String,
         code: tonic::Code,
         message: String,
@@ -52,7 +55,7 @@ pub enum CliError {
          experiment(s); that does not move on, so the list stops here rather than loop"
     )]
     StuckPage {
-        node: String,
+        node: RedactedUrl,
         after: String,
         next: String,
         count: usize,

@@ -12,6 +12,7 @@ pub mod feed;
 pub mod loadgen;
 pub mod metrics_http;
 pub mod routing;
+pub mod secret_url;
 pub mod server;
 pub mod service;
 pub mod shared_tier;

@@ -29,6 +29,7 @@ use crate::feed::{self, Feed};
 use crate::metrics_http;
 use crate::routing::Routing;
 use crate::routing::peer::{MAX_PEER_MESSAGE_BYTES, PeerHandler};
+use crate::secret_url::RedactedUrl;
 use crate::service::ExperimentsService;
 use crate::service::{
     Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, SyncService,
@@ -267,7 +268,7 @@ async fn shard_services(
                 failure_threshold: scylla.failure_threshold,
                 open_for: Duration::from_millis(scylla.open_for_ms),
             },
-            scylla.known_nodes.first().cloned().unwrap_or_default(),
+            RedactedUrl::new(scylla.known_nodes.first().map_or("", String::as_str)),
         ));
     } else if let Some(dir) = &config.data_dir {
         services.events = Arc::new(EmbeddedStore::open(dir.join("events")).map_err(events)?);

@@ -528,3 +528,183 @@ async fn mutual_tls_members_form_a_cluster_and_outsiders_stay_out() {
         sent[0] + 1
     );
 }
+
+/// Issue 11, "secrets never leave": a node on a password-protected Redis and a PostgreSQL URL
+/// with a password, in a cluster with a cookie, is driven through the paths that name its
+/// dependencies (PostgreSQL unreachable at start-up and on every retry, Redis followed and then
+/// lost, malformed URLs refused at start-up). No secret may appear in its log, its `/metrics`,
+/// an RPC answer or `bunting cluster status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_a_metric_or_an_answer() {
+    use bunting_proto::bunting::v1::ListFlagSetsRequest;
+    use bunting_proto::bunting::v1::admin_client::AdminClient;
+    use common::cluster::postgres_flags;
+
+    const REDIS_SECRET: &str = "s3cr3t-redis";
+    const PG_SECRET: &str = "s3cr3t-pg";
+    const COOKIE_SECRET: &str = "s3cr3t-cookie";
+    const WRONG_SECRET: &str = "s3cr3t-wrong";
+    let secrets = [REDIS_SECRET, PG_SECRET, COOKIE_SECRET, WRONG_SECRET];
+    let leaks = |what: &str, text: &str| {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} shows {secret:?}:\n{text}");
+        }
+    };
+    let dir = common::scratch_dir("secrets");
+
+    let redis_port = common::spare_port(0);
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--requirepass", REDIS_SECRET])
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--logfile", "redis.log"]);
+    let mut redis = common::Guarded::spawn(command, "redis-server");
+    common::wait_until(
+        "redis accepts connections",
+        Duration::from_secs(20),
+        || async { TcpStream::connect(("127.0.0.1", redis_port)).is_ok() },
+    )
+    .await;
+
+    // Nothing listens on the PostgreSQL port: the node starts on the shared tier and retries.
+    let pg_port = common::spare_port(0);
+    let pg_url = format!(
+        "postgres://bunting_user:{PG_SECRET}@127.0.0.1:{pg_port}/test?sslpassword={PG_SECRET}"
+    );
+    let redis_url = format!("redis://:{REDIS_SECRET}@127.0.0.1:{redis_port}");
+    let mut node = ClusterNode::new(&dir, "node-1", &postgres_flags(&pg_url), &[])
+        .with_cookie(COOKIE_SECRET)
+        .extra_config(&format!(
+            "[shared_tier]\nkind = \"redis\"\nurl = \"{redis_url}\"\n\
+             failure_threshold = 1\nopen_for_ms = 200\ntimeout_ms = 500\n"
+        ));
+    node.start();
+    common::wait_until(
+        "the node follows the shared tier",
+        Duration::from_secs(20),
+        || async {
+            node.log()
+                .contains("following shared tier change notifications")
+        },
+    )
+    .await;
+
+    let unavailable = AdminClient::connect(node.url())
+        .await
+        .unwrap()
+        .list_flag_sets(ListFlagSetsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unavailable.code(),
+        tonic::Code::Unavailable,
+        "{unavailable:?}"
+    );
+    leaks("an Admin UNAVAILABLE answer", &format!("{unavailable:?}"));
+
+    // A node with the wrong Redis password: Redis refuses it (the authentication failure path).
+    let mut refused = ClusterNode::new(&dir, "node-wrong", &postgres_flags(&pg_url), &[])
+        .with_cookie(COOKIE_SECRET)
+        .extra_config(&format!(
+            "[shared_tier]\nkind = \"redis\"\nurl = \"redis://:{WRONG_SECRET}@127.0.0.1:{redis_port}\"\n\
+             failure_threshold = 1\nopen_for_ms = 200\ntimeout_ms = 500\n"
+        ));
+    refused.start();
+    common::wait_until(
+        "the node with the wrong password opens its breaker",
+        Duration::from_secs(20),
+        || async { refused.log().contains("circuit breaker open") },
+    )
+    .await;
+    leaks("/metrics with the wrong password", &refused.metrics_text());
+    leaks("the log with the wrong password", &refused.log());
+    drop(refused);
+
+    // Redis goes away: the subscription is lost and reconnected, calls fail, the breaker opens.
+    redis.kill_hard();
+    common::wait_until(
+        "the node notices Redis is gone",
+        Duration::from_secs(20),
+        || async {
+            node.log()
+                .contains("lost the shared tier change subscription")
+        },
+    )
+    .await;
+    let _ = AdminClient::connect(node.url())
+        .await
+        .unwrap()
+        .list_flag_sets(ListFlagSetsRequest::default())
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let metrics = node.metrics_text();
+    assert!(
+        metrics.contains(&format!("endpoint=\"redis://***@127.0.0.1:{redis_port}\"")),
+        "the shared tier's metrics name it, redacted:\n{metrics}"
+    );
+    leaks("/metrics", &metrics);
+    leaks("Topology", &format!("{:?}", topology(&node).await));
+    leaks("ClusterAdmin/Status", &status_text(&node).await);
+    let status = bunting(&["cluster", "status", "--node", &node.grpc.to_string()]);
+    leaks(
+        "bunting cluster status",
+        &format!(
+            "{}{}",
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&status.stderr)
+        ),
+    );
+    leaks("the node's log", &node.log());
+
+    // URLs that do not parse are refused at start-up without being printed.
+    for (name, flags, tier) in [
+        (
+            "bad-postgres",
+            postgres_flags(&format!(
+                "postgres://bunting_user:{PG_SECRET}@127.0.0.1:notaport/test"
+            )),
+            String::new(),
+        ),
+        (
+            "bad-redis",
+            postgres_flags(&pg_url),
+            format!(
+                "[shared_tier]\nkind = \"redis\"\nurl = \"redis://:{REDIS_SECRET}@127.0.0.1:99999\"\n"
+            ),
+        ),
+    ] {
+        let (grpc, metrics) = common::free_ports();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "grpc_addr = \"127.0.0.1:{grpc}\"\nmetrics_addr = \"127.0.0.1:{metrics}\"\n\
+                 [flags]\n{flags}\n{tier}"
+            ),
+        )
+        .unwrap();
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bunting"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let mut process = common::Guarded::spawn(command, name);
+        let status = process.wait_for(Duration::from_secs(20));
+        let output = common::read_log(&log_path);
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{name}: the node should refuse its config:\n{output}"
+        );
+        leaks(name, &output);
+    }
+}

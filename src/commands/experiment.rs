@@ -12,6 +12,8 @@ use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use serde_json::{Value, json};
 
 use crate::cli::ExperimentAction;
+use bunting::secret_url::RedactedUrl;
+
 use crate::error::CliError;
 
 /// Below this the sample-ratio-mismatch p-value gets a warning line (the proto's suggestion).
@@ -30,7 +32,7 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                     .get_experiment_results(pb::GetExperimentResultsRequest { id: id.clone() })
                     .await
                     .map_err(|status| CliError::ExperimentRpc {
-                        node: node.to_owned(),
+                        node: RedactedUrl::new(node),
                         id,
                         code: status.code(),
                         message: status.message().to_owned(),
@@ -169,7 +171,7 @@ fn next_page(
     }
     if page.experiments.is_empty() || next == after {
         return Err(CliError::StuckPage {
-            node: node.to_owned(),
+            node: RedactedUrl::new(node),
             after: after.to_owned(),
             next: next.clone(),
             count: page.experiments.len(),

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
+use bunting::secret_url::RedactedUrl;
+
 use crate::error::CliError;
 
 mod bench;
@@ -108,13 +110,13 @@ async fn connect(node: &str) -> Result<tonic::transport::Channel, CliError> {
     };
     let connect = tonic::transport::Endpoint::from_shared(endpoint)
         .map_err(|source| CliError::Connect {
-            node: node.to_owned(),
+            node: RedactedUrl::new(node),
             source,
         })?
         .connect()
         .await;
     connect.map_err(|source| CliError::Connect {
-        node: node.to_owned(),
+        node: RedactedUrl::new(node),
         source,
     })
 }
@@ -122,7 +124,7 @@ async fn connect(node: &str) -> Result<tonic::transport::Channel, CliError> {
 /// A node's error answer, naming the node.
 fn rpc_error(node: &str, status: &tonic::Status) -> CliError {
     CliError::Rpc {
-        node: node.to_owned(),
+        node: RedactedUrl::new(node),
         code: status.code(),
         message: status.message().to_owned(),
     }

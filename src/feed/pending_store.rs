@@ -16,6 +16,7 @@ use bunting_experiments::ExperimentId;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::secret_url::SecretUrl;
 use crate::store::experiments::{
     ExperimentAuditEntry, ExperimentFilter, ExperimentPage, ExperimentRecord, ExperimentStore,
     ExperimentStoreError, ExperimentSubscription, NewExperiment, PostgresExperimentStore,
@@ -30,7 +31,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct PendingStore {
-    url: String,
+    /// `Debug` prints it redacted: the store ends up in `Debug` dumps of the feed.
+    url: SecretUrl,
     settings: PostgresSettings,
     store: OnceLock<Arc<PostgresStore>>,
     last_attempt: Mutex<Option<Instant>>,
@@ -39,7 +41,7 @@ pub struct PendingStore {
 impl PendingStore {
     pub fn new(url: String, settings: PostgresSettings) -> PendingStore {
         PendingStore {
-            url,
+            url: SecretUrl::new(url),
             settings,
             store: OnceLock::new(),
             last_attempt: Mutex::new(None),
@@ -62,7 +64,7 @@ impl PendingStore {
             });
         }
         *last = Some(Instant::now());
-        let store = match connect(self.url.clone(), self.settings.clone()).await {
+        let store = match connect(self.url.expose().to_owned(), self.settings.clone()).await {
             Ok(store) => Arc::new(store),
             // Say which database: callers (the Experiments API among them) report this as it is,
             // and a bare "connection refused" would not tell an operator what is down.

@@ -22,6 +22,7 @@ use bunting_experiments::Experiment;
 use tokio::sync::mpsc;
 
 use crate::config::SharedTierConfig;
+use crate::secret_url::RedactedUrl;
 
 pub use crate::breaker::BreakerState;
 pub use redis_tier::RedisTier;
@@ -91,16 +92,16 @@ pub type ChangeStream = mpsc::Receiver<TierChange>;
 pub enum SharedTierError {
     /// The breaker is open: the call was refused without touching the network.
     #[error("shared tier {endpoint} unavailable: circuit breaker open")]
-    Unavailable { endpoint: String },
+    Unavailable { endpoint: RedactedUrl },
     #[error("shared tier {endpoint} did not answer {what} within {timeout:?}")]
     Timeout {
-        endpoint: String,
+        endpoint: RedactedUrl,
         what: &'static str,
         timeout: std::time::Duration,
     },
     #[error("shared tier {endpoint}, {what}: {source}")]
     Redis {
-        endpoint: String,
+        endpoint: RedactedUrl,
         what: &'static str,
         source: ::redis::RedisError,
     },

@@ -4,6 +4,8 @@
 //! later one supersedes an earlier one anyway.
 
 use std::collections::VecDeque;
+
+use crate::secret_url::RedactedUrl;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// One write, as it will be replayed.
@@ -40,7 +42,7 @@ pub enum Write {
 #[derive(Debug)]
 pub struct WriteQueue {
     capacity: usize,
-    endpoint: String,
+    endpoint: RedactedUrl,
     inner: Mutex<Inner>,
 }
 
@@ -51,7 +53,7 @@ struct Inner {
 }
 
 impl WriteQueue {
-    pub fn new(capacity: usize, endpoint: String) -> WriteQueue {
+    pub fn new(capacity: usize, endpoint: RedactedUrl) -> WriteQueue {
         let queue = WriteQueue {
             capacity: capacity.max(1),
             endpoint,
@@ -75,7 +77,7 @@ impl WriteQueue {
         drop(inner);
         if dropped > 0 {
             tracing::warn!(endpoint = %self.endpoint, capacity = self.capacity, "shared tier write queue full; dropped its oldest write");
-            metrics::counter!("bunting_shared_tier_queue_dropped_total", "endpoint" => self.endpoint.clone())
+            metrics::counter!("bunting_shared_tier_queue_dropped_total", "endpoint" => self.endpoint.as_str().to_owned())
                 .increment(dropped);
         }
         self.publish(len);
@@ -107,7 +109,7 @@ impl WriteQueue {
     }
 
     fn publish(&self, len: usize) {
-        metrics::gauge!("bunting_shared_tier_queued_writes", "endpoint" => self.endpoint.clone())
+        metrics::gauge!("bunting_shared_tier_queued_writes", "endpoint" => self.endpoint.as_str().to_owned())
             .set(len as f64);
     }
 
@@ -129,7 +131,7 @@ mod tests {
 
     #[test]
     fn keeps_order_and_drops_the_oldest_when_full() {
-        let q = WriteQueue::new(2, "test".to_owned());
+        let q = WriteQueue::new(2, RedactedUrl::new("test"));
         q.push(publish(1));
         q.push(publish(2));
         q.push(publish(3));
@@ -142,7 +144,7 @@ mod tests {
 
     #[test]
     fn done_leaves_a_new_front_alone() {
-        let q = WriteQueue::new(1, "test".to_owned());
+        let q = WriteQueue::new(1, RedactedUrl::new("test"));
         q.push(publish(1));
         let (seq, _) = q.front().unwrap();
         q.push(publish(2));

@@ -39,6 +39,7 @@ use super::{
 };
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::config::RedisTierConfig;
+use crate::secret_url::RedactedUrl;
 
 /// Stores the snapshot only if its version is newer than the stored one; returns -1 when it
 /// stored, else the stored version. One script, so two nodes racing on one version cannot both
@@ -106,7 +107,7 @@ impl std::fmt::Debug for RedisTier {
 
 struct Inner {
     /// The url or the first cluster seed: names the tier in logs, errors and metric labels.
-    endpoint: String,
+    endpoint: RedactedUrl,
     target: Target,
     /// Where the notification subscriber connects, tried in turn.
     seeds: Vec<String>,
@@ -244,8 +245,9 @@ impl RedisTier {
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
         let (target, seeds) = match (&config.url, config.cluster.as_slice()) {
             (Some(url), []) => {
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| SharedTierError::Config(format!("redis url {url:?}: {e}")))?;
+                let client = redis::Client::open(url.as_str()).map_err(|e| {
+                    SharedTierError::Config(format!("redis url {}: {e}", RedactedUrl::new(url)))
+                })?;
                 (Target::Single(client), vec![url.clone()])
             }
             (None, seeds) if !seeds.is_empty() => {
@@ -255,6 +257,8 @@ impl RedisTier {
                     .retries(2)
                     .build()
                     .map_err(|e| {
+                        let seeds: Vec<RedactedUrl> =
+                            seeds.iter().map(|s| RedactedUrl::new(s)).collect();
                         SharedTierError::Config(format!("redis cluster {seeds:?}: {e}"))
                     })?;
                 (Target::Cluster(Box::new(client)), seeds.to_vec())
@@ -265,7 +269,7 @@ impl RedisTier {
                 ));
             }
         };
-        let endpoint = seeds.first().cloned().unwrap_or_default();
+        let endpoint = RedactedUrl::new(seeds.first().map_or("", String::as_str));
         let open_for = Duration::from_millis(config.open_for_ms);
         let inner = Arc::new(Inner {
             breaker: Breaker::new(
@@ -422,7 +426,7 @@ impl Inner {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, ?write, "shared tier refused a queued write; dropped");
-                    metrics::counter!("bunting_shared_tier_queue_dropped_total", "endpoint" => self.endpoint.clone())
+                    metrics::counter!("bunting_shared_tier_queue_dropped_total", "endpoint" => self.endpoint.as_str().to_owned())
                         .increment(1);
                     self.queue.done(seq);
                 }
@@ -803,7 +807,8 @@ async fn follow_changes(
         attempt = attempt.wrapping_add(1);
         match subscribe_once(seed, &channel, timeout).await {
             Ok(pubsub) => {
-                tracing::info!(seed, channel, "following shared tier change notifications");
+                let seed = RedactedUrl::new(seed);
+                tracing::info!(%seed, channel, "following shared tier change notifications");
                 if tx.send(TierChange::Resync).await.is_err() {
                     return;
                 }
@@ -830,12 +835,12 @@ async fn follow_changes(
                     }
                 }
                 tracing::warn!(
-                    seed,
+                    %seed,
                     "lost the shared tier change subscription; reconnecting"
                 );
             }
             Err(e) => {
-                tracing::debug!(error = %e, seed, "cannot subscribe to shared tier changes");
+                tracing::debug!(error = %e, seed = %RedactedUrl::new(seed), "cannot subscribe to shared tier changes");
             }
         }
         tokio::select! {

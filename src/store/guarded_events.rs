@@ -16,6 +16,7 @@ use bunting_experiments::{
 };
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerState, EVENT_STORE};
+use crate::secret_url::RedactedUrl;
 
 #[derive(Debug)]
 pub struct GuardedEventStore {
@@ -28,7 +29,7 @@ impl GuardedEventStore {
     pub fn new(
         inner: Arc<dyn EventStore>,
         settings: BreakerSettings,
-        endpoint: String,
+        endpoint: RedactedUrl,
     ) -> GuardedEventStore {
         GuardedEventStore {
             inner,
@@ -143,7 +144,7 @@ mod tests {
                 failure_threshold: 2,
                 open_for,
             },
-            "test-events".to_owned(),
+            RedactedUrl::new("test-events"),
         )
     }
 

@@ -27,6 +27,7 @@ use super::{
     AdminStore, AuditAction, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord,
     FlagSetSnapshot, StoreError, Subscription,
 };
+use crate::secret_url::RedactedUrl;
 
 /// The channel every write notifies, with `{"flag_set", "version", "at", "deleted"}` as payload.
 pub const CHANGE_CHANNEL: &str = "bunting_flag_changes";
@@ -56,19 +57,34 @@ impl Default for PostgresSettings {
     }
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` by hand: the connect options hold the password, and sqlx's `Debug` prints it.
+#[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     connect_options: PgConnectOptions,
     settings: PostgresSettings,
 }
 
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("host", &self.connect_options.get_host())
+            .field("port", &self.connect_options.get_port())
+            .field("database", &self.connect_options.get_database())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/database`) and applies the migrations.
     pub async fn connect(url: &str, settings: PostgresSettings) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url.parse().map_err(|e| StoreError::Internal {
-            source: format!("database url {url:?}: {e}").into(),
-        })?;
+        let options: PgConnectOptions =
+            known_params_only(url)
+                .parse()
+                .map_err(|e| StoreError::Internal {
+                    source: format!("database url {}: {e}", RedactedUrl::new(url)).into(),
+                })?;
         Self::connect_with(options, settings).await
     }
 
@@ -694,6 +710,56 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
+/// Query parameters of a connection URL that sqlx reads (`sqlx_postgres::options::parse`).
+const SQLX_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// `url` without the query parameters sqlx does not read. sqlx logs an unknown parameter with
+/// its value, and libpq's `sslpassword` is one: dropped here, it is logged by name only. A URL
+/// that does not parse is returned as it is, for sqlx to refuse (its error does not quote it).
+fn known_params_only(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if parsed.query().is_none() {
+        return url.to_owned();
+    }
+    let (known, unknown): (Vec<_>, Vec<_>) = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .partition(|(k, _)| SQLX_PARAMS.contains(&k.as_str()));
+    if unknown.is_empty() {
+        return url.to_owned();
+    }
+    for (key, _) in &unknown {
+        tracing::warn!(%key, "ignoring a database url parameter PostgreSQL connections do not use");
+    }
+    if known.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(known);
+    }
+    parsed.into()
+}
+
 async fn connect_once(
     options: &PgConnectOptions,
     timeout: Duration,
@@ -1018,6 +1084,29 @@ impl From<SnapshotRow> for FlagSetSnapshot {
             version: row.version,
             document,
             updated_at: row.updated_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::known_params_only;
+
+    #[test]
+    fn parameters_sqlx_would_log_with_their_values_are_dropped() {
+        for (url, kept) in [
+            ("postgres://u:p@db/x", "postgres://u:p@db/x"),
+            (
+                "postgres://u@db/x?sslmode=require&sslpassword=s3cr3t",
+                "postgres://u@db/x?sslmode=require",
+            ),
+            ("postgres://u@db/x?sslpassword=s3cr3t", "postgres://u@db/x"),
+            (
+                "postgres://u:p@db:notaport/x",
+                "postgres://u:p@db:notaport/x",
+            ),
+        ] {
+            assert_eq!(known_params_only(url), kept, "{url}");
         }
     }
 }
