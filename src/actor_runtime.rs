@@ -1,25 +1,31 @@
-//! The actor tree's own tokio runtime.
+//! Where the actor tree runs: on the server's own tokio runtime (the default), or on a runtime of
+//! its own (`actor_threads`).
 //!
-//! Evaluation is CPU work done inside shard actors. On the runtime that also runs the gRPC edge,
-//! a few slow evaluations occupied every worker thread, so the handlers of newly arrived requests
-//! did not run (and could not be admitted *or refused*) until an evaluation finished and gave its
-//! slot back: with fewer workers than `max_concurrent_requests`, the Gate never saw more than a
-//! worker's worth of requests, shed nothing, and the backlog waited unseen in the runtime's queue.
-//! On a runtime of their own the actors compete with the edge for the CPU through the operating
-//! system's scheduler, and the edge keeps admitting and refusing at once.
+//! A runtime of its own was first made to let the edge shed load while shards evaluate: slow
+//! evaluations on the shared runtime occupied every worker thread, so newly arrived requests
+//! could not even be refused. The looping lane (`service::admission`) removed that cause (only
+//! rules that loop can be slow, and at most `max_looping_evaluations` of them run at once), and a
+//! second runtime costs every request a hop between runtimes: on 2 CPUs single resolves fell from
+//! 29,300 to 20,900 req/s with it (BENCHMARKS.md). So the tree shares the server's runtime unless
+//! an operator asks for threads of its own.
 
 use std::future::Future;
 
 use tokio::runtime::{Builder, Runtime};
 
-/// A multi-threaded runtime for the actor tree, shut down without blocking when dropped (it is
-/// dropped inside the server's own runtime, where a blocking shutdown is not allowed).
+/// The actor tree's runtime: `None` shares the server's; `Some` is a multi-threaded runtime of its
+/// own, shut down without blocking when dropped (it is dropped inside the server's own runtime,
+/// where a blocking shutdown is not allowed).
 #[derive(Debug)]
 pub struct ActorRuntime(Option<Runtime>);
 
 impl ActorRuntime {
-    pub fn start() -> std::io::Result<ActorRuntime> {
-        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    /// `threads` = 0: the actors share the runtime the server runs on; more: a runtime of their
+    /// own with that many worker threads.
+    pub fn start(threads: usize) -> std::io::Result<ActorRuntime> {
+        if threads == 0 {
+            return Ok(ActorRuntime(None));
+        }
         Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("bunting-actors")
@@ -37,7 +43,7 @@ impl ActorRuntime {
     {
         match &self.0 {
             Some(runtime) => runtime.spawn(start).await,
-            // Only `Drop` takes the runtime out.
+            // Shared with the server (or, after `Drop`, gone).
             None => tokio::spawn(start).await,
         }
     }

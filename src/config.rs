@@ -154,6 +154,10 @@ pub struct Config {
     pub scylla: Option<ScyllaConfig>,
     /// `[connections]`: limits and timeouts for client connections (see [`ConnectionsConfig`]).
     pub connections: ConnectionsConfig,
+    /// Worker threads of a tokio runtime of the actor tree's own; 0 (the default) runs the actors
+    /// on the server's runtime, which saves every request a hop between runtimes
+    /// (`actor_runtime.rs` says when a runtime of their own is worth it).
+    pub actor_threads: usize,
     /// `[evaluation]`: what one flag evaluation may cost (see [`EvaluationConfig`]).
     pub evaluation: EvaluationConfig,
     /// `[definitions]`: how large a flag set may be (see [`DefinitionsConfig`]).
@@ -408,6 +412,7 @@ impl Default for Config {
             scylla: None,
             shared_tier: SharedTierConfig::None,
             connections: ConnectionsConfig::default(),
+            actor_threads: 0,
             evaluation: EvaluationConfig::default(),
             definitions: DefinitionsConfig::default(),
             max_streams: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),

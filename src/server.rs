@@ -180,7 +180,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             )
         }
     };
-    let actors = ActorRuntime::start()
+    let actors = ActorRuntime::start(config.actor_threads)
         .map_err(|e| ServerError::Config(format!("cannot start the actors' runtime: {e}")))?;
     let node_config = NodeConfig {
         shards: config.shards,
