@@ -203,10 +203,12 @@ impl Dispatch {
         pinned: &Pinned,
         contexts: Vec<EvaluationContext>,
     ) -> Result<Vec<Vec<ResolvedFlag>>, DispatchError> {
+        // The batch's own pinned set decides, not the catalog: it is what the shards evaluate.
         let loops = pinned.keys.iter().any(|k| pinned.flags.iterates(Some(k)));
-        let _turn = match loops {
-            true => self.gate.looping_turn().await,
-            false => None,
+        let _turn = if loops {
+            self.gate.looping_turn().await
+        } else {
+            None
         };
         self.node
             .resolve_bulk(

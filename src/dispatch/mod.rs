@@ -21,7 +21,9 @@ use bunting_cluster::NodeId;
 use bunting_engine::{EvaluationContext, FlagType, ResolveError};
 use bunting_experiments::{ExperimentId, ExperimentTotals};
 use prost_types::Struct;
+use tokio::sync::OwnedSemaphorePermit;
 
+use crate::routing::peer::PeerError;
 use crate::routing::peer::wire::{Answer, Request, Resolve, Target};
 use crate::routing::{Route, Routing, Stamp};
 use crate::service::Gate;
@@ -77,13 +79,45 @@ impl Dispatch {
         &self.gate
     }
 
-    /// Whether evaluating `key` of `set` here (every flag, with `None`) may loop, and so waits
-    /// for a turn in the looping lane (see `service::admission`). Read from the catalog the
-    /// shards hold; a set this node does not know costs nothing and is answered by the shard.
-    fn loops(&self, set: Option<&Arc<str>>, key: Option<&str>) -> bool {
-        let catalog = self.node.catalog();
-        let name = set.map_or(self.node.config().default_set.as_str(), |s| &**s);
-        catalog.get(name).is_some_and(|flags| flags.iterates(key))
+    /// A turn in the looping lane (see `service::admission`) when evaluating `key` of `set` here
+    /// (every flag, with `None`) may loop; `None` at once when it cannot. Read from the catalog
+    /// the shards hold; a set this node does not know costs nothing and is answered by the shard.
+    async fn looping_turn(
+        &self,
+        set: Option<&Arc<str>>,
+        key: Option<&str>,
+    ) -> Option<OwnedSemaphorePermit> {
+        let loops = {
+            let catalog = self.node.catalog();
+            let name = set.map_or(self.node.config().default_set.as_str(), |s| &**s);
+            catalog.get(name).is_some_and(|flags| flags.iterates(key))
+        };
+        if loops {
+            self.gate.looping_turn().await
+        } else {
+            None
+        }
+    }
+
+    /// The owner's answer for a subject owned elsewhere (`remote`), or `None` to evaluate here:
+    /// owned here, a context the peer protocol cannot carry, or an owner that did not answer
+    /// well in time (the one local-fallback rule, `Routing::forward`). `target` is built only
+    /// when there is an owner to ask.
+    async fn ask_owner<T>(
+        remote: Option<(&Routing, NodeId)>,
+        context: &EvaluationContext,
+        set: Option<&Arc<str>>,
+        target: impl FnOnce() -> Target,
+        accept: impl FnOnce(Answer) -> Result<T, PeerError>,
+    ) -> Option<T> {
+        let (routing, owner) = remote?;
+        let wire = wire_context(context)?;
+        let request = Request::Resolve(Resolve {
+            set: set.cloned(),
+            context: wire,
+            target: target(),
+        });
+        routing.forward(&owner, request, accept).await.ok()
     }
 
     /// Where a request for `context` runs, and what its answer tells the client.
@@ -131,33 +165,24 @@ impl Dispatch {
         }
         let context = self.gate.context(context)?;
         let (remote, stamp) = self.route(&context);
-        let forwarded = match (remote, wire_context(&context)) {
-            (Some((routing, owner)), Some(wire)) => {
-                let request = Request::Resolve(Resolve {
-                    set: set.clone(),
-                    context: wire,
-                    target: Target::Flag {
-                        key: key.clone(),
-                        wanted,
-                    },
-                });
-                routing
-                    .forward(&owner, request, |answer| match answer {
-                        Answer::Flag(resolved) => Ok(resolved),
-                        other => Err(other.unexpected("one-flag")),
-                    })
-                    .await
-                    .ok()
-            }
-            _ => None,
-        };
+        let forwarded = Self::ask_owner(
+            remote,
+            &context,
+            set.as_ref(),
+            || Target::Flag {
+                key: key.clone(),
+                wanted,
+            },
+            |answer| match answer {
+                Answer::Flag(resolved) => Ok(resolved),
+                other => Err(other.unexpected("one-flag")),
+            },
+        )
+        .await;
         let resolved = match forwarded {
             Some(resolved) => resolved,
             None => {
-                let _turn = match self.loops(set.as_ref(), Some(&key)) {
-                    true => self.gate.looping_turn().await,
-                    false => None,
-                };
+                let _turn = self.looping_turn(set.as_ref(), Some(&key)).await;
                 self.node
                     .resolve(ResolveRequest {
                         set,
@@ -200,30 +225,21 @@ impl Dispatch {
         let started = Instant::now();
         let context = self.gate.context(context)?;
         let (remote, stamp) = self.route(&context);
-        let forwarded = match (remote, wire_context(&context)) {
-            (Some((routing, owner)), Some(wire)) => {
-                let request = Request::Resolve(Resolve {
-                    set: set.clone(),
-                    context: wire,
-                    target: Target::All,
-                });
-                routing
-                    .forward(&owner, request, |answer| match answer {
-                        Answer::All(all) => Ok(all),
-                        other => Err(other.unexpected("all-flags")),
-                    })
-                    .await
-                    .ok()
-            }
-            _ => None,
-        };
+        let forwarded = Self::ask_owner(
+            remote,
+            &context,
+            set.as_ref(),
+            || Target::All,
+            |answer| match answer {
+                Answer::All(all) => Ok(all),
+                other => Err(other.unexpected("all-flags")),
+            },
+        )
+        .await;
         let answer = match forwarded {
             Some(answer) => answer,
             None => {
-                let _turn = match self.loops(set.as_ref(), None) {
-                    true => self.gate.looping_turn().await,
-                    false => None,
-                };
+                let _turn = self.looping_turn(set.as_ref(), None).await;
                 self.node.resolve_all(set, context).await?
             }
         };
