@@ -82,14 +82,29 @@ impl Catalog {
     /// catalog already holds for that set. Versions only move forward: a node never serves a
     /// set older than one it has served.
     pub fn apply(&self, update: &Update) -> Option<Catalog> {
-        let set = update.set();
         if self
             .versions
-            .get(set)
+            .get(update.set())
             .is_some_and(|&current| update.version() <= current)
         {
             return None;
         }
+        Some(self.applied(update))
+    }
+
+    /// The catalog with `update` applied whenever its version differs from the one held, older
+    /// included: what the flag store (the authority) says a set is, when this catalog got ahead
+    /// of it (a snapshot from the shared tier that the store never had, or a store restored from
+    /// a backup). `None` when the catalog already holds that version.
+    pub fn restore(&self, update: &Update) -> Option<Catalog> {
+        if self.versions.get(update.set()) == Some(&update.version()) {
+            return None;
+        }
+        Some(self.applied(update))
+    }
+
+    fn applied(&self, update: &Update) -> Catalog {
+        let set = update.set();
         let mut next = self.clone();
         next.versions.insert(set.clone(), update.version());
         match update {
@@ -101,7 +116,7 @@ impl Catalog {
             }
         }
         next.changed_at = Some(update.committed_at());
-        Some(next)
+        next
     }
 }
 
@@ -149,5 +164,20 @@ mod tests {
         assert!(c.get("default").is_none());
         assert!(c.apply(&put(2)).is_none());
         assert!(c.apply(&put(4)).is_some());
+    }
+
+    #[test]
+    fn restore_moves_a_set_back_to_the_authority_s_version() {
+        let ahead = Catalog::new().apply(&put(999)).unwrap();
+        assert!(ahead.apply(&put(2)).is_none(), "apply never goes back");
+        let restored = ahead.restore(&put(2)).unwrap();
+        assert_eq!(restored.version_of("default"), Some(2));
+        assert_eq!(restored.get("default").unwrap().version(), 2);
+        assert!(
+            restored.restore(&put(2)).is_none(),
+            "same version is a no-op"
+        );
+        // Once restored, ordinary updates move forward from the authority's version again.
+        assert!(restored.apply(&put(3)).is_some());
     }
 }

@@ -17,7 +17,7 @@ use crate::error::NodeError;
 use crate::owned::TrackRefused;
 use crate::resolved::{ResolvedFlag, ResolvedSet};
 use crate::shard::{BulkRequest, ResolveRequest, ShardMsg, ShardServices, TrackRequest};
-use crate::supervisor::{NodeSupervisor, ShardSlots, SupervisorArgs, SupervisorMsg};
+use crate::supervisor::{NodeSupervisor, Precedence, ShardSlots, SupervisorArgs, SupervisorMsg};
 use bunting_experiments::{ExperimentId, ExperimentTotals, RunningExperiments};
 use bunting_keyspace::shard_of;
 
@@ -181,10 +181,22 @@ impl Node {
     /// Applies a change and waits until every shard has been sent the new catalog. `Ok(false)`
     /// when the change was not newer than what the node serves.
     pub async fn apply(&self, update: Update) -> Result<bool, NodeError> {
+        self.apply_with(update, Precedence::Newer).await
+    }
+
+    /// Serves what the flag store (the authority) holds for a set even if it is older than what
+    /// the node serves: for a node that got ahead of its store (a shared-tier snapshot the store
+    /// never had, or a store restored from a backup). `Ok(false)` if the node already serves
+    /// that version.
+    pub async fn restore(&self, update: Update) -> Result<bool, NodeError> {
+        self.apply_with(update, Precedence::Authority).await
+    }
+
+    async fn apply_with(&self, update: Update, precedence: Precedence) -> Result<bool, NodeError> {
         match self
             .supervisor
             .call(
-                |reply| SupervisorMsg::Apply(update, Some(reply)),
+                |reply| SupervisorMsg::Apply(update, precedence, Some(reply)),
                 Some(self.config.call_timeout),
             )
             .await

@@ -35,9 +35,20 @@ impl ShardSlots {
     }
 }
 
+/// Which updates a catalog takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precedence {
+    /// Only a newer version than the one held (every source's ordinary change).
+    Newer,
+    /// Any other version, older included: the flag store's word, when the node got ahead of it
+    /// (see `Catalog::restore`).
+    Authority,
+}
+
 pub enum SupervisorMsg {
-    /// Apply a change; the reply (if asked for) says whether it was newer than what the node had.
-    Apply(Update, Option<RpcReplyPort<bool>>),
+    /// Apply a change under `Precedence`; the reply (if asked for) says whether it changed
+    /// what the node serves.
+    Apply(Update, Precedence, Option<RpcReplyPort<bool>>),
     /// Periodic: publish mailbox depths as metrics, and have owned shards flush their statistics.
     Sample,
     /// Install the running experiments on every shard (and on shards restarted later).
@@ -69,7 +80,9 @@ impl ractor::Message for SupervisorMsg {}
 impl std::fmt::Debug for SupervisorMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SupervisorMsg::Apply(u, _) => write!(f, "Apply({} v{})", u.set(), u.version()),
+            SupervisorMsg::Apply(u, p, _) => {
+                write!(f, "Apply({} v{}, {p:?})", u.set(), u.version())
+            }
             SupervisorMsg::Sample => f.write_str("Sample"),
             SupervisorMsg::Experiments(e, _) => write!(f, "Experiments({} running)", e.len()),
             SupervisorMsg::Own { owned, epoch, .. } => write!(
@@ -191,8 +204,12 @@ impl Actor for NodeSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::Apply(update, reply) => {
-                let applied = match state.catalog.apply(&update) {
+            SupervisorMsg::Apply(update, precedence, reply) => {
+                let next = match precedence {
+                    Precedence::Newer => state.catalog.apply(&update),
+                    Precedence::Authority => state.catalog.restore(&update),
+                };
+                let applied = match next {
                     Some(next) => {
                         let next = Arc::new(next);
                         state.catalog = next.clone();
@@ -206,7 +223,7 @@ impl Actor for NodeSupervisor {
                         true
                     }
                     None => {
-                        tracing::debug!(set = %update.set(), version = update.version(), "ignored an update that is not newer");
+                        tracing::debug!(set = %update.set(), version = update.version(), ?precedence, "ignored an update that changes nothing");
                         false
                     }
                 };
