@@ -49,7 +49,7 @@ async fn run() {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         flags: FlagSourceConfig::Postgres {
-            url: db.url.clone(),
+            url: db.url.clone().into(),
             version_check: Duration::from_secs(3600),
         },
         ..Config::default()

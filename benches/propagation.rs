@@ -120,7 +120,7 @@ async fn measure(url: String) -> Report {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         flags: FlagSourceConfig::Postgres {
-            url,
+            url: url.into(),
             // Long enough that every change measured arrives by LISTEN/NOTIFY.
             version_check: Duration::from_secs(3600),
         },

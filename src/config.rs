@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::secret_url::redact_urls;
+use crate::secret_url::{SecretUrl, redact_urls};
 use crate::store::file::BrokenFlags;
 
 /// Where a node's flags come from.
@@ -29,7 +29,7 @@ pub enum FlagSourceConfig {
     },
     /// PostgreSQL: flag sets edited through the admin API, changes pushed with LISTEN/NOTIFY.
     Postgres {
-        url: String,
+        url: SecretUrl,
         /// How often to compare versions with the database, repairing any missed notification.
         #[serde(default = "default_version_check", with = "seconds")]
         version_check: Duration,
@@ -56,9 +56,9 @@ pub enum SharedTierConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisTierConfig {
     /// One Redis server, e.g. `redis://127.0.0.1:6379`. Exactly one of `url` and `cluster`.
-    pub url: Option<String>,
+    pub url: Option<SecretUrl>,
     /// Seed nodes of a Redis Cluster; the client discovers the rest.
-    pub cluster: Vec<String>,
+    pub cluster: Vec<SecretUrl>,
     /// Every key and the notification channel start with this, so deployments can share Redis.
     pub key_prefix: String,
     /// Consecutive failed calls that open the circuit breaker.
@@ -69,6 +69,16 @@ pub struct RedisTierConfig {
     pub timeout_ms: u64,
     /// Writes kept while Redis is unreachable; beyond this the oldest is dropped.
     pub write_queue: usize,
+    /// A file holding the deployment's shared-tier signing key (at least 32 bytes; surrounding
+    /// whitespace ignored). Every node of a deployment needs the same key: flag snapshots and the
+    /// running experiments are sealed with it in Redis, and a node refuses what it cannot verify
+    /// (`src/shared_tier/seal.rs`). Absent: the key is read from `signing_key_env`.
+    pub signing_key_file: Option<PathBuf>,
+    /// The environment variable holding the signing key when there is no `signing_key_file`.
+    pub signing_key_env: String,
+    /// The deployment id sealed into every snapshot, so deployments sharing one Redis (with other
+    /// key prefixes) cannot pass snapshots to each other even under one key. Absent: `key_prefix`.
+    pub deployment: Option<String>,
 }
 
 impl Default for RedisTierConfig {
@@ -81,12 +91,25 @@ impl Default for RedisTierConfig {
             open_for_ms: 2_000,
             timeout_ms: 1_000,
             write_queue: 10_000,
+            signing_key_file: None,
+            signing_key_env: "BUNTING_SHARED_TIER_KEY".to_owned(),
+            deployment: None,
         }
     }
 }
 
 impl RedisTierConfig {
+    /// The deployment id sealed into the tier's snapshots.
+    pub fn deployment(&self) -> &str {
+        self.deployment.as_deref().unwrap_or(&self.key_prefix)
+    }
+
     fn check(&self) -> Result<(), String> {
+        if self.signing_key_env.is_empty() && self.signing_key_file.is_none() {
+            return Err(
+                "shared_tier: give signing_key_file or a non-empty signing_key_env".to_owned(),
+            );
+        }
         match (&self.url, self.cluster.is_empty()) {
             (Some(_), false) => {
                 return Err("shared_tier: give either url or cluster, not both".to_owned());
@@ -660,7 +683,7 @@ mod tests {
         assert_eq!(
             c.flags,
             FlagSourceConfig::Postgres {
-                url: "postgres://db/flags".to_owned(),
+                url: "postgres://db/flags".into(),
                 version_check: Duration::from_secs(10)
             }
         );

@@ -5,6 +5,12 @@
 //! it), follows the tier's notifications, and applies newer snapshots it finds there. A node that
 //! starts while PostgreSQL is unreachable serves the tier's snapshots until the store is back
 //! (and its experiment store waits for the same connection: see `experiment_feed`).
+//!
+//! PostgreSQL is the authority while it answers: a tier notification is only a hint to read the
+//! set from the store, and the periodic version check puts the store's version back wherever the
+//! node or the tier got ahead of it or differs from it (logged at ERROR: something wrote the tier
+//! that the store never had, or the store was restored from a backup). The tier's copies are
+//! trusted only while the store is unreachable, and then only with this deployment's seal.
 
 mod pending_store;
 
@@ -16,6 +22,7 @@ use bunting_engine::CompileOptions;
 use chrono::Utc;
 use tokio::sync::watch;
 
+use crate::secret_url::SecretUrl;
 use crate::shared_tier::{
     ChangeStream, SharedTier, SnapshotWrite, TierChange, TierContent, TierSnapshot,
 };
@@ -84,12 +91,12 @@ pub struct StoreStart {
 /// is a shared tier, the node starts on the tier's snapshots instead, with a store that keeps
 /// retrying the connection (the feed catches up by version once it answers).
 pub async fn start_store(
-    url: &str,
+    url: &SecretUrl,
     settings: PostgresSettings,
     tier: Option<&Arc<dyn SharedTier>>,
 ) -> Result<StoreStart, StoreError> {
     let options = settings.compile;
-    let error = match PostgresStore::connect(url, settings.clone()).await {
+    let error = match PostgresStore::connect(url.expose(), settings.clone()).await {
         Ok(postgres) => {
             let store: Arc<dyn AdminStore> = Arc::new(postgres.clone());
             match store_catalog(store.as_ref(), &options).await {
@@ -119,7 +126,7 @@ pub async fn start_store(
         sets = catalog.sets().count(),
         "serving flags from the shared tier"
     );
-    let pending = Arc::new(PendingStore::new(url.to_owned(), settings));
+    let pending = Arc::new(PendingStore::new(url.clone(), settings));
     Ok(StoreStart {
         catalog,
         store: pending.clone(),
@@ -282,7 +289,11 @@ async fn follow_store(
             },
             change = next_tier_change(&mut tier_changes) => match (change, tier) {
                 (Some(TierChange::Changed { set, version }), Some(tier)) => {
-                    follow_tier_set(tier.as_ref(), &options, &node, &set, version).await;
+                    // The store first: a notification anyone with access to Redis can publish
+                    // must not choose what this node serves while the authority answers.
+                    if !read_from_store(store.as_ref(), &options, &node, &set).await {
+                        follow_tier_set(tier.as_ref(), &options, &node, &set, version).await;
+                    }
                 }
                 (Some(TierChange::Resync), Some(tier)) => {
                     catch_up_from_tier(tier.as_ref(), &options, &node).await;
@@ -299,6 +310,30 @@ async fn follow_store(
             () = crate::closing::closed(&mut closing) => break,
         }
     }
+}
+
+/// Applies what the store holds for `set` (newer versions only, as for any notification).
+/// `false` if the store could not be read, so the caller can fall back to the tier.
+async fn read_from_store(
+    store: &dyn AdminStore,
+    options: &CompileOptions,
+    node: &Node,
+    set: &str,
+) -> bool {
+    let update = match store.snapshot(set).await {
+        Ok(snapshot) => put(&snapshot, options),
+        // The store has no such set: the next version check removes it if this node serves it.
+        Err(StoreError::NotFound { .. }) => return true,
+        Err(StoreError::Unavailable { .. }) => return false,
+        Err(e) => Err(e),
+    };
+    match update {
+        Ok(update) => {
+            apply(node, update).await;
+        }
+        Err(e) => tracing::warn!(error = %e, set, "could not read an announced flag set"),
+    }
+    true
 }
 
 async fn catch_up_set(
@@ -351,12 +386,19 @@ async fn catch_up(
     };
     let current = node.catalog();
     for snapshot in &snapshots {
-        let newer = current
-            .version_of(&snapshot.id)
-            .is_none_or(|v| u64::try_from(snapshot.version).is_ok_and(|s| s > v));
-        if newer {
-            catch_up_set(store, options, node, tier, &snapshot.id, snapshot.version).await;
+        let Ok(stored) = u64::try_from(snapshot.version) else {
+            continue;
+        };
+        match current.version_of(&snapshot.id) {
+            Some(serving) if serving == stored => {}
+            Some(serving) if serving > stored => {
+                restore_from_store(store, options, node, &snapshot.id, serving).await;
+            }
+            _ => catch_up_set(store, options, node, tier, &snapshot.id, snapshot.version).await,
         }
+    }
+    if let Some(tier) = tier {
+        audit_tier(tier.as_ref(), &snapshots).await;
     }
     for (set, flags) in current.sets() {
         if !snapshots.iter().any(|s| s.id.as_str() == &**set) {
@@ -376,6 +418,115 @@ async fn catch_up(
         }
     }
     true
+}
+
+/// The node serves `set` at `serving`, ahead of the store's listing. Read again first: a change
+/// committed after the listing was read may have reached the node by notification. If the node is
+/// still ahead, it serves something the authority never had; it goes back to the store's version.
+async fn restore_from_store(
+    store: &dyn AdminStore,
+    options: &CompileOptions,
+    node: &Node,
+    set: &str,
+    serving: u64,
+) {
+    let snapshot = match store.snapshot(set).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            tracing::warn!(error = %e, set, "could not re-read a flag set; the version check will retry");
+            return;
+        }
+    };
+    let Ok(stored) = u64::try_from(snapshot.version) else {
+        return;
+    };
+    if stored >= serving {
+        return;
+    }
+    tracing::error!(
+        set,
+        serving,
+        postgres = stored,
+        "this node serves a version of a flag set that PostgreSQL does not have (a shared tier \
+         snapshot PostgreSQL never held, or PostgreSQL restored from a backup); serving \
+         PostgreSQL's version again"
+    );
+    match put(&snapshot, options) {
+        Ok(update) => {
+            if let Err(e) = node.restore(update).await {
+                tracing::error!(error = %e, set, "could not restore a flag set to PostgreSQL's version");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, set, "PostgreSQL's version of a flag set does not compile")
+        }
+    }
+}
+
+/// Compares the tier with the store's listing and replaces what the tier should not hold: a
+/// snapshot ahead of the store, one at the store's version with other content, one without this
+/// deployment's seal, or flags of a set the store does not have. Each is logged at ERROR (set,
+/// both versions). A tier behind the store is left to the ordinary compare-and-set writes.
+async fn audit_tier(tier: &dyn SharedTier, snapshots: &[FlagSetSnapshot]) {
+    for snapshot in snapshots {
+        let Ok(stored) = u64::try_from(snapshot.version) else {
+            continue;
+        };
+        let held = match tier.snapshot(&snapshot.id).await {
+            Ok(Some(held)) => held,
+            Ok(None) => continue,
+            Err(e) if e.is_transient() => return,
+            Err(e) => {
+                tracing::error!(error = %e, set = snapshot.id, postgres = stored, "the shared tier holds a snapshot that cannot be trusted; replacing it with PostgreSQL's");
+                replace(
+                    tier,
+                    &snapshot.id,
+                    stored,
+                    TierContent::Flags(snapshot.document.clone()),
+                )
+                .await;
+                continue;
+            }
+        };
+        let same = held.version == stored && held.flags() == Some(&snapshot.document);
+        if same || held.version < stored {
+            continue;
+        }
+        tracing::error!(
+            set = snapshot.id,
+            tier = held.version,
+            postgres = stored,
+            "the shared tier holds a snapshot ahead of or different from PostgreSQL's; replacing it with PostgreSQL's"
+        );
+        replace(
+            tier,
+            &snapshot.id,
+            stored,
+            TierContent::Flags(snapshot.document.clone()),
+        )
+        .await;
+    }
+    let held = match tier.snapshots().await {
+        Ok(held) => held,
+        Err(_) => return,
+    };
+    for held in held {
+        let unknown = !snapshots.iter().any(|s| s.id == held.set);
+        if unknown && held.flags().is_some() {
+            tracing::error!(
+                set = held.set,
+                tier = held.version,
+                "the shared tier holds flags of a set PostgreSQL does not have; replacing them with a tombstone"
+            );
+            replace(tier, &held.set, held.version, TierContent::Deleted).await;
+        }
+    }
+}
+
+async fn replace(tier: &dyn SharedTier, set: &str, version: u64, content: TierContent) {
+    if let Err(e) = tier.replace_snapshot(set, version, &content).await {
+        tracing::warn!(error = %e, set, version, "could not repair a shared tier snapshot; the next version check retries");
+    }
 }
 
 /// The next notification from the tier, or never if there is no subscription.

@@ -76,6 +76,26 @@ impl SecretUrl {
     }
 }
 
+impl From<String> for SecretUrl {
+    fn from(raw: String) -> SecretUrl {
+        SecretUrl::new(raw)
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(raw: &str) -> SecretUrl {
+        SecretUrl::new(raw)
+    }
+}
+
+/// Config files name their PostgreSQL and Redis URLs as plain strings; they are held as
+/// `SecretUrl` from the moment they are read, so printing a config (`{:?}`) shows no password.
+impl<'de> serde::Deserialize<'de> for SecretUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretUrl, D::Error> {
+        String::deserialize(deserializer).map(SecretUrl::new)
+    }
+}
+
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.redacted, f)

@@ -696,6 +696,7 @@ async fn no_secret_reaches_a_log_a_metric_or_an_answer() {
             .arg(&config)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .env("BUNTING_SHARED_TIER_KEY", common::redis::TIER_KEY)
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let mut process = common::Guarded::spawn(command, name);

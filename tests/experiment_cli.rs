@@ -42,7 +42,7 @@ impl TestNode {
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             shards: 2,
             flags: FlagSourceConfig::Postgres {
-                url: db.url.clone(),
+                url: db.url.clone().into(),
                 version_check: Duration::from_secs(3600),
             },
             ..Config::default()

@@ -50,7 +50,7 @@ impl TestNode {
     async fn postgres(db: &TestDb) -> TestNode {
         TestNode::start(Config {
             flags: FlagSourceConfig::Postgres {
-                url: db.url.clone(),
+                url: db.url.clone().into(),
                 version_check: NO_VERSION_CHECK,
             },
             ..base_config()

@@ -80,7 +80,7 @@ fn base_config() -> Config {
 fn postgres_config(db: &TestDb) -> Config {
     Config {
         flags: FlagSourceConfig::Postgres {
-            url: db.url.clone(),
+            url: db.url.clone().into(),
             version_check: NO_VERSION_CHECK,
         },
         ..base_config()
@@ -987,7 +987,7 @@ async fn a_postgres_outage_serves_from_memory_and_catches_up_by_version() {
     );
     let node = TestNode::start(Config {
         flags: FlagSourceConfig::Postgres {
-            url,
+            url: url.into(),
             version_check: Duration::from_secs(1),
         },
         ..base_config()

@@ -51,11 +51,12 @@ fn tier_config(redis: &Redis) -> RedisTierConfig {
         failure_threshold: 2,
         open_for_ms: 300,
         timeout_ms: 1_000,
+        signing_key_file: Some(common::redis::tier_key_file()),
         ..RedisTierConfig::default()
     };
     match redis {
-        Redis::Single(s) => config.url = Some(s.url()),
-        Redis::Cluster(c) => config.cluster = c.urls(),
+        Redis::Single(s) => config.url = Some(s.url().into()),
+        Redis::Cluster(c) => config.cluster = c.urls().into_iter().map(Into::into).collect(),
     }
     config
 }
@@ -66,7 +67,7 @@ fn node_config(url: String, redis: &Redis) -> Config {
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         shards: 4,
         flags: FlagSourceConfig::Postgres {
-            url,
+            url: url.into(),
             version_check: NO_VERSION_CHECK,
         },
         shared_tier: SharedTierConfig::Redis(tier_config(redis)),
@@ -607,4 +608,158 @@ async fn single_redis_a_node_without_postgres_runs_the_shared_experiments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_a_node_without_postgres_runs_the_shared_experiments() {
     a_node_without_postgres_runs_the_shared_experiments(true).await;
+}
+
+/// A node whose version check runs often, so the authority checks below happen within the wait.
+fn checked_node_config(url: String, redis: &Redis) -> Config {
+    Config {
+        flags: FlagSourceConfig::Postgres {
+            url: url.into(),
+            version_check: Duration::from_millis(200),
+        },
+        ..node_config(String::new(), redis)
+    }
+}
+
+/// Writes `value` as the tier's snapshot of `default` at `version` behind the nodes' backs, sealed
+/// with `seal` (or with none), then announces it: what anyone who can reach Redis can do.
+async fn forge(redis: &Redis, version: u64, value: &str, seal: Option<String>) {
+    let url = match redis {
+        Redis::Single(s) => s.url(),
+        Redis::Cluster(c) => c.urls()[0].clone(),
+    };
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let document = json!({"flags": {"colour": colour(value)}}).to_string();
+    let mut hset = redis::cmd("HSET");
+    hset.arg("{bunting:set:default}:snapshot")
+        .arg("version")
+        .arg(version)
+        .arg("json")
+        .arg(&document);
+    if let Some(seal) = seal {
+        hset.arg("seal").arg(seal);
+    }
+    let () = hset.query_async(&mut conn).await.unwrap();
+    let () = redis::cmd("PUBLISH")
+        .arg("bunting:changes")
+        .arg(json!({"set": "default", "version": version}).to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The forged-snapshot reproduction of issue 11: a snapshot written straight into Redis, unsealed
+/// or sealed under another key, is never served; PostgreSQL's copy replaces it on the tier; and a
+/// later legitimate change is applied as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_shared_tier_snapshot_is_refused_and_repaired_from_postgres() {
+    let db = TestDb::create().await;
+    let redis = Redis::start(false, "node-tier-forged");
+    let tier = redis.tier().await;
+    let node = TestNode::start(checked_node_config(db.url.clone(), &redis)).await;
+    let mut admin = AdminClient::new(node.channel().await);
+    create_colour(&mut admin, "blue").await;
+    serves(&node, "blue", "the node serving PostgreSQL's flags").await;
+    wait_until("the node's sealed snapshot in redis", PATIENCE, || {
+        tier_holds(tier.as_ref(), "blue")
+    })
+    .await;
+
+    let other_key = bunting::shared_tier::seal::Sealer::new(
+        b"another deployment's signing key, long enough",
+        "bunting",
+    )
+    .unwrap();
+    let foreign_seal = other_key.seal(bunting::shared_tier::seal::Sealed::Snapshot {
+        set: "default",
+        version: 999,
+        json: &json!({"flags": {"colour": colour("red")}}).to_string(),
+    });
+    for (what, seal) in [
+        ("unsealed", None),
+        ("sealed under another key", Some(foreign_seal)),
+    ] {
+        forge(&redis, 999, "red", seal).await;
+        // The tier refuses to hand it out (unless the version check has already replaced it).
+        match tier.snapshot("default").await {
+            Err(shared_tier::SharedTierError::Unverified { .. }) => {}
+            Ok(Some(s)) if s.version < 999 => {}
+            other => panic!("{what}: a reader must refuse the forged snapshot, got {other:?}"),
+        }
+        // The version check puts PostgreSQL's copy back (sealed, at its version), and the node,
+        // asked all along, never serves the forgery.
+        let flagd = node.flagd().await;
+        wait_until(
+            &format!("{what}: PostgreSQL's copy back on the tier"),
+            PATIENCE,
+            || {
+                let (tier, mut flagd) = (tier.clone(), flagd.clone());
+                async move {
+                    let served = resolve_colour(&mut flagd).await;
+                    assert_eq!(
+                        served.as_deref(),
+                        Some("blue"),
+                        "{what}: served the forgery"
+                    );
+                    tier_holds(tier.as_ref(), "blue").await
+                }
+            },
+        )
+        .await;
+    }
+
+    // The legitimate update that the forged version 999 used to shadow is applied.
+    set_colour(&mut admin, "green", 1).await;
+    serves(&node, "green", "the node applying a legitimate change").await;
+    wait_until("the tier following PostgreSQL", PATIENCE, || {
+        tier_holds(tier.as_ref(), "green")
+    })
+    .await;
+    node.stop().await;
+}
+
+/// A node ahead of PostgreSQL (here: PostgreSQL restored from a backup, so its version went back)
+/// goes back to PostgreSQL's version at the next check, and the tier is repaired the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ahead_of_postgres_goes_back_to_postgres_s_version() {
+    use sqlx::{Connection, Executor};
+    let db = TestDb::create().await;
+    let redis = Redis::start(false, "node-tier-behind");
+    let tier = redis.tier().await;
+    let node = TestNode::start(checked_node_config(db.url.clone(), &redis)).await;
+    let mut admin = AdminClient::new(node.channel().await);
+    create_colour(&mut admin, "blue").await;
+    set_colour(&mut admin, "green", 1).await;
+    serves(&node, "green", "the node at version 2").await;
+    wait_until("the tier at version 2", PATIENCE, || {
+        tier_holds(tier.as_ref(), "green")
+    })
+    .await;
+
+    // The "restore": version 1 and its content, without a notification.
+    let mut pg = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    pg.execute(sqlx::AssertSqlSafe(format!(
+        "UPDATE flags SET definition = '{}', version = 1 WHERE flag_set_id = 'default'; \
+         UPDATE flag_sets SET version = 1 WHERE id = 'default';",
+        colour("blue")
+    )))
+    .await
+    .unwrap();
+    serves(&node, "blue", "the node back at PostgreSQL's version").await;
+    wait_until(
+        "the tier back at PostgreSQL's version",
+        PATIENCE,
+        || async {
+            tier.snapshot("default")
+                .await
+                .is_ok_and(|s| s.is_some_and(|s| s.version == 1))
+                && tier_holds(tier.as_ref(), "blue").await
+        },
+    )
+    .await;
+    // And changes move forward from there again.
+    set_colour(&mut admin, "purple", 1).await;
+    serves(&node, "purple", "the node applying the next change").await;
+    node.stop().await;
 }

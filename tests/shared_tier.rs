@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bunting::config::{RedisTierConfig, SharedTierConfig};
+use bunting::shared_tier::seal::{Sealed, Sealer};
 use bunting::shared_tier::{
     self, BreakerState, SharedTier, SharedTierError, SnapshotWrite, TierChange, TierContent,
     WriteOutcome,
@@ -49,11 +50,14 @@ impl Deployment {
             failure_threshold: 2,
             open_for_ms: 300,
             timeout_ms: 1_000,
+            signing_key_file: Some(common::redis::tier_key_file()),
             ..RedisTierConfig::default()
         };
         match self {
-            Deployment::Single(s) => config.url = Some(s.url()),
-            Deployment::Cluster(c) => config.cluster = c.urls(),
+            Deployment::Single(s) => config.url = Some(s.url().into()),
+            Deployment::Cluster(c) => {
+                config.cluster = c.urls().into_iter().map(Into::into).collect()
+            }
         }
         config
     }
@@ -208,11 +212,23 @@ async fn snapshot_cas_and_index(cluster: bool) {
     assert_eq!(tier.snapshot("c").await.unwrap(), None);
 }
 
+/// The seals the nodes of this test deployment make (`common::redis::TIER_KEY`, deployment id
+/// `bunting`, the default key prefix).
+fn sealer() -> Sealer {
+    Sealer::new(common::redis::TIER_KEY.as_bytes(), "bunting").unwrap()
+}
+
 async fn corrupt_snapshots_are_typed_errors(cluster: bool) {
     let redis = Deployment::start(cluster, "tier-corrupt");
     let tier = redis.tier().await;
     tier.put_snapshot("good", 1, "{}").await.unwrap();
-    // What no Bunting node writes, put there by hand.
+    // What no Bunting node writes, put there by hand: sealed with the deployment's key (so only
+    // its content is wrong), and without a seal.
+    let sealed_garbage = sealer().seal(Sealed::Snapshot {
+        set: "badjson",
+        version: 4,
+        json: "{oops",
+    });
     redis.cli(&[
         "HSET",
         "{bunting:set:badjson}:snapshot",
@@ -220,8 +236,16 @@ async fn corrupt_snapshots_are_typed_errors(cluster: bool) {
         "4",
         "json",
         "{oops",
+        "seal",
+        &sealed_garbage,
     ]);
-    redis.cli(&["SADD", "{bunting}:sets", "badjson", "badversion"]);
+    redis.cli(&[
+        "SADD",
+        "{bunting}:sets",
+        "badjson",
+        "badversion",
+        "unsealed",
+    ]);
     redis.cli(&[
         "HSET",
         "{bunting:set:badversion}:snapshot",
@@ -230,11 +254,23 @@ async fn corrupt_snapshots_are_typed_errors(cluster: bool) {
         "json",
         "{}",
     ]);
+    redis.cli(&[
+        "HSET",
+        "{bunting:set:unsealed}:snapshot",
+        "version",
+        "5",
+        "json",
+        "{}",
+    ]);
     for set in ["badjson", "badversion"] {
         match tier.snapshot(set).await {
             Err(SharedTierError::Corrupt { key, .. }) => assert!(key.contains(set), "{key}"),
             other => panic!("{set}: expected Corrupt, got {other:?}"),
         }
+    }
+    match tier.snapshot("unsealed").await {
+        Err(SharedTierError::Unverified { key, .. }) => assert!(key.contains("unsealed"), "{key}"),
+        other => panic!("unsealed: expected Unverified, got {other:?}"),
     }
     // One corrupt set does not hide the others.
     let sets: Vec<String> = tier
@@ -267,14 +303,28 @@ async fn running_experiments_round_trip(cluster: bool) {
     );
     tier.put_running_experiments(&[]).await.unwrap();
     assert_eq!(tier.running_experiments().await.unwrap(), Some(vec![]));
-    // What no Bunting node writes, put there by hand: a typed error naming the key.
-    for garbage in ["{oops", "[{\"id\": \"no arms\"}]"] {
-        redis.cli(&["SET", "{bunting:experiments}:running", garbage]);
-        match tier.running_experiments().await {
-            Err(SharedTierError::Corrupt { key, .. }) => {
-                assert_eq!(key, "{bunting:experiments}:running");
-            }
-            other => panic!("{garbage}: expected Corrupt, got {other:?}"),
+    // What no Bunting node writes, put there by hand: a typed error naming the key. Unsealed
+    // (or the old, unsealed format) is Unverified; sealed with the deployment's key but not a
+    // list of experiments is Corrupt.
+    let sealed_garbage = |experiments: &str| {
+        json!({
+            "seal": sealer().seal(Sealed::RunningExperiments { json: experiments }),
+            "experiments": experiments,
+        })
+        .to_string()
+    };
+    let key = "{bunting:experiments}:running";
+    for (garbage, corrupt) in [
+        ("{oops".to_owned(), false),
+        ("[{\"id\": \"no arms\"}]".to_owned(), false),
+        (sealed_garbage("{oops"), true),
+        (sealed_garbage("[{\"id\": \"no arms\"}]"), true),
+    ] {
+        redis.cli(&["SET", key, &garbage]);
+        match (tier.running_experiments().await, corrupt) {
+            (Err(SharedTierError::Corrupt { key: k, .. }), true)
+            | (Err(SharedTierError::Unverified { key: k, .. }), false) => assert_eq!(k, key),
+            (other, _) => panic!("{garbage}: expected corrupt = {corrupt}, got {other:?}"),
         }
     }
     assert_eq!(tier.breaker_state(), BreakerState::Closed);

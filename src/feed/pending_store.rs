@@ -39,9 +39,9 @@ pub struct PendingStore {
 }
 
 impl PendingStore {
-    pub fn new(url: String, settings: PostgresSettings) -> PendingStore {
+    pub fn new(url: SecretUrl, settings: PostgresSettings) -> PendingStore {
         PendingStore {
-            url: SecretUrl::new(url),
+            url,
             settings,
             store: OnceLock::new(),
             last_attempt: Mutex::new(None),

@@ -11,6 +11,7 @@
 
 mod queue;
 mod redis_tier;
+pub mod seal;
 mod user_states;
 
 pub use user_states::TierUserStates;
@@ -105,6 +106,14 @@ pub enum SharedTierError {
         what: &'static str,
         source: ::redis::RedisError,
     },
+    /// What the tier holds under `key` does not carry this deployment's seal: forged, written by
+    /// another deployment sharing the Redis, or written before seals existed. Refused, never
+    /// served; PostgreSQL's copy replaces it at the next version check.
+    #[error(
+        "shared tier key {key:?} is not sealed under deployment {deployment:?}'s signing key \
+         (forged, another deployment's, or from before seals); refused"
+    )]
+    Unverified { key: String, deployment: String },
     /// The tier answered with something no Bunting node writes.
     #[error("shared tier key {key:?} holds corrupt data: {problem}")]
     Corrupt { key: String, problem: String },
@@ -142,6 +151,7 @@ impl SharedTierError {
             SharedTierError::Unavailable { .. } | SharedTierError::Timeout { .. } => true,
             SharedTierError::Redis { source, .. } => redis_tier::transient(source),
             SharedTierError::Corrupt { .. }
+            | SharedTierError::Unverified { .. }
             | SharedTierError::InvalidSnapshot { .. }
             | SharedTierError::Encode { .. }
             | SharedTierError::Fenced { .. }
@@ -169,10 +179,21 @@ pub trait SharedTier: Send + Sync + std::fmt::Debug {
         version: u64,
     ) -> Result<SnapshotWrite, SharedTierError>;
 
+    /// Stores `content` as `set`'s snapshot at `version` whatever the tier holds, newer versions
+    /// included: PostgreSQL's copy over one the tier should not have (see `feed::audit_tier`).
+    /// Never queued: a repair that cannot reach the tier is retried by the next version check.
+    async fn replace_snapshot(
+        &self,
+        set: &str,
+        version: u64,
+        content: &TierContent,
+    ) -> Result<(), SharedTierError>;
+
+    /// `set`'s snapshot; [`SharedTierError::Unverified`] for one without this deployment's seal.
     async fn snapshot(&self, set: &str) -> Result<Option<TierSnapshot>, SharedTierError>;
 
-    /// Every set's snapshot, by set id. A corrupt snapshot is logged and left out, so one bad
-    /// entry does not keep a node from the others.
+    /// Every set's snapshot, by set id. A corrupt or unverified snapshot is logged and left out,
+    /// so one bad entry does not keep a node from the others.
     async fn snapshots(&self) -> Result<Vec<TierSnapshot>, SharedTierError>;
 
     /// Tells every subscriber, on every node, that `set` is now at `version`.

@@ -5,15 +5,17 @@
 //!
 //! Keys, for prefix `P`:
 //! - `{P}:sets`: the index, a set of flag-set ids with a snapshot;
-//! - `{P:set:ID}:snapshot`: a hash `version`, `json`; an empty `json` is a tombstone (the set
-//!   was deleted at `version`; a flagd document is never empty);
+//! - `{P:set:ID}:snapshot`: a hash `version`, `json`, `seal`; an empty `json` is a tombstone (the
+//!   set was deleted at `version`; a flagd document is never empty); `seal` is the deployment's
+//!   HMAC over the rest (`seal.rs`), without which a reader refuses the snapshot;
 //! - `{P:users:SHARD}:state`: a hash user → state bytes, one per key-space shard;
 //! - `{P:users:SHARD}:owner`: a string, the shard's owner epoch: the shard map epoch at which
 //!   the last node to claim the shard acquired it. A user-state write carries its writer's epoch
 //!   and is stored only if that is the owner epoch (a fencing token; same hash tag as the state,
 //!   so one script covers both);
-//! - `{P:experiments}:running`: a string, the JSON list of running experiments
-//!   (`bunting_experiments::Experiment`), written whole by nodes that read them from PostgreSQL;
+//! - `{P:experiments}:running`: a string, `{"seal": …, "experiments": "<JSON list>"}`: the
+//!   running experiments (`bunting_experiments::Experiment`) as a JSON text and its seal, written
+//!   whole by nodes that read them from PostgreSQL;
 //! - channel `P:changes`: `{"set": ID, "version": N}` per stored version. PUBLISH reaches every
 //!   node of a Redis Cluster, so the subscriber listens on any one of them.
 
@@ -33,13 +35,14 @@ use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_stream::StreamExt;
 
 use super::queue::{Write, WriteQueue};
+use super::seal::{Sealed, Sealer};
 use super::{
     ChangeStream, SharedTier, SharedTierError, SnapshotWrite, TierChange, TierContent,
     TierSnapshot, WriteOutcome,
 };
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::config::RedisTierConfig;
-use crate::secret_url::RedactedUrl;
+use crate::secret_url::{RedactedUrl, SecretUrl};
 
 /// Stores the snapshot only if its version is newer than the stored one; returns -1 when it
 /// stored, else the stored version. One script, so two nodes racing on one version cannot both
@@ -49,7 +52,7 @@ local stored = tonumber(redis.call('HGET', KEYS[1], 'version'))
 if stored and stored >= tonumber(ARGV[1]) then
   return stored
 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2], 'seal', ARGV[3])
 return -1
 ";
 
@@ -110,7 +113,7 @@ struct Inner {
     endpoint: RedactedUrl,
     target: Target,
     /// Where the notification subscriber connects, tried in turn.
-    seeds: Vec<String>,
+    seeds: Vec<SecretUrl>,
     /// Made on first use and dropped after a transport failure, so a Redis that was down at
     /// start-up, or came back elsewhere, is reconnected on the next admitted call.
     conn: Mutex<Option<Conn>>,
@@ -124,6 +127,15 @@ struct Inner {
     cas: redis::Script,
     claim: redis::Script,
     fenced_write: redis::Script,
+    /// Seals what this node writes and verifies what it reads (`seal.rs`).
+    sealer: Sealer,
+}
+
+/// The running experiments as stored: their JSON text and its seal.
+#[derive(Debug, Serialize, Deserialize)]
+struct SealedExperiments {
+    seal: String,
+    experiments: String,
 }
 
 enum Target {
@@ -241,24 +253,24 @@ impl RedisTier {
     }
 
     /// Builds the tier and its queue drainer; connects on first use. Needs a tokio runtime.
+    /// Reads the signing key (`signing_key_file`, else the variable `signing_key_env` names).
     pub fn connect(config: &RedisTierConfig) -> Result<Arc<RedisTier>, SharedTierError> {
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
         let (target, seeds) = match (&config.url, config.cluster.as_slice()) {
             (Some(url), []) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| {
-                    SharedTierError::Config(format!("redis url {}: {e}", RedactedUrl::new(url)))
-                })?;
+                let client = redis::Client::open(url.expose())
+                    .map_err(|e| SharedTierError::Config(format!("redis url {url}: {e}")))?;
                 (Target::Single(client), vec![url.clone()])
             }
             (None, seeds) if !seeds.is_empty() => {
-                let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+                let client = ClusterClient::builder(seeds.iter().map(SecretUrl::expose))
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .retries(2)
                     .build()
                     .map_err(|e| {
-                        let seeds: Vec<RedactedUrl> =
-                            seeds.iter().map(|s| RedactedUrl::new(s)).collect();
+                        let seeds: Vec<&RedactedUrl> =
+                            seeds.iter().map(SecretUrl::redacted).collect();
                         SharedTierError::Config(format!("redis cluster {seeds:?}: {e}"))
                     })?;
                 (Target::Cluster(Box::new(client)), seeds.to_vec())
@@ -269,7 +281,11 @@ impl RedisTier {
                 ));
             }
         };
-        let endpoint = RedactedUrl::new(seeds.first().map_or("", String::as_str));
+        let endpoint = seeds
+            .first()
+            .map_or_else(|| RedactedUrl::new(""), |seed| seed.redacted().clone());
+        let sealer = Sealer::new(&signing_key(config)?, config.deployment())
+            .map_err(|e| SharedTierError::Config(e.to_string()))?;
         let open_for = Duration::from_millis(config.open_for_ms);
         let inner = Arc::new(Inner {
             breaker: Breaker::new(
@@ -293,6 +309,7 @@ impl RedisTier {
             cas: redis::Script::new(SNAPSHOT_CAS),
             claim: redis::Script::new(CLAIM_SHARD),
             fenced_write: redis::Script::new(FENCED_USER_WRITE),
+            sealer,
         });
         // The drainer retries about as often as the breaker lets a probe through.
         let every = open_for.clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -302,6 +319,29 @@ impl RedisTier {
             every,
         ));
         Ok(Arc::new(RedisTier { inner }))
+    }
+}
+
+/// The deployment's signing key, from its file or its environment variable. Errors name where
+/// the key was looked for, never what was found.
+fn signing_key(config: &RedisTierConfig) -> Result<Vec<u8>, SharedTierError> {
+    match &config.signing_key_file {
+        Some(path) => std::fs::read(path).map_err(|e| {
+            SharedTierError::Config(format!(
+                "cannot read the signing key file {}: {e}",
+                path.display()
+            ))
+        }),
+        None => std::env::var_os(&config.signing_key_env)
+            .map(|key| key.into_encoded_bytes())
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| {
+                SharedTierError::Config(format!(
+                    "no signing key: set the environment variable {} (or signing_key_file) to the \
+                     deployment's shared tier key, at least 32 bytes, the same on every node",
+                    config.signing_key_env
+                ))
+            }),
     }
 }
 
@@ -443,6 +483,11 @@ impl Inner {
             Write::Snapshot { set, version, json } => {
                 let (index, key) = (self.keys.index(), self.keys.snapshot(set));
                 let cas = &self.cas;
+                let seal = self.sealer.seal(Sealed::Snapshot {
+                    set,
+                    version: *version,
+                    json,
+                });
                 // Index first: an index entry without a snapshot is skipped by readers, while a
                 // snapshot missing from the index would be invisible to `snapshots`.
                 let stored: i64 = self
@@ -455,6 +500,7 @@ impl Inner {
                         cas.key(&key)
                             .arg(*version)
                             .arg(json)
+                            .arg(&seal)
                             .invoke_async(&mut conn)
                             .await
                     })
@@ -496,10 +542,18 @@ impl Inner {
             }
             Write::RunningExperiments { json } => {
                 let key = self.keys.running_experiments();
+                let sealed = serde_json::to_string(&SealedExperiments {
+                    seal: self.sealer.seal(Sealed::RunningExperiments { json }),
+                    experiments: json.clone(),
+                })
+                .map_err(|source| SharedTierError::Encode {
+                    what: "the running experiments",
+                    source,
+                })?;
                 self.call("put_running_experiments", |mut conn| async move {
                     redis::cmd("SET")
                         .arg(&key)
-                        .arg(json)
+                        .arg(&sealed)
                         .query_async::<()>(&mut conn)
                         .await
                 })
@@ -544,7 +598,7 @@ impl Inner {
 
     async fn snapshot(&self, set: &str) -> Result<Option<TierSnapshot>, SharedTierError> {
         let key = self.keys.snapshot(set);
-        let (version, json): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+        let (version, json, seal): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = self
             .call("snapshot", |mut conn| {
                 let key = key.clone();
                 async move {
@@ -552,6 +606,7 @@ impl Inner {
                         .arg(&key)
                         .arg("version")
                         .arg("json")
+                        .arg("seal")
                         .query_async(&mut conn)
                         .await
                 }
@@ -575,11 +630,24 @@ impl Inner {
                     String::from_utf8_lossy(&version)
                 ))
             })?;
+        let json = String::from_utf8(json)
+            .map_err(|_| corrupt(format!("version {version} is not UTF-8")))?;
+        let sealed = Sealed::Snapshot {
+            set,
+            version,
+            json: &json,
+        };
+        if !seal.is_some_and(|seal| self.sealer.verifies(sealed, &seal)) {
+            return Err(SharedTierError::Unverified {
+                key,
+                deployment: self.sealer.deployment().to_owned(),
+            });
+        }
         let content = if json.is_empty() {
             TierContent::Deleted
         } else {
             TierContent::Flags(
-                serde_json::from_slice(&json)
+                serde_json::from_str(&json)
                     .map_err(|e| corrupt(format!("version {version} is not valid JSON: {e}")))?,
             )
         };
@@ -634,6 +702,46 @@ impl SharedTier for RedisTier {
         self.write_snapshot(set, version, String::new()).await
     }
 
+    async fn replace_snapshot(
+        &self,
+        set: &str,
+        version: u64,
+        content: &TierContent,
+    ) -> Result<(), SharedTierError> {
+        let json = match content {
+            TierContent::Flags(document) => document.to_string(),
+            TierContent::Deleted => String::new(),
+        };
+        let seal = self.inner.sealer.seal(Sealed::Snapshot {
+            set,
+            version,
+            json: &json,
+        });
+        let (index, key) = (self.inner.keys.index(), self.inner.keys.snapshot(set));
+        // Unconditional, and not queued: the repair runs right after reading the tier, and the
+        // next version check repeats it if this call fails.
+        self.inner
+            .call("replace_snapshot", |mut conn| async move {
+                // Two commands, not a pipeline: the keys sit under different hash tags.
+                redis::cmd("SADD")
+                    .arg(&index)
+                    .arg(set)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg("version")
+                    .arg(version)
+                    .arg("json")
+                    .arg(&json)
+                    .arg("seal")
+                    .arg(&seal)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
+    }
+
     async fn snapshot(&self, set: &str) -> Result<Option<TierSnapshot>, SharedTierError> {
         self.inner.snapshot(set).await
     }
@@ -655,8 +763,8 @@ impl SharedTier for RedisTier {
             match self.inner.snapshot(&set).await {
                 Ok(Some(snapshot)) => snapshots.push(snapshot),
                 Ok(None) => {}
-                Err(e @ SharedTierError::Corrupt { .. }) => {
-                    tracing::error!(error = %e, set, "skipping a corrupt snapshot in the shared tier");
+                Err(e @ (SharedTierError::Corrupt { .. } | SharedTierError::Unverified { .. })) => {
+                    tracing::error!(error = %e, set, "skipping a snapshot in the shared tier that cannot be trusted");
                 }
                 Err(e) => return Err(e),
             }
@@ -771,10 +879,23 @@ impl SharedTier for RedisTier {
                 async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await }
             })
             .await?;
-        let Some(json) = json else {
+        let Some(stored) = json else {
             return Ok(None);
         };
-        serde_json::from_slice(&json)
+        let unverified = |key: String| SharedTierError::Unverified {
+            key,
+            deployment: self.inner.sealer.deployment().to_owned(),
+        };
+        let Ok(sealed) = serde_json::from_slice::<SealedExperiments>(&stored) else {
+            return Err(unverified(key));
+        };
+        let what = Sealed::RunningExperiments {
+            json: &sealed.experiments,
+        };
+        if !self.inner.sealer.verifies(what, sealed.seal.as_bytes()) {
+            return Err(unverified(key));
+        }
+        serde_json::from_str(&sealed.experiments)
             .map(Some)
             .map_err(|e| SharedTierError::Corrupt {
                 key,
@@ -791,10 +912,13 @@ impl SharedTier for RedisTier {
     }
 }
 
+/// The most bytes of a malformed notification a log line shows.
+const MAX_LOGGED_PAYLOAD: usize = 200;
+
 /// The subscriber task: (re)connects to the seeds in turn, announces each connection with
 /// `Resync`, forwards every well-formed message, and ends when the receiver is dropped.
 async fn follow_changes(
-    seeds: Vec<String>,
+    seeds: Vec<SecretUrl>,
     channel: String,
     timeout: Duration,
     tx: mpsc::Sender<TierChange>,
@@ -805,9 +929,9 @@ async fn follow_changes(
             return;
         };
         attempt = attempt.wrapping_add(1);
-        match subscribe_once(seed, &channel, timeout).await {
+        match subscribe_once(seed.expose(), &channel, timeout).await {
             Ok(pubsub) => {
-                let seed = RedactedUrl::new(seed);
+                let seed = seed.redacted();
                 tracing::info!(%seed, channel, "following shared tier change notifications");
                 if tx.send(TierChange::Resync).await.is_err() {
                     return;
@@ -824,9 +948,12 @@ async fn follow_changes(
                                         return;
                                     }
                                 }
+                                // Anyone who can reach Redis can publish: the payload is shown
+                                // only in part, so a huge one cannot flood the log.
                                 Err(e) => tracing::warn!(
                                     error = %e,
-                                    payload = %String::from_utf8_lossy(payload),
+                                    payload = %String::from_utf8_lossy(&payload[..payload.len().min(MAX_LOGGED_PAYLOAD)]),
+                                    bytes = payload.len(),
                                     "ignoring a malformed shared tier change notification"
                                 ),
                             }
@@ -840,7 +967,7 @@ async fn follow_changes(
                 );
             }
             Err(e) => {
-                tracing::debug!(error = %e, seed = %RedactedUrl::new(seed), "cannot subscribe to shared tier changes");
+                tracing::debug!(error = %e, seed = %seed.redacted(), "cannot subscribe to shared tier changes");
             }
         }
         tokio::select! {

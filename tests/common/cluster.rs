@@ -101,6 +101,7 @@ impl ClusterNode {
             .arg(&self.config)
             .current_dir(workspace())
             .env("BUNTING_CLUSTER_COOKIE", &self.cookie)
+            .env("BUNTING_SHARED_TIER_KEY", super::redis::TIER_KEY)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())

@@ -10,6 +10,21 @@ use std::time::{Duration, Instant};
 
 use super::Guarded;
 
+/// The shared-tier signing key every test node of a deployment shares (`[shared_tier]
+/// signing_key_file`, or `BUNTING_SHARED_TIER_KEY` for process nodes): a test value, like the
+/// cluster cookie.
+pub const TIER_KEY: &str = "test-shared-tier-signing-key-0123456789abcdef";
+
+/// A file holding [`TIER_KEY`], for in-process nodes (they cannot set environment variables).
+pub fn tier_key_file() -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared-tier-test.key");
+    // Written whole by every caller with the same bytes, so concurrent tests cannot see a torn one.
+    let staging = path.with_extension(format!("{}", std::process::id()));
+    std::fs::write(&staging, TIER_KEY).unwrap();
+    std::fs::rename(&staging, &path).unwrap();
+    path
+}
+
 /// How long a server or a cluster may take to come up; only bounds a broken start.
 const PATIENCE: Duration = Duration::from_secs(30);
 
