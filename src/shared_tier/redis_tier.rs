@@ -598,7 +598,7 @@ impl Inner {
 
     async fn snapshot(&self, set: &str) -> Result<Option<TierSnapshot>, SharedTierError> {
         let key = self.keys.snapshot(set);
-        let (version, json, seal): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = self
+        let [version, json, seal]: [Option<Vec<u8>>; 3] = self
             .call("snapshot", |mut conn| {
                 let key = key.clone();
                 async move {
