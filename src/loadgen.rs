@@ -338,9 +338,10 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     }
     let routed = match config.routed {
         true => Some(std::sync::Arc::new(
-            bunting_client::Client::connect(bunting_client::ClientConfig::new([config
-                .target
-                .clone()]))
+            bunting_client::Client::connect(bunting_client::ClientConfig {
+                token: config.bearer.client_token(),
+                ..bunting_client::ClientConfig::new([config.target.clone()])
+            })
             .await
             .map_err(|e| LoadError::Routed(e.to_string()))?,
         )),

@@ -49,6 +49,11 @@ impl Bearer {
         }
     }
 
+    /// The same token for the shard-aware client (`bunting-client`).
+    pub fn client_token(&self) -> Option<bunting_client::Token> {
+        self.0.clone().map(bunting_client::Token::from_header)
+    }
+
     pub fn wrap(self, channel: Channel) -> AuthChannel {
         InterceptedService::new(channel, self)
     }

@@ -104,20 +104,29 @@ pub async fn start(config: &Config) -> Result<Auth, AuthSetupError> {
         FlagSourceConfig::Postgres { url, .. } => {
             let store = PgTokenStore::connect_lazy(url)?;
             let mut pending = None;
-            if let Some(token) = bootstrap {
-                match store.bootstrap(&token).await {
+            if let Some(token) = &bootstrap {
+                match store.bootstrap(token).await {
                     Ok(true) => tracing::info!(id = %token.id(), "bootstrap token recorded"),
                     Ok(false) => tracing::info!(
                         "api_tokens is not empty: the bootstrap secret was not recorded again"
                     ),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot record the bootstrap token yet");
-                        pending = Some(token);
+                        pending = Some(token.clone());
                     }
                 }
             }
             if let Err(e) = store.refresh(&registry).await {
-                tracing::warn!(error = %e, "cannot read api tokens at start-up; refusing tokens until they can be read");
+                // Without the table no token can be checked. Rather than lock the operator out of
+                // a node that started during a PostgreSQL outage (it serves flags from the shared
+                // tier), the bootstrap secret in its own environment is accepted until the table
+                // is first read, which then replaces it (ARCHITECTURE.md, "Security model").
+                registry.replace(bootstrap.iter().map(store::bootstrap_entry));
+                tracing::warn!(
+                    error = %e,
+                    bootstrap_only = !registry.is_empty(),
+                    "cannot read api tokens at start-up; until they can be read only the bootstrap token is accepted"
+                );
             }
             (Some(store), pending)
         }
