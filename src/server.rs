@@ -462,6 +462,7 @@ impl BoundServer {
             .add_service(ClusterAdminServer::new(topology))
             .add_service(TokensServer::new(TokensService::new(
                 self.auth.store.clone(),
+                self.auth.policy.registry().clone(),
             )))
             .serve_with_incoming_shutdown(
                 edge::incoming(

@@ -122,7 +122,7 @@ fn selector<T>(message: T) -> Request<T> {
 /// with bodies that would change state if they were let through. Panics on a method it does not
 /// know, so a method added to the table without a line here fails the test.
 async fn call(method: &str, ch: AuthChannel) -> Result<(), Status> {
-    let ok = |_| ();
+    fn ok<T>(_: T) {}
     match method {
         m if m.starts_with("/flagd.evaluation.v1.Service/") => {
             let mut c = v1::service_client::ServiceClient::new(ch);
@@ -401,7 +401,8 @@ async fn call(method: &str, ch: AuthChannel) -> Result<(), Status> {
         "/bunting.v1.Tokens/CreateToken" => TokensClient::new(ch)
             .create_token(pb::CreateTokenRequest {
                 name: "minted".into(),
-                scopes: vec!["evaluate".into()],
+                // What a token with only tokens:admin on shop may grant: no more than it has.
+                scopes: vec!["tokens:admin".into()],
                 flag_sets: vec!["shop".into()],
                 ..Default::default()
             })
@@ -412,8 +413,9 @@ async fn call(method: &str, ch: AuthChannel) -> Result<(), Status> {
             .await
             .map(ok),
         "/bunting.v1.Tokens/RevokeToken" => TokensClient::new(ch)
+            // An id no token has: let through, the answer is NOT_FOUND and nothing changes.
             .revoke_token(pb::RevokeTokenRequest {
-                id: ApiToken::parse(TEST_TOKEN).unwrap().id().to_string(),
+                id: "00000000000000ff".into(),
             })
             .await
             .map(ok),
@@ -550,6 +552,24 @@ async fn every_rpc_refuses_every_bad_caller_and_changes_nothing() {
         .await;
     }
 
+    // An experiment on shop, so experiment calls by id have a set to be refused on.
+    ExperimentsClient::new(admin.clone())
+        .create_experiment(pb::CreateExperimentRequest {
+            id: "exp".into(),
+            flag_set_id: "shop".into(),
+            flag_key: "banner".into(),
+            control_variant: "a".into(),
+            metrics: vec![pb::Metric {
+                name: "buy".into(),
+                event: "buy".into(),
+                kind: pb::MetricKind::Conversion.into(),
+            }],
+            actor: "ops".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
     // The callers.
     let mut exactly: BTreeMap<Scope, String> = BTreeMap::new();
     let mut lacking: BTreeMap<Scope, String> = BTreeMap::new();
@@ -637,6 +657,23 @@ async fn every_rpc_refuses_every_bad_caller_and_changes_nothing() {
             );
             answers.push(status.message().to_owned());
         }
+    }
+
+    // A tokens:admin token cannot mint a token with a scope or a set it does not have.
+    for (scopes, sets) in [
+        (vec!["evaluate"], vec!["shop"]),
+        (vec!["tokens:admin"], vec!["other"]),
+    ] {
+        let status = TokensClient::new(bearer(&exactly[&Scope::TokensAdmin]).wrap(channel.clone()))
+            .create_token(pb::CreateTokenRequest {
+                name: "escalated".into(),
+                scopes: scopes.into_iter().map(String::from).collect(),
+                flag_sets: sets.into_iter().map(String::from).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     }
 
     // The audit log names the token, not the caller's `actor` (UpdateFlag above ran as

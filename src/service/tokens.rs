@@ -3,6 +3,7 @@
 //! more rights than its own.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::tokens_server::Tokens as TokensRpc;
@@ -12,17 +13,26 @@ use tonic::{Request, Response, Status};
 use super::admin_status::{bad_field, check_flag_set_id};
 use super::request::caller;
 use crate::auth::store::{NewToken, PgTokenStore, TokenName, TokenRecord, TokenStoreError};
-use crate::auth::{FlagSets, Scopes, TokenId};
+use crate::auth::{FlagSets, Registry, Scopes, TokenId};
 
 /// `bunting.v1.Tokens` over the node's token store; a file-backed node has none.
 #[derive(Debug, Clone)]
 pub struct TokensService {
     store: Option<PgTokenStore>,
+    /// This node's registry, reloaded after each write here: the caller's next request to this
+    /// node sees the change at once (other nodes within a second, by notification or repair).
+    registry: Arc<Registry>,
 }
 
 impl TokensService {
-    pub fn new(store: Option<PgTokenStore>) -> TokensService {
-        TokensService { store }
+    pub fn new(store: Option<PgTokenStore>, registry: Arc<Registry>) -> TokensService {
+        TokensService { store, registry }
+    }
+
+    async fn reload(&self, store: &PgTokenStore) {
+        if let Err(e) = store.refresh(&self.registry).await {
+            tracing::warn!(error = %e, "cannot reload api tokens after a write; the repair will");
+        }
     }
 
     fn store(&self) -> Result<&PgTokenStore, Status> {
@@ -149,6 +159,7 @@ impl TokensRpc for TokensService {
             .create(&new, &principal.name)
             .await
             .map_err(store_status)?;
+        self.reload(store).await;
         tracing::info!(id = %record.id, name = %record.name, by = %principal.name, "api token created");
         Ok(Response::new(pb::CreateTokenResponse {
             token: Some(info(record)),
@@ -174,6 +185,7 @@ impl TokensRpc for TokensService {
         let id =
             TokenId::parse(&request.get_ref().id).map_err(|e| bad_field("id", e.to_string()))?;
         let at = store.revoke(&id).await.map_err(store_status)?;
+        self.reload(store).await;
         let by = caller(request.extensions())?
             .principal()
             .map_or("?", |p| p.name.as_str())
