@@ -202,6 +202,16 @@ pub struct AuthConfig {
     /// while the token table is empty. The environment variable `BUNTING_BOOTSTRAP_TOKEN` takes
     /// precedence. On a file-backed node it is accepted from memory at every start.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// `GET /metrics` only with `authorization: Bearer <token>` of a token with scope
+    /// cluster:read (401 without a usable token, 403 without the scope). Default: anonymous.
+    pub metrics_token_required: bool,
+    /// Writes (flags, experiments, tokens, cluster administration) one token may make per second
+    /// on one node, with a burst of as many; more are answered RESOURCE_EXHAUSTED. Default: no
+    /// limit.
+    pub write_rate_per_second: Option<std::num::NonZeroU32>,
+    /// Track calls one token (or all callers without one, together) may make per second on one
+    /// node, likewise. Default: no limit.
+    pub track_rate_per_second: Option<std::num::NonZeroU32>,
     /// The bootstrap token given in code (tests, embedding); never read from the file.
     #[serde(skip)]
     pub bootstrap_token: Option<crate::auth::ApiToken>,

@@ -365,7 +365,14 @@ impl BoundServer {
         let (closing_tx, closing) = watch::channel(false);
         let closing_watch = closing.clone();
         let feed_task = tokio::spawn(feed::run(self.feed, self.node.clone(), closing.clone()));
-        let metrics_task = tokio::spawn(metrics_http::serve(self.metrics, closing.clone()));
+        let metrics_task = tokio::spawn(metrics_http::serve(
+            self.metrics,
+            closing.clone(),
+            self.config
+                .auth
+                .metrics_token_required
+                .then(|| self.auth.policy.clone()),
+        ));
         let tokens_task = self.auth.store.clone().map(|store| {
             tokio::spawn(auth::store::follow(
                 store,

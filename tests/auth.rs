@@ -39,6 +39,7 @@ use common::{Guarded, TEST_TOKEN, free_ports, read_log, toml_string, workspace};
 struct PgNode {
     _process: Guarded,
     grpc: SocketAddr,
+    metrics: SocketAddr,
     log: PathBuf,
 }
 
@@ -93,6 +94,7 @@ impl PgNode {
         PgNode {
             _process: process,
             grpc,
+            metrics: SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port)),
             log,
         }
     }
@@ -891,4 +893,85 @@ async fn a_revocation_is_refused_by_every_node_of_a_cluster_within_a_second() {
     )
     .await;
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
+}
+
+/// `GET /metrics` with `authorization` (if any): the status line and the body.
+fn scrape(node: &PgNode, authorization: Option<&str>) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&node.metrics, Duration::from_secs(2)).unwrap();
+    let header = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_cluster_read_token() {
+    let db = TestDb::create().await;
+    let dir = common::scratch_dir("auth-metrics");
+    let node = PgNode::start(&dir, &db, "node", "metrics_token_required = true");
+    let admin = bearer(TEST_TOKEN).wrap(node.channel().await);
+    let reader = create_token(&admin, "flags-reader", &[Scope::FlagsRead], None).await;
+    let scraper = create_token(&admin, "prometheus", &[Scope::ClusterRead], None).await;
+    let cases = [
+        (None, "HTTP/1.1 401"),
+        (Some("Bearer not-a-token".to_owned()), "HTTP/1.1 401"),
+        (Some(format!("Bearer {reader}")), "HTTP/1.1 403"),
+        (Some(format!("Bearer {scraper}")), "HTTP/1.1 200"),
+    ];
+    for (authorization, expected) in cases {
+        let (status, body) = scrape(&node, authorization.as_deref());
+        assert!(
+            status.starts_with(expected),
+            "{authorization:?}: {status}\n{body}"
+        );
+        assert!(!body.contains(&scraper[21..]) && !body.contains(&reader[21..]));
+        if expected.ends_with("200") {
+            assert!(body.contains("bunting_"), "{body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_a_token_s_rate_are_refused_and_not_written() {
+    let db = TestDb::create().await;
+    let dir = common::scratch_dir("auth-rate");
+    let node = PgNode::start(&dir, &db, "node", "write_rate_per_second = 1");
+    let mut admin = AdminClient::new(bearer(TEST_TOKEN).wrap(node.channel().await));
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let got = admin
+            .create_flag_set(pb::CreateFlagSetRequest {
+                id: format!("set-{i}"),
+                actor: "ops".into(),
+                ..Default::default()
+            })
+            .await;
+        codes.push(got.map(|_| ()).map_err(|s| s.code()));
+    }
+    // A burst of one, then refused until a second has passed (six calls take far less than the
+    // five seconds that would let them all through).
+    assert_eq!(codes[0], Ok(()));
+    assert!(codes.contains(&Err(Code::ResourceExhausted)), "{codes:?}");
+    // Reads are not limited, and show only what was let through.
+    let sets = admin
+        .list_flag_sets(pb::ListFlagSetsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .flag_sets;
+    let written = codes.iter().filter(|c| c.is_ok()).count();
+    assert_eq!(sets.len(), written);
 }

@@ -18,6 +18,7 @@ use tonic::body::Body;
 use tower_service::Service;
 
 use super::principal::Caller;
+use super::rate::RateLimits;
 use super::registry::Registry;
 use super::scope::{self, Scope};
 use super::token::{ApiToken, TOKEN_LEN};
@@ -50,11 +51,16 @@ impl Open {
 pub struct Policy {
     registry: Arc<Registry>,
     open: Open,
+    limits: Arc<RateLimits>,
 }
 
 impl Policy {
-    pub fn new(registry: Arc<Registry>, open: Open) -> Policy {
-        Policy { registry, open }
+    pub fn new(registry: Arc<Registry>, open: Open, limits: RateLimits) -> Policy {
+        Policy {
+            registry,
+            open,
+            limits: Arc::new(limits),
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -69,7 +75,24 @@ impl Policy {
                 crate::service::wire_text::bounded(path.to_owned())
             )));
         };
-        let Some(header) = headers.get(http::header::AUTHORIZATION) else {
+        let header = headers
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        let caller = self.authorize(scope, header, path)?;
+        self.limits.check(scope, &caller)?;
+        Ok(caller)
+    }
+
+    /// The caller sending `header` (an `authorization` value, if any) to `what`, which needs
+    /// `scope`: for the gRPC methods, and for `/metrics` (`metrics_http.rs`).
+    pub fn authorize(
+        &self,
+        scope: Scope,
+        header: Option<&[u8]>,
+        what: &str,
+    ) -> Result<Caller, Status> {
+        let path = what;
+        let Some(header) = header else {
             if self.open.allows(scope) {
                 return Ok(Caller::Anonymous);
             }
@@ -77,7 +100,7 @@ impl Policy {
                 "{path} needs a token with scope {scope}: send `authorization: Bearer <token>`"
             )));
         };
-        let token = bearer(header.as_bytes()).map_err(Status::unauthenticated)?;
+        let token = bearer(header).map_err(Status::unauthenticated)?;
         let principal = self
             .registry
             .authenticate(&token, Utc::now())
@@ -205,14 +228,17 @@ mod tests {
                 sync: false,
                 track: false,
             },
+            RateLimits::default(),
         );
-        let closed = Policy::new(registry, Open::default());
+        let closed = Policy::new(registry, Open::default(), RateLimits::default());
         let resolve = "/flagd.evaluation.v1.Service/ResolveBoolean";
         let write = "/bunting.v1.Admin/CreateFlag";
         let good = format!("Bearer {}", evaluator.reveal());
         let huge = format!("Bearer {}", "a".repeat(10_000));
         let unknown = format!("Bearer {}", ApiToken::generate().unwrap().reveal());
-        let cases: Vec<(&Policy, &str, Option<&str>, Result<bool, Code>)> = vec![
+        // Policy, path, authorization header, expected admission.
+        type Case<'a> = (&'a Policy, &'a str, Option<&'a str>, Result<bool, Code>);
+        let cases: Vec<Case> = vec![
             // Ok(true): a token's principal; Ok(false): anonymous.
             (&open, resolve, None, Ok(false)),
             (&closed, resolve, None, Err(Code::Unauthenticated)),

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod layer;
 pub mod principal;
+pub mod rate;
 pub mod registry;
 pub mod scope;
 pub mod store;
@@ -139,7 +140,14 @@ pub async fn start(config: &Config) -> Result<Auth, AuthSetupError> {
         "authorization"
     );
     Ok(Auth {
-        policy: Policy::new(registry, open),
+        policy: Policy::new(
+            registry,
+            open,
+            rate::RateLimits::new(
+                config.auth.write_rate_per_second,
+                config.auth.track_rate_per_second,
+            ),
+        ),
         store,
         pending_bootstrap,
     })

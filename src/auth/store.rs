@@ -348,10 +348,10 @@ pub async fn follow(
         }
         // A bootstrap that could not be recorded at start-up (PostgreSQL was down) is retried
         // until it is, under the same only-into-an-empty-table rule.
-        if let Some(token) = &bootstrap {
-            if store.bootstrap(token).await.is_ok() {
-                bootstrap = None;
-            }
+        if let Some(token) = &bootstrap
+            && store.bootstrap(token).await.is_ok()
+        {
+            bootstrap = None;
         }
         match store.refresh(&registry).await {
             Ok(()) if !healthy => {
