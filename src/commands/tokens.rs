@@ -127,17 +127,16 @@ fn token_json(t: &pb::TokenInfo) -> serde_json::Value {
     })
 }
 
-/// A token made here, printed; with a name, its tokens-file entry on a second line.
+/// A token made here, printed; with a name, its tokens-file entry on a second line. Everything
+/// is checked before anything is printed, so a refused entry leaves no orphan secret behind.
 fn generate(
     name: Option<&str>,
     scopes: &[String],
     sets: Vec<String>,
 ) -> Result<ExitCode, CliError> {
-    let token = ApiToken::generate().map_err(|e| CliError::Usage(e.to_string()))?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", token.reveal())?;
-    if let Some(name) = name {
-        let new = NewToken {
+    let entry = match name {
+        None => None,
+        Some(name) => Some(NewToken {
             name: TokenName::parse(name).map_err(|e| CliError::Usage(e.to_string()))?,
             scopes: Scopes::parse(scopes.iter().map(String::as_str))
                 .map_err(|e| CliError::Usage(format!("--scope: {e}")))?,
@@ -147,7 +146,12 @@ fn generate(
                 FlagSets::Only(sets.into_iter().collect())
             },
             expires_at: None,
-        };
+        }),
+    };
+    let token = ApiToken::generate().map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", token.reveal())?;
+    if let Some(new) = entry {
         writeln!(out, "{}", file_entry(&token, &new))?;
     }
     Ok(ExitCode::SUCCESS)
