@@ -406,8 +406,10 @@ pub fn load_file(path: &Path) -> Result<Vec<TokenEntry>, TokenFileError> {
     let tokens: Vec<FileToken> = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     tokens
         .into_iter()
-        .map(|t| {
-            let id = TokenId::parse(&t.id).map_err(|e: TokenParseError| invalid(e.to_string()))?;
+        .enumerate()
+        .map(|(i, t)| {
+            let id = TokenId::parse(&t.id)
+                .map_err(|e: TokenParseError| invalid(format!("entry {i}: {e}")))?;
             let hash = TokenHash::from_hex(&t.hash)
                 .ok_or_else(|| invalid(format!("token {id}: hash is not 64 hex digits")))?;
             let name = TokenName::parse(&t.name).map_err(|e| invalid(e.to_string()))?;
@@ -472,7 +474,7 @@ mod tests {
             ("{", "tokens file"),
             (
                 r#"[{"id": "x", "name": "a", "hash": "00", "scopes": []}]"#,
-                "\"x\"",
+                "entry 0",
             ),
             (
                 r#"[{"id": "00000000000000aa", "name": "a", "hash": "00", "scopes": []}]"#,
