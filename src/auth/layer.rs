@@ -83,15 +83,14 @@ impl Policy {
         Ok(caller)
     }
 
-    /// The caller sending `header` (an `authorization` value, if any) to `what`, which needs
-    /// `scope`: for the gRPC methods, and for `/metrics` (`metrics_http.rs`).
+    /// The caller sending `header` (an `authorization` value, if any) to `path` (a method of the
+    /// table, or `/metrics`), which needs `scope`.
     pub fn authorize(
         &self,
         scope: Scope,
         header: Option<&[u8]>,
-        what: &str,
+        path: &str,
     ) -> Result<Caller, Status> {
-        let path = what;
         let Some(header) = header else {
             if self.open.allows(scope) {
                 return Ok(Caller::Anonymous);
