@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Feature flags and experiments, speaking flagd's protocols"
 )]
 pub struct Cli {
+    /// The API token client commands send (`authorization: Bearer <token>`). Default: the
+    /// environment variable BUNTING_TOKEN, which keeps it out of the process list.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -139,6 +143,15 @@ pub enum Command {
         #[command(subcommand)]
         action: ExperimentAction,
     },
+    /// API tokens: generate a secret locally, or create, list and revoke tokens through a
+    /// PostgreSQL-backed node's Tokens API (scope tokens:admin).
+    Tokens {
+        /// Any node's gRPC address.
+        #[arg(long, global = true, default_value = "127.0.0.1:8013")]
+        node: String,
+        #[command(subcommand)]
+        action: TokensAction,
+    },
     /// Check a flag file and report every problem; exit 1 if there is any.
     Validate {
         /// Flag-definition files.
@@ -169,6 +182,46 @@ pub enum FlagsAction {
         #[arg(long)]
         prune: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// Print a fresh token on standard output, made here with no server: the bootstrap secret
+    /// (BUNTING_BOOTSTRAP_TOKEN or [auth] bootstrap_token_file). With --name and --scope, a second
+    /// line holds its entry for a file-backed node's [auth] tokens_file (hash only).
+    Generate {
+        #[arg(long, requires = "scopes")]
+        name: Option<String>,
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// A flag set the token may touch (repeat); without any, every set.
+        #[arg(long = "set", value_name = "SET")]
+        sets: Vec<String>,
+    },
+    /// Create a token on the node and print it once: store it now, it cannot be shown again.
+    Create {
+        name: String,
+        /// evaluate, sync, track, flags:read, flags:write, experiments:read, experiments:write,
+        /// cluster:read, cluster:admin, tokens:admin (repeat).
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+        /// A flag set the token may touch (repeat). Give sets, or --all-sets.
+        #[arg(long = "set", value_name = "SET", required_unless_present = "all_sets")]
+        sets: Vec<String>,
+        #[arg(long, conflicts_with = "sets")]
+        all_sets: bool,
+        /// The token stops working this many days from now.
+        #[arg(long, value_name = "DAYS")]
+        expires_in_days: Option<u32>,
+    },
+    /// Every token: id, name, scopes, flag sets, expiry, revocation. Never a secret.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id (the 16 hex digits after `bnt_`): every node refuses it within a
+    /// second.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]

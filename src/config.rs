@@ -197,6 +197,60 @@ pub struct Config {
     /// the remaining connections are closed: a peer that does not read would otherwise hold the
     /// node up for ever.
     pub drain_timeout_ms: NonZeroU64,
+    /// `[auth]`: tokens, and which methods callers without one may use (see [`AuthConfig`]).
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: who may call what (ARCHITECTURE.md, "Security model"). Admin, experiment writes and
+/// reads, tokens and cluster administration always need a token. Evaluation and sync need one too
+/// on a PostgreSQL-backed or clustered node unless opened here; a file-backed single node serves
+/// them without one (its flags are a local file anyway), unless closed here. Track needs a token
+/// unless `open_track = true`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// flagd evaluation (v1, v2), bulk evaluation and the topology without a token: for stock
+    /// providers that cannot send an `authorization` header. Default: open only on a file-backed
+    /// single node.
+    pub open_evaluation: Option<bool>,
+    /// flagd sync (every rule of a set) without a token. Not implied by `open_evaluation`.
+    /// Default: as `open_evaluation`'s.
+    pub open_sync: Option<bool>,
+    /// Experiments.Track without a token. Default: closed.
+    pub open_track: Option<bool>,
+    /// A file-backed node's tokens: a JSON array of hashed entries (`bunting tokens generate
+    /// --name ...` prints one). Read at start-up.
+    pub tokens_file: Option<PathBuf>,
+    /// A file holding the first admin token's secret (`bunting tokens generate`), recorded only
+    /// while the token table is empty. The environment variable `BUNTING_BOOTSTRAP_TOKEN` takes
+    /// precedence. On a file-backed node it is accepted from memory at every start.
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// `GET /metrics` only with `authorization: Bearer <token>` of a token with scope
+    /// cluster:read (401 without a usable token, 403 without the scope). Default: anonymous.
+    pub metrics_token_required: bool,
+    /// Writes (flags, experiments, tokens, cluster administration) one token may make per second
+    /// on one node, with a burst of as many; more are answered RESOURCE_EXHAUSTED. Default: no
+    /// limit.
+    pub write_rate_per_second: Option<std::num::NonZeroU32>,
+    /// Track calls one token (or all callers without one, together) may make per second on one
+    /// node, likewise. Default: no limit.
+    pub track_rate_per_second: Option<std::num::NonZeroU32>,
+    /// The bootstrap token given in code (tests, embedding); never read from the file.
+    #[serde(skip)]
+    pub bootstrap_token: Option<crate::auth::ApiToken>,
+}
+
+impl AuthConfig {
+    /// What is open, for a node that is (`zero_config`) or is not a file-backed single node.
+    pub fn open(&self, zero_config: bool) -> crate::auth::Open {
+        let evaluation = self.open_evaluation.unwrap_or(zero_config);
+        crate::auth::Open {
+            evaluation,
+            // Whole rule sets: opened by its own setting, or by the zero-config default only.
+            sync: self.open_sync.unwrap_or(zero_config),
+            track: self.open_track.unwrap_or(false),
+        }
+    }
 }
 
 /// `[evaluation]`: the engine's budget for one evaluation (`bunting_engine::Budget`). A rule
@@ -441,6 +495,7 @@ impl Default for Config {
             max_streams: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
             stream_lag_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
             drain_timeout_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -569,6 +624,13 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         self.connections.check()?;
+        if self.auth.tokens_file.is_some() && !matches!(self.flags, FlagSourceConfig::File { .. }) {
+            return Err(
+                "auth.tokens_file is for file-backed nodes; a PostgreSQL-backed node keeps its \
+                 tokens in the database (bunting tokens create)"
+                    .to_owned(),
+            );
+        }
         if let SharedTierConfig::Redis(redis) = &self.shared_tier {
             redis.check()?;
         }

@@ -2,6 +2,7 @@
 //! library so integration tests drive the same code the binary runs.
 
 mod actor_runtime;
+pub mod auth;
 pub mod breaker;
 mod closing;
 pub mod config;

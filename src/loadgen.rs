@@ -15,7 +15,10 @@ use bunting_proto::flagd::evaluation::v2::{
     ResolveAllRequest, ResolveBooleanRequest, ResolveStringRequest,
 };
 use prost_types::{Struct, Value, value::Kind};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+// Every request carries the configured token (or none), like any other client's.
+use crate::auth::client::{AuthChannel as Channel, Bearer};
 
 mod setup;
 mod track_plan;
@@ -54,6 +57,8 @@ pub struct LoadConfig {
     pub routed: bool,
     /// The tracked event's name (a metric of the experiment must read it for it to count).
     pub event: String,
+    /// The token every request carries (none when evaluation is open).
+    pub bearer: Bearer,
 }
 
 #[derive(Debug, Clone)]
@@ -238,7 +243,7 @@ async fn track(
         .map(|r| !r.into_inner().counted.is_empty())
 }
 
-async fn connect(target: &str) -> Result<Channel, LoadError> {
+async fn connect(target: &str, bearer: &Bearer) -> Result<Channel, LoadError> {
     let connect_error = |source| LoadError::Connect {
         target: target.to_owned(),
         source,
@@ -249,6 +254,7 @@ async fn connect(target: &str) -> Result<Channel, LoadError> {
         .connect()
         .await
         .map_err(connect_error)
+        .map(|channel| bearer.clone().wrap(channel))
 }
 
 /// Where a worker's evaluations go.
@@ -332,9 +338,10 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     }
     let routed = match config.routed {
         true => Some(std::sync::Arc::new(
-            bunting_client::Client::connect(bunting_client::ClientConfig::new([config
-                .target
-                .clone()]))
+            bunting_client::Client::connect(bunting_client::ClientConfig {
+                token: config.bearer.client_token(),
+                ..bunting_client::ClientConfig::new([config.target.clone()])
+            })
             .await
             .map_err(|e| LoadError::Routed(e.to_string()))?,
         )),
@@ -352,7 +359,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     })?;
     let mut channels = Vec::with_capacity(config.connections.max(1));
     for _ in 0..config.connections.max(1) {
-        channels.push(connect(&config.target).await?);
+        channels.push(connect(&config.target, &config.bearer).await?);
     }
     let mut probe = sender_for(channels[0].clone());
     let flags_per_request = call(&mut probe, config.workload, &config.flag, 0)

@@ -12,7 +12,21 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
+use crate::auth::{Policy, Scope};
 use crate::edge;
+
+/// The value of the request's `authorization` header, if it has one (names are case-blind).
+fn authorization(head: &str) -> Option<&str> {
+    head.lines()
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("authorization")
+                .then(|| value.trim())
+        })
+}
 
 /// How long one scrape may take, request and response: a client that reads the answer slowly
 /// must not hold one of the endpoint's few connections for long.
@@ -43,7 +57,14 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 /// Serves `GET /metrics` until `closing` flips. Connections come through the edge's accept loop
 /// with the endpoint's own small cap ([`edge::metrics_limits`]), so a flood on the gRPC port
 /// leaves it reachable.
-pub async fn serve(listener: TcpListener, mut closing: watch::Receiver<bool>) {
+///
+/// With `guard` (`[auth] metrics_token_required`), a scrape must send `authorization: Bearer
+/// <token>` of a token with scope cluster:read, else it is answered 401 (no usable token) or 403.
+pub async fn serve(
+    listener: TcpListener,
+    mut closing: watch::Receiver<bool>,
+    guard: Option<Policy>,
+) {
     let mut incoming = edge::incoming(listener, edge::metrics_limits());
     loop {
         let accepted = tokio::select! {
@@ -53,12 +74,29 @@ pub async fn serve(listener: TcpListener, mut closing: watch::Receiver<bool>) {
         let Some(Ok(mut socket)) = accepted else {
             break;
         };
+        let guard = guard.clone();
         tokio::spawn(tokio::time::timeout(EXCHANGE_TIMEOUT, async move {
             let mut request = [0u8; 1024];
             // One read is enough for a scrape's request line; anything else gets a 404.
             let n = socket.read(&mut request).await.unwrap_or(0);
             let head = String::from_utf8_lossy(&request[..n]);
-            let (status, body) = if head.starts_with("GET /metrics ") {
+            let refused = match &guard {
+                Some(policy) if head.starts_with("GET /metrics ") => policy
+                    .authorize(
+                        Scope::ClusterRead,
+                        authorization(&head).map(str::as_bytes),
+                        "/metrics",
+                    )
+                    .err(),
+                _ => None,
+            };
+            let (status, body) = if let Some(refused) = refused {
+                let status = match refused.code() {
+                    tonic::Code::PermissionDenied => "403 Forbidden",
+                    _ => "401 Unauthorized",
+                };
+                (status, format!("{}\n", refused.message()))
+            } else if head.starts_with("GET /metrics ") {
                 (
                     "200 OK",
                     handle().map(PrometheusHandle::render).unwrap_or_default(),
@@ -76,5 +114,34 @@ pub async fn serve(listener: TcpListener, mut closing: watch::Receiver<bool>) {
             let _ = socket.write_all(response.as_bytes()).await;
             let _ = socket.shutdown().await;
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authorization;
+
+    #[test]
+    fn the_authorization_header_is_found_in_a_request_head() {
+        let cases = [
+            (
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abc\r\n\r\n",
+                Some("Bearer abc"),
+            ),
+            (
+                "GET /metrics HTTP/1.1\r\nauthorization:Bearer abc\r\n\r\n",
+                Some("Bearer abc"),
+            ),
+            ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", None),
+            // Not a header: after the blank line, or the request line itself.
+            (
+                "GET /metrics HTTP/1.1\r\n\r\nAuthorization: Bearer abc",
+                None,
+            ),
+            ("Authorization: Bearer abc\r\n\r\n", None),
+        ];
+        for (head, expected) in cases {
+            assert_eq!(authorization(head), expected, "{head:?}");
+        }
     }
 }

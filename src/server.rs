@@ -14,12 +14,14 @@ use bunting_proto::bunting::v1::admin_server::AdminServer;
 use bunting_proto::bunting::v1::cluster_admin_server::ClusterAdminServer;
 use bunting_proto::bunting::v1::evaluation_server::EvaluationServer;
 use bunting_proto::bunting::v1::experiments_server::ExperimentsServer;
+use bunting_proto::bunting::v1::tokens_server::TokensServer;
 use bunting_proto::bunting::v1::topology_server::TopologyServer;
 use bunting_proto::flagd::evaluation::{v1, v2};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::actor_runtime::ActorRuntime;
+use crate::auth::{self, Auth, AuthLayer};
 use crate::breaker::BreakerSettings;
 use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
 use crate::dispatch::Dispatch;
@@ -33,7 +35,7 @@ use crate::secret_url::RedactedUrl;
 use crate::service::ExperimentsService;
 use crate::service::{
     Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, SyncService,
-    TopologyService,
+    TokensService, TopologyService,
 };
 use crate::shared_tier::{self, SharedTierError};
 use crate::store::experiments::{ExperimentStore, ExperimentStoreError};
@@ -72,6 +74,8 @@ pub enum ServerError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     FdLimit(#[from] edge::FdLimitError),
+    #[error("auth: {0}")]
+    Auth(#[from] auth::AuthSetupError),
 }
 
 /// A node whose sockets are bound and whose actor tree is running, not yet serving.
@@ -100,6 +104,8 @@ pub struct BoundServer {
     gate: Gate,
     /// Where the actor tree runs (see `actor_runtime.rs`); stopped after the tree.
     actors: ActorRuntime,
+    /// Who may call what: the auth layer's policy and the token store it follows.
+    auth: Auth,
 }
 
 /// How this node compiles flag sets: its `fractional` mode, `[evaluation]` budget and
@@ -180,6 +186,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             )
         }
     };
+    // After the flag store: on PostgreSQL, its migrations have created the token table.
+    let auth = auth::start(&config).await?;
     let actors = ActorRuntime::start(config.actor_threads)
         .map_err(|e| ServerError::Config(format!("cannot start the actors' runtime: {e}")))?;
     let node_config = NodeConfig {
@@ -245,6 +253,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         caps,
         gate,
         actors,
+        auth,
     })
 }
 
@@ -356,7 +365,22 @@ impl BoundServer {
         let (closing_tx, closing) = watch::channel(false);
         let closing_watch = closing.clone();
         let feed_task = tokio::spawn(feed::run(self.feed, self.node.clone(), closing.clone()));
-        let metrics_task = tokio::spawn(metrics_http::serve(self.metrics, closing.clone()));
+        let metrics_task = tokio::spawn(metrics_http::serve(
+            self.metrics,
+            closing.clone(),
+            self.config
+                .auth
+                .metrics_token_required
+                .then(|| self.auth.policy.clone()),
+        ));
+        let tokens_task = self.auth.store.clone().map(|store| {
+            tokio::spawn(auth::store::follow(
+                store,
+                self.auth.policy.registry().clone(),
+                self.auth.pending_bootstrap.clone(),
+                closing.clone(),
+            ))
+        });
         let experiments_task = match &self.experiments {
             Some(store) => Some(
                 follow_experiments(
@@ -397,7 +421,9 @@ impl BoundServer {
             tonic::transport::Server::builder(),
             &self.config.connections,
         )
-        .layer(edge::TrackStreamsLayer);
+        .layer(edge::TrackStreamsLayer)
+        // Every service below is behind it: one place authenticates and authorizes.
+        .layer(AuthLayer::new(self.auth.policy.clone()));
         if let Some(tls) = &self.config.tls {
             let cert = std::fs::read(&tls.cert)
                 .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.cert.display())))?;
@@ -441,6 +467,10 @@ impl BoundServer {
             .add_service(ExperimentsServer::new(experiments))
             .add_service(TopologyServer::new(topology.clone()))
             .add_service(ClusterAdminServer::new(topology))
+            .add_service(TokensServer::new(TokensService::new(
+                self.auth.store.clone(),
+                self.auth.policy.registry().clone(),
+            )))
             .serve_with_incoming_shutdown(
                 edge::incoming(
                     self.grpc,
@@ -457,6 +487,9 @@ impl BoundServer {
             .unwrap_or(Ok(()));
         let _ = feed_task.await;
         let _ = metrics_task.await;
+        if let Some(task) = tokens_task {
+            let _ = task.await;
+        }
         // Leave the cluster before the actors stop, so peers move this node's shards at once
         // instead of waiting out the failure timeout.
         if let Some(routing) = self.routing {

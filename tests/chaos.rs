@@ -74,7 +74,9 @@ async fn the_cluster_survives_kill_restart_join_and_drain_under_load() {
     );
 
     // The flag every request evaluates, created through any node's admin API.
-    let mut admin = AdminClient::connect(n1.url()).await.unwrap();
+    let mut admin = common::connect_with(AdminClient::new, n1.url())
+        .await
+        .unwrap();
     admin
         .create_flag_set(pb::CreateFlagSetRequest {
             id: "default".into(),
@@ -173,7 +175,9 @@ async fn the_cluster_survives_kill_restart_join_and_drain_under_load() {
     );
 
     // 3. A flag change mid-chaos, through node-3's admin API, served by every live node.
-    let mut admin3 = AdminClient::connect(n3.url()).await.unwrap();
+    let mut admin3 = common::connect_with(AdminClient::new, n3.url())
+        .await
+        .unwrap();
     let changed = admin3
         .update_flag(pb::UpdateFlagRequest {
             flag_set_id: "default".into(),
@@ -214,7 +218,9 @@ async fn the_cluster_survives_kill_restart_join_and_drain_under_load() {
     );
 
     // 5. Drain node-3 through node-1, then stop it gracefully; more admin changes meanwhile.
-    let mut cluster_admin = ClusterAdminClient::connect(n1.url()).await.unwrap();
+    let mut cluster_admin = common::connect_with(ClusterAdminClient::new, n1.url())
+        .await
+        .unwrap();
     cluster_admin
         .drain(pb::DrainRequest {
             node_id: "node-3".into(),

@@ -186,3 +186,45 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn tokens_generate_prints_a_fresh_token_and_a_tokens_file_entry_that_verifies_it() {
+    use bunting::auth::ApiToken;
+    use bunting::auth::token::TokenHash;
+
+    let first = bunting(&["tokens", "generate"]);
+    let second = bunting(&["tokens", "generate"]);
+    assert_eq!(first.status.code(), Some(0));
+    let text = String::from_utf8(first.stdout).unwrap();
+    let token = ApiToken::parse(text.trim()).unwrap();
+    assert_ne!(
+        text,
+        String::from_utf8(second.stdout).unwrap(),
+        "two runs, one secret"
+    );
+
+    let out = bunting(&[
+        "tokens", "generate", "--name", "ci", "--scope", "evaluate", "--set", "shop",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (line, entry) = text.trim().split_once('\n').unwrap();
+    let token = ApiToken::parse(line).unwrap_or_else(|e| panic!("{e} ({token:?})"));
+    let entry: Value = serde_json::from_str(entry).unwrap();
+    assert_eq!(entry["name"], "ci");
+    assert_eq!(entry["scopes"], json!(["evaluate"]));
+    assert_eq!(entry["flag_sets"], json!(["shop"]));
+    assert_eq!(entry["id"], token.id().as_str());
+    let hash = TokenHash::from_hex(entry["hash"].as_str().unwrap()).unwrap();
+    assert!(hash.verifies(&token));
+    assert!(
+        !entry.to_string().contains(&line[21..]),
+        "the entry holds the secret"
+    );
+
+    // A bad scope is refused before any secret is printed.
+    let out = bunting(&["tokens", "generate", "--name", "ci", "--scope", "root"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("root"));
+}

@@ -34,7 +34,7 @@ fn subject(user: &str) -> pb::Subject {
 }
 
 async fn bulk(node: &ClusterNode, users: &[String]) -> tonic::Response<pb::EvaluateBulkResponse> {
-    EvaluationClient::connect(node.url())
+    common::connect_with(EvaluationClient::new, node.url())
         .await
         .unwrap()
         .evaluate_bulk(pb::EvaluateBulkRequest {
@@ -56,7 +56,9 @@ fn header(response: &tonic::Response<pb::EvaluateBulkResponse>, name: &str) -> O
 
 /// Exposed users per arm, as `node` reports the whole cluster's results.
 async fn exposed(node: &ClusterNode) -> Option<BTreeMap<String, u64>> {
-    let mut client = ExperimentsClient::connect(node.url()).await.ok()?;
+    let mut client = common::connect_with(ExperimentsClient::new, node.url())
+        .await
+        .ok()?;
     let results = client
         .get_experiment_results(pb::GetExperimentResultsRequest {
             id: EXPERIMENT.into(),
@@ -95,7 +97,9 @@ async fn bulk_evaluations_record_each_exposure_once_on_its_owner_and_say_who_own
         panic!("no cluster:\n{}", status_text(&n1).await);
     };
 
-    let mut admin = AdminClient::connect(n1.url()).await.unwrap();
+    let mut admin = common::connect_with(AdminClient::new, n1.url())
+        .await
+        .unwrap();
     let flag = json!({
         "state": "ENABLED",
         "variants": {"control": "blue", "treatment": "green"},
@@ -103,7 +107,9 @@ async fn bulk_evaluations_record_each_exposure_once_on_its_owner_and_say_who_own
         "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
     });
     create_set_with_flags(&mut admin, "default", &[(FLAG, flag)], "bulk").await;
-    let mut experiments = ExperimentsClient::connect(n2.url()).await.unwrap();
+    let mut experiments = common::connect_with(ExperimentsClient::new, n2.url())
+        .await
+        .unwrap();
     experiments
         .create_experiment(pb::CreateExperimentRequest {
             id: EXPERIMENT.into(),

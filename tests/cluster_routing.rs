@@ -70,6 +70,7 @@ fn header(response: &tonic::Response<v2::ResolveBooleanResponse>, name: &str) ->
 fn bunting(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_bunting"))
         .args(args)
+        .env("BUNTING_TOKEN", common::TEST_TOKEN)
         .output()
         .unwrap()
 }
@@ -369,7 +370,9 @@ impl Ca {
 
 /// The ids of every member `node` knows (up or not), sorted.
 async fn members(node: &ClusterNode) -> Vec<String> {
-    let mut client = ClusterAdminClient::connect(node.url()).await.unwrap();
+    let mut client = common::connect_with(ClusterAdminClient::new, node.url())
+        .await
+        .unwrap();
     let status = client.status(ClusterStatusRequest {}).await.unwrap();
     let mut ids: Vec<String> = status
         .into_inner()
@@ -592,7 +595,7 @@ async fn no_secret_reaches_a_log_a_metric_or_an_answer() {
     )
     .await;
 
-    let unavailable = AdminClient::connect(node.url())
+    let unavailable = common::connect_with(AdminClient::new, node.url())
         .await
         .unwrap()
         .list_flag_sets(ListFlagSetsRequest::default())
@@ -634,7 +637,7 @@ async fn no_secret_reaches_a_log_a_metric_or_an_answer() {
         },
     )
     .await;
-    let _ = AdminClient::connect(node.url())
+    let _ = common::connect_with(AdminClient::new, node.url())
         .await
         .unwrap()
         .list_flag_sets(ListFlagSetsRequest::default())

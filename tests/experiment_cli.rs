@@ -57,6 +57,7 @@ async fn bunting(args: &[&str]) -> Output {
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_bunting"))
             .args(&args)
+            .env("BUNTING_TOKEN", common::TEST_TOKEN)
             .output()
             .unwrap()
     })

@@ -21,9 +21,9 @@ use bunting_experiments::{ExperimentId, MetricKind};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
+use common::Channel;
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -352,9 +352,10 @@ async fn an_experiment_goes_from_draft_to_running_to_stopped() {
     assert_eq!(
         audited,
         [
-            (ExperimentAction::Stop, "bob", 3),
-            (ExperimentAction::Start, "ada", 2),
-            (ExperimentAction::Create, "ada", 1),
+            // The token that wrote (the tests' bootstrap token), then the caller's own actor.
+            (ExperimentAction::Stop, "bootstrap (bob)", 3),
+            (ExperimentAction::Start, "bootstrap (ada)", 2),
+            (ExperimentAction::Create, "bootstrap (ada)", 1),
         ]
     );
     assert_eq!(

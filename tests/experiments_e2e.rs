@@ -75,7 +75,9 @@ async fn an_ab_test_through_the_cluster_counts_every_user_once_and_finds_the_win
     );
 
     // The flag (50/50 by targeting key) and the experiment on it, through the admin APIs.
-    let mut admin = AdminClient::connect(n1.url()).await.unwrap();
+    let mut admin = common::connect_with(AdminClient::new, n1.url())
+        .await
+        .unwrap();
     let flag = json!({
         "state": "ENABLED",
         "variants": {"control": "blue", "treatment": "green"},
@@ -83,7 +85,9 @@ async fn an_ab_test_through_the_cluster_counts_every_user_once_and_finds_the_win
         "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
     });
     create_set_with_flags(&mut admin, "default", &[(FLAG, flag)], "e2e").await;
-    let mut experiments = ExperimentsClient::connect(n2.url()).await.unwrap();
+    let mut experiments = common::connect_with(ExperimentsClient::new, n2.url())
+        .await
+        .unwrap();
     experiments
         .create_experiment(pb::CreateExperimentRequest {
             id: EXPERIMENT.into(),
@@ -149,7 +153,11 @@ async fn an_ab_test_through_the_cluster_counts_every_user_once_and_finds_the_win
             tokio::spawn(async move {
                 let mut trackers = Vec::new();
                 for url in urls.iter() {
-                    trackers.push(ExperimentsClient::connect(url.clone()).await.unwrap());
+                    trackers.push(
+                        common::connect_with(ExperimentsClient::new, url.clone())
+                            .await
+                            .unwrap(),
+                    );
                 }
                 let mut local = Simulated::default();
                 for user in (w..USERS).step_by(WORKERS as usize) {
@@ -347,7 +355,7 @@ async fn an_ab_test_through_the_cluster_counts_every_user_once_and_finds_the_win
 }
 
 async fn results(node: &ClusterNode) -> Result<pb::GetExperimentResultsResponse, tonic::Status> {
-    let mut client = ExperimentsClient::connect(node.url())
+    let mut client = common::connect_with(ExperimentsClient::new, node.url())
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     client

@@ -24,10 +24,10 @@ use bunting_proto::flagd::sync::v1::SyncFlagsRequest;
 use bunting_proto::flagd::sync::v1::flag_sync_service_client::FlagSyncServiceClient;
 use bunting_proto::json::{json_to_struct, struct_to_json};
 use chrono::Utc;
+use common::Channel;
 use prost_types::Struct;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tonic_types::StatusExt;
 
@@ -405,9 +405,10 @@ async fn admin_writes_are_versioned_validated_and_audited() {
     assert_eq!(
         summary,
         [
-            (update, "banner", "grace", 3),
-            (create, "banner", "ada", 2),
-            (create, "", "ada", 1),
+            // The token that wrote (the tests' bootstrap token), then the caller's own actor.
+            (update, "banner", "bootstrap (grace)", 3),
+            (create, "banner", "bootstrap (ada)", 2),
+            (create, "", "bootstrap (ada)", 1),
         ]
     );
     for entry in &log.entries {
@@ -1075,6 +1076,7 @@ async fn bunting_flags_push_makes_a_set_match_a_file() {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_bunting"))
             .args(&args)
+            .env("BUNTING_TOKEN", common::TEST_TOKEN)
             .output()
             .unwrap();
         (
@@ -1116,7 +1118,7 @@ async fn bunting_flags_push_makes_a_set_match_a_file() {
         json!({"banner": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "nope"}}),
     );
     let before = list_flags(
-        &mut AdminClient::connect(format!("http://{}", node.grpc))
+        &mut common::connect_with(AdminClient::new, format!("http://{}", node.grpc))
             .await
             .unwrap(),
         "web",
@@ -1126,7 +1128,7 @@ async fn bunting_flags_push_makes_a_set_match_a_file() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("nothing was pushed"), "{out}");
     let after = list_flags(
-        &mut AdminClient::connect(format!("http://{}", node.grpc))
+        &mut common::connect_with(AdminClient::new, format!("http://{}", node.grpc))
             .await
             .unwrap(),
         "web",

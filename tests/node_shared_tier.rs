@@ -17,10 +17,10 @@ use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use bunting_proto::flagd::evaluation::v2;
+use common::Channel;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tonic::Code;
-use tonic::transport::Channel;
 
 mod common;
 

@@ -110,6 +110,7 @@ impl Client {
                             subjects: group.clone(),
                         });
                         request.set_timeout(timeout);
+                        self.router.config.authorize(&mut request);
                         async move { EvaluationClient::new(channel).evaluate_bulk(request).await }
                     })
                     .await?;

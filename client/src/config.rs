@@ -28,6 +28,41 @@ pub struct ClientConfig {
     pub node_quarantine: Duration,
     /// TLS for every connection; addresses without a scheme then use `https`.
     pub tls: Option<ClientTlsConfig>,
+    /// The API token every call carries as `authorization: Bearer <token>` (topology included),
+    /// for nodes whose evaluation is not open.
+    pub token: Option<Token>,
+}
+
+/// An API token as the header value it is sent as. `Debug` does not print it.
+#[derive(Clone)]
+pub struct Token(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// A token that an HTTP header cannot carry (no more is said: it is a secret).
+#[derive(Debug, thiserror::Error)]
+#[error("the token holds characters an HTTP header cannot carry")]
+pub struct InvalidToken;
+
+impl Token {
+    pub fn new(token: &str) -> Result<Token, InvalidToken> {
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| InvalidToken)?;
+        value.set_sensitive(true);
+        Ok(Token(value))
+    }
+
+    /// From a whole header value, `Bearer <token>`, already made.
+    pub fn from_header(mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> Token {
+        value.set_sensitive(true);
+        Token(value)
+    }
 }
 
 impl Default for ClientConfig {
@@ -41,6 +76,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_millis(250),
             node_quarantine: Duration::from_secs(1),
             tls: None,
+            token: None,
         }
     }
 }
@@ -51,6 +87,15 @@ impl ClientConfig {
         ClientConfig {
             seeds: seeds.into_iter().map(Into::into).collect(),
             ..ClientConfig::default()
+        }
+    }
+
+    /// Adds the token, if any, to `request`.
+    pub(crate) fn authorize<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.0.clone());
         }
     }
 

@@ -53,7 +53,7 @@ mod topology;
 pub use bulk::{FlagError, FlagErrorCode, FlagResult, SubjectResults};
 pub use call::{EPOCH_HEADER, OWNER_HEADER};
 pub use client::Client;
-pub use config::ClientConfig;
+pub use config::{ClientConfig, InvalidToken, Token};
 pub use context::EvaluationContext;
 pub use error::{ClientError, SeedFailure};
 pub use resolve::{AllFlags, FlagValue, Resolution};

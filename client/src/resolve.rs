@@ -75,6 +75,7 @@ macro_rules! typed_resolver {
                         context: Some(wire_context.clone()),
                     });
                     request.set_timeout(timeout);
+                    self.router.config.authorize(&mut request);
                     async move { ServiceClient::new(channel).$name(request).await }
                 })
                 .await?;
@@ -132,6 +133,7 @@ impl Client {
                         context: Some(wire_context.clone()),
                     });
                     request.set_timeout(timeout);
+                    self.router.config.authorize(&mut request);
                     async move { ServiceClient::new(channel).resolve_all(request).await }
                 },
             )

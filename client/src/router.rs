@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bunting_proto::bunting::v1::GetTopologyRequest;
@@ -65,7 +65,7 @@ impl Router {
         let mut tried = Vec::new();
         let mut first = None;
         for (seed, channel) in &seeds {
-            match fetch(channel.clone(), config.request_timeout).await {
+            match fetch(channel.clone(), &config).await {
                 Ok(topology) => {
                     first = Some(topology);
                     break;
@@ -156,7 +156,7 @@ impl Router {
             .collect();
         let mut best: Option<Topology> = None;
         for channel in candidates {
-            let Ok(topology) = fetch(channel, self.config.request_timeout).await else {
+            let Ok(topology) = fetch(channel, &self.config).await else {
                 continue;
             };
             if topology.epoch >= current.topology.epoch {
@@ -285,9 +285,11 @@ fn build_routing(
 }
 
 /// One `GetTopology` call, bounded by `timeout`; the error is a message for the caller's report.
-async fn fetch(channel: Channel, timeout: Duration) -> Result<Topology, String> {
+async fn fetch(channel: Channel, config: &ClientConfig) -> Result<Topology, String> {
+    let timeout = config.request_timeout;
     let mut request = tonic::Request::new(GetTopologyRequest {});
     request.set_timeout(timeout);
+    config.authorize(&mut request);
     let mut client = TopologyClient::new(channel);
     match tokio::time::timeout(timeout, client.get_topology(request)).await {
         Err(_) => Err(format!("no answer within {timeout:?}")),

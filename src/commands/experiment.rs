@@ -132,7 +132,7 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
 /// Every experiment, page after page until the node says the last one came: printing only the
 /// first page would silently leave experiments out.
 async fn list_all(
-    client: &mut ExperimentsClient<tonic::transport::Channel>,
+    client: &mut ExperimentsClient<bunting::auth::client::AuthChannel>,
     node: &str,
     page_size: i32,
 ) -> Result<Vec<pb::Experiment>, CliError> {

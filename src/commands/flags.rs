@@ -9,11 +9,11 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use bunting::auth::client::AuthChannel as Channel;
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use serde_json::{Map, Value};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::error::CliError;
 

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
+use bunting::auth::client::{AuthChannel, Bearer};
 use bunting::secret_url::RedactedUrl;
 
 use crate::error::CliError;
@@ -14,9 +15,21 @@ mod experiment;
 mod flags;
 mod resolve;
 mod serve;
+mod tokens;
 mod validate;
 
+/// The environment variable client commands read their token from when `--token` is not given.
+pub const TOKEN_ENV: &str = "BUNTING_TOKEN";
+
+/// The token every client command sends: set once from `--token` or `$BUNTING_TOKEN` before any
+/// command runs, and read by [`connect`], so no command can forget it.
+static BEARER: std::sync::OnceLock<Bearer> = std::sync::OnceLock::new();
+
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let token = cli.token.or_else(|| std::env::var(TOKEN_ENV).ok());
+    let bearer = Bearer::new(token.as_deref())
+        .map_err(|e| CliError::Usage(format!("--token / ${TOKEN_ENV}: {e}")))?;
+    let _ = BEARER.set(bearer.clone());
     match cli.command {
         Command::Bench {
             target,
@@ -29,6 +42,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             target,
             flag,
             experiment_event: setup_experiment.then_some(event),
+            bearer,
         }),
         Command::Bench {
             target,
@@ -44,6 +58,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             routed,
             ..
         } => bench::run(bunting::loadgen::LoadConfig {
+            bearer,
             target,
             workload: match workload {
                 crate::cli::WorkloadArg::Single => bunting::loadgen::Workload::Single,
@@ -75,6 +90,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             options,
         } => eval::run(&flags, &flag, &context, flag_type, &options),
         Command::Validate { files, schema } => validate::run(&files, schema),
+        Command::Tokens { node, action } => tokens::run(&node, action),
         Command::Cluster { node, action } => cluster::run(&node, action),
         Command::Experiment { node, action } => experiment::run(&node, action),
         Command::Resolve {
@@ -101,8 +117,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
-/// A channel to a node's gRPC port; `node` is `host:port` or a URL.
-async fn connect(node: &str) -> Result<tonic::transport::Channel, CliError> {
+/// A channel to a node's gRPC port, sending the command's token; `node` is `host:port` or a URL.
+async fn connect(node: &str) -> Result<AuthChannel, CliError> {
     let endpoint = if node.contains("://") {
         node.to_owned()
     } else {
@@ -115,10 +131,11 @@ async fn connect(node: &str) -> Result<tonic::transport::Channel, CliError> {
         })?
         .connect()
         .await;
-    connect.map_err(|source| CliError::Connect {
+    let channel = connect.map_err(|source| CliError::Connect {
         node: RedactedUrl::new(node),
         source,
-    })
+    })?;
+    Ok(BEARER.get().cloned().unwrap_or_default().wrap(channel))
 }
 
 /// A node's error answer, naming the node.

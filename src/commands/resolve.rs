@@ -23,11 +23,12 @@ pub fn run(node: &str, flag: Option<&str>, context: &str) -> Result<ExitCode, Cl
         .build()
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
-        let client = Client::connect(ClientConfig::new([node.to_owned()]))
-            .await
-            .map_err(|e| {
-                CliError::Usage(format!("cannot reach the cluster through {node}: {e}"))
-            })?;
+        let client = Client::connect(ClientConfig {
+            token: super::BEARER.get().and_then(|b| b.client_token()),
+            ..ClientConfig::new([node.to_owned()])
+        })
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot reach the cluster through {node}: {e}")))?;
         let owner = context
             .targeting_key()
             .and_then(|key| client.topology().owner_of(key).map(|n| n.id.clone()));

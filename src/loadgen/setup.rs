@@ -5,13 +5,13 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use crate::auth::client::{AuthChannel as Channel, Bearer};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use bunting_proto::flagd::evaluation::v2::ResolveStringRequest;
 use bunting_proto::flagd::evaluation::v2::service_client::ServiceClient;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use super::{LoadError, connect, context_for};
 
@@ -32,6 +32,8 @@ pub struct SetupConfig {
     /// `Some(event)`: also an experiment on the flag with a conversion and a mean metric on
     /// `event`, started.
     pub experiment_event: Option<String>,
+    /// The token the setup's Admin and Experiments calls carry.
+    pub bearer: Bearer,
 }
 
 /// What the node serves once the setup returns.
@@ -72,7 +74,7 @@ fn created<T>(call: &'static str, answer: Result<T, tonic::Status>) -> Result<()
 }
 
 pub async fn prepare(config: &SetupConfig) -> Result<Prepared, LoadError> {
-    let channel = connect(&config.target).await?;
+    let channel = connect(&config.target, &config.bearer).await?;
     let mut admin = AdminClient::new(channel.clone());
     created(
         "CreateFlagSet",

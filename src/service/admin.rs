@@ -16,7 +16,7 @@ use super::admin_status::{
     bad_field, check_actor, check_expected_version, check_flag_key, check_flag_set_id,
     parse_definition, store_status, struct_field,
 };
-use super::request::RequiredStore;
+use super::request::{RequiredStore, audit_actor, caller, check_all_flag_sets, check_flag_set};
 use crate::config::FlagSourceConfig;
 use crate::store::{
     AdminStore, AuditAction, AuditEntry, FlagRecord, FlagSetFields, FlagSetRecord, MAX_AUDIT_PAGE,
@@ -62,15 +62,18 @@ impl AdminRpc for Admin {
         request: Request<pb::CreateFlagSetRequest>,
     ) -> Result<Response<pb::CreateFlagSetResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         check_flag_set_id("id", &req.id)?;
+        check_flag_set(&caller, &req.id)?;
         check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
         let fields = FlagSetFields {
             metadata: struct_field("metadata", req.metadata)?,
             evaluators: struct_field("evaluators", req.evaluators)?,
         };
         let record = store
-            .create_flag_set(&req.id, fields, &req.actor)
+            .create_flag_set(&req.id, fields, &actor)
             .await
             .map_err(|e| store_status("create_flag_set", e))?;
         Ok(Response::new(pb::CreateFlagSetResponse {
@@ -83,16 +86,19 @@ impl AdminRpc for Admin {
         request: Request<pb::UpdateFlagSetRequest>,
     ) -> Result<Response<pb::UpdateFlagSetResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         check_flag_set_id("id", &req.id)?;
+        check_flag_set(&caller, &req.id)?;
         check_expected_version("expected_version", req.expected_version)?;
         check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
         let fields = FlagSetFields {
             metadata: struct_field("metadata", req.metadata)?,
             evaluators: struct_field("evaluators", req.evaluators)?,
         };
         let record = store
-            .update_flag_set(&req.id, fields, req.expected_version, &req.actor)
+            .update_flag_set(&req.id, fields, req.expected_version, &actor)
             .await
             .map_err(|e| store_status("update_flag_set", e))?;
         Ok(Response::new(pb::UpdateFlagSetResponse {
@@ -105,12 +111,15 @@ impl AdminRpc for Admin {
         request: Request<pb::DeleteFlagSetRequest>,
     ) -> Result<Response<pb::DeleteFlagSetResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         check_flag_set_id("id", &req.id)?;
+        check_flag_set(&caller, &req.id)?;
         check_expected_version("expected_version", req.expected_version)?;
         check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
         let version = store
-            .delete_flag_set(&req.id, req.expected_version, &req.actor)
+            .delete_flag_set(&req.id, req.expected_version, &actor)
             .await
             .map_err(|e| store_status("delete_flag_set", e))?;
         Ok(Response::new(pb::DeleteFlagSetResponse { version }))
@@ -118,16 +127,19 @@ impl AdminRpc for Admin {
 
     async fn list_flag_sets(
         &self,
-        _request: Request<pb::ListFlagSetsRequest>,
+        request: Request<pb::ListFlagSetsRequest>,
     ) -> Result<Response<pb::ListFlagSetsResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?;
         let records = store
             .list_flag_sets()
             .await
             .map_err(|e| store_status("list_flag_sets", e))?;
         Ok(Response::new(pb::ListFlagSetsResponse {
+            // Only the sets the caller may touch: the others' ids are theirs too.
             flag_sets: records
                 .into_iter()
+                .filter(|r| caller.allows_set(&r.id))
                 .map(flag_set)
                 .collect::<Result<_, _>>()?,
         }))
@@ -138,8 +150,10 @@ impl AdminRpc for Admin {
         request: Request<pb::GetFlagSetRequest>,
     ) -> Result<Response<pb::GetFlagSetResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         check_flag_set_id("id", &req.id)?;
+        check_flag_set(&caller, &req.id)?;
         let record = store
             .get_flag_set(&req.id)
             .await
@@ -154,8 +168,10 @@ impl AdminRpc for Admin {
         request: Request<pb::CreateFlagRequest>,
     ) -> Result<Response<pb::CreateFlagResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         check_flag_set_id("flag_set_id", &req.flag_set_id)?;
+        check_flag_set(&caller, &req.flag_set_id)?;
         check_flag_key("key", &req.key)?;
         let definition = parse_definition(&req.definition)?;
         // Zero means "no check" here (bunting.proto); only a negative version is malformed.
@@ -167,13 +183,14 @@ impl AdminRpc for Admin {
             }
         };
         check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
         let record = store
             .create_flag(
                 &req.flag_set_id,
                 &req.key,
                 definition,
                 expected_set_version,
-                &req.actor,
+                &actor,
             )
             .await
             .map_err(|e| store_status("create_flag", e))?;
@@ -188,19 +205,22 @@ impl AdminRpc for Admin {
         request: Request<pb::UpdateFlagRequest>,
     ) -> Result<Response<pb::UpdateFlagResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         check_flag_set_id("flag_set_id", &req.flag_set_id)?;
+        check_flag_set(&caller, &req.flag_set_id)?;
         check_flag_key("key", &req.key)?;
         let definition = parse_definition(&req.definition)?;
         check_expected_version("expected_version", req.expected_version)?;
         check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
         let record = store
             .update_flag(
                 &req.flag_set_id,
                 &req.key,
                 definition,
                 req.expected_version,
-                &req.actor,
+                &actor,
             )
             .await
             .map_err(|e| store_status("update_flag", e))?;
@@ -215,13 +235,16 @@ impl AdminRpc for Admin {
         request: Request<pb::DeleteFlagRequest>,
     ) -> Result<Response<pb::DeleteFlagResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         check_flag_set_id("flag_set_id", &req.flag_set_id)?;
+        check_flag_set(&caller, &req.flag_set_id)?;
         check_flag_key("key", &req.key)?;
         check_expected_version("expected_version", req.expected_version)?;
         check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
         let flag_set_version = store
-            .delete_flag(&req.flag_set_id, &req.key, req.expected_version, &req.actor)
+            .delete_flag(&req.flag_set_id, &req.key, req.expected_version, &actor)
             .await
             .map_err(|e| store_status("delete_flag", e))?;
         Ok(Response::new(pb::DeleteFlagResponse { flag_set_version }))
@@ -232,8 +255,10 @@ impl AdminRpc for Admin {
         request: Request<pb::ListFlagsRequest>,
     ) -> Result<Response<pb::ListFlagsResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         check_flag_set_id("flag_set_id", &req.flag_set_id)?;
+        check_flag_set(&caller, &req.flag_set_id)?;
         let list = store
             .list_flags(&req.flag_set_id)
             .await
@@ -249,8 +274,13 @@ impl AdminRpc for Admin {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         let page = AuditPage::from_request(&req)?;
+        match page.flag_set {
+            Some(set) => check_flag_set(&caller, set)?,
+            None => check_all_flag_sets(&caller, "ListAudit")?,
+        }
         let op = |e| store_status("list_audit", e);
         let mut entries = store
             .list_audit(page.flag_set, page.flag_key, page.before_id, page.limit)

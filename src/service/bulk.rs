@@ -41,6 +41,12 @@ impl Evaluation for BulkEvaluation {
         &self,
         request: Request<EvaluateBulkRequest>,
     ) -> Result<Response<EvaluateBulkResponse>, Status> {
+        // The set as the dispatch will read it: empty is the node's default set.
+        let set = match request.get_ref().flag_set_id.as_str() {
+            "" => self.dispatch.node().config().default_set.as_str(),
+            named => named,
+        };
+        super::request::check_flag_set(super::request::caller(request.extensions())?, set)?;
         let request = request.into_inner();
         let query = BulkQuery {
             set: Some(request.flag_set_id),

@@ -32,6 +32,19 @@ impl Evaluator {
     pub(crate) fn gate(&self) -> &Gate {
         self.dispatch.gate()
     }
+
+    /// Refuses the request unless its caller may touch `set` (the selector's), or the node's
+    /// default set when the request names none: where an evaluation or sync request's set is
+    /// known, before any work.
+    pub(crate) fn authorize_set(
+        &self,
+        extensions: &http::Extensions,
+        set: Option<&str>,
+    ) -> Result<(), Status> {
+        let caller = super::request::caller(extensions)?;
+        let set = set.unwrap_or(self.node().config().default_set.as_str());
+        super::request::check_flag_set(caller, set)
+    }
 }
 
 /// Metadata as a protobuf Struct. Metadata values are strings, numbers and booleans (the engine

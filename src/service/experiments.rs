@@ -20,7 +20,7 @@ use super::admin_status::{
     bad_field, check_actor, check_flag_key, check_flag_set_id, store_status,
 };
 use super::experiment_results;
-use super::request::RequiredStore;
+use super::request::{RequiredStore, audit_actor, caller, check_all_flag_sets, check_flag_set};
 use super::wire_text::bounded;
 use crate::config::FlagSourceConfig;
 use crate::dispatch::{Dispatch, TrackFailed};
@@ -73,6 +73,26 @@ impl ExperimentsService {
     fn store(&self) -> Result<&dyn ExperimentStore, Status> {
         self.store.get()
     }
+
+    /// For a caller limited to some flag sets, the experiment's set must be one of them; the
+    /// request names only the experiment, so this reads it (a caller allowed every set skips the
+    /// read).
+    async fn check_experiment_set(
+        &self,
+        caller: &crate::auth::Caller,
+        id: &ExperimentId,
+        op: &'static str,
+    ) -> Result<(), Status> {
+        if caller.allows_all_sets() {
+            return Ok(());
+        }
+        let record = self
+            .store()?
+            .get_experiment(id)
+            .await
+            .map_err(|e| experiment_status(op, e))?;
+        check_flag_set(caller, &record.experiment.flag_set)
+    }
 }
 
 #[tonic::async_trait]
@@ -82,9 +102,11 @@ impl ExperimentsRpc for ExperimentsService {
         request: Request<pb::CreateExperimentRequest>,
     ) -> Result<Response<pb::CreateExperimentResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         let id = experiment_id(req.id)?;
         check_flag_set_id("flag_set_id", &req.flag_set_id)?;
+        check_flag_set(&caller, &req.flag_set_id)?;
         check_flag_key("flag_key", &req.flag_key)?;
         if req.control_variant.is_empty() {
             return Err(bad_field(
@@ -99,6 +121,7 @@ impl ExperimentsRpc for ExperimentsService {
             .map(|(i, m)| metric(i, m))
             .collect::<Result<Vec<_>, _>>()?;
         check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
         let new = NewExperiment {
             id,
             flag_set: req.flag_set_id,
@@ -108,7 +131,7 @@ impl ExperimentsRpc for ExperimentsService {
             split: req.traffic_split.into_iter().collect(),
         };
         let record = store
-            .create_experiment(new, &req.actor)
+            .create_experiment(new, &actor)
             .await
             .map_err(|e| experiment_status("create_experiment", e))?;
         Ok(Response::new(pb::CreateExperimentResponse {
@@ -121,11 +144,15 @@ impl ExperimentsRpc for ExperimentsService {
         request: Request<pb::StartExperimentRequest>,
     ) -> Result<Response<pb::StartExperimentResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         let id = experiment_id(req.id)?;
         check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
+        self.check_experiment_set(&caller, &id, "start_experiment")
+            .await?;
         let record = store
-            .start_experiment(&id, &req.actor)
+            .start_experiment(&id, &actor)
             .await
             .map_err(|e| experiment_status("start_experiment", e))?;
         Ok(Response::new(pb::StartExperimentResponse {
@@ -138,11 +165,15 @@ impl ExperimentsRpc for ExperimentsService {
         request: Request<pb::StopExperimentRequest>,
     ) -> Result<Response<pb::StopExperimentResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
         let id = experiment_id(req.id)?;
         check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
+        self.check_experiment_set(&caller, &id, "stop_experiment")
+            .await?;
         let record = store
-            .stop_experiment(&id, &req.actor)
+            .stop_experiment(&id, &actor)
             .await
             .map_err(|e| experiment_status("stop_experiment", e))?;
         Ok(Response::new(pb::StopExperimentResponse {
@@ -155,11 +186,13 @@ impl ExperimentsRpc for ExperimentsService {
         request: Request<pb::GetExperimentRequest>,
     ) -> Result<Response<pb::GetExperimentResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
         let id = experiment_id(request.into_inner().id)?;
         let record = store
             .get_experiment(&id)
             .await
             .map_err(|e| experiment_status("get_experiment", e))?;
+        check_flag_set(&caller, &record.experiment.flag_set)?;
         Ok(Response::new(pb::GetExperimentResponse {
             experiment: Some(experiment(record)),
         }))
@@ -170,6 +203,11 @@ impl ExperimentsRpc for ExperimentsService {
         request: Request<pb::ListExperimentsRequest>,
     ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
         let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
+        match request.get_ref().flag_set_id.as_deref() {
+            Some(set) if !set.is_empty() => check_flag_set(&caller, set)?,
+            _ => check_all_flag_sets(&caller, "ListExperiments")?,
+        }
         let filter = list_filter(request.into_inner())?;
         let page = store
             .list_experiments(&filter)
@@ -185,7 +223,13 @@ impl ExperimentsRpc for ExperimentsService {
         &self,
         request: Request<pb::TrackRequest>,
     ) -> Result<Response<pb::TrackResponse>, Status> {
+        let caller = caller(request.extensions())?.clone();
         let req = request.into_inner();
+        // Unset means every set's experiments: only a caller allowed every set may.
+        match req.flag_set_id.as_deref() {
+            Some(set) if !set.is_empty() => check_flag_set(&caller, set)?,
+            _ => check_all_flag_sets(&caller, "Track")?,
+        }
         if req.targeting_key.is_empty() {
             return Err(bad_field("targeting_key", "must not be empty"));
         }
@@ -219,6 +263,7 @@ impl ExperimentsRpc for ExperimentsService {
         &self,
         request: Request<pb::GetExperimentResultsRequest>,
     ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
+        let caller = caller(request.extensions())?.clone();
         let request = request.into_inner();
         let store = self.store()?;
         let id = experiment_id(request.id)?;
@@ -226,6 +271,7 @@ impl ExperimentsRpc for ExperimentsService {
             .get_experiment(&id)
             .await
             .map_err(|e| experiment_status("get_experiment_results", e))?;
+        check_flag_set(&caller, &record.experiment.flag_set)?;
         if record.experiment.state == ExperimentState::Draft {
             return Err(Status::failed_precondition(format!(
                 "experiment {id} is a draft: nothing has been counted; start it first"

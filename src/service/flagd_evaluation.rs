@@ -50,6 +50,7 @@ macro_rules! flagd_evaluation_service {
                 request: Request<$proto::ResolveBooleanRequest>,
             ) -> Result<Response<$proto::ResolveBooleanResponse>, Status> {
                 let set = selector(request.metadata(), "");
+                self.0.authorize_set(request.extensions(), set.as_deref())?;
                 let req = request.into_inner();
                 let (r, stamp) = resolved(
                     self.0
@@ -73,6 +74,7 @@ macro_rules! flagd_evaluation_service {
                 request: Request<$proto::ResolveStringRequest>,
             ) -> Result<Response<$proto::ResolveStringResponse>, Status> {
                 let set = selector(request.metadata(), "");
+                self.0.authorize_set(request.extensions(), set.as_deref())?;
                 let req = request.into_inner();
                 let (mut r, stamp) = resolved(
                     self.0
@@ -96,6 +98,7 @@ macro_rules! flagd_evaluation_service {
                 request: Request<$proto::ResolveFloatRequest>,
             ) -> Result<Response<$proto::ResolveFloatResponse>, Status> {
                 let set = selector(request.metadata(), "");
+                self.0.authorize_set(request.extensions(), set.as_deref())?;
                 let req = request.into_inner();
                 let (r, stamp) = resolved(
                     self.0
@@ -119,6 +122,7 @@ macro_rules! flagd_evaluation_service {
                 request: Request<$proto::ResolveIntRequest>,
             ) -> Result<Response<$proto::ResolveIntResponse>, Status> {
                 let set = selector(request.metadata(), "");
+                self.0.authorize_set(request.extensions(), set.as_deref())?;
                 let req = request.into_inner();
                 let (r, stamp) = resolved(
                     self.0
@@ -142,6 +146,7 @@ macro_rules! flagd_evaluation_service {
                 request: Request<$proto::ResolveObjectRequest>,
             ) -> Result<Response<$proto::ResolveObjectResponse>, Status> {
                 let set = selector(request.metadata(), "");
+                self.0.authorize_set(request.extensions(), set.as_deref())?;
                 let req = request.into_inner();
                 let (mut r, stamp) = resolved(
                     self.0
@@ -165,6 +170,7 @@ macro_rules! flagd_evaluation_service {
                 request: Request<$proto::ResolveAllRequest>,
             ) -> Result<Response<$proto::ResolveAllResponse>, Status> {
                 let set = selector(request.metadata(), "");
+                self.0.authorize_set(request.extensions(), set.as_deref())?;
                 let req = request.into_inner();
                 let routed = self
                     .0
@@ -220,6 +226,7 @@ macro_rules! flagd_evaluation_service {
                 request: Request<$proto::EventStreamRequest>,
             ) -> Result<Response<Self::EventStreamStream>, Status> {
                 let set = selector(request.metadata(), "");
+                self.0.authorize_set(request.extensions(), set.as_deref())?;
                 let stream = events::stream(
                     &self.0,
                     concat!($label, ".EventStream"),

@@ -54,6 +54,7 @@ impl FlagSyncService for FlagdSync {
         request: Request<FetchAllFlagsRequest>,
     ) -> Result<Response<FetchAllFlagsResponse>, Status> {
         let set = self.set_name(selector(request.metadata(), &request.get_ref().selector));
+        self.0.authorize_set(request.extensions(), Some(&set))?;
         let flag_configuration =
             configuration(&self.0.node().catalog(), &set).ok_or_else(|| unknown_set(&set))?;
         Ok(Response::new(FetchAllFlagsResponse { flag_configuration }))
@@ -64,6 +65,7 @@ impl FlagSyncService for FlagdSync {
         request: Request<GetMetadataRequest>,
     ) -> Result<Response<GetMetadataResponse>, Status> {
         let set = self.set_name(selector(request.metadata(), ""));
+        self.0.authorize_set(request.extensions(), Some(&set))?;
         let catalog = self.0.node().catalog();
         let metadata = catalog
             .get(&set)

@@ -16,6 +16,7 @@ mod flagd_sync;
 mod request;
 mod sync_snapshots;
 mod sync_stream;
+mod tokens;
 mod topology;
 pub(crate) mod wire_text;
 
@@ -30,4 +31,5 @@ pub use flagd_evaluation::{FlagdV1, FlagdV2};
 pub use flagd_sync::FlagdSync;
 pub use request::SELECTOR_HEADER;
 pub use sync_stream::SyncService;
+pub use tokens::TokensService;
 pub use topology::TopologyService;

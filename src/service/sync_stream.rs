@@ -124,6 +124,7 @@ impl Subscriptions {
         let slot = evaluator.gate().open_stream(STREAM)?;
         let metadata = MetadataMap::from_headers(parts.headers);
         let set = self.sync.set_name(selector(&metadata, &message.selector));
+        evaluator.authorize_set(&parts.extensions, Some(&set))?;
         let mut catalog = evaluator.node().watch();
         let current = catalog.borrow_and_update().clone();
         let Some(flags) = current.get(&set) else {

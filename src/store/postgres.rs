@@ -735,7 +735,7 @@ const SQLX_PARAMS: &[&str] = &[
 /// `url` without the query parameters sqlx does not read. sqlx logs an unknown parameter with
 /// its value, and libpq's `sslpassword` is one: dropped here, it is logged by name only. A URL
 /// that does not parse is returned as it is, for sqlx to refuse (its error does not quote it).
-fn known_params_only(url: &str) -> String {
+pub(crate) fn known_params_only(url: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(url) else {
         return url.to_owned();
     };

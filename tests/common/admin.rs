@@ -1,9 +1,9 @@
 //! Flags set up through the Admin API, as an operator would: one call for the set, one per flag.
 
+use super::Channel;
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use serde_json::Value;
-use tonic::transport::Channel;
 
 /// Creates flag set `set` holding `flags` (key, flagd definition), each write as `actor`.
 pub async fn create_set_with_flags(

@@ -53,7 +53,13 @@ impl ClusterNode {
                  [cluster]\n\
                  node_id = \"{id}\"\n\
                  listen = \"{cluster}\"\n\
-                 seeds = [{}]\n",
+                 seeds = [{}]\n\
+                 [auth]\n\
+                 # These tests are about the cluster: its clients evaluate, sync and track as\n\
+                 # stock providers do, without a token; everything else sends TEST_TOKEN.\n\
+                 open_evaluation = true\n\
+                 open_sync = true\n\
+                 open_track = true\n",
                 seeds.join(", "),
             ),
         )
@@ -102,6 +108,7 @@ impl ClusterNode {
             .current_dir(workspace())
             .env("BUNTING_CLUSTER_COOKIE", &self.cookie)
             .env("BUNTING_SHARED_TIER_KEY", super::redis::TIER_KEY)
+            .env("BUNTING_BOOTSTRAP_TOKEN", super::TEST_TOKEN)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
@@ -237,7 +244,10 @@ pub async fn agreement(
 
 /// True when `node` sees every member of `members` up.
 async fn hears(node: &ClusterNode, members: &BTreeSet<String>) -> bool {
-    let Ok(mut client) = ClusterAdminClient::connect(node.url()).await else {
+    let Ok(mut client) = super::connect(node.url())
+        .await
+        .map(ClusterAdminClient::new)
+    else {
         return false;
     };
     let Ok(status) = client.status(ClusterStatusRequest {}).await else {
@@ -255,7 +265,10 @@ async fn hears(node: &ClusterNode, members: &BTreeSet<String>) -> bool {
 
 /// `bunting.v1.ClusterAdmin/Status` from one node, for failure messages and the printed summary.
 pub async fn status_text(node: &ClusterNode) -> String {
-    let Ok(mut client) = ClusterAdminClient::connect(node.url()).await else {
+    let Ok(mut client) = super::connect(node.url())
+        .await
+        .map(ClusterAdminClient::new)
+    else {
         return format!("{}: unreachable", node.id);
     };
     match client.status(ClusterStatusRequest {}).await {

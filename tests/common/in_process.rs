@@ -9,7 +9,8 @@ use bunting::server::ServerError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+
+use super::Channel;
 
 /// How long a node may take to shut down; it bounds a broken shutdown, it is not a speed check.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(20);
@@ -22,7 +23,11 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    pub async fn start(config: Config) -> TestNode {
+    /// Starts `config` with [`super::TEST_TOKEN`] as its bootstrap token unless it has one.
+    pub async fn start(mut config: Config) -> TestNode {
+        if config.auth.bootstrap_token.is_none() {
+            config.auth.bootstrap_token = Some(super::test_token());
+        }
         let bound = bunting::server::bind(config).await.unwrap();
         let (grpc, metrics) = (bound.grpc_addr(), bound.metrics_addr());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -37,10 +42,9 @@ impl TestNode {
         }
     }
 
+    /// A channel sending [`super::TEST_TOKEN`].
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
+        super::connect(format!("http://{}", self.grpc))
             .await
             .unwrap()
     }

@@ -17,6 +17,45 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The bootstrap (admin, every scope, every set) token every test node is started with, through
+/// `BUNTING_BOOTSTRAP_TOKEN` or `Config::auth.bootstrap_token`, and that the helpers' clients send.
+/// A test constant, never a deployment's: real bootstrap secrets come from `bunting tokens
+/// generate`.
+pub const TEST_TOKEN: &str =
+    "bnt_7e57000000000001_0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// A channel whose every call carries [`TEST_TOKEN`]: what the tests' clients use.
+pub type Channel = bunting::auth::client::AuthChannel;
+
+/// [`TEST_TOKEN`] as parsed, for configs built in code.
+pub fn test_token() -> bunting::auth::ApiToken {
+    bunting::auth::ApiToken::parse(TEST_TOKEN).unwrap()
+}
+
+/// `channel` sending [`TEST_TOKEN`].
+pub fn authorized(channel: tonic::transport::Channel) -> Channel {
+    bunting::auth::client::Bearer::new(Some(TEST_TOKEN))
+        .unwrap()
+        .wrap(channel)
+}
+
+/// A connected channel to `url` (`http://host:port`) sending [`TEST_TOKEN`].
+pub async fn connect(url: impl Into<String>) -> Result<Channel, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url.into())?
+        .connect()
+        .await?;
+    Ok(authorized(channel))
+}
+
+/// A client of `make` on a connected channel to `url` sending [`TEST_TOKEN`]: what replaces
+/// `XClient::connect(url)` for the services that need a token.
+pub async fn connect_with<C>(
+    make: impl FnOnce(Channel) -> C,
+    url: impl Into<String>,
+) -> Result<C, tonic::transport::Error> {
+    connect(url).await.map(make)
+}
+
 /// How long a node may take to start accepting connections. Start-up takes well under a second;
 /// this only bounds how long a broken start can hang a test.
 const START_PATIENCE: Duration = Duration::from_secs(20);
@@ -223,6 +262,8 @@ impl Serve {
             .current_dir(workspace())
             // Plain log lines: they are read by people in test failures, not by a terminal.
             .env("NO_COLOR", "1")
+            .env("BUNTING_BOOTSTRAP_TOKEN", TEST_TOKEN)
+            .env("BUNTING_TOKEN", TEST_TOKEN)
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let mut process = Guarded::spawn(command, "bunting serve");

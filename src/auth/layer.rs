@@ -1,0 +1,287 @@
+//! The one place every gRPC request is authenticated and authorized: a tower layer in front of
+//! every service (`server.rs`). It finds the scope the method needs ([`super::scope::required`];
+//! a path the table does not name is refused), reads `authorization: Bearer <token>`, checks the
+//! token against the in-memory [`Registry`], and puts the [`Caller`] in the request's extensions
+//! for the flag-set checks the services make (`service/request.rs`), where the set is known.
+//! Refusals are trailers-only gRPC answers: UNAUTHENTICATED (no usable token) or PERMISSION_DENIED
+//! (a good token without the right). No message ever quotes the token.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use chrono::Utc;
+use http::HeaderMap;
+use tonic::Status;
+use tonic::body::Body;
+use tower_service::Service;
+
+use super::principal::Caller;
+use super::rate::RateLimits;
+use super::registry::Registry;
+use super::scope::{self, Scope};
+use super::token::{ApiToken, TOKEN_LEN};
+
+/// Longer than any `Bearer <token>` by a margin; a longer header is refused before it is parsed.
+pub const MAX_AUTHORIZATION_BYTES: usize = 256;
+
+/// The methods the operator opened to callers without a token (`[auth] open_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Open {
+    pub evaluation: bool,
+    pub sync: bool,
+    pub track: bool,
+}
+
+impl Open {
+    fn allows(self, scope: Scope) -> bool {
+        match scope {
+            Scope::Evaluate => self.evaluation,
+            Scope::Sync => self.sync,
+            Scope::Track => self.track,
+            // Writes, reads of rules and history, cluster and token administration: never open.
+            _ => false,
+        }
+    }
+}
+
+/// What the layer decides with: the known tokens and what is open.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    registry: Arc<Registry>,
+    open: Open,
+    limits: Arc<RateLimits>,
+}
+
+impl Policy {
+    pub fn new(registry: Arc<Registry>, open: Open, limits: RateLimits) -> Policy {
+        Policy {
+            registry,
+            open,
+            limits: Arc::new(limits),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The caller of `path` with `headers`, or the status it is refused with.
+    pub fn admit(&self, path: &str, headers: &HeaderMap) -> Result<Caller, Status> {
+        let Some(scope) = scope::required(path) else {
+            return Err(Status::permission_denied(format!(
+                "{} is not a method this node serves to anybody",
+                crate::service::wire_text::bounded(path.to_owned())
+            )));
+        };
+        let header = headers
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        let caller = self.authorize(scope, header, path)?;
+        self.limits.check(scope, &caller)?;
+        Ok(caller)
+    }
+
+    /// The caller sending `header` (an `authorization` value, if any) to `path` (a method of the
+    /// table, or `/metrics`), which needs `scope`.
+    pub fn authorize(
+        &self,
+        scope: Scope,
+        header: Option<&[u8]>,
+        path: &str,
+    ) -> Result<Caller, Status> {
+        let Some(header) = header else {
+            if self.open.allows(scope) {
+                return Ok(Caller::Anonymous);
+            }
+            return Err(Status::unauthenticated(format!(
+                "{path} needs a token with scope {scope}: send `authorization: Bearer <token>`"
+            )));
+        };
+        let token = bearer(header).map_err(Status::unauthenticated)?;
+        let principal = self
+            .registry
+            .authenticate(&token, Utc::now())
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if !principal.scopes.contains(scope) {
+            return Err(Status::permission_denied(format!(
+                "token {} ({}) does not have scope {scope}, which {path} needs",
+                principal.id, principal.name
+            )));
+        }
+        Ok(Caller::Token(principal))
+    }
+}
+
+/// The token in an `authorization` header's value, or why there is none (never quoting it).
+fn bearer(value: &[u8]) -> Result<ApiToken, String> {
+    if value.len() > MAX_AUTHORIZATION_BYTES {
+        return Err(format!(
+            "the authorization header is {} bytes; a token is {TOKEN_LEN} characters",
+            value.len()
+        ));
+    }
+    let text = std::str::from_utf8(value)
+        .map_err(|_| "the authorization header is not text".to_owned())?;
+    let (scheme, token) = text
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| "the authorization header must be `Bearer <token>`".to_owned())?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err("the authorization header must be `Bearer <token>`".to_owned());
+    }
+    ApiToken::parse(token.trim()).map_err(|e| format!("malformed token: {e}"))
+}
+
+/// The layer for `tonic::transport::Server::layer`.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    policy: Arc<Policy>,
+}
+
+impl AuthLayer {
+    pub fn new(policy: Policy) -> AuthLayer {
+        AuthLayer {
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authorize<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for Authorize<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<http::Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match self.policy.admit(request.uri().path(), request.headers()) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            // The request body is dropped unread: nothing of a refused request reaches a service.
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::principal::{FlagSets, Principal};
+    use crate::auth::registry::TokenEntry;
+    use crate::auth::scope::Scopes;
+    use tonic::Code;
+
+    fn entry(token: &ApiToken, scopes: &[&str]) -> TokenEntry {
+        TokenEntry {
+            hash: token.hash(),
+            principal: Arc::new(Principal {
+                id: token.id().clone(),
+                name: "reader".into(),
+                scopes: Scopes::parse(scopes.iter().copied()).unwrap(),
+                flag_sets: FlagSets::All,
+                expires_at: None,
+            }),
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn admission_as_a_table() {
+        let evaluator = ApiToken::generate().unwrap();
+        let registry = Arc::new(Registry::new());
+        registry.replace([entry(&evaluator, &["evaluate"])]);
+        let open = Policy::new(
+            registry.clone(),
+            Open {
+                evaluation: true,
+                sync: false,
+                track: false,
+            },
+            RateLimits::default(),
+        );
+        let closed = Policy::new(registry, Open::default(), RateLimits::default());
+        let resolve = "/flagd.evaluation.v1.Service/ResolveBoolean";
+        let write = "/bunting.v1.Admin/CreateFlag";
+        let good = format!("Bearer {}", evaluator.reveal());
+        let huge = format!("Bearer {}", "a".repeat(10_000));
+        let unknown = format!("Bearer {}", ApiToken::generate().unwrap().reveal());
+        // Policy, path, authorization header, expected admission.
+        type Case<'a> = (&'a Policy, &'a str, Option<&'a str>, Result<bool, Code>);
+        let cases: Vec<Case> = vec![
+            // Ok(true): a token's principal; Ok(false): anonymous.
+            (&open, resolve, None, Ok(false)),
+            (&closed, resolve, None, Err(Code::Unauthenticated)),
+            (&closed, resolve, Some(&good), Ok(true)),
+            (&open, resolve, Some(&good), Ok(true)),
+            (&open, resolve, Some("bearer x"), Err(Code::Unauthenticated)),
+            (&open, resolve, Some(&unknown), Err(Code::Unauthenticated)),
+            (&open, resolve, Some(&huge), Err(Code::Unauthenticated)),
+            (
+                &open,
+                resolve,
+                Some("Basic dXNlcjpwYXNz"),
+                Err(Code::Unauthenticated),
+            ),
+            (&open, resolve, Some("Bearer"), Err(Code::Unauthenticated)),
+            (&open, write, None, Err(Code::Unauthenticated)),
+            (&open, write, Some(&good), Err(Code::PermissionDenied)),
+            (
+                &open,
+                "/bunting.v1.Admin/Nope",
+                Some(&good),
+                Err(Code::PermissionDenied),
+            ),
+            (
+                &open,
+                "/grpc.health.v1.Health/Check",
+                None,
+                Err(Code::PermissionDenied),
+            ),
+        ];
+        for (policy, path, header, expected) in cases {
+            let mut headers = HeaderMap::new();
+            if let Some(h) = header {
+                headers.insert(http::header::AUTHORIZATION, h.parse().unwrap());
+            }
+            let got = policy
+                .admit(path, &headers)
+                .map(|c| c.principal().is_some())
+                .map_err(|s| {
+                    // No refusal quotes the secret.
+                    assert!(!s.message().contains(&good[30..]), "{}", s.message());
+                    s.code()
+                });
+            assert_eq!(got, expected, "{path} {header:?}");
+        }
+    }
+}
