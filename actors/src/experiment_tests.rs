@@ -491,7 +491,10 @@ async fn only_evaluations_without_per_user_state_take_the_fast_path() {
     };
     let set = node.resolve_all_here(here).unwrap();
     assert_eq!(
-        set.flags.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        set.flags
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
         ["button", "solid"]
     );
     assert!(

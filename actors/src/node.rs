@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use crate::catalog::{Catalog, Update};
 use crate::current::Current;
-use crate::lane::{Here, Lane, ResolveAllRequest};
 use crate::error::NodeError;
+use crate::lane::{Here, Lane, ResolveAllRequest};
 use crate::owned::TrackRefused;
 use crate::resolved::{self, ResolvedFlag, ResolvedSet};
 use crate::shard::{BulkRequest, ResolveRequest, ShardMsg, ShardServices, TrackRequest};
@@ -130,7 +130,11 @@ impl Node {
     pub fn lane(&self, request: ResolveRequest) -> Lane<ResolveRequest> {
         let set = self.set_name(request.set.as_ref());
         let per_user = request.context.targeting_key().is_some()
-            && !self.current.experiments().on_flag(&set, &request.key).is_empty();
+            && !self
+                .current
+                .experiments()
+                .on_flag(&set, &request.key)
+                .is_empty();
         self.sorted(per_user, set, request)
     }
 
@@ -138,8 +142,8 @@ impl Node {
     /// the set and the context has a targeting key.
     pub fn lane_all(&self, request: ResolveAllRequest) -> Lane<ResolveAllRequest> {
         let set = self.set_name(request.set.as_ref());
-        let per_user = request.context.targeting_key().is_some()
-            && self.current.experiments().on_set(&set);
+        let per_user =
+            request.context.targeting_key().is_some() && self.current.experiments().on_set(&set);
         self.sorted(per_user, set, request)
     }
 
@@ -251,7 +255,8 @@ impl Node {
         let deadline = Instant::now() + self.config.call_timeout;
         let per_user_flags = {
             let experiments = self.current.experiments();
-            keys.iter().any(|key| !experiments.on_flag(&set, key).is_empty())
+            keys.iter()
+                .any(|key| !experiments.on_flag(&set, key).is_empty())
         };
         let mut pending = Vec::with_capacity(contexts.len());
         for context in contexts {
