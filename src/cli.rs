@@ -80,7 +80,8 @@ pub enum Command {
         /// Seconds to measure, after one second of warm-up.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Requests per second across all clients (open loop).
+        /// Requests per second in all (open loop: paced by a busy-wait, so pin the generator to
+        /// a core of its own; --concurrency then caps the requests in flight).
         #[arg(long)]
         rate: Option<f64>,
         /// Distinct targeting keys to cycle through.

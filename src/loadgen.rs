@@ -1,6 +1,7 @@
 //! A load generator for one node: N concurrent flagd clients over C HTTP/2 connections, closed
 //! loop (as fast as answers come: saturation) or open loop at a fixed rate (latency at a given
-//! load, measured from each request's scheduled start so a stall is not hidden).
+//! load, measured from each request's scheduled start so a stall is not hidden; paced by a spin,
+//! not a timer: see `open_loop`).
 //!
 //! The experiment workload evaluates a flag that has a running experiment (every evaluation is an
 //! exposure, the first of each user a new one) and follows a share of the evaluations with a
@@ -20,6 +21,7 @@ use tonic::transport::Endpoint;
 // Every request carries the configured token (or none), like any other client's.
 use crate::auth::client::{AuthChannel as Channel, Bearer};
 
+mod open_loop;
 mod setup;
 mod track_plan;
 
@@ -46,7 +48,8 @@ pub struct LoadConfig {
     pub concurrency: usize,
     pub duration: Duration,
     pub warm_up: Duration,
-    /// Requests per second across all workers; `None` runs closed loop (saturation).
+    /// Requests per second in all; `None` runs closed loop (saturation). Open loop is paced by
+    /// a spin on one task (a whole CPU), and `concurrency` caps its requests in flight.
     pub rate: Option<f64>,
     /// Distinct targeting keys to cycle through.
     pub users: u32,
@@ -383,13 +386,71 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         }
     }
 
-    let workers = config.concurrency.max(1);
     let start = Instant::now() + config.warm_up;
     let end = start + config.duration;
-    // Each worker's share of the rate, as the gap between its requests.
-    let gap = config
-        .rate
-        .map(|rate| Duration::from_secs_f64(workers as f64 / rate.max(1.0)));
+    let results = match config.rate {
+        Some(rate) => {
+            let lanes = channels
+                .iter()
+                .map(|channel| open_loop::Lane {
+                    sender: sender_for(channel.clone()),
+                    tracker: ExperimentsClient::new(channel.clone()),
+                })
+                .collect();
+            let schedule = open_loop::Schedule {
+                rate,
+                start,
+                end,
+                max_in_flight: config.concurrency,
+                users: config.users,
+            };
+            let flag: std::sync::Arc<str> = config.flag.as_str().into();
+            let event: std::sync::Arc<str> = config.event.as_str().into();
+            vec![open_loop::run(schedule, lanes, config.workload, flag, event, plan).await]
+        }
+        None => closed_loop(&config, &channels, sender_for, plan, start, end).await,
+    };
+    let mut report = LoadReport {
+        requests: 0,
+        errors: 0,
+        flags_per_request,
+        elapsed: config.duration,
+        latencies_us: Vec::new(),
+        tracks: None,
+    };
+    let mut tracks = TrackReport {
+        ratio: plan.ratio(),
+        elapsed: config.duration,
+        ..TrackReport::default()
+    };
+    for r in results {
+        report.requests += r.requests;
+        report.errors += r.errors;
+        report.latencies_us.extend(r.latencies_us);
+        tracks.tracks += r.tracks.tracks;
+        tracks.errors += r.tracks.errors;
+        tracks.uncounted += r.tracks.uncounted;
+        tracks.latencies_us.extend(r.tracks.latencies_us);
+    }
+    report.latencies_us.sort_unstable();
+    // A run without tracking (the baseline) reports no track figures rather than a row of zeros.
+    if plan.ratio() > 0.0 {
+        tracks.latencies_us.sort_unstable();
+        report.tracks = Some(tracks);
+    }
+    Ok(report)
+}
+
+/// `concurrency` workers, each sending its next request as soon as the last is answered.
+async fn closed_loop(
+    config: &LoadConfig,
+    channels: &[Channel],
+    sender_for: impl Fn(Channel) -> Sender,
+    plan: TrackPlan,
+    start: Instant,
+    end: Instant,
+) -> Vec<WorkerResult> {
+    let workers = config.concurrency.max(1);
     let mut tasks = Vec::with_capacity(workers);
     for w in 0..workers {
         let channel = channels[w % channels.len()].clone();
@@ -404,15 +465,9 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
             // Each worker starts its track schedule at its own offset, so workers do not all
             // track on the same beat.
             let mut sent = w as u64;
-            // Spread open-loop workers' schedules across one gap so they do not fire together.
-            let mut next = Instant::now()
-                + gap.map_or(Duration::ZERO, |g| g.mul_f64(w as f64 / workers as f64));
             let mut n: u32 = u32::try_from(w).unwrap_or(0).wrapping_mul(7919);
             loop {
-                if gap.is_some() {
-                    tokio::time::sleep_until(next.into()).await;
-                }
-                let scheduled = if gap.is_some() { next } else { Instant::now() };
+                let scheduled = Instant::now();
                 if scheduled >= end {
                     break;
                 }
@@ -451,42 +506,15 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
                         t.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
                     }
                 }
-                if let Some(gap) = gap {
-                    next += gap;
-                }
             }
             result
         }));
     }
-    let mut report = LoadReport {
-        requests: 0,
-        errors: 0,
-        flags_per_request,
-        elapsed: config.duration,
-        latencies_us: Vec::new(),
-        tracks: None,
-    };
-    let mut tracks = TrackReport {
-        ratio: plan.ratio(),
-        elapsed: config.duration,
-        ..TrackReport::default()
-    };
+    let mut results = Vec::with_capacity(workers);
     for task in tasks {
         if let Ok(r) = task.await {
-            report.requests += r.requests;
-            report.errors += r.errors;
-            report.latencies_us.extend(r.latencies_us);
-            tracks.tracks += r.tracks.tracks;
-            tracks.errors += r.tracks.errors;
-            tracks.uncounted += r.tracks.uncounted;
-            tracks.latencies_us.extend(r.tracks.latencies_us);
+            results.push(r);
         }
     }
-    report.latencies_us.sort_unstable();
-    // A run without tracking (the baseline) reports no track figures rather than a row of zeros.
-    if plan.ratio() > 0.0 {
-        tracks.latencies_us.sort_unstable();
-        report.tracks = Some(tracks);
-    }
-    Ok(report)
+    results
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bunting_engine::FlagSet;
+use bunting_engine::{ErrorCode, FlagSet, ResolveError};
 
 /// Every flag set a node serves, by id. Immutable: an update produces a new `Catalog`, so a shard
 /// evaluating against one never sees half of a change.
@@ -63,6 +63,16 @@ impl Catalog {
 
     pub fn get(&self, set: &str) -> Option<&Arc<FlagSet>> {
         self.sets.get(set)
+    }
+
+    /// Set `name`, or the FLAG_NOT_FOUND answer an evaluation against a set this catalog does
+    /// not hold gets (the same from a shard and from the fast path).
+    pub(crate) fn set_or_not_found(&self, name: &str) -> Result<&Arc<FlagSet>, ResolveError> {
+        self.sets.get(name).ok_or_else(|| ResolveError {
+            code: ErrorCode::FlagNotFound,
+            message: format!("flag set {name:?} not found"),
+            exceeded: None,
+        })
     }
 
     pub fn sets(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<FlagSet>)> {

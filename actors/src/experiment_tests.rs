@@ -420,3 +420,86 @@ async fn a_claim_from_a_stale_map_is_taken_back_and_the_stale_owner_lets_go() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The fast path is taken exactly for what records no per-user state: a flag without a running
+/// experiment, or a context without a targeting key. A flag with one still goes to its shard, and
+/// its exposure is recorded there; the same for a resolve-all of a set with one.
+#[tokio::test]
+async fn only_evaluations_without_per_user_state_take_the_fast_path() {
+    use crate::{Lane, ResolveAllRequest};
+
+    let services = ShardServices::in_memory();
+    let node = node(&services).await;
+    let request = |key: &str, user: Option<&str>| ResolveRequest {
+        set: None,
+        key: key.into(),
+        wanted: Some(FlagType::String),
+        context: match user {
+            Some(user) => EvaluationContext::new().with_targeting_key(user),
+            None => EvaluationContext::new(),
+        },
+    };
+    // (flag, targeting key, expected lane)
+    let table = [
+        ("solid", Some("user-1"), "here"),
+        ("solid", None, "here"),
+        ("missing", Some("user-1"), "here"),
+        ("button", None, "here"),
+        ("button", Some("user-1"), "shard"),
+    ];
+    for (key, user, expected) in table {
+        let before = node.resolved_here();
+        let answer = match node.lane(request(key, user)) {
+            Lane::Here(here) => {
+                assert_eq!(expected, "here", "{key} for {user:?}");
+                node.resolve_here(here)
+            }
+            Lane::Shard(request) => {
+                assert_eq!(expected, "shard", "{key} for {user:?}");
+                node.resolve(request).await.unwrap()
+            }
+        };
+        let counted = node.resolved_here() - before;
+        assert_eq!(counted, u64::from(expected == "here"), "{key} for {user:?}");
+        // The same answer on either path.
+        assert_eq!(
+            answer,
+            node.resolve(request(key, user)).await.unwrap(),
+            "{key} for {user:?}"
+        );
+    }
+    let totals = node.experiment_totals(&id()).await.unwrap();
+    assert_eq!(
+        totals.arms.values().map(|a| a.exposed).sum::<u64>(),
+        1,
+        "user-1's exposure to the experiment on button was recorded by its shard: {totals:?}"
+    );
+
+    let all = |user: &str| ResolveAllRequest {
+        set: None,
+        context: EvaluationContext::new().with_targeting_key(user),
+    };
+    assert!(
+        matches!(node.lane_all(all("user-2")), Lane::Shard(_)),
+        "a set with a running experiment on one of its flags goes to the shard"
+    );
+    node.install_experiments(Arc::new(RunningExperiments::default()))
+        .await
+        .unwrap();
+    let Lane::Here(here) = node.lane_all(all("user-2")) else {
+        panic!("without experiments a resolve-all takes the fast path");
+    };
+    let set = node.resolve_all_here(here).unwrap();
+    assert_eq!(
+        set.flags
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["button", "solid"]
+    );
+    assert!(
+        matches!(node.lane(request("button", Some("user-3"))), Lane::Here(_)),
+        "a stopped experiment no longer needs the shard"
+    );
+    node.shutdown().await;
+}

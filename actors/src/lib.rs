@@ -8,10 +8,14 @@
 //! flags against the [`Catalog`] it holds by `Arc`. A change goes to the supervisor, which builds
 //! the next catalog once, sends it to every shard and publishes it on a watch channel for the
 //! streaming APIs. A shard that fails is restarted with the catalog current at that moment.
+//! Evaluations that record no per-user state skip the shards: [`Node::lane`] sorts them onto the
+//! caller's task, against the node's current catalog snapshot (see `lane`).
 //! [`Node`] is the handle the server uses.
 
 mod catalog;
+mod current;
 mod error;
+mod lane;
 mod node;
 mod owned;
 mod resolved;
@@ -22,6 +26,7 @@ mod user_state;
 pub use bunting_keyspace::shard_of;
 pub use catalog::{Catalog, Update};
 pub use error::NodeError;
+pub use lane::{Here, Lane, ResolveAllRequest};
 pub use node::{Node, NodeConfig};
 pub use owned::TrackRefused;
 pub use resolved::{ResolvedFlag, ResolvedSet};

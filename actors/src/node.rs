@@ -1,7 +1,7 @@
 //! The handle the rest of the node uses: start the actor tree, resolve flags through the owning
 //! shard, apply changes, watch the catalog.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,13 +13,19 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::catalog::{Catalog, Update};
+use crate::current::Current;
 use crate::error::NodeError;
+use crate::lane::{Here, Lane, ResolveAllRequest};
 use crate::owned::TrackRefused;
-use crate::resolved::{ResolvedFlag, ResolvedSet};
+use crate::resolved::{self, ResolvedFlag, ResolvedSet};
 use crate::shard::{BulkRequest, ResolveRequest, ShardMsg, ShardServices, TrackRequest};
 use crate::supervisor::{NodeSupervisor, Precedence, ShardSlots, SupervisorArgs, SupervisorMsg};
 use bunting_experiments::{ExperimentId, ExperimentTotals, RunningExperiments};
 use bunting_keyspace::shard_of;
+
+/// About half a millisecond of evaluations of ordinary rules: how much of a bulk batch the fast
+/// path evaluates before it lets the worker run other tasks.
+const BULK_EVALUATIONS_PER_YIELD: usize = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -52,9 +58,15 @@ pub struct Node {
     supervisor: ActorRef<SupervisorMsg>,
     slots: Arc<ShardSlots>,
     catalog: watch::Receiver<Arc<Catalog>>,
+    /// The catalog and running experiments for the fast path (see `lane`).
+    current: Arc<Current>,
     config: NodeConfig,
+    /// `config.default_set`, shared with every request that names no set.
+    default_set: Arc<str>,
     /// Spreads requests without a targeting key (no per-user work) across shards.
     next_keyless: AtomicUsize,
+    /// Evaluation requests answered on the fast path (see [`Node::resolved_here`]).
+    resolved_here: AtomicU64,
 }
 
 impl Node {
@@ -76,6 +88,7 @@ impl Node {
         });
         let initial = Arc::new(initial);
         let (published, catalog) = watch::channel(initial.clone());
+        let current = Arc::new(Current::new(initial.clone()));
         let (supervisor, _join) = Actor::spawn(
             None,
             NodeSupervisor,
@@ -84,6 +97,7 @@ impl Node {
                 default_set: config.default_set.as_str().into(),
                 slots: slots.clone(),
                 published,
+                current: current.clone(),
                 services,
                 owns_all: config.owns_all_at_start,
             },
@@ -93,8 +107,11 @@ impl Node {
             supervisor,
             slots,
             catalog,
+            current,
+            default_set: config.default_set.as_str().into(),
             config,
             next_keyless: AtomicUsize::new(0),
+            resolved_here: AtomicU64::new(0),
         })
     }
 
@@ -102,9 +119,79 @@ impl Node {
         &self.config
     }
 
-    /// The catalog the shards are serving now.
+    /// The catalog the node is serving now (a shard may hold the previous one for as long as
+    /// the new one waits in its mailbox).
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.borrow().clone()
+        self.current.catalog()
+    }
+
+    /// Where `request` runs: [`Lane::Here`] when it can record no per-user state (no running
+    /// experiment on the flag, or no targeting key), else [`Lane::Shard`]. See `crate::lane`.
+    pub fn lane(&self, request: ResolveRequest) -> Lane<ResolveRequest> {
+        let set = self.set_name(request.set.as_ref());
+        let per_user = request.context.targeting_key().is_some()
+            && !self
+                .current
+                .experiments()
+                .on_flag(&set, &request.key)
+                .is_empty();
+        self.sorted(per_user, set, request)
+    }
+
+    /// Where a resolve-all runs: [`Lane::Here`] unless a running experiment is on some flag of
+    /// the set and the context has a targeting key.
+    pub fn lane_all(&self, request: ResolveAllRequest) -> Lane<ResolveAllRequest> {
+        let set = self.set_name(request.set.as_ref());
+        let per_user =
+            request.context.targeting_key().is_some() && self.current.experiments().on_set(&set);
+        self.sorted(per_user, set, request)
+    }
+
+    fn set_name(&self, set: Option<&Arc<str>>) -> Arc<str> {
+        set.unwrap_or(&self.default_set).clone()
+    }
+
+    fn sorted<Q>(&self, per_user: bool, set: Arc<str>, query: Q) -> Lane<Q> {
+        if per_user {
+            Lane::Shard(query)
+        } else {
+            Lane::Here(Here {
+                catalog: self.current.catalog(),
+                set,
+                query,
+            })
+        }
+    }
+
+    /// Resolves a flag without per-user state on the caller's task, against the catalog it was
+    /// sorted with: no mailbox, no shard, so no shard's failure or backlog delays it.
+    pub fn resolve_here(&self, here: Here<ResolveRequest>) -> ResolvedFlag {
+        self.resolved_here.fetch_add(1, Ordering::Relaxed);
+        let request = &here.query;
+        let answer = match here.flags() {
+            Ok(flags) => resolved::resolve(flags, &request.key, request.wanted, &request.context),
+            Err(e) => ResolvedFlag::failed(e),
+        };
+        resolved::count_exceeded(&here.set, [(&request.key, &answer)]);
+        answer
+    }
+
+    /// Resolves every flag of a set without per-user state on the caller's task.
+    pub fn resolve_all_here(
+        &self,
+        here: Here<ResolveAllRequest>,
+    ) -> Result<ResolvedSet, ResolveError> {
+        self.resolved_here.fetch_add(1, Ordering::Relaxed);
+        let all = resolved::resolve_all(here.flags()?, &here.query.context);
+        resolved::count_exceeded(&here.set, all.flags.iter().map(|(k, r)| (k, r)));
+        Ok(all)
+    }
+
+    /// How many requests (one flag, or all of a set) this node has answered on the fast path
+    /// since it started: tests and operators can see that flags without per-user state skip
+    /// the shards.
+    pub fn resolved_here(&self) -> u64 {
+        self.resolved_here.load(Ordering::Relaxed)
     }
 
     /// A receiver that wakes on every applied change (for event and sync streams).
@@ -147,10 +234,12 @@ impl Node {
         .await
     }
 
-    /// Resolves `keys` of the pinned `flags` for each subject, each through its owning shard's
-    /// mailbox: one message per subject. Every message is sent before any answer is awaited, so
-    /// the shards work in parallel, and the batch shares one deadline. Answers come back in
-    /// subject order, one `Vec` per subject in the order of `keys`.
+    /// Resolves `keys` of the pinned `flags` for each subject. A subject that can record per-user
+    /// state (a running experiment on one of `keys` and a targeting key) goes through its owning
+    /// shard's mailbox, one message per subject; every other subject is the fast path, evaluated
+    /// on this task (see `crate::lane`). Every message is sent before anything is evaluated here
+    /// or awaited, so the shards work in parallel, and the batch shares one deadline. Answers
+    /// come back in subject order, one `Vec` per subject in the order of `keys`.
     pub async fn resolve_bulk(
         &self,
         set: Arc<str>,
@@ -158,9 +247,23 @@ impl Node {
         keys: Arc<[String]>,
         contexts: Vec<EvaluationContext>,
     ) -> Result<Vec<Vec<ResolvedFlag>>, NodeError> {
+        /// One subject's answer: computed here, or awaited from a shard.
+        enum Pending {
+            Here(EvaluationContext),
+            Shard(u32, OneshotReceiver<Vec<ResolvedFlag>>),
+        }
         let deadline = Instant::now() + self.config.call_timeout;
+        let per_user_flags = {
+            let experiments = self.current.experiments();
+            keys.iter()
+                .any(|key| !experiments.on_flag(&set, key).is_empty())
+        };
         let mut pending = Vec::with_capacity(contexts.len());
         for context in contexts {
+            if !(per_user_flags && context.targeting_key().is_some()) {
+                pending.push(Pending::Here(context));
+                continue;
+            }
             let shard = self.shard_for(&context);
             let request = BulkRequest {
                 set: set.clone(),
@@ -169,11 +272,32 @@ impl Node {
                 context,
             };
             let answer = self.send(shard, |reply| ShardMsg::ResolveMany(request, reply))?;
-            pending.push((shard, answer));
+            pending.push(Pending::Shard(shard, answer));
         }
         let mut answers = Vec::with_capacity(pending.len());
-        for (shard, answer) in pending {
-            answers.push(self.receive(shard, answer, deadline).await?);
+        let mut since_yield = 0usize;
+        for subject in pending {
+            match subject {
+                Pending::Here(context) => {
+                    self.resolved_here.fetch_add(1, Ordering::Relaxed);
+                    let answer: Vec<ResolvedFlag> = keys
+                        .iter()
+                        .map(|key| resolved::resolve(&flags, key, None, &context))
+                        .collect();
+                    resolved::count_exceeded(&set, keys.iter().zip(&answer));
+                    answers.push(answer);
+                    // A large batch evaluated here gives the worker back now and then, as the
+                    // shards did by taking one subject per message.
+                    since_yield += keys.len();
+                    if since_yield >= BULK_EVALUATIONS_PER_YIELD {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Pending::Shard(shard, answer) => {
+                    answers.push(self.receive(shard, answer, deadline).await?);
+                }
+            }
         }
         Ok(answers)
     }

@@ -75,3 +75,46 @@ pub(crate) fn resolve(
         ),
     }
 }
+
+/// Every flag of `set` for one subject, in key order, with the set's metadata and version.
+pub(crate) fn resolve_all(set: &FlagSet, ctx: &bunting_engine::EvaluationContext) -> ResolvedSet {
+    let version = set.version();
+    ResolvedSet {
+        flags: set
+            .resolve_all(ctx)
+            .map(|(key, r)| {
+                (
+                    key.to_owned(),
+                    ResolvedFlag::from_resolution(r.map_value(Clone::clone), version),
+                )
+            })
+            .collect(),
+        metadata: set.metadata().clone(),
+        version,
+    }
+}
+
+/// Counts the evaluations that ran out of the engine's budget, per flag set, flag and budget
+/// (`bunting_evaluation_budget_exceeded_total`): the answer is already flagd's GENERAL error,
+/// and the metric tells the operator which rule to fix. Keys are bounded by the set's limits.
+/// Called wherever an evaluation ran: a shard, or the request's task on the fast path.
+pub(crate) fn count_exceeded<'a>(
+    set: &str,
+    resolved: impl IntoIterator<Item = (&'a String, &'a ResolvedFlag)>,
+) {
+    for (key, answer) in resolved {
+        if let Some(kind) = answer.error.as_ref().and_then(|e| e.exceeded) {
+            let budget = match kind {
+                bunting_engine::BudgetKind::Steps => "steps",
+                bunting_engine::BudgetKind::BuiltBytes => "built_bytes",
+            };
+            metrics::counter!(
+                "bunting_evaluation_budget_exceeded_total",
+                "flag_set" => set.to_owned(),
+                "flag" => key.clone(),
+                "budget" => budget,
+            )
+            .increment(1);
+        }
+    }
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bunting_engine::{ErrorCode, EvaluationContext, FlagSet, FlagType, ResolveError};
+use bunting_engine::{EvaluationContext, FlagSet, FlagType, ResolveError};
 use bunting_experiments::{EventStore, ExperimentId, ExperimentTotals, RunningExperiments};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -162,42 +162,19 @@ pub struct ShardState {
 impl ShardState {
     fn set(&self, name: Option<&Arc<str>>) -> Result<&bunting_engine::FlagSet, ResolveError> {
         let name = name.unwrap_or(&self.default_set);
-        self.catalog
-            .get(name)
-            .map(Arc::as_ref)
-            .ok_or_else(|| ResolveError {
-                code: ErrorCode::FlagNotFound,
-                message: format!("flag set {name:?} not found"),
-                exceeded: None,
-            })
+        self.catalog.set_or_not_found(name).map(Arc::as_ref)
     }
 }
 
 impl ShardState {
-    /// Counts the evaluations that ran out of the engine's budget, per flag set, flag and budget
-    /// (`bunting_evaluation_budget_exceeded_total`): the answer is already flagd's GENERAL error,
-    /// and the metric tells the operator which rule to fix. Keys are bounded by the set's limits.
+    /// Counts the evaluations that ran out of the engine's budget (see
+    /// [`resolved::count_exceeded`]).
     fn count_exceeded<'a>(
         &self,
         set: Option<&Arc<str>>,
         resolved: impl IntoIterator<Item = (&'a String, &'a ResolvedFlag)>,
     ) {
-        let set = set.unwrap_or(&self.default_set);
-        for (key, answer) in resolved {
-            if let Some(kind) = answer.error.as_ref().and_then(|e| e.exceeded) {
-                let budget = match kind {
-                    bunting_engine::BudgetKind::Steps => "steps",
-                    bunting_engine::BudgetKind::BuiltBytes => "built_bytes",
-                };
-                metrics::counter!(
-                    "bunting_evaluation_budget_exceeded_total",
-                    "flag_set" => set.to_string(),
-                    "flag" => key.clone(),
-                    "budget" => budget,
-                )
-                .increment(1);
-            }
-        }
+        resolved::count_exceeded(set.unwrap_or(&self.default_set), resolved);
     }
 
     /// Takes (at map epoch `Some(epoch)`) or gives up ownership; returns the number of users
@@ -419,22 +396,9 @@ impl Actor for Shard {
                 if abandoned(&reply) {
                     return Ok(());
                 }
-                let answer = state.set(set.as_ref()).map(|set| ResolvedSet {
-                    flags: set
-                        .resolve_all(&context)
-                        .map(|(key, r)| {
-                            (
-                                key.to_owned(),
-                                ResolvedFlag::from_resolution(
-                                    r.map_value(Clone::clone),
-                                    set.version(),
-                                ),
-                            )
-                        })
-                        .collect::<Vec<_>>(),
-                    metadata: set.metadata().clone(),
-                    version: set.version(),
-                });
+                let answer = state
+                    .set(set.as_ref())
+                    .map(|flags| resolved::resolve_all(flags, &context));
                 if let Ok(all) = &answer {
                     let resolved: Vec<(&String, &ResolvedFlag)> =
                         all.flags.iter().map(|(k, r)| (k, r)).collect();

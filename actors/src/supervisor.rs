@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use bunting_experiments::RunningExperiments;
 
 use crate::catalog::{Catalog, Update};
+use crate::current::Current;
 use crate::shard::{Shard, ShardArgs, ShardMsg, ShardServices};
 
 /// The shard actors' current references, shared with the [`crate::Node`] handle so that a
@@ -113,6 +114,7 @@ pub struct SupervisorArgs {
     pub(crate) default_set: Arc<str>,
     pub(crate) slots: Arc<ShardSlots>,
     pub(crate) published: watch::Sender<Arc<Catalog>>,
+    pub(crate) current: Arc<Current>,
     pub(crate) services: ShardServices,
     pub(crate) owns_all: bool,
 }
@@ -123,6 +125,8 @@ pub struct SupervisorState {
     default_set: Arc<str>,
     slots: Arc<ShardSlots>,
     published: watch::Sender<Arc<Catalog>>,
+    /// The fast path's snapshots: written before each fan-out (see `crate::current`).
+    current: Arc<Current>,
     services: ShardServices,
     experiments: Arc<RunningExperiments>,
     /// Index = shard; `Some(epoch)`: owned, acquired under the map of that epoch. A single node
@@ -180,6 +184,7 @@ impl Actor for NodeSupervisor {
             default_set: args.default_set,
             slots: args.slots,
             published: args.published,
+            current: args.current,
             services: args.services,
             experiments: Arc::new(RunningExperiments::default()),
         };
@@ -213,6 +218,7 @@ impl Actor for NodeSupervisor {
                     Some(next) => {
                         let next = Arc::new(next);
                         state.catalog = next.clone();
+                        state.current.install_catalog(next.clone());
                         fan_out(&state.slots, &next);
                         state.published.send_replace(next);
                         metrics::gauge!("bunting_flag_set_version", "flag_set" => update.set().to_string())
@@ -246,6 +252,7 @@ impl Actor for NodeSupervisor {
             }
             SupervisorMsg::Experiments(experiments, reply) => {
                 state.experiments = experiments.clone();
+                state.current.install_experiments(experiments.clone());
                 for_each_shard(&state.slots, |shard| {
                     let _ = shard.cast(ShardMsg::Experiments(experiments.clone()));
                 });

@@ -40,6 +40,14 @@ impl RunningExperiments {
             .map_or(&[], Vec::as_slice)
     }
 
+    /// Whether any running experiment is on a flag of set `set` (a resolve-all of that set then
+    /// carries per-user work).
+    pub fn on_set(&self, set: &str) -> bool {
+        self.by_flag
+            .get(set)
+            .is_some_and(|flags| flags.values().any(|on| !on.is_empty()))
+    }
+
     pub fn get(&self, id: &ExperimentId) -> Option<&Arc<Experiment>> {
         self.by_id.get(id)
     }
@@ -92,5 +100,8 @@ mod tests {
         assert!(catalog.on_flag("default", "g").is_empty());
         assert!(catalog.on_flag("other", "f").is_empty());
         assert!(catalog.get(&ExperimentId::new("one").unwrap()).is_some());
+        assert!(catalog.on_set("default"));
+        assert!(!catalog.on_set("other"));
+        assert!(!RunningExperiments::new([]).on_set("default"));
     }
 }

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Dispatch, DispatchError, Routed, wire_context};
+use super::{Dispatch, DispatchError, Routed, Tally, wire_context};
 use crate::routing::peer::wire::{self, Answer, PeerError, Request};
 use crate::routing::{Route, Stamp};
 use bunting_actors::ResolvedFlag;
@@ -359,36 +359,6 @@ fn distinct_keys(requested: Vec<String>) -> Result<Vec<String>, DispatchError> {
         }
     }
     Ok(keys)
-}
-
-/// Counts per reason and error code, recorded once per call rather than once per result: a batch
-/// of thousands would otherwise pay a registry lookup for each.
-#[derive(Default)]
-struct Tally {
-    reasons: std::collections::BTreeMap<&'static str, u64>,
-    errors: std::collections::BTreeMap<&'static str, u64>,
-}
-
-impl Tally {
-    fn count(&mut self, resolved: &ResolvedFlag) {
-        *self.reasons.entry(resolved.reason.as_str()).or_default() += 1;
-        if let Some(error) = &resolved.error {
-            *self.errors.entry(error.code.as_str()).or_default() += 1;
-        }
-    }
-
-    fn record(self, service: &'static str, started: Instant) {
-        metrics::histogram!("bunting_evaluation_seconds", "service" => service)
-            .record(started.elapsed().as_secs_f64());
-        for (reason, n) in self.reasons {
-            metrics::counter!("bunting_evaluations_total", "service" => service, "reason" => reason)
-                .increment(n);
-        }
-        for (code, n) in self.errors {
-            metrics::counter!("bunting_evaluation_errors_total", "service" => service, "code" => code)
-                .increment(n);
-        }
-    }
 }
 
 #[cfg(test)]

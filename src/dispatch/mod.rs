@@ -1,9 +1,12 @@
 //! The one path every per-user request takes to the actor tree: admission (the [`Gate`]), the
 //! owner of the subject's shard ([`Routing`]: here, or forwarded to a peer with local fallback),
-//! and the actor tree ([`Node`]). The gRPC services (flagd evaluation v1/v2, `bunting.v1`
-//! Evaluation and Experiments) and the peer handler call it, and so will any other front end:
-//! they decode their protocol and encode the answer, nothing else. A new per-user operation is
-//! one method here plus its peer message, so no entry point can skip admission or routing.
+//! and the actor tree ([`Node`]): the owning shard's mailbox for an evaluation that records
+//! per-user state, the fast path on the request's own task for one that cannot (see
+//! `bunting_actors::Lane` and ARCHITECTURE.md). The gRPC services (flagd evaluation v1/v2,
+//! `bunting.v1` Evaluation and Experiments) and the peer handler call it, and so will any other
+//! front end: they decode their protocol and encode the answer, nothing else. A new per-user
+//! operation is one method here plus its peer message, so no entry point can skip admission or
+//! routing.
 //!
 //! A forwarded request is served by the owner's `Dispatch` built with [`Dispatch::new`] (no
 //! routing): it is evaluated there, never forwarded again, so two nodes whose maps disagree for a
@@ -11,12 +14,13 @@
 
 mod bulk;
 mod error;
+mod tally;
 mod track;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bunting_actors::{Node, ResolveRequest, ResolvedFlag, ResolvedSet};
+use bunting_actors::{Lane, Node, ResolveAllRequest, ResolveRequest, ResolvedFlag, ResolvedSet};
 use bunting_cluster::NodeId;
 use bunting_engine::{EvaluationContext, FlagType, ResolveError};
 use bunting_experiments::{ExperimentId, ExperimentTotals};
@@ -27,6 +31,7 @@ use crate::routing::peer::PeerError;
 use crate::routing::peer::wire::{Answer, Request, Resolve, Target};
 use crate::routing::{Route, Routing, Stamp};
 use crate::service::Gate;
+use tally::Tally;
 
 pub use bulk::{BulkAnswer, BulkQuery, SubjectAnswer};
 pub use error::DispatchError;
@@ -79,19 +84,9 @@ impl Dispatch {
         &self.gate
     }
 
-    /// A turn in the looping lane (see `service::admission`) when evaluating `key` of `set` here
-    /// (every flag, with `None`) may loop; `None` at once when it cannot. Read from the catalog
-    /// the shards hold; a set this node does not know costs nothing and is answered by the shard.
-    async fn looping_turn(
-        &self,
-        set: Option<&Arc<str>>,
-        key: Option<&str>,
-    ) -> Option<OwnedSemaphorePermit> {
-        let loops = {
-            let catalog = self.node.catalog();
-            let name = set.map_or(self.node.config().default_set.as_str(), |s| &**s);
-            catalog.get(name).is_some_and(|flags| flags.iterates(key))
-        };
+    /// A turn in the looping lane (see `service::admission`) when the evaluation may loop;
+    /// `None` at once when it cannot.
+    async fn looping_turn(&self, loops: bool) -> Option<OwnedSemaphorePermit> {
         if loops {
             self.gate.looping_turn().await
         } else {
@@ -99,18 +94,28 @@ impl Dispatch {
         }
     }
 
-    /// The owner's answer for a subject owned elsewhere (`remote`), or `None` to evaluate here:
-    /// owned here, a context the peer protocol cannot carry, or an owner that did not answer
-    /// well in time (the one local-fallback rule, `Routing::forward`). `target` is built only
-    /// when there is an owner to ask.
+    /// Whether evaluating `key` of `set` here (every flag, with `None`) may loop, read from the
+    /// node's current catalog; a set this node does not know costs nothing and is answered by
+    /// the shard.
+    fn loops(&self, set: Option<&Arc<str>>, key: Option<&str>) -> bool {
+        let catalog = self.node.catalog();
+        let name = set.map_or(self.node.config().default_set.as_str(), |s| &**s);
+        catalog.get(name).is_some_and(|flags| flags.iterates(key))
+    }
+
+    /// The owner's answer for a subject owned by `owner`, or `None` to evaluate here: a context
+    /// the peer protocol cannot carry, or an owner that did not answer well in time (the one
+    /// local-fallback rule, `Routing::forward`). `target` is built only when there is an owner
+    /// to ask.
     async fn ask_owner<T>(
-        remote: Option<(&Routing, NodeId)>,
+        &self,
+        owner: NodeId,
         context: &EvaluationContext,
         set: Option<&Arc<str>>,
         target: impl FnOnce() -> Target,
         accept: impl FnOnce(Answer) -> Result<T, PeerError>,
     ) -> Option<T> {
-        let (routing, owner) = remote?;
+        let routing = self.routing.as_ref()?;
         let wire = wire_context(context)?;
         let request = Request::Resolve(Resolve {
             set: set.cloned(),
@@ -120,20 +125,29 @@ impl Dispatch {
         routing.forward(&owner, request, accept).await.ok()
     }
 
-    /// Where a request for `context` runs, and what its answer tells the client.
-    fn route(&self, context: &EvaluationContext) -> (Option<(&Routing, NodeId)>, Stamp) {
+    /// Where a request for `context` runs (`Some(owner)`: on another node), and what its answer
+    /// tells the client.
+    fn route(&self, context: &EvaluationContext) -> (Option<NodeId>, Stamp) {
         let Some(routing) = &self.routing else {
             return (None, Stamp::default());
         };
         match routing.route(context) {
-            (Route::Remote(owner), stamp) => (Some((routing, owner)), stamp),
+            (Route::Remote(owner), stamp) => (Some(owner), stamp),
             (Route::Local, stamp) => (None, stamp),
         }
     }
 
-    /// One typed resolution for one subject, admitted (see [`Gate::run`]). A resolution error
-    /// is in the answer (`ResolvedFlag::error`); `Err` is admission, a malformed request, or the
-    /// actor tree failing.
+    /// One typed resolution for one subject, admitted. A resolution error is in the answer
+    /// (`ResolvedFlag::error`); `Err` is admission, a malformed request, or the actor tree
+    /// failing.
+    ///
+    /// A flag without per-user state whose subject is owned here (or by nobody: no targeting
+    /// key, or a node without routing) is the fast path: evaluated on this task against the
+    /// node's current catalog, holding its request slot (and a looping turn, for a rule that
+    /// loops) while it does, with no spawned task and no mailbox hop. Everything else, a forward
+    /// to the owner or a shard's mailbox, runs on a task of its own that holds the slot until
+    /// the work is done ([`Gate::hold`]). Routing comes first on purpose: a subject owned
+    /// elsewhere is still forwarded, so answers and owner/epoch stamps stay the owner's.
     pub async fn resolve(
         &self,
         service: &'static str,
@@ -142,55 +156,36 @@ impl Dispatch {
         context: Option<Struct>,
         wanted: FlagType,
     ) -> Result<Routed<ResolvedFlag>, DispatchError> {
-        let this = self.clone();
-        self.gate
-            .run(service, async move {
-                this.resolve_admitted(service, set, key, context, wanted)
-                    .await
-            })
-            .await
-    }
-
-    async fn resolve_admitted(
-        &self,
-        service: &'static str,
-        set: Option<Arc<str>>,
-        key: String,
-        context: Option<Struct>,
-        wanted: FlagType,
-    ) -> Result<Routed<ResolvedFlag>, DispatchError> {
+        let admitted = self.gate.take(service)?;
         let started = Instant::now();
         if key.is_empty() {
             return Err(DispatchError::EmptyFlagKey);
         }
         let context = self.gate.context(context)?;
-        let (remote, stamp) = self.route(&context);
-        let forwarded = Self::ask_owner(
-            remote,
-            &context,
-            set.as_ref(),
-            || Target::Flag {
-                key: key.clone(),
-                wanted,
-            },
-            |answer| match answer {
-                Answer::Flag(resolved) => Ok(resolved),
-                other => Err(other.unexpected("one-flag")),
-            },
-        )
-        .await;
-        let resolved = match forwarded {
-            Some(resolved) => resolved,
-            None => {
-                let _turn = self.looping_turn(set.as_ref(), Some(&key)).await;
-                self.node
-                    .resolve(ResolveRequest {
-                        set,
-                        key,
-                        wanted: Some(wanted),
-                        context,
-                    })
-                    .await?
+        let (owner, stamp) = self.route(&context);
+        let request = ResolveRequest {
+            set,
+            key,
+            wanted: Some(wanted),
+            context,
+        };
+        let lane = match owner {
+            None => self.node.lane(request),
+            Some(_) => Lane::Shard(request),
+        };
+        let resolved = match lane {
+            Lane::Here(here) => {
+                let _turn = self.looping_turn(here.loops()).await;
+                let resolved = self.node.resolve_here(here);
+                drop(admitted);
+                resolved
+            }
+            Lane::Shard(request) => {
+                let this = self.clone();
+                Gate::hold(admitted, async move {
+                    this.resolve_away(owner, request, wanted).await
+                })
+                .await?
             }
         };
         record(service, &resolved, started);
@@ -200,58 +195,132 @@ impl Dispatch {
         })
     }
 
+    /// A resolution that does not stay on the request's task: forwarded to `owner` (when
+    /// `Some`), else, or when the owner did not answer, here: on the owning shard's mailbox, or
+    /// on the fast path when a fallback's flag has no per-user state.
+    async fn resolve_away(
+        &self,
+        owner: Option<NodeId>,
+        request: ResolveRequest,
+        wanted: FlagType,
+    ) -> Result<ResolvedFlag, DispatchError> {
+        let request = match owner {
+            None => request,
+            Some(owner) => {
+                let forwarded = self
+                    .ask_owner(
+                        owner,
+                        &request.context,
+                        request.set.as_ref(),
+                        || Target::Flag {
+                            key: request.key.clone(),
+                            wanted,
+                        },
+                        |answer| match answer {
+                            Answer::Flag(resolved) => Ok(resolved),
+                            other => Err(other.unexpected("one-flag")),
+                        },
+                    )
+                    .await;
+                if let Some(resolved) = forwarded {
+                    return Ok(resolved);
+                }
+                match self.node.lane(request) {
+                    Lane::Here(here) => {
+                        let _turn = self.looping_turn(here.loops()).await;
+                        return Ok(self.node.resolve_here(here));
+                    }
+                    Lane::Shard(request) => request,
+                }
+            }
+        };
+        let _turn = self
+            .looping_turn(self.loops(request.set.as_ref(), Some(&request.key)))
+            .await;
+        Ok(self.node.resolve(request).await?)
+    }
+
     /// Every flag of a set for one subject, with the set's metadata as the resolving shard
-    /// (here or on the owner) held it, admitted (see [`Gate::run`]).
+    /// (here or on the owner) held it, admitted. The fast path as for [`Dispatch::resolve`]:
+    /// on this task when no flag of the set has a running experiment.
     pub async fn resolve_all(
         &self,
         service: &'static str,
         set: Option<Arc<str>>,
         context: Option<Struct>,
     ) -> Result<Routed<Result<ResolvedSet, ResolveError>>, DispatchError> {
-        let this = self.clone();
-        self.gate
-            .run(service, async move {
-                this.resolve_all_admitted(service, set, context).await
-            })
-            .await
-    }
-
-    async fn resolve_all_admitted(
-        &self,
-        service: &'static str,
-        set: Option<Arc<str>>,
-        context: Option<Struct>,
-    ) -> Result<Routed<Result<ResolvedSet, ResolveError>>, DispatchError> {
+        let admitted = self.gate.take(service)?;
         let started = Instant::now();
         let context = self.gate.context(context)?;
-        let (remote, stamp) = self.route(&context);
-        let forwarded = Self::ask_owner(
-            remote,
-            &context,
-            set.as_ref(),
-            || Target::All,
-            |answer| match answer {
-                Answer::All(all) => Ok(all),
-                other => Err(other.unexpected("all-flags")),
-            },
-        )
-        .await;
-        let answer = match forwarded {
-            Some(answer) => answer,
-            None => {
-                let _turn = self.looping_turn(set.as_ref(), None).await;
-                self.node.resolve_all(set, context).await?
+        let (owner, stamp) = self.route(&context);
+        let request = ResolveAllRequest { set, context };
+        let lane = match owner {
+            None => self.node.lane_all(request),
+            Some(_) => Lane::Shard(request),
+        };
+        let answer = match lane {
+            Lane::Here(here) => {
+                let _turn = self.looping_turn(here.loops()).await;
+                let answer = self.node.resolve_all_here(here);
+                drop(admitted);
+                answer
+            }
+            Lane::Shard(request) => {
+                let this = self.clone();
+                Gate::hold(admitted, async move {
+                    this.resolve_all_away(owner, request).await
+                })
+                .await?
             }
         };
         metrics::histogram!("bunting_evaluation_seconds", "service" => service)
             .record(started.elapsed().as_secs_f64());
         if let Ok(all) = &answer {
-            for (_, r) in &all.flags {
-                metrics::counter!("bunting_evaluations_total", "service" => service, "reason" => r.reason.as_str())
-                    .increment(1);
-            }
+            // One counter update per reason, not per flag: a resolve-all is a hundred flags.
+            let mut tally = Tally::default();
+            all.flags.iter().for_each(|(_, r)| tally.count_reason(r));
+            tally.record_counts(service);
         }
         Ok(Routed { answer, stamp })
+    }
+
+    /// A resolve-all forwarded to `owner`, or evaluated here (see [`Dispatch::resolve_away`]).
+    async fn resolve_all_away(
+        &self,
+        owner: Option<NodeId>,
+        request: ResolveAllRequest,
+    ) -> Result<Result<ResolvedSet, ResolveError>, DispatchError> {
+        let request = match owner {
+            None => request,
+            Some(owner) => {
+                let forwarded = self
+                    .ask_owner(
+                        owner,
+                        &request.context,
+                        request.set.as_ref(),
+                        || Target::All,
+                        |answer| match answer {
+                            Answer::All(all) => Ok(all),
+                            other => Err(other.unexpected("all-flags")),
+                        },
+                    )
+                    .await;
+                if let Some(answer) = forwarded {
+                    return Ok(answer);
+                }
+                match self.node.lane_all(request) {
+                    Lane::Here(here) => {
+                        let _turn = self.looping_turn(here.loops()).await;
+                        return Ok(self.node.resolve_all_here(here));
+                    }
+                    Lane::Shard(request) => request,
+                }
+            }
+        };
+        let _turn = self
+            .looping_turn(self.loops(request.set.as_ref(), None))
+            .await;
+        Ok(self.node.resolve_all(request.set, request.context).await?)
     }
 
     /// The live statistics of `experiment`: this node's shards, and on a clustered node every
@@ -295,3 +364,6 @@ fn record(service: &'static str, resolved: &ResolvedFlag, started: Instant) {
             .increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -159,10 +159,7 @@ impl Gate {
     /// A slot for one request to `service` (the label of `bunting_requests_shed_total`), or
     /// RESOURCE_EXHAUSTED at once when the node is full.
     pub fn admit(&self, service: &'static str) -> Result<Admitted, Status> {
-        self.requests
-            .take(service, "requests in flight")
-            .map(|permit| Admitted { _permit: permit })
-            .map_err(Status::from)
+        self.take(service).map_err(Status::from)
     }
 
     /// A slot for one stream of kind `stream`, or RESOURCE_EXHAUSTED at once.
@@ -189,7 +186,30 @@ impl Gate {
         T: Send + 'static,
         E: From<Refused> + Send + 'static,
     {
-        let admitted = self.requests.take(service, "requests in flight")?;
+        let admitted = self.take(service)?;
+        Gate::hold(admitted, work).await
+    }
+
+    /// A request slot for work that runs on the request's own task (the fast path: nothing is
+    /// put in a mailbox, so a caller that stops waiting leaves nothing behind and the slot may
+    /// come back with its future). Work that reaches a shard goes through [`Gate::hold`].
+    pub fn take(&self, service: &'static str) -> Result<Admitted, Refused> {
+        self.requests
+            .take(service, "requests in flight")
+            .map(|permit| Admitted { _permit: permit })
+    }
+
+    /// Runs `work` on a task of its own holding `admitted` until `work` is done (see
+    /// [`Gate::run`]). The work is boxed before the spawn: a request's future is a few
+    /// kilobytes, and `tokio::spawn` moves it by value through several frames (memcpy was 8-9 %
+    /// of a node's CPU in BENCHMARKS.md's profile); a box moves as one pointer.
+    pub async fn hold<F, T, E>(admitted: Admitted, work: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Refused> + Send + 'static,
+    {
+        let work = Box::pin(work);
         tokio::spawn(async move {
             let done = work.await;
             drop(admitted);
