@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use tokio::sync::Semaphore;
-use tonic::transport::Channel;
+use crate::auth::client::AuthChannel as Channel;
 
 use super::{Sender, TrackPlan, WorkerResult, Workload, call, track};
 
