@@ -14,9 +14,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::auth::client::AuthChannel as Channel;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use tokio::sync::Semaphore;
-use crate::auth::client::AuthChannel as Channel;
 
 use super::{Sender, TrackPlan, WorkerResult, Workload, call, track};
 
