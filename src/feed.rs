@@ -14,6 +14,7 @@
 
 mod pending_store;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -468,25 +469,35 @@ async fn restore_from_store(
 /// deployment's seal, or flags of a set the store does not have. Each is logged at ERROR (set,
 /// both versions). A tier behind the store is left to the ordinary compare-and-set writes.
 async fn audit_tier(tier: &dyn SharedTier, snapshots: &[FlagSetSnapshot]) {
+    // One read of every snapshot the tier can vouch for; a set missing from it is read on its own
+    // below, to tell "not there" from "there but corrupt or unsealed".
+    let Ok(held) = tier.snapshots().await else {
+        return;
+    };
+    let mut held: HashMap<String, TierSnapshot> =
+        held.into_iter().map(|h| (h.set.clone(), h)).collect();
     for snapshot in snapshots {
         let Ok(stored) = u64::try_from(snapshot.version) else {
             continue;
         };
-        let held = match tier.snapshot(&snapshot.id).await {
-            Ok(Some(held)) => held,
-            Ok(None) => continue,
-            Err(e) if e.is_transient() => return,
-            Err(e) => {
-                tracing::error!(error = %e, set = snapshot.id, postgres = stored, "the shared tier holds a snapshot that cannot be trusted; replacing it with PostgreSQL's");
-                replace(
-                    tier,
-                    &snapshot.id,
-                    stored,
-                    TierContent::Flags(snapshot.document.clone()),
-                )
-                .await;
-                continue;
-            }
+        let held = match held.remove(&snapshot.id) {
+            Some(held) => held,
+            None => match tier.snapshot(&snapshot.id).await {
+                Ok(Some(held)) => held,
+                Ok(None) => continue,
+                Err(e) if e.is_transient() => return,
+                Err(e) => {
+                    tracing::error!(error = %e, set = snapshot.id, postgres = stored, "the shared tier holds a snapshot that cannot be trusted; replacing it with PostgreSQL's");
+                    replace(
+                        tier,
+                        &snapshot.id,
+                        stored,
+                        TierContent::Flags(snapshot.document.clone()),
+                    )
+                    .await;
+                    continue;
+                }
+            },
         };
         let same = held.version == stored && held.flags() == Some(&snapshot.document);
         if same || held.version < stored {
@@ -506,13 +517,9 @@ async fn audit_tier(tier: &dyn SharedTier, snapshots: &[FlagSetSnapshot]) {
         )
         .await;
     }
-    let held = match tier.snapshots().await {
-        Ok(held) => held,
-        Err(_) => return,
-    };
-    for held in held {
-        let unknown = !snapshots.iter().any(|s| s.id == held.set);
-        if unknown && held.flags().is_some() {
+    // What is left are sets PostgreSQL does not have.
+    for held in held.into_values() {
+        if held.flags().is_some() {
             tracing::error!(
                 set = held.set,
                 tier = held.version,
