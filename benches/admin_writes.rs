@@ -48,6 +48,7 @@ async fn run() {
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
         flags: FlagSourceConfig::Postgres {
             url: db.url.clone().into(),
             version_check: Duration::from_secs(3600),

@@ -38,7 +38,7 @@ write_set(10, "x", "small")
 conf = os.path.join(work, "node.toml")
 grpc_port, metrics_port = free_port(), free_port()
 target = f"127.0.0.1:{grpc_port}"
-open(conf, "w").write(f'grpc_addr = "{target}"\nmetrics_addr = "127.0.0.1:{metrics_port}"\n[flags]\nsource = "file"\npath = "{flags}"\n')
+open(conf, "w").write(f'grpc_addr = "{target}"\nmetrics_addr = "127.0.0.1:{metrics_port}"\nhttp_addr = "127.0.0.1:0"\n[flags]\nsource = "file"\npath = "{flags}"\n')
 node = subprocess.Popen([binary, "serve", "--config", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 time.sleep(1.5)
 base = rss(node.pid)

@@ -119,6 +119,7 @@ async fn measure(url: String) -> Report {
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
         flags: FlagSourceConfig::Postgres {
             url: url.into(),
             // Long enough that every change measured arrives by LISTEN/NOTIFY.

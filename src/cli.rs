@@ -36,6 +36,10 @@ pub enum Command {
         /// The metrics port (overrides the config).
         #[arg(long, value_name = "N")]
         metrics_port: Option<u16>,
+        /// The HTTP edge's port: OFREP, event streams, definitions, health (overrides the
+        /// config; default 8016).
+        #[arg(long, value_name = "N")]
+        http_port: Option<u16>,
     },
     /// Resolve one flag from a flag file and print the resolution as JSON.
     ///

@@ -152,6 +152,11 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// Prometheus scrapes `http://<metrics_addr>/metrics`.
     pub metrics_addr: SocketAddr,
+    /// The HTTP edge (`[http]`, `crate::http`): OFREP, event streams, flag-set definitions for
+    /// CDNs, health. flagd serves OFREP on 8016 too.
+    pub http_addr: SocketAddr,
+    /// `[http]`: the HTTP edge's caching, CORS and limits (see [`HttpConfig`]).
+    pub http: HttpConfig,
     pub shards: u32,
     /// The flag set a request that names none (flagd's selector) evaluates against.
     pub default_set: String,
@@ -249,6 +254,48 @@ impl AuthConfig {
             // Whole rule sets: opened by its own setting, or by the zero-config default only.
             sync: self.open_sync.unwrap_or(zero_config),
             track: self.open_track.unwrap_or(false),
+        }
+    }
+}
+
+/// `[http]`: the HTTP edge (`crate::http`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the HTTP edge at all (on `http_addr`).
+    pub enabled: bool,
+    /// `Cache-Control: max-age` (seconds) of a bulk OFREP evaluation. Private: the answer is one
+    /// caller's. 0: revalidate every time (the ETag makes that cheap).
+    pub evaluation_max_age_secs: u32,
+    /// `stale-while-revalidate` (seconds) of a bulk evaluation: how long a client may use an
+    /// answer past its max-age while it revalidates in the background.
+    pub stale_while_revalidate_secs: u32,
+    /// `Cache-Control: public, max-age` (seconds) of a flag set's definition (`GET
+    /// /v1/flag-sets/{set}`): how stale a CDN's copy may be.
+    pub definition_max_age_secs: u32,
+    /// Origins (`https://app.example.com`) whose pages may call the edge from a browser (CORS).
+    /// `["*"]` allows any page; empty (the default): none.
+    pub cors_allowed_origins: Vec<String>,
+    /// Connections the HTTP listener keeps open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Bytes of one request's head (request line and headers); larger is refused.
+    pub max_header_bytes: usize,
+    /// SSE and WebSocket change streams open at once on this listener (they also count against
+    /// the node's `max_streams`).
+    pub max_event_streams: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            evaluation_max_age_secs: 0,
+            stale_while_revalidate_secs: 30,
+            definition_max_age_secs: 5,
+            cors_allowed_origins: Vec::new(),
+            max_connections: 4096,
+            max_header_bytes: 16 * 1024,
+            max_event_streams: 10_000,
         }
     }
 }
@@ -472,6 +519,8 @@ impl Default for Config {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8013)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8016)),
+            http: HttpConfig::default(),
             shards: bunting_keyspace::DEFAULT_SHARDS,
             default_set: default_set(),
             max_context_bytes: 64 * 1024,
@@ -643,10 +692,31 @@ impl Config {
         if self.max_bulk_evaluations == 0 {
             return Err("max_bulk_evaluations must be at least 1".to_owned());
         }
-        if self.grpc_addr == self.metrics_addr && self.grpc_addr.port() != 0 {
+        let addrs = [
+            ("grpc_addr", self.grpc_addr),
+            ("metrics_addr", self.metrics_addr),
+            ("http_addr", self.http_addr),
+        ];
+        for (i, (name, addr)) in addrs.iter().enumerate() {
+            if let Some((other, _)) = addrs[i + 1..]
+                .iter()
+                .find(|(_, a)| a == addr && addr.port() != 0)
+            {
+                return Err(format!("{name} and {other} are both {addr}"));
+            }
+        }
+        // hyper's HTTP/1 read buffer, which bounds the head, cannot be smaller.
+        if self.http.max_header_bytes < 8192 {
+            return Err("http.max_header_bytes must be at least 8192".to_owned());
+        }
+        if let Some(origin) = self
+            .http
+            .cors_allowed_origins
+            .iter()
+            .find(|o| *o != "*" && http::HeaderValue::from_str(o).is_err())
+        {
             return Err(format!(
-                "grpc_addr and metrics_addr are both {}",
-                self.grpc_addr
+                "http.cors_allowed_origins: {origin:?} is not a valid origin"
             ));
         }
         if self

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod edge;
 pub mod experiment_feed;
 pub mod feed;
+pub mod http;
 pub mod loadgen;
 pub mod metrics_http;
 pub mod routing;

@@ -86,6 +86,8 @@ pub struct BoundServer {
     grpc_addr: SocketAddr,
     metrics: TcpListener,
     metrics_addr: SocketAddr,
+    /// The HTTP edge's listener and address, unless `[http] enabled = false`.
+    http: Option<(TcpListener, SocketAddr)>,
     node: Arc<Node>,
     feed: Feed,
     /// The admin API's store: the one the feed follows, `None` for a file source.
@@ -124,11 +126,29 @@ pub fn compile_options(config: &Config) -> CompileOptions {
     }
 }
 
+/// The fractional mode's name as the config writes it (part of the HTTP edge's validators).
+fn fractional_name(mode: FractionalConfig) -> &'static str {
+    match mode {
+        FractionalConfig::Cbor => "cbor",
+        FractionalConfig::String => "string",
+        FractionalConfig::Legacy => "legacy",
+    }
+}
+
 /// Loads the flags, starts the actor tree and binds both ports (port 0 picks a free one).
 pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     metrics_http::handle();
     // First, before any store opens a descriptor: the caps must fit what is left of the limit.
-    let caps = edge::fd_limit::plan(&config.connections, edge::METRICS_MAX_CONNECTIONS)?;
+    let http_connections = if config.http.enabled {
+        config.http.max_connections
+    } else {
+        0
+    };
+    let caps = edge::fd_limit::plan(
+        &config.connections,
+        edge::METRICS_MAX_CONNECTIONS,
+        http_connections,
+    )?;
     let options = compile_options(&config);
     let mut experiments: Option<Arc<dyn ExperimentStore>> = None;
     let mut experiments_start = experiment_feed::Start::Store;
@@ -213,6 +233,10 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     };
     let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
     let (metrics, metrics_addr) = listen(config.metrics_addr).await?;
+    let http = match config.http.enabled {
+        true => Some(listen(config.http_addr).await?),
+        false => None,
+    };
     let gate = Gate::new(Limits {
         max_concurrent_requests: config.max_concurrent_requests,
         max_streams: config.max_streams.get(),
@@ -243,6 +267,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         grpc_addr,
         metrics,
         metrics_addr,
+        http,
         node,
         feed,
         store: admin_store,
@@ -344,6 +369,11 @@ impl BoundServer {
         self.metrics_addr
     }
 
+    /// The HTTP edge's address, unless it is disabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// The cluster handle, when the node joined one.
     pub fn cluster(&self) -> Option<&Cluster> {
         self.routing.as_ref().map(Routing::cluster)
@@ -362,6 +392,7 @@ impl BoundServer {
     /// stops the actor tree.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let advertised = self.advertised_grpc();
+        let http_addr = self.http_addr();
         let (closing_tx, closing) = watch::channel(false);
         let closing_watch = closing.clone();
         let feed_task = tokio::spawn(feed::run(self.feed, self.node.clone(), closing.clone()));
@@ -411,6 +442,25 @@ impl BoundServer {
             self.config.max_bulk_evaluations,
         )
         .routed(self.routing.clone());
+        let drain_timeout = Duration::from_millis(self.config.drain_timeout_ms.get());
+        // The HTTP edge: the same dispatch and the same policy as the gRPC services.
+        let http_task = self.http.map(|(listener, _)| {
+            let edge = crate::http::Edge::new(
+                dispatch.clone(),
+                self.auth.policy.clone(),
+                self.config.http.clone(),
+                fractional_name(self.config.fractional),
+                closing.clone(),
+            );
+            tokio::spawn(crate::http::serve(
+                listener,
+                edge::http_limits(&self.config.connections, &self.caps),
+                self.config.http.clone(),
+                crate::http::router(edge),
+                closing.clone(),
+                drain_timeout,
+            ))
+        });
         let evaluator = Evaluator::new(dispatch.clone(), closing);
         let topology = TopologyService::new(self.routing.clone(), advertised, self.config.shards);
         let bulk = BulkEvaluation::new(dispatch.clone());
@@ -446,11 +496,8 @@ impl BoundServer {
                 )
                 .map_err(|e| ServerError::Tls(e.to_string()))?;
         }
-        tracing::info!(grpc = %self.grpc_addr, metrics = %self.metrics_addr, "node serving");
-        let drain = (
-            closing_watch,
-            Duration::from_millis(self.config.drain_timeout_ms.get()),
-        );
+        tracing::info!(grpc = %self.grpc_addr, metrics = %self.metrics_addr, http = ?http_addr, "node serving");
+        let drain = (closing_watch, drain_timeout);
         let served = builder
             .add_service(v1::service_server::ServiceServer::new(FlagdV1(
                 evaluator.clone(),
@@ -487,6 +534,9 @@ impl BoundServer {
             .unwrap_or(Ok(()));
         let _ = feed_task.await;
         let _ = metrics_task.await;
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
         if let Some(task) = tokens_task {
             let _ = task.await;
         }

@@ -51,7 +51,7 @@ impl PgNode {
             &config,
             format!(
                 "grpc_addr = \"127.0.0.1:{grpc_port}\"\n\
-                 metrics_addr = \"127.0.0.1:{metrics_port}\"\n\
+                 metrics_addr = \"127.0.0.1:{metrics_port}\"\nhttp_addr = \"127.0.0.1:0\"\n\
                  [flags]\n\
                  source = \"postgres\"\n\
                  url = {}\n\

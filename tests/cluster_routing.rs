@@ -685,7 +685,7 @@ async fn no_secret_reaches_a_log_a_metric_or_an_answer() {
         std::fs::write(
             &config,
             format!(
-                "grpc_addr = \"127.0.0.1:{grpc}\"\nmetrics_addr = \"127.0.0.1:{metrics}\"\n\
+                "grpc_addr = \"127.0.0.1:{grpc}\"\nmetrics_addr = \"127.0.0.1:{metrics}\"\nhttp_addr = \"127.0.0.1:0\"\n\
                  [flags]\n{flags}\n{tier}"
             ),
         )

@@ -40,6 +40,7 @@ impl TestNode {
             data_dir,
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
             shards: 2,
             flags: FlagSourceConfig::Postgres {
                 url: db.url.clone().into(),

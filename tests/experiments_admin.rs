@@ -71,6 +71,7 @@ fn base_config() -> Config {
     Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         ..Config::default()
     }

@@ -46,6 +46,7 @@ fn config(file: &Path) -> Config {
     Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
         shards: 4,
         flags: FlagSourceConfig::File {
             path: file.to_owned(),

@@ -264,6 +264,7 @@ async fn idle_connections_are_closed_but_quiet_streams_are_not() {
     let node = TestNode::start(Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
         shards: 4,
         flags: FlagSourceConfig::File {
             path: file.clone(),

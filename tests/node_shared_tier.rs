@@ -65,6 +65,7 @@ fn node_config(url: String, redis: &Redis) -> Config {
     Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
         shards: 4,
         flags: FlagSourceConfig::Postgres {
             url: url.into(),

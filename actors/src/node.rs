@@ -147,6 +147,12 @@ impl Node {
         self.sorted(per_user, set, request)
     }
 
+    /// Whether a running experiment is on some flag of `set`: its answers for a context then
+    /// depend on per-user state and on which experiments run, not on the set's version alone.
+    pub fn has_experiments_on(&self, set: &str) -> bool {
+        self.current.experiments().on_set(set)
+    }
+
     fn set_name(&self, set: Option<&Arc<str>>) -> Arc<str> {
         set.unwrap_or(&self.default_set).clone()
     }

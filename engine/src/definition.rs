@@ -383,6 +383,12 @@ fn compile_flag_object(
         iterates: targeting
             .as_ref()
             .is_some_and(crate::targeting::Expr::iterates),
+        reads_clock: targeting
+            .as_ref()
+            .is_some_and(crate::targeting::Expr::reads_clock),
+        buckets_by_targeting_key: targeting
+            .as_ref()
+            .is_some_and(crate::targeting::Expr::buckets_by_targeting_key),
         targeting,
         metadata: overlay(set_metadata, &own_metadata),
     })

@@ -75,6 +75,10 @@ pub struct Flag {
     pub(crate) targeting: Option<Expr>,
     /// `targeting` contains a loop (see [`Flag::iterates`]).
     pub(crate) iterates: bool,
+    /// `targeting` reads the clock (see [`Flag::reads_clock`]).
+    pub(crate) reads_clock: bool,
+    /// `targeting` buckets by the targeting key (see [`Flag::buckets_by_targeting_key`]).
+    pub(crate) buckets_by_targeting_key: bool,
     /// The flag-set metadata overlaid with the flag's own.
     pub(crate) metadata: Metadata,
 }
@@ -109,6 +113,19 @@ impl Flag {
     /// Decided when the flag compiled.
     pub fn iterates(&self) -> bool {
         self.iterates
+    }
+
+    /// Whether this flag's answer may change with time alone (its targeting reads
+    /// `$flagd.timestamp`): a cache keyed by the set's version and the context must not answer
+    /// for it without evaluating.
+    pub fn reads_clock(&self) -> bool {
+        self.reads_clock
+    }
+
+    /// Whether this flag's targeting splits users by their targeting key (a `fractional`
+    /// without a bucketing expression): without a key, such a rule cannot place the caller.
+    pub fn buckets_by_targeting_key(&self) -> bool {
+        self.buckets_by_targeting_key
     }
 
     pub fn metadata(&self) -> &Metadata {

@@ -29,6 +29,10 @@ pub struct FlagSet {
     /// Some flag's targeting loops (see [`Flag::iterates`]): resolving all of them may cost up to
     /// a budget per such flag.
     iterates: bool,
+    /// Some flag's targeting reads the clock (see [`Flag::reads_clock`]).
+    reads_clock: bool,
+    /// A digest of `document` (see [`FlagSet::fingerprint`]).
+    fingerprint: u64,
 }
 
 /// The type a caller asks for; resolving a flag as another type is `TYPE_MISMATCH`.
@@ -57,8 +61,14 @@ impl FlagSet {
         let iterates = entries
             .iter()
             .any(|e| matches!(e, Entry::Ready(flag) if flag.iterates()));
+        let reads_clock = entries
+            .iter()
+            .any(|e| matches!(e, Entry::Ready(flag) if flag.reads_clock()));
+        let fingerprint = fingerprint(&document);
         FlagSet {
             iterates,
+            reads_clock,
+            fingerprint,
             entries: entries.into(),
             index,
             metadata,
@@ -91,6 +101,20 @@ impl FlagSet {
             None => self.iterates,
             Some(key) => matches!(self.get(key), Some(Entry::Ready(flag)) if flag.iterates()),
         }
+    }
+
+    /// Whether some flag's answer may change with time alone (see [`Flag::reads_clock`]): the
+    /// set's answers for a context are then not fixed by its version.
+    pub fn reads_clock(&self) -> bool {
+        self.reads_clock
+    }
+
+    /// A 64-bit digest of the definition, the same in every process of one build: two sets with
+    /// one fingerprint have the same flags, whatever versions their sources gave them (a file
+    /// node counts versions from 1 at every start, and a restore from PostgreSQL may go back to
+    /// a lower version). Caches that key answers by version key them by this too.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -322,4 +346,25 @@ fn resolve_flag<'s>(
             &flag.metadata,
         ),
     }
+}
+
+/// See [`FlagSet::fingerprint`]. std's `DefaultHasher::new()` has fixed keys, so every node of a
+/// cluster running one build computes the same digest; the document is hashed as it serializes,
+/// without a copy.
+fn fingerprint(document: &Value) -> u64 {
+    use std::hash::Hasher;
+    struct HashWriter(std::hash::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut writer = HashWriter(std::hash::DefaultHasher::new());
+    // Serializing a `Value` into a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut writer, document);
+    writer.0.finish()
 }

@@ -81,7 +81,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             flags,
             port,
             metrics_port,
-        } => serve::run(config.as_deref(), flags, port, metrics_port),
+            http_port,
+        } => serve::run(config.as_deref(), flags, port, metrics_port, http_port),
         Command::Eval {
             flags,
             flag,

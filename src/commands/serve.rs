@@ -16,6 +16,7 @@ pub fn run(
     flags: Option<PathBuf>,
     port: Option<u16>,
     metrics_port: Option<u16>,
+    http_port: Option<u16>,
 ) -> Result<ExitCode, CliError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -49,6 +50,9 @@ pub fn run(
     }
     if let Some(port) = metrics_port {
         config.metrics_addr.set_port(port);
+    }
+    if let Some(port) = http_port {
+        config.http_addr.set_port(port);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -137,7 +137,8 @@ impl Dispatch {
         }
     }
 
-    /// One typed resolution for one subject, admitted. A resolution error is in the answer
+    /// One resolution for one subject, admitted: typed (flagd's `Resolve<Type>`), or with
+    /// `wanted` `None` as whatever the variant holds (OFREP names no type). A resolution error is in the answer
     /// (`ResolvedFlag::error`); `Err` is admission, a malformed request, or the actor tree
     /// failing.
     ///
@@ -154,7 +155,7 @@ impl Dispatch {
         set: Option<Arc<str>>,
         key: String,
         context: Option<Struct>,
-        wanted: FlagType,
+        wanted: Option<FlagType>,
     ) -> Result<Routed<ResolvedFlag>, DispatchError> {
         let admitted = self.gate.take(service)?;
         let started = Instant::now();
@@ -166,7 +167,7 @@ impl Dispatch {
         let request = ResolveRequest {
             set,
             key,
-            wanted: Some(wanted),
+            wanted,
             context,
         };
         let lane = match owner {
@@ -202,7 +203,7 @@ impl Dispatch {
         &self,
         owner: Option<NodeId>,
         request: ResolveRequest,
-        wanted: FlagType,
+        wanted: Option<FlagType>,
     ) -> Result<ResolvedFlag, DispatchError> {
         let request = match owner {
             None => request,

@@ -87,7 +87,7 @@ async fn flags_without_experiments_skip_the_shards_and_exposures_are_still_recor
             None,
             "plain".into(),
             context("u1"),
-            FlagType::Boolean,
+            Some(FlagType::Boolean),
         )
         .await
         .unwrap();
@@ -100,7 +100,7 @@ async fn flags_without_experiments_skip_the_shards_and_exposures_are_still_recor
             None,
             "tested".into(),
             context("u1"),
-            FlagType::String,
+            Some(FlagType::String),
         )
         .await
         .unwrap();
@@ -122,7 +122,7 @@ async fn flags_without_experiments_skip_the_shards_and_exposures_are_still_recor
 
     // Without a targeting key there is nobody to expose: the fast path again.
     dispatch
-        .resolve("test", None, "tested".into(), None, FlagType::String)
+        .resolve("test", None, "tested".into(), None, Some(FlagType::String))
         .await
         .unwrap();
     assert_eq!(here(), 2);
@@ -156,7 +156,7 @@ async fn admission_applies_on_the_fast_path() {
             None,
             "plain".into(),
             context("u1"),
-            FlagType::Boolean,
+            Some(FlagType::Boolean),
         )
         .await
         .unwrap_err();
@@ -179,7 +179,7 @@ async fn admission_applies_on_the_fast_path() {
                     None,
                     "looping".into(),
                     context("u1"),
-                    FlagType::Boolean,
+                    Some(FlagType::Boolean),
                 )
                 .await
         })

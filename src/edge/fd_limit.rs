@@ -37,6 +37,9 @@ pub struct OpenFiles {
 pub struct Caps {
     /// Client connections on the gRPC port.
     pub grpc: usize,
+    /// Client connections on the HTTP edge's port (`[http] max_connections`, or its share of
+    /// the open-files limit).
+    pub http: usize,
     /// The reason for the gRPC cap: `max_connections` or the open-files limit.
     pub limited_by: &'static str,
 }
@@ -82,10 +85,12 @@ pub fn caps(
     config: &ConnectionsConfig,
     open_files: OpenFiles,
     metrics: usize,
+    http: usize,
 ) -> Result<Caps, FdLimitError> {
     let Some(soft) = open_files.soft else {
         return Ok(Caps {
             grpc: config.max_connections,
+            http,
             limited_by: "max_connections",
         });
     };
@@ -99,21 +104,35 @@ pub fn caps(
         });
     }
     let room = usize::try_from(room).unwrap_or(usize::MAX);
-    Ok(if room < config.max_connections {
+    let wanted = config.max_connections.saturating_add(http);
+    Ok(if room < wanted {
+        // Not enough for both: each listener gets its share of the room in proportion to what
+        // it asked for (at least one), so a flood on one port cannot take the descriptors the
+        // other one needs.
+        let share = |asked: usize| {
+            let share = (asked as u128 * room as u128 / wanted.max(1) as u128) as usize;
+            share.clamp(1, asked.max(1))
+        };
         Caps {
-            grpc: room,
+            grpc: share(config.max_connections),
+            http: share(http),
             limited_by: "open-files limit",
         }
     } else {
         Caps {
             grpc: config.max_connections,
+            http,
             limited_by: "max_connections",
         }
     })
 }
 
 /// [`raise`] then [`caps`], logging the outcome: what `server::bind` runs.
-pub fn plan(config: &ConnectionsConfig, metrics: usize) -> Result<Caps, FdLimitError> {
+pub fn plan(
+    config: &ConnectionsConfig,
+    metrics: usize,
+    http: usize,
+) -> Result<Caps, FdLimitError> {
     let open_files = raise()?;
     if let Some(from) = open_files.raised_from {
         tracing::info!(
@@ -122,9 +141,10 @@ pub fn plan(config: &ConnectionsConfig, metrics: usize) -> Result<Caps, FdLimitE
             "raised the open-files soft limit to the hard limit"
         );
     }
-    let caps = caps(config, open_files, metrics)?;
+    let caps = caps(config, open_files, metrics, http)?;
     tracing::info!(
         grpc = caps.grpc,
+        http = caps.http,
         limited_by = caps.limited_by,
         open_files = open_files.soft,
         fd_reserve = config.fd_reserve,
@@ -155,28 +175,32 @@ mod tests {
 
     #[test]
     fn the_open_files_limit_lowers_the_cap() {
-        let caps = caps(&config(10_000, 256), soft(1_024), 16).unwrap();
+        let caps = caps(&config(10_000, 256), soft(1_024), 16, 0).unwrap();
         assert_eq!(caps.grpc, 1_024 - 256 - 16);
         assert_eq!(caps.limited_by, "open-files limit");
+        // With the HTTP edge asking too, the room is shared in proportion, never overdrawn.
+        let caps = super::caps(&config(3_000, 256), soft(1_024), 16, 1_000).unwrap();
+        assert_eq!((caps.grpc, caps.http), (564, 188));
+        assert!(caps.grpc + caps.http <= 1_024 - 256 - 16);
     }
 
     #[test]
     fn max_connections_rules_when_it_is_lower() {
-        let caps = caps(&config(100, 256), soft(1_048_576), 16).unwrap();
-        assert_eq!(caps.grpc, 100);
+        let caps = caps(&config(100, 256), soft(1_048_576), 16, 50).unwrap();
+        assert_eq!((caps.grpc, caps.http), (100, 50));
         let unlimited = OpenFiles {
             soft: None,
             raised_from: None,
         };
         assert_eq!(
-            super::caps(&config(100, 256), unlimited, 16).unwrap().grpc,
+            super::caps(&config(100, 256), unlimited, 16, 0).unwrap().grpc,
             100
         );
     }
 
     #[test]
     fn a_limit_below_the_reserve_is_refused_naming_it() {
-        let error = caps(&config(100, 256), soft(200), 16).unwrap_err();
+        let error = caps(&config(100, 256), soft(200), 16, 0).unwrap_err();
         assert!(error.to_string().contains("fd_reserve (256)"), "{error}");
     }
 

@@ -60,6 +60,19 @@ pub fn grpc_limits(config: &ConnectionsConfig, caps: &Caps) -> ListenerLimits {
     }
 }
 
+/// The HTTP edge's limits (`crate::http`): its share of the connection caps, the gRPC port's
+/// timeouts. An HTTP/1.1 request line is at least 16 bytes (`GET / HTTP/1.1\r\n`).
+pub fn http_limits(config: &ConnectionsConfig, caps: &Caps) -> ListenerLimits {
+    ListenerLimits {
+        name: "http",
+        max_connections: caps.http,
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        first_bytes: 16,
+        idle_timeout: Some(Duration::from_millis(config.idle_timeout_ms)),
+        tcp_keepalive: Some(Duration::from_millis(config.keepalive_interval_ms)),
+    }
+}
+
 /// The `/metrics` listener's limits: its own small cap, a request line within seconds, no idle
 /// rule (the endpoint answers one request and closes).
 pub fn metrics_limits() -> ListenerLimits {

@@ -120,33 +120,38 @@ where
         Box::pin(async move {
             let response = response.await?;
             Ok(match guard {
-                Some(guard) => response.map(|body| {
-                    Body::new(CountedBody {
-                        inner: body,
-                        _guard: guard,
-                    })
-                }),
+                Some(guard) => response.map(|body| Body::new(CountedBody::new(body, guard))),
                 None => response,
             })
         })
     }
 }
 
-/// A response body that keeps its stream counted until it ends or is dropped.
+/// A response body that keeps its stream counted until it ends or is dropped: the gRPC
+/// server's (above) and the HTTP edge's (`crate::http`).
 #[derive(Debug)]
-struct CountedBody {
-    inner: Body,
+pub struct CountedBody<B> {
+    inner: B,
     _guard: StreamGuard,
 }
 
-impl HttpBody for CountedBody {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
+impl<B> CountedBody<B> {
+    pub fn new(inner: B, guard: StreamGuard) -> CountedBody<B> {
+        CountedBody {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: HttpBody + Unpin> HttpBody for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<bytes::Bytes>, tonic::Status>>> {
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

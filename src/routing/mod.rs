@@ -61,6 +61,20 @@ impl Stamp {
             metadata.insert(OWNER_HEADER, owner);
         }
     }
+
+    /// The same two headers on an HTTP answer (the HTTP edge's OFREP).
+    pub fn apply_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(epoch) = self.epoch {
+            headers.insert(EPOCH_HEADER, http::HeaderValue::from(epoch));
+        }
+        if let Some(owner) = self
+            .owner
+            .as_deref()
+            .and_then(|o| http::HeaderValue::from_str(o).ok())
+        {
+            headers.insert(OWNER_HEADER, owner);
+        }
+    }
 }
 
 impl Routing {

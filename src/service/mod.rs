@@ -7,13 +7,13 @@ mod admin_status;
 mod admission;
 mod bulk;
 pub(crate) mod evaluator;
-mod events;
+pub(crate) mod events;
 // Public so the A/A simulation (tests/aa_simulation.rs) analyses totals exactly as the RPC does.
 pub mod experiment_results;
 mod experiments;
 mod flagd_evaluation;
 mod flagd_sync;
-mod request;
+pub(crate) mod request;
 mod sync_snapshots;
 mod sync_stream;
 mod tokens;

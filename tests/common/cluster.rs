@@ -47,7 +47,7 @@ impl ClusterNode {
             &config,
             format!(
                 "grpc_addr = \"{grpc}\"\n\
-                 metrics_addr = \"127.0.0.1:{metrics_port}\"\n\
+                 metrics_addr = \"127.0.0.1:{metrics_port}\"\nhttp_addr = \"127.0.0.1:0\"\n\
                  [flags]\n\
                  {flags}\n\
                  [cluster]\n\

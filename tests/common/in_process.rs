@@ -18,6 +18,8 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(20);
 pub struct TestNode {
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// The HTTP edge (a free port unless the test chose one; `None` when it is disabled).
+    pub http: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     served: JoinHandle<Result<(), ServerError>>,
 }
@@ -28,8 +30,12 @@ impl TestNode {
         if config.auth.bootstrap_token.is_none() {
             config.auth.bootstrap_token = Some(super::test_token());
         }
+        // Tests run side by side: the HTTP edge's fixed default port would collide.
+        if config.http_addr == Config::default().http_addr {
+            config.http_addr.set_port(0);
+        }
         let bound = bunting::server::bind(config).await.unwrap();
-        let (grpc, metrics) = (bound.grpc_addr(), bound.metrics_addr());
+        let (grpc, metrics, http) = (bound.grpc_addr(), bound.metrics_addr(), bound.http_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(bound.serve(async {
             let _ = stopped.await;
@@ -37,6 +43,7 @@ impl TestNode {
         TestNode {
             grpc,
             metrics,
+            http,
             stop,
             served,
         }

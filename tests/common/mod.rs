@@ -221,12 +221,13 @@ impl Serve {
 
     fn try_start(&self, dir: &Path, attempt: usize) -> Result<Node, String> {
         let (grpc_port, metrics_port) = free_ports();
+        let http_port = spare_port(0);
         let config = dir.join(format!("node-{attempt}.toml"));
         std::fs::write(
             &config,
             format!(
                 "grpc_addr = \"127.0.0.1:{grpc_port}\"\n\
-                 metrics_addr = \"127.0.0.1:{metrics_port}\"\n\
+                 metrics_addr = \"127.0.0.1:{metrics_port}\"\nhttp_addr = \"127.0.0.1:{http_port}\"\n\
                  fractional = \"{}\"\n\
                  {}\n\
                  [flags]\n\
@@ -285,6 +286,7 @@ impl Serve {
                         process,
                         grpc_port,
                         metrics_port,
+                        http_port,
                         log: log_path,
                     });
                 }
@@ -307,10 +309,16 @@ pub struct Node {
     process: Guarded,
     grpc_port: u16,
     metrics_port: u16,
+    http_port: u16,
     log: PathBuf,
 }
 
 impl Node {
+    /// The HTTP edge's port (OFREP, event streams, definitions, health).
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
     pub fn grpc_port(&self) -> u16 {
         self.grpc_port
     }

@@ -35,22 +35,50 @@ pub(crate) enum Expr {
 }
 
 impl Expr {
-    /// Whether evaluating this rule may loop (`map`, `filter`, `reduce`, `all`, `none`, `some`),
-    /// anywhere in it, through a shared `$ref` too. Such a rule can cost up to the whole
-    /// evaluation budget, where a rule without loops costs a few dozen steps; the node keeps the
-    /// former from crowding out the latter (`FlagSet::iterates`).
-    pub(crate) fn iterates(&self) -> bool {
-        let any = |exprs: &[Expr]| exprs.iter().any(Expr::iterates);
+    /// Whether `test` holds for this node or any node below it, through a shared `$ref`, a
+    /// `sem_ver` operand and a `fractional` bucket too. What a node may learn about a rule
+    /// before any evaluation (does it loop, read the clock, bucket by the targeting key) is one
+    /// test over this walk, so a new kind of node is walked in one place.
+    pub(crate) fn any(&self, test: &dyn Fn(&Expr) -> bool) -> bool {
+        if test(self) {
+            return true;
+        }
+        let any = |exprs: &[Expr]| exprs.iter().any(|e| e.any(test));
         match self {
             Expr::Const(_) | Expr::FlagKey | Expr::Timestamp | Expr::FlagdProperties => false,
-            Expr::Var(var) => var.default.as_ref().is_some_and(Expr::iterates),
-            Expr::VarDynamic(args) | Expr::Array(args) => any(args),
-            Expr::Op(op, args) => op.iterates() || any(args),
-            Expr::InList(needle, _) => needle.iterates(),
-            Expr::SemVer(rule) => rule.iterates(),
-            Expr::Fractional(fractional) => fractional.iterates(),
-            Expr::Shared(shared) => shared.iterates(),
+            Expr::Var(var) => var.default.as_ref().is_some_and(|e| e.any(test)),
+            Expr::VarDynamic(args) | Expr::Array(args) | Expr::Op(_, args) => any(args),
+            Expr::InList(needle, _) => needle.any(test),
+            Expr::SemVer(rule) => rule.children().any(|e| e.any(test)),
+            Expr::Fractional(fractional) => fractional.children().any(|e| e.any(test)),
+            Expr::Shared(shared) => shared.any(test),
         }
+    }
+
+    /// Whether evaluating this rule may loop (`map`, `filter`, `reduce`, `all`, `none`, `some`),
+    /// anywhere in it. Such a rule can cost up to the whole evaluation budget, where a rule
+    /// without loops costs a few dozen steps; the node keeps the former from crowding out the
+    /// latter (`FlagSet::iterates`).
+    pub(crate) fn iterates(&self) -> bool {
+        self.any(&|e| matches!(e, Expr::Op(op, _) if op.iterates()))
+    }
+
+    /// Whether the rule's answer may change with time alone: it reads `$flagd.timestamp` (or
+    /// the whole `$flagd` object, or a path computed at evaluation time, which could name it).
+    /// Such an answer cannot be cached by the flag set's version and the context alone.
+    pub(crate) fn reads_clock(&self) -> bool {
+        self.any(&|e| {
+            matches!(
+                e,
+                Expr::Timestamp | Expr::FlagdProperties | Expr::VarDynamic(_)
+            )
+        })
+    }
+
+    /// Whether the rule buckets by the targeting key: a `fractional` without its own bucketing
+    /// expression hashes the flag key with the targeting key, and answers null without one.
+    pub(crate) fn buckets_by_targeting_key(&self) -> bool {
+        self.any(&|e| matches!(e, Expr::Fractional(f) if f.bucket_by.is_none()))
     }
 }
 

@@ -53,13 +53,16 @@ pub(crate) enum Weight {
 }
 
 impl Fractional {
-    /// See [`Expr::iterates`].
-    pub(crate) fn iterates(&self) -> bool {
-        self.bucket_by.as_ref().is_some_and(Expr::iterates)
-            || self.buckets.iter().any(|b| {
-                b.variant.iterates()
-                    || matches!(&b.weight, Weight::Computed(weight) if weight.iterates())
-            })
+    /// The rules it evaluates: the bucketing expression, each bucket's variant and computed
+    /// weight (see [`Expr::any`]).
+    pub(crate) fn children(&self) -> impl Iterator<Item = &Expr> {
+        self.bucket_by.iter().chain(self.buckets.iter().flat_map(|b| {
+            let weight = match &b.weight {
+                Weight::Computed(weight) => Some(weight),
+                Weight::Fixed(_) => None,
+            };
+            std::iter::once(&b.variant).chain(weight)
+        }))
     }
 
     pub(crate) fn eval<'a>(&'a self, scope: &Scope<'a>) -> Cow<'a, Value> {

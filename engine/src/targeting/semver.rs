@@ -214,12 +214,21 @@ pub(crate) struct SemVerRule {
 }
 
 impl SemVerRule {
-    /// See [`Expr::iterates`](super::expr::Expr).
-    pub(crate) fn iterates(&self) -> bool {
-        let operand = |o: &Operand| matches!(o, Operand::Computed(e) if e.iterates());
-        operand(&self.left)
-            || operand(&self.right)
-            || matches!(&self.op, OperatorSpec::Computed(e) if e.iterates())
+    /// The rules computing its operands and operator (see [`Expr::any`]).
+    pub(crate) fn children(&self) -> impl Iterator<Item = &Expr> {
+        fn operand(o: &Operand) -> Option<&Expr> {
+            match o {
+                Operand::Computed(e) => Some(e),
+                Operand::Fixed(_) => None,
+            }
+        }
+        let op = match &self.op {
+            OperatorSpec::Computed(e) => Some(e),
+            OperatorSpec::Fixed(_) => None,
+        };
+        [operand(&self.left), op, operand(&self.right)]
+            .into_iter()
+            .flatten()
     }
 
     /// True or false, or `None` (JsonLogic null) when a version or the operator is invalid.

@@ -115,7 +115,7 @@ mod tests {
             context: Default::default(),
             target: Target::Flag {
                 key: key.into(),
-                wanted: FlagType::Boolean,
+                wanted: Some(FlagType::Boolean),
             },
         }))
     }
@@ -161,12 +161,24 @@ mod tests {
             context,
             target: Target::Flag {
                 key: "banner".into(),
-                wanted: FlagType::String,
+                wanted: Some(FlagType::String),
             },
         });
         assert_eq!(
             decode_request(&encode_request(request.clone())),
             Ok(request)
+        );
+        let untyped = Request::Resolve(Resolve {
+            set: None,
+            context: Default::default(),
+            target: Target::Flag {
+                key: "banner".into(),
+                wanted: None,
+            },
+        });
+        assert_eq!(
+            decode_request(&encode_request(untyped.clone())),
+            Ok(untyped)
         );
         let all = Request::Resolve(Resolve {
             set: None,
@@ -209,20 +221,21 @@ mod tests {
         assert!(
             matches!(decode_answer(&unknown_reason), Err(PeerError::Malformed { problem, .. }) if problem.contains("MAYBE"))
         );
-        let untyped = pb::PeerRequest {
+        // A type that is present must be one: UNSPECIFIED is not "untyped" (that is absence).
+        let unspecified = pb::PeerRequest {
             protocol_version: PEER_PROTOCOL_VERSION,
             kind: Some(pb::peer_request::Kind::Resolve(pb::PeerResolve {
                 flag_set: None,
                 context: None,
                 target: Some(pb::peer_resolve::Target::Flag(pb::PeerOneFlag {
                     key: "f".into(),
-                    flag_type: 0,
+                    flag_type: Some(0),
                 })),
             })),
         }
         .encode_to_vec();
         assert!(matches!(
-            decode_request(&untyped),
+            decode_request(&unspecified),
             Err(PeerError::Malformed {
                 field: "resolve.flag.flag_type",
                 ..

@@ -17,8 +17,9 @@ use prost::Message;
 use prost_types::Struct;
 
 /// The peer protocol this build speaks. Bump it with any change a node of the previous version
-/// would misread; peers of another version are refused (see cluster.proto).
-pub const PEER_PROTOCOL_VERSION: u32 = 2;
+/// would misread; peers of another version are refused (see cluster.proto). 3: a one-flag
+/// resolve may name no type (OFREP).
+pub const PEER_PROTOCOL_VERSION: u32 = 3;
 
 /// Larger peer messages are refused, and the cluster transport is configured with the same limit:
 /// a context passed the sender's `max_context_bytes` already, and a whole flag set's answers
@@ -80,7 +81,10 @@ pub struct Resolve {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Flag { key: String, wanted: FlagType },
+    Flag {
+        key: String,
+        wanted: Option<FlagType>,
+    },
     All,
 }
 
@@ -181,7 +185,7 @@ pub fn encode_request(request: Request) -> Vec<u8> {
             target: Some(match r.target {
                 Target::Flag { key, wanted } => peer_resolve::Target::Flag(pb::PeerOneFlag {
                     key,
-                    flag_type: wire_type(wanted).into(),
+                    flag_type: wanted.map(|t| wire_type(t).into()),
                 }),
                 Target::All => peer_resolve::Target::All(pb::PeerAllFlags {}),
             }),
@@ -227,7 +231,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, PeerError> {
                         return Err(malformed("resolve.flag.key", "empty"));
                     }
                     Target::Flag {
-                        wanted: flag_type(one.flag_type)?,
+                        wanted: one.flag_type.map(flag_type).transpose()?,
                         key: one.key,
                     }
                 }
