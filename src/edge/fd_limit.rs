@@ -128,11 +128,7 @@ pub fn caps(
 }
 
 /// [`raise`] then [`caps`], logging the outcome: what `server::bind` runs.
-pub fn plan(
-    config: &ConnectionsConfig,
-    metrics: usize,
-    http: usize,
-) -> Result<Caps, FdLimitError> {
+pub fn plan(config: &ConnectionsConfig, metrics: usize, http: usize) -> Result<Caps, FdLimitError> {
     let open_files = raise()?;
     if let Some(from) = open_files.raised_from {
         tracing::info!(
@@ -193,7 +189,9 @@ mod tests {
             raised_from: None,
         };
         assert_eq!(
-            super::caps(&config(100, 256), unlimited, 16, 0).unwrap().grpc,
+            super::caps(&config(100, 256), unlimited, 16, 0)
+                .unwrap()
+                .grpc,
             100
         );
     }

@@ -92,8 +92,16 @@ mod tests {
         let some = vec!["https://app.example.com".to_owned()];
         let any = vec!["*".to_owned()];
         let cases: &[(&[String], &str, Option<&str>)] = &[
-            (&some, "https://app.example.com", Some("https://app.example.com")),
-            (&some, "https://APP.example.com", Some("https://APP.example.com")),
+            (
+                &some,
+                "https://app.example.com",
+                Some("https://app.example.com"),
+            ),
+            (
+                &some,
+                "https://APP.example.com",
+                Some("https://APP.example.com"),
+            ),
             (&some, "https://evil.example.com", None),
             (&some, "null", None),
             (&[], "https://app.example.com", None),

@@ -70,7 +70,10 @@ pub async fn definition(
     } else {
         let body = edge.inner.definitions.get(&set, flags)?;
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             body,
         )
             .into_response()

@@ -21,8 +21,8 @@ use bytes::Bytes;
 use http_body::Frame;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::problem::Problem;
 use super::{Edge, caller, etag};

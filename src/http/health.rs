@@ -23,7 +23,10 @@ pub async fn ready(State(edge): State<Edge>) -> Response {
     let (status, reason) = if closing {
         (StatusCode::SERVICE_UNAVAILABLE, Some("shutting down"))
     } else if sets == 0 {
-        (StatusCode::SERVICE_UNAVAILABLE, Some("no flag set loaded yet"))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("no flag set loaded yet"),
+        )
     } else {
         (StatusCode::OK, None)
     };

@@ -20,8 +20,8 @@ use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
 use crate::config::HttpConfig;
-use crate::edge::{self, ListenerLimits};
 use crate::edge::streams::CountedBody;
+use crate::edge::{self, ListenerLimits};
 
 /// Serves `router` on `listener` until `closing` flips, then gives open requests and event
 /// streams up to `drain` to finish (event streams end on `closing` themselves).
@@ -83,7 +83,10 @@ pub async fn serve(
         });
     }
     drop(incoming);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::info!("http: connections still open after the drain timeout are closed");
     }
 }

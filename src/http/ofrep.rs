@@ -15,10 +15,10 @@ use bunting_engine::{Entry, ErrorCode, ResolveError};
 use prost_types::Struct;
 use serde_json::{Map, Value, json};
 
+use super::Edge;
 use super::caller;
 use super::etag;
 use super::problem::{Code, Problem};
-use super::Edge;
 use crate::auth::Scope;
 use crate::dispatch::DispatchError;
 use crate::service::request::SELECTOR_HEADER;
@@ -87,9 +87,7 @@ pub async fn evaluate_all(
         "POST /ofrep/v1/evaluate/flags",
     )?;
     let set = selected_set(&headers);
-    let name: Arc<str> = set
-        .clone()
-        .unwrap_or_else(|| Arc::from(edge.default_set()));
+    let name: Arc<str> = set.clone().unwrap_or_else(|| Arc::from(edge.default_set()));
     caller::check_set(&caller, &name)?;
     let request = read_request(&edge, &headers, body, None).await?;
     let if_none_match = headers.get(header::IF_NONE_MATCH);
@@ -113,18 +111,18 @@ pub async fn evaluate_all(
         .resolve_all(SERVICE, set.clone(), Some(request.context))
         .await
         .map_err(|e| dispatch_problem(None, e))?;
-    let all = routed
-        .answer
-        .map_err(|e| resolution_problem(None, &e))?;
+    let all = routed.answer.map_err(|e| resolution_problem(None, &e))?;
     edge.served(&name, all.version);
     let version = all.version;
     let flags: Vec<Value> = all
         .flags
         .into_iter()
-        .map(|(key, resolved)| Value::Object(match &resolved.error {
-            Some(error) => failure(&key, error),
-            None => success(&key, resolved),
-        }))
+        .map(|(key, resolved)| {
+            Value::Object(match &resolved.error {
+                Some(error) => failure(&key, error),
+                None => success(&key, resolved),
+            })
+        })
         .collect();
     let body = json!({
         "flags": flags,
@@ -141,7 +139,10 @@ pub async fn evaluate_all(
         return Ok(not_modified(&edge, &etag));
     }
     let mut response = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         bytes,
     )
         .into_response();
@@ -152,7 +153,10 @@ pub async fn evaluate_all(
 }
 
 /// `GET /ofrep/v1/configuration`: what the provider may rely on.
-pub async fn configuration(State(edge): State<Edge>, headers: HeaderMap) -> Result<Response, Problem> {
+pub async fn configuration(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     caller::admit(
         &edge.inner.policy,
         Scope::Evaluate,
@@ -248,7 +252,11 @@ async fn read_request(
         .map_err(|_| Problem::TooLarge { limit })?;
     let invalid = |details: String| Problem::evaluation(key, Code::InvalidContext, details);
     let document: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        Problem::evaluation(key, Code::ParseError, format!("request body is not JSON: {e}"))
+        Problem::evaluation(
+            key,
+            Code::ParseError,
+            format!("request body is not JSON: {e}"),
+        )
     })?;
     let Value::Object(mut document) = document else {
         return Err(Problem::evaluation(
@@ -334,7 +342,10 @@ fn failure(key: &str, error: &ResolveError) -> Map<String, Value> {
         "errorCode".to_owned(),
         Value::String(code_of(error).as_str().to_owned()),
     );
-    out.insert("errorDetails".to_owned(), Value::String(error.message.clone()));
+    out.insert(
+        "errorDetails".to_owned(),
+        Value::String(error.message.clone()),
+    );
     out
 }
 
@@ -357,7 +368,9 @@ fn dispatch_problem(key: Option<&str>, error: DispatchError) -> Problem {
             details: error.to_string(),
             retry_after_secs: 1,
         },
-        DispatchError::Context(_) => Problem::evaluation(key, Code::InvalidContext, error.to_string()),
+        DispatchError::Context(_) => {
+            Problem::evaluation(key, Code::InvalidContext, error.to_string())
+        }
         DispatchError::UnknownSet(_) => {
             Problem::evaluation(key, Code::FlagNotFound, error.to_string())
         }

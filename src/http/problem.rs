@@ -47,7 +47,10 @@ pub enum Problem {
     Auth { status: StatusCode, details: String },
     /// The node is at its limit, or the caller's rate is (429, `Retry-After` in seconds).
     #[error("{details}")]
-    TooBusy { details: String, retry_after_secs: u32 },
+    TooBusy {
+        details: String,
+        retry_after_secs: u32,
+    },
     /// The body is larger than the edge accepts (413).
     #[error("request body is over this node's limit of {limit} bytes")]
     TooLarge { limit: usize },
@@ -95,8 +98,11 @@ impl Problem {
     fn body(&self) -> Value {
         let details = bounded(self.to_string());
         match self {
-            Problem::Evaluation { key, code, details, .. } => {
-                let mut body = json!({"errorCode": code.as_str(), "errorDetails": bounded(details.clone())});
+            Problem::Evaluation {
+                key, code, details, ..
+            } => {
+                let mut body =
+                    json!({"errorCode": code.as_str(), "errorDetails": bounded(details.clone())});
                 if let (Some(key), Some(map)) = (key, body.as_object_mut()) {
                     map.insert("key".to_owned(), Value::String(key.clone()));
                 }
@@ -149,9 +155,6 @@ pub async fn not_found(uri: axum::http::Uri) -> Problem {
 pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
     Problem::Route {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        details: format!(
-            "{} does not take {method}",
-            bounded(uri.path().to_owned())
-        ),
+        details: format!("{} does not take {method}", bounded(uri.path().to_owned())),
     }
 }

@@ -55,7 +55,13 @@ macro_rules! flagd_evaluation_service {
                 let (r, stamp) = resolved(
                     self.0
                         .dispatch
-                        .resolve($label, set, req.flag_key, req.context, Some(FlagType::Boolean))
+                        .resolve(
+                            $label,
+                            set,
+                            req.flag_key,
+                            req.context,
+                            Some(FlagType::Boolean),
+                        )
                         .await?,
                 )?;
                 Ok(stamped(
@@ -79,7 +85,13 @@ macro_rules! flagd_evaluation_service {
                 let (mut r, stamp) = resolved(
                     self.0
                         .dispatch
-                        .resolve($label, set, req.flag_key, req.context, Some(FlagType::String))
+                        .resolve(
+                            $label,
+                            set,
+                            req.flag_key,
+                            req.context,
+                            Some(FlagType::String),
+                        )
                         .await?,
                 )?;
                 Ok(stamped(
@@ -103,7 +115,13 @@ macro_rules! flagd_evaluation_service {
                 let (r, stamp) = resolved(
                     self.0
                         .dispatch
-                        .resolve($label, set, req.flag_key, req.context, Some(FlagType::Float))
+                        .resolve(
+                            $label,
+                            set,
+                            req.flag_key,
+                            req.context,
+                            Some(FlagType::Float),
+                        )
                         .await?,
                 )?;
                 Ok(stamped(
@@ -127,7 +145,13 @@ macro_rules! flagd_evaluation_service {
                 let (r, stamp) = resolved(
                     self.0
                         .dispatch
-                        .resolve($label, set, req.flag_key, req.context, Some(FlagType::Integer))
+                        .resolve(
+                            $label,
+                            set,
+                            req.flag_key,
+                            req.context,
+                            Some(FlagType::Integer),
+                        )
                         .await?,
                 )?;
                 Ok(stamped(
@@ -151,7 +175,13 @@ macro_rules! flagd_evaluation_service {
                 let (mut r, stamp) = resolved(
                     self.0
                         .dispatch
-                        .resolve($label, set, req.flag_key, req.context, Some(FlagType::Object))
+                        .resolve(
+                            $label,
+                            set,
+                            req.flag_key,
+                            req.context,
+                            Some(FlagType::Object),
+                        )
                         .await?,
                 )?;
                 Ok(stamped(

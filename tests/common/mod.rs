@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod http;
 pub mod in_process;
 pub mod postgres;
 pub mod redis;

@@ -56,13 +56,15 @@ impl Fractional {
     /// The rules it evaluates: the bucketing expression, each bucket's variant and computed
     /// weight (see [`Expr::any`]).
     pub(crate) fn children(&self) -> impl Iterator<Item = &Expr> {
-        self.bucket_by.iter().chain(self.buckets.iter().flat_map(|b| {
-            let weight = match &b.weight {
-                Weight::Computed(weight) => Some(weight),
-                Weight::Fixed(_) => None,
-            };
-            std::iter::once(&b.variant).chain(weight)
-        }))
+        self.bucket_by
+            .iter()
+            .chain(self.buckets.iter().flat_map(|b| {
+                let weight = match &b.weight {
+                    Weight::Computed(weight) => Some(weight),
+                    Weight::Fixed(_) => None,
+                };
+                std::iter::once(&b.variant).chain(weight)
+            }))
     }
 
     pub(crate) fn eval<'a>(&'a self, scope: &Scope<'a>) -> Cow<'a, Value> {
