@@ -34,8 +34,8 @@ use crate::routing::peer::{MAX_PEER_MESSAGE_BYTES, PeerHandler};
 use crate::secret_url::RedactedUrl;
 use crate::service::ExperimentsService;
 use crate::service::{
-    Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, SyncService,
-    TokensService, TopologyService,
+    Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, NodeHealth,
+    SyncService, TokensService, TopologyService,
 };
 use crate::shared_tier::{self, SharedTierError};
 use crate::store::experiments::{ExperimentStore, ExperimentStoreError};
@@ -76,6 +76,8 @@ pub enum ServerError {
     FdLimit(#[from] edge::FdLimitError),
     #[error("auth: {0}")]
     Auth(#[from] auth::AuthSetupError),
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// A node whose sockets are bound and whose actor tree is running, not yet serving.
@@ -106,6 +108,9 @@ pub struct BoundServer {
     actors: ActorRuntime,
     /// Who may call what: the auth layer's policy and the token store it follows.
     auth: Auth,
+    /// `true` once the node serves its flag source's flags (see `Feed::Store::loaded`): what
+    /// gRPC health reports as SERVING.
+    loaded: watch::Receiver<bool>,
 }
 
 /// How this node compiles flag sets: its `fractional` mode, `[evaluation]` budget and
@@ -135,7 +140,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     // Lazy: an unreachable Redis does not stop the node; a config that cannot work does.
     let tier = shared_tier::connect(&config.shared_tier).await?;
     let services = shard_services(&config, tier.clone()).await?;
-    let (catalog, feed, admin_store) = match &config.flags {
+    let (catalog, feed, admin_store, loaded) = match &config.flags {
         FlagSourceConfig::File {
             path,
             set,
@@ -157,6 +162,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
                     watch: source.watch(),
                 },
                 None,
+                // The file compiled (or the node would not start): its flags are loaded.
+                watch::channel(true).1,
             )
         }
         FlagSourceConfig::Postgres { url, version_check } => {
@@ -174,6 +181,9 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             }
             let (catalog, store) = (start.catalog, start.store);
             tracing::info!(sets = catalog.sets().count(), "flag sets at start-up");
+            // A pending start serves the tier's snapshots (possibly none): not yet the flags
+            // PostgreSQL holds, so not yet SERVING.
+            let (loaded_tx, loaded) = watch::channel(!start.pending);
             (
                 catalog,
                 Feed::Store {
@@ -181,8 +191,10 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
                     options,
                     version_check: *version_check,
                     tier: tier.clone(),
+                    loaded: loaded_tx,
                 },
                 Some(store),
+                loaded,
             )
         }
     };
@@ -254,6 +266,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         gate,
         actors,
         auth,
+        loaded,
     })
 }
 
@@ -364,6 +377,11 @@ impl BoundServer {
         let advertised = self.advertised_grpc();
         let (closing_tx, closing) = watch::channel(false);
         let closing_watch = closing.clone();
+        // NOT_SERVING until the flags are loaded, and from the moment shutdown begins.
+        let health = NodeHealth::new().await;
+        let health_service = health.service(closing.clone());
+        let (reflection_v1, reflection_v1alpha) = crate::service::reflection()?;
+        let health_task = tokio::spawn(health.clone().follow(self.loaded.clone(), closing.clone()));
         let feed_task = tokio::spawn(feed::run(self.feed, self.node.clone(), closing.clone()));
         let metrics_task = tokio::spawn(metrics_http::serve(
             self.metrics,
@@ -471,6 +489,9 @@ impl BoundServer {
                 self.auth.store.clone(),
                 self.auth.policy.registry().clone(),
             )))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
                 edge::incoming(
                     self.grpc,
@@ -479,6 +500,8 @@ impl BoundServer {
                 async move {
                     shutdown.await;
                     tracing::info!("shutting down: closing streams, draining requests");
+                    // Before the streams close: health watchers see NOT_SERVING first.
+                    health.set(false).await;
                     let _ = closing_tx.send(true);
                 },
             );
@@ -487,6 +510,7 @@ impl BoundServer {
             .unwrap_or(Ok(()));
         let _ = feed_task.await;
         let _ = metrics_task.await;
+        let _ = health_task.await;
         if let Some(task) = tokens_task {
             let _ = task.await;
         }
