@@ -119,13 +119,18 @@ pub struct BoundServer {
 pub fn compile_options(config: &Config) -> CompileOptions {
     CompileOptions {
         dialect: Dialect::Flagd,
-        fractional: match config.fractional {
-            FractionalConfig::Cbor => FractionalMode::Cbor,
-            FractionalConfig::String => FractionalMode::String,
-            FractionalConfig::Legacy => FractionalMode::LegacyFloat,
-        },
+        fractional: fractional_mode(config),
         budget: config.evaluation.budget(),
         limits: config.definitions.limits(),
+    }
+}
+
+/// The node's `fractional` mode (`fractional = "..."`; string by default).
+pub fn fractional_mode(config: &Config) -> FractionalMode {
+    match config.fractional {
+        FractionalConfig::Cbor => FractionalMode::Cbor,
+        FractionalConfig::String => FractionalMode::String,
+        FractionalConfig::Legacy => FractionalMode::LegacyFloat,
     }
 }
 
@@ -430,6 +435,11 @@ impl BoundServer {
         )
         .routed(self.routing.clone());
         let evaluator = Evaluator::new(dispatch.clone(), closing);
+        let sync = SyncService::new(
+            FlagdSync(evaluator.clone(), fractional_mode(&self.config)),
+            Duration::from_millis(self.config.stream_lag_ms.get()),
+        )
+        .map_err(|e| ServerError::Config(format!("sync context: {}", e.message())))?;
         let topology = TopologyService::new(self.routing.clone(), advertised, self.config.shards);
         let bulk = BulkEvaluation::new(dispatch.clone());
         let admin = Admin::new(self.store.clone(), &self.config.flags);
@@ -476,10 +486,7 @@ impl BoundServer {
             .add_service(v2::service_server::ServiceServer::new(FlagdV2(
                 evaluator.clone(),
             )))
-            .add_service(SyncService::new(
-                FlagdSync(evaluator),
-                Duration::from_millis(self.config.stream_lag_ms.get()),
-            ))
+            .add_service(sync)
             .add_service(EvaluationServer::new(bulk))
             .add_service(AdminServer::new(admin))
             .add_service(ExperimentsServer::new(experiments))

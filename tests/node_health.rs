@@ -1,6 +1,7 @@
-//! gRPC health and reflection of a file-backed node in-process (`server::bind` on port 0), both
-//! reached without a token: health SERVING for the node and each service once the flags are
-//! loaded, NOT_SERVING to a watcher when the node shuts down; reflection listing every service.
+//! gRPC health, reflection and the sync metadata of a file-backed node in-process
+//! (`server::bind` on port 0), all reached without a token: health SERVING for the node and each
+//! service once the flags are loaded, NOT_SERVING to a watcher when the node shuts down;
+//! reflection listing every service; `bunting.fractional` naming the node's bucketing mode.
 
 // Tests report failure by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,8 +12,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bunting::config::{Config, FlagSourceConfig};
+use bunting::config::{Config, FlagSourceConfig, FractionalConfig};
 use bunting::store::file::BrokenFlags;
+use bunting_proto::flagd::sync::v1 as sync;
+use prost_types::value::Kind;
 use serde_json::json;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -183,5 +186,56 @@ async fn reflection_lists_every_service_without_a_token() {
         panic!("no descriptor: {answer:?}");
     };
     assert!(!files.file_descriptor_proto.is_empty());
+    node.stop().await;
+}
+
+/// `bunting.fractional` in what `GetMetadata` and `SyncFlags` send.
+async fn sync_fractional(addr: SocketAddr) -> (String, String) {
+    let mut client =
+        sync::flag_sync_service_client::FlagSyncServiceClient::new(anonymous(addr).await);
+    let text = |s: Option<&prost_types::Struct>| match s
+        .and_then(|s| s.fields.get("bunting.fractional"))
+        .and_then(|v| v.kind.clone())
+    {
+        Some(Kind::StringValue(mode)) => mode,
+        other => panic!("no bunting.fractional: {other:?}"),
+    };
+    let metadata = client
+        .get_metadata(sync::GetMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .metadata;
+    let mut stream = client
+        .sync_flags(sync::SyncFlagsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.flag_configuration.contains("colour"));
+    (text(metadata.as_ref()), text(first.sync_context.as_ref()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_metadata_names_the_node_s_fractional_mode() {
+    let dir = scratch("fractional-default");
+    let node = TestNode::start(config(&dir)).await;
+    assert_eq!(
+        sync_fractional(node.grpc).await,
+        ("string".to_owned(), "string".to_owned()),
+        "the default agrees with the flagd server"
+    );
+    node.stop().await;
+
+    let dir = scratch("fractional-cbor");
+    let node = TestNode::start(Config {
+        fractional: FractionalConfig::Cbor,
+        ..config(&dir)
+    })
+    .await;
+    assert_eq!(
+        sync_fractional(node.grpc).await,
+        ("cbor".to_owned(), "cbor".to_owned())
+    );
     node.stop().await;
 }
