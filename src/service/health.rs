@@ -239,6 +239,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn serving_follows_loaded_until_closing() {
+        let health = NodeHealth::new().await;
+        let service = HealthService::from_health_reporter(health.reporter.clone());
+        let status = |name: &'static str| {
+            let request = Request::new(HealthCheckRequest {
+                service: name.to_owned(),
+            });
+            let service = &service;
+            async move { service.check(request).await.unwrap().into_inner().status }
+        };
+        let (loaded_tx, loaded) = watch::channel(false);
+        let (closing_tx, closing) = watch::channel(false);
+        let task = tokio::spawn(health.clone().follow(loaded, closing));
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(50));
+        settle().await;
+        // A PostgreSQL-pending start: nothing loaded from the store yet.
+        for name in SERVICE_NAMES {
+            assert_eq!(
+                status(name).await,
+                WireStatus::NotServing as i32,
+                "{name:?}"
+            );
+        }
+        loaded_tx.send(true).unwrap();
+        settle().await;
+        for name in SERVICE_NAMES {
+            assert_eq!(status(name).await, WireStatus::Serving as i32, "{name:?}");
+        }
+        closing_tx.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(status("").await, WireStatus::NotServing as i32);
+    }
+
+    #[tokio::test]
     async fn a_watch_ends_with_not_serving_when_the_node_closes() {
         let health = NodeHealth::new().await;
         health.set(true).await;
