@@ -225,7 +225,13 @@ fn unleash_context() -> Context {
 // ---------------------------------------------------------------------------------------------
 
 fn bunting(definition: &Value) -> FlagSet {
-    match bunting_engine::compile(&definition.to_string(), &CompileOptions::default()) {
+    // CBOR, not the default (string): flagd-evaluation-engine 0.1 hashes CBOR, and the sanity
+    // check below compares buckets.
+    let options = CompileOptions {
+        fractional: bunting_engine::FractionalMode::Cbor,
+        ..CompileOptions::default()
+    };
+    match bunting_engine::compile(&definition.to_string(), &options) {
         Ok(compiled) => compiled.flag_set,
         Err(e) => fail(&format!("Bunting rejected the benchmark flags: {e:?}")),
     }
@@ -337,7 +343,8 @@ fn check_answers(set: &FlagSet, flagd: &Flagd, ygg: &EngineState) {
             bunting.reason == Reason::TargetingMatch,
             &format!("bunting {key}"),
         );
-        // Both implement flagd's CBOR-hashed bucketing, so they put the user in the same bucket.
+        // Both hash CBOR here (flagd-evaluation-engine 0.1 always does), so they put the user in
+        // the same bucket.
         check(
             flagd.resolve(key, &fc).and_then(Value::as_str) == bunting.value,
             &format!("flagd and Bunting disagree on {key}"),

@@ -165,6 +165,8 @@ pub enum Command {
         /// Schema to validate against; by default the one the file's `$schema` names, else flagd's.
         #[arg(long, value_enum)]
         schema: Option<SchemaArg>,
+        #[command(flatten)]
+        options: CompileArgs,
     },
 }
 
@@ -314,9 +316,10 @@ pub enum ExperimentAction {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompileArgs {
-    /// How `fractional` hashes: `cbor` as flagd's in-process providers do, `string` as flagd
-    /// servers do, or `legacy` (flagd's first float form).
-    #[arg(long, value_enum, default_value_t = FractionalArg::Cbor)]
+    /// How `fractional` hashes: `string` as the flagd server and most providers do (default),
+    /// `cbor` as the Python and Rust in-process providers do, or `legacy` (flagd's first float
+    /// form). See README, "Fractional bucketing across clients".
+    #[arg(long, value_enum, default_value_t = FractionalArg::String)]
     pub fractional: FractionalArg,
 }
 
@@ -325,6 +328,16 @@ pub enum FractionalArg {
     Cbor,
     String,
     Legacy,
+}
+
+impl FractionalArg {
+    pub fn mode(self) -> bunting_engine::FractionalMode {
+        match self {
+            FractionalArg::Cbor => bunting_engine::FractionalMode::Cbor,
+            FractionalArg::String => bunting_engine::FractionalMode::String,
+            FractionalArg::Legacy => bunting_engine::FractionalMode::LegacyFloat,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -136,11 +136,15 @@ impl RedisTierConfig {
     }
 }
 
+/// How `fractional` hashes (see `bunting_engine::FractionalMode`). `string`, the default, agrees
+/// with the flagd server and the Go, Java, JavaScript and .NET providers; `cbor` with the Python
+/// (0.6) and Rust (0.3) in-process providers. Every node of a fleet, and every in-process client
+/// syncing from it, must use one mode, or users land in different arms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FractionalConfig {
-    #[default]
     Cbor,
+    #[default]
     String,
     Legacy,
 }

@@ -48,6 +48,10 @@ pub enum Feed {
         options: CompileOptions,
         version_check: std::time::Duration,
         tier: Option<Arc<dyn SharedTier>>,
+        /// Turned `true` once the node serves what PostgreSQL holds: at once when it answered at
+        /// start-up, else at the first version check that reads it (until then the node serves
+        /// the shared tier's snapshots, if any). Health reports SERVING only from then on.
+        loaded: watch::Sender<bool>,
     },
 }
 
@@ -222,7 +226,8 @@ pub async fn run(feed: Feed, node: Arc<Node>, mut closing: watch::Receiver<bool>
             options,
             version_check,
             tier,
-        } => follow_store(store, options, version_check, tier, node, closing).await,
+            loaded,
+        } => follow_store(store, options, version_check, tier, node, loaded, closing).await,
     }
 }
 
@@ -247,6 +252,7 @@ async fn follow_store(
     version_check: std::time::Duration,
     tier: Option<Arc<dyn SharedTier>>,
     node: Arc<Node>,
+    loaded: watch::Sender<bool>,
     mut closing: watch::Receiver<bool>,
 ) {
     let tier = tier.as_ref();
@@ -303,6 +309,10 @@ async fn follow_store(
             },
             _ = check.tick() => {
                 let repaired = catch_up(store.as_ref(), &options, &node, tier).await;
+                if repaired && !*loaded.borrow() {
+                    tracing::info!("serving PostgreSQL's flag sets");
+                    loaded.send_replace(true);
+                }
                 // The store is down: the tier may have what this node missed meanwhile.
                 if let (false, Some(tier)) = (repaired, tier) {
                     catch_up_from_tier(tier.as_ref(), &options, &node).await;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use bunting_engine::{CompileOptions, Compiled, Dialect, FractionalMode};
+use bunting_engine::{CompileOptions, Compiled, Dialect};
 
 use crate::cli::{FractionalArg, SchemaArg};
 use crate::error::CliError;
@@ -44,11 +44,7 @@ pub fn load(
     };
     let options = CompileOptions {
         dialect,
-        fractional: match fractional {
-            FractionalArg::Cbor => FractionalMode::Cbor,
-            FractionalArg::String => FractionalMode::String,
-            FractionalArg::Legacy => FractionalMode::LegacyFloat,
-        },
+        fractional: fractional.mode(),
         ..CompileOptions::default()
     };
     bunting_engine::compile_value(&document, &options).map_err(definition_error)

@@ -34,8 +34,8 @@ use crate::routing::peer::{MAX_PEER_MESSAGE_BYTES, PeerHandler};
 use crate::secret_url::RedactedUrl;
 use crate::service::ExperimentsService;
 use crate::service::{
-    Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, SyncService,
-    TokensService, TopologyService,
+    Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, NodeHealth,
+    SyncService, TokensService, TopologyService,
 };
 use crate::shared_tier::{self, SharedTierError};
 use crate::store::experiments::{ExperimentStore, ExperimentStoreError};
@@ -76,6 +76,8 @@ pub enum ServerError {
     FdLimit(#[from] edge::FdLimitError),
     #[error("auth: {0}")]
     Auth(#[from] auth::AuthSetupError),
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// A node whose sockets are bound and whose actor tree is running, not yet serving.
@@ -108,6 +110,9 @@ pub struct BoundServer {
     actors: ActorRuntime,
     /// Who may call what: the auth layer's policy and the token store it follows.
     auth: Auth,
+    /// `true` once the node serves its flag source's flags (see `Feed::Store::loaded`): what
+    /// gRPC health reports as SERVING.
+    loaded: watch::Receiver<bool>,
 }
 
 /// How this node compiles flag sets: its `fractional` mode, `[evaluation]` budget and
@@ -116,22 +121,18 @@ pub struct BoundServer {
 pub fn compile_options(config: &Config) -> CompileOptions {
     CompileOptions {
         dialect: Dialect::Flagd,
-        fractional: match config.fractional {
-            FractionalConfig::Cbor => FractionalMode::Cbor,
-            FractionalConfig::String => FractionalMode::String,
-            FractionalConfig::Legacy => FractionalMode::LegacyFloat,
-        },
+        fractional: fractional_mode(config),
         budget: config.evaluation.budget(),
         limits: config.definitions.limits(),
     }
 }
 
-/// The fractional mode's name as the config writes it (part of the HTTP edge's validators).
-fn fractional_name(mode: FractionalConfig) -> &'static str {
-    match mode {
-        FractionalConfig::Cbor => "cbor",
-        FractionalConfig::String => "string",
-        FractionalConfig::Legacy => "legacy",
+/// The node's `fractional` mode (`fractional = "..."`; string by default).
+pub fn fractional_mode(config: &Config) -> FractionalMode {
+    match config.fractional {
+        FractionalConfig::Cbor => FractionalMode::Cbor,
+        FractionalConfig::String => FractionalMode::String,
+        FractionalConfig::Legacy => FractionalMode::LegacyFloat,
     }
 }
 
@@ -155,7 +156,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     // Lazy: an unreachable Redis does not stop the node; a config that cannot work does.
     let tier = shared_tier::connect(&config.shared_tier).await?;
     let services = shard_services(&config, tier.clone()).await?;
-    let (catalog, feed, admin_store) = match &config.flags {
+    let (catalog, feed, admin_store, loaded) = match &config.flags {
         FlagSourceConfig::File {
             path,
             set,
@@ -177,6 +178,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
                     watch: source.watch(),
                 },
                 None,
+                // The file compiled (or the node would not start): its flags are loaded.
+                watch::channel(true).1,
             )
         }
         FlagSourceConfig::Postgres { url, version_check } => {
@@ -194,6 +197,9 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             }
             let (catalog, store) = (start.catalog, start.store);
             tracing::info!(sets = catalog.sets().count(), "flag sets at start-up");
+            // A pending start serves the tier's snapshots (possibly none): not yet the flags
+            // PostgreSQL holds, so not yet SERVING.
+            let (loaded_tx, loaded) = watch::channel(!start.pending);
             (
                 catalog,
                 Feed::Store {
@@ -201,8 +207,10 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
                     options,
                     version_check: *version_check,
                     tier: tier.clone(),
+                    loaded: loaded_tx,
                 },
                 Some(store),
+                loaded,
             )
         }
     };
@@ -279,6 +287,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         gate,
         actors,
         auth,
+        loaded,
     })
 }
 
@@ -395,6 +404,11 @@ impl BoundServer {
         let http_addr = self.http_addr();
         let (closing_tx, closing) = watch::channel(false);
         let closing_watch = closing.clone();
+        // NOT_SERVING until the flags are loaded, and from the moment shutdown begins.
+        let health = NodeHealth::new().await;
+        let health_service = health.service(closing.clone());
+        let (reflection_v1, reflection_v1alpha) = crate::service::reflection()?;
+        let health_task = tokio::spawn(health.clone().follow(self.loaded.clone(), closing.clone()));
         let feed_task = tokio::spawn(feed::run(self.feed, self.node.clone(), closing.clone()));
         let metrics_task = tokio::spawn(metrics_http::serve(
             self.metrics,
@@ -449,8 +463,9 @@ impl BoundServer {
                 dispatch.clone(),
                 self.auth.policy.clone(),
                 self.config.http.clone(),
-                fractional_name(self.config.fractional),
+                fractional_mode(&self.config).as_str(),
                 closing.clone(),
+                self.loaded.clone(),
             );
             tokio::spawn(crate::http::serve(
                 listener,
@@ -462,6 +477,11 @@ impl BoundServer {
             ))
         });
         let evaluator = Evaluator::new(dispatch.clone(), closing);
+        let sync = SyncService::new(
+            FlagdSync(evaluator.clone(), fractional_mode(&self.config)),
+            Duration::from_millis(self.config.stream_lag_ms.get()),
+        )
+        .map_err(|e| ServerError::Config(format!("sync context: {}", e.message())))?;
         let topology = TopologyService::new(self.routing.clone(), advertised, self.config.shards);
         let bulk = BulkEvaluation::new(dispatch.clone());
         let admin = Admin::new(self.store.clone(), &self.config.flags);
@@ -505,10 +525,7 @@ impl BoundServer {
             .add_service(v2::service_server::ServiceServer::new(FlagdV2(
                 evaluator.clone(),
             )))
-            .add_service(SyncService::new(
-                FlagdSync(evaluator),
-                Duration::from_millis(self.config.stream_lag_ms.get()),
-            ))
+            .add_service(sync)
             .add_service(EvaluationServer::new(bulk))
             .add_service(AdminServer::new(admin))
             .add_service(ExperimentsServer::new(experiments))
@@ -518,6 +535,9 @@ impl BoundServer {
                 self.auth.store.clone(),
                 self.auth.policy.registry().clone(),
             )))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
                 edge::incoming(
                     self.grpc,
@@ -526,6 +546,8 @@ impl BoundServer {
                 async move {
                     shutdown.await;
                     tracing::info!("shutting down: closing streams, draining requests");
+                    // Before the streams close: health watchers see NOT_SERVING first.
+                    health.set(false).await;
                     let _ = closing_tx.send(true);
                 },
             );
@@ -537,6 +559,7 @@ impl BoundServer {
         if let Some(task) = http_task {
             let _ = task.await;
         }
+        let _ = health_task.await;
         if let Some(task) = tokens_task {
             let _ = task.await;
         }

@@ -820,6 +820,44 @@ async fn opened_evaluation_needs_no_token_but_sync_and_writes_still_do() {
     assert_eq!(status.code(), Code::Unauthenticated);
 }
 
+/// A PostgreSQL node with nothing opened: health still answers a probe that sends no token (and
+/// refuses a bad token sent anyway), while evaluation does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_needs_no_token_on_a_closed_node() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let db = TestDb::create().await;
+    let dir = common::scratch_dir("auth-health");
+    let node = PgNode::start(&dir, &db, "node", "");
+    let channel = node.channel().await;
+    let check = |with: Bearer| {
+        let mut client = HealthClient::new(with.wrap(channel.clone()));
+        async move {
+            client
+                .check(HealthCheckRequest {
+                    service: "flagd.evaluation.v2.Service".into(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+        }
+    };
+    common::wait_until(
+        "an anonymous health check answers SERVING",
+        Duration::from_secs(20),
+        || async { check(Bearer::none()).await.ok() == Some(ServingStatus::Serving as i32) },
+    )
+    .await;
+    let status = check(bearer("bnt_nope")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = call(
+        "/flagd.evaluation.v2.Service/ResolveString",
+        Bearer::none().wrap(channel.clone()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_is_refused_by_every_node_of_a_cluster_within_a_second() {
     use common::cluster::{ClusterNode, agreement, postgres_flags};

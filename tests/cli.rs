@@ -164,7 +164,19 @@ fn validate_passes_a_clean_file_and_fails_malformed_json() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (6 flags)"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok (6 flags)"), "{text}");
+    // The mode it compiled with, and whom it agrees with: the default is the flagd server's.
+    assert!(
+        text.starts_with("fractional: string (buckets agree with the flagd server"),
+        "{text}"
+    );
+    let out = bunting(&["validate", "--fractional", "cbor", FLAGS]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("fractional: cbor (buckets agree with the Python"),
+        "{text}"
+    );
 
     let dir = tempdir();
     let file = dir.join("truncated.json");

@@ -6,8 +6,9 @@
 //! step must not pass by skipping it.
 //!
 //! The fractional mode follows the tags: `@fractional-v1` (on the Examples block, the scenario or
-//! the feature) selects the legacy float form, `@fractional-v2` the string form, anything else
-//! Bunting's default (CBOR).
+//! the feature) selects the legacy float form, `@fractional-v2` the string form, `@fractional-v3`
+//! the CBOR form, anything else Bunting's default (string, the flagd server's: the untagged
+//! scenarios' buckets were computed by it).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -145,9 +146,12 @@ fn feature_cases(file: &str, feature: &Feature) -> Vec<Case> {
 fn mode_for(tags: &[&String]) -> FractionalMode {
     if tags.iter().any(|t| *t == "fractional-v1") {
         FractionalMode::LegacyFloat
-    } else if tags.iter().any(|t| *t == "fractional-v2") {
-        FractionalMode::String
+    } else if tags.iter().any(|t| *t == "fractional-v3") {
+        FractionalMode::Cbor
     } else {
+        // `@fractional-v2`: the buckets the flagd server computes today. They run under the
+        // default mode, not an explicit `String`, so a default that stopped agreeing with the
+        // flagd server would fail them (README, "Fractional bucketing across clients").
         FractionalMode::default()
     }
 }

@@ -108,7 +108,8 @@ async fn every_value_type_resolves() {
     assert_eq!(metadata_str(&b, "flagSetId"), Some("bunting-example"));
     assert_eq!(metadata_str(&b, "owner"), Some("growth"));
 
-    // A 50/50 fractional split: user-42's bucket under the node's default (cbor) hashing.
+    // A 50/50 fractional split: user-42's bucket under cbor hashing (tests/common's `Serve` sets
+    // it; the node's own default is string).
     let s = client
         .get_string_details(
             "checkout-flow",

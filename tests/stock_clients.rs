@@ -132,11 +132,11 @@ fn every_flagd_testbed_case_passes_through_the_python_rpc_provider() {
     // The testbed includes flags that do not compile (an unknown operator, a $ref to a missing
     // evaluator) and expects them to answer PARSE_ERROR while the rest serve, as flagd does.
     //
-    // `fractional`: cbor, the node's default. The testbed's fractional cases (structured bucketing
-    // values, string-length boundaries, UTF-8 keys, the implicit targeting key) were written for
-    // flagd's current evaluators, which hash the deterministic CBOR encoding of the bucketing
-    // value: all 237 pass under `cbor`, while `string` (flagd servers' older hashing of the
-    // value's string form) fails 123 of them, every fractional case whose bucket differs.
+    // `fractional`: cbor, not the node's default (string). The testbed's fractional cases here
+    // (structured bucketing values, string-length boundaries, UTF-8 keys, the implicit targeting
+    // key) are its `@fractional-v3` ones, the CBOR hashing of flagd's accepted ADR that the
+    // Python provider 0.6 implements: all 237 pass under `cbor`, while `string` (what the flagd
+    // server still computes) fails 123 of them, every fractional case whose bucket differs.
     let node = Serve::new(format!("{TESTBED}/flagd-all-flags.json"))
         .fractional("cbor")
         .broken_flags("serve")
@@ -186,7 +186,10 @@ fn python_in_process_provider_syncs_and_sees_a_flag_change() {
     // The script edits the file the node serves, so the node gets a copy of its own.
     let flags = dir.join("flags.json");
     std::fs::copy(workspace().join("cluster-config/flags.json"), &flags).unwrap();
-    let node = Serve::new(&flags).start(&dir);
+    // The Python provider (0.6) buckets in process with CBOR: the node must too, or its
+    // `checkout-flow` answers would differ from the provider's (README, "Fractional bucketing
+    // across clients").
+    let node = Serve::new(&flags).fractional("cbor").start(&dir);
     let run = run_script(
         &python,
         &dir,

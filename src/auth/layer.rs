@@ -1,5 +1,5 @@
 //! The one place every gRPC request is authenticated and authorized: a tower layer in front of
-//! every service (`server.rs`). It finds the scope the method needs ([`super::scope::required`];
+//! every service (`server.rs`). It finds the scope the method needs ([`super::scope::access`];
 //! a path the table does not name is refused), reads `authorization: Bearer <token>`, checks the
 //! token against the in-memory [`Registry`], and puts the [`Caller`] in the request's extensions
 //! for the flag-set checks the services make (`service/request.rs`), where the set is known.
@@ -18,9 +18,10 @@ use tonic::body::Body;
 use tower_service::Service;
 
 use super::principal::Caller;
+use super::principal::Principal;
 use super::rate::RateLimits;
 use super::registry::Registry;
-use super::scope::{self, Scope};
+use super::scope::{self, Access, Scope};
 use super::token::{ApiToken, TOKEN_LEN};
 
 /// Longer than any `Bearer <token>` by a margin; a longer header is refused before it is parsed.
@@ -69,7 +70,7 @@ impl Policy {
 
     /// The caller of `path` with `headers`, or the status it is refused with.
     pub fn admit(&self, path: &str, headers: &HeaderMap) -> Result<Caller, Status> {
-        let Some(scope) = scope::required(path) else {
+        let Some(access) = scope::access(path) else {
             return Err(Status::permission_denied(format!(
                 "{} is not a method this node serves to anybody",
                 crate::service::wire_text::bounded(path.to_owned())
@@ -78,6 +79,17 @@ impl Policy {
         let header = headers
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
+        let scope = match access {
+            Access::Scoped(scope) => scope,
+            // Health and reflection: anyone. A token sent anyway is still checked, as for an
+            // opened scope, so a revoked or mistyped token is not silently accepted anywhere.
+            Access::Open => {
+                return match header {
+                    None => Ok(Caller::Anonymous),
+                    Some(header) => self.authenticate(header).map(Caller::Token),
+                };
+            }
+        };
         let caller = self.authorize(scope, header, path)?;
         self.limits.check(scope, &caller)?;
         Ok(caller)
@@ -99,11 +111,7 @@ impl Policy {
                 "{path} needs a token with scope {scope}: send `authorization: Bearer <token>`"
             )));
         };
-        let token = bearer(header).map_err(Status::unauthenticated)?;
-        let principal = self
-            .registry
-            .authenticate(&token, Utc::now())
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let principal = self.authenticate(header)?;
         if !principal.scopes.contains(scope) {
             return Err(Status::permission_denied(format!(
                 "token {} ({}) does not have scope {scope}, which {path} needs",
@@ -111,6 +119,16 @@ impl Policy {
             )));
         }
         Ok(Caller::Token(principal))
+    }
+}
+
+impl Policy {
+    /// The principal whose token `header` carries, or UNAUTHENTICATED.
+    fn authenticate(&self, header: &[u8]) -> Result<Arc<Principal>, Status> {
+        let token = bearer(header).map_err(Status::unauthenticated)?;
+        self.registry
+            .authenticate(&token, Utc::now())
+            .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 }
 
@@ -261,9 +279,30 @@ mod tests {
                 Some(&good),
                 Err(Code::PermissionDenied),
             ),
+            // Health and reflection: open on every policy; a token sent is still checked.
+            (&closed, "/grpc.health.v1.Health/Check", None, Ok(false)),
+            (&closed, "/grpc.health.v1.Health/Watch", None, Ok(false)),
+            (
+                &closed,
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                None,
+                Ok(false),
+            ),
+            (
+                &closed,
+                "/grpc.health.v1.Health/Check",
+                Some(&good),
+                Ok(true),
+            ),
+            (
+                &closed,
+                "/grpc.health.v1.Health/Check",
+                Some(&unknown),
+                Err(Code::Unauthenticated),
+            ),
             (
                 &open,
-                "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Nope",
                 None,
                 Err(Code::PermissionDenied),
             ),

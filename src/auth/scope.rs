@@ -205,8 +205,38 @@ pub const METHODS: &[(&str, Scope)] = &[
     ("/bunting.v1.Tokens/RevokeToken", Scope::TokensAdmin),
 ];
 
-/// The scope `path` (`/package.Service/Method`) needs; `None` for a path the table does not name,
-/// which the layer refuses.
+/// Methods anyone may call without a token (a token sent to them is still checked).
+///
+/// - Health (`grpc.health.v1`): Kubernetes probes and load balancers carry no token, and the
+///   answer (SERVING or not, per service name) reveals nothing a TCP connect would not.
+/// - Reflection (v1 and v1alpha, which older grpcurl speaks): it describes the schema only, the
+///   same .proto files this repository publishes; every method it lists still needs its scope.
+pub const OPEN_METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// What calling a method takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token ([`OPEN_METHODS`]).
+    Open,
+    /// A token with this scope, unless the operator opened the scope (`[auth] open_*`).
+    Scoped(Scope),
+}
+
+/// What `path` (`/package.Service/Method`) takes; `None` for a path neither table names, which
+/// the layer refuses.
+pub fn access(path: &str) -> Option<Access> {
+    if OPEN_METHODS.contains(&path) {
+        return Some(Access::Open);
+    }
+    required(path).map(Access::Scoped)
+}
+
+/// The scope `path` needs; `None` for an open method or a path the table does not name.
 pub fn required(path: &str) -> Option<Scope> {
     METHODS
         .iter()
@@ -222,12 +252,20 @@ mod tests {
 
     use super::*;
 
-    /// Every method of every service in the generated descriptors, as a gRPC path.
+    /// Every method of every service the node serves, from the descriptors: Bunting's and
+    /// flagd's (generated here), health's and reflection's (shipped by their crates).
     fn served_methods() -> BTreeSet<String> {
-        let set =
-            prost_types::FileDescriptorSet::decode(bunting_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let sets = [
+            bunting_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
         let mut paths = BTreeSet::new();
-        for file in set.file {
+        for file in sets
+            .into_iter()
+            .flat_map(|set| prost_types::FileDescriptorSet::decode(set).unwrap().file)
+        {
             let package = file.package().to_owned();
             for service in &file.service {
                 for method in &service.method {
@@ -243,8 +281,17 @@ mod tests {
         let served = served_methods();
         // A sanity floor: the descriptors did list the services.
         assert!(served.len() >= 40, "{served:?}");
-        let table: BTreeSet<String> = METHODS.iter().map(|(m, _)| (*m).to_owned()).collect();
-        assert_eq!(table.len(), METHODS.len(), "a method is listed twice");
+        let table: BTreeSet<String> = METHODS
+            .iter()
+            .map(|(m, _)| *m)
+            .chain(OPEN_METHODS.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            table.len(),
+            METHODS.len() + OPEN_METHODS.len(),
+            "a method is listed twice"
+        );
         let missing: Vec<_> = served.difference(&table).collect();
         assert!(missing.is_empty(), "methods without a scope: {missing:?}");
         let stale: Vec<_> = table.difference(&served).collect();
@@ -300,13 +347,20 @@ mod tests {
             ("/bunting.v1.Admin/DropEverything", None),
             ("/bunting.v1.Admin/CreateFlag/", None),
             ("", None),
-            (
-                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-                None,
-            ),
+            ("/grpc.health.v1.Health/Nope", None),
         ];
         for (path, scope) in cases {
             assert_eq!(required(path), scope, "{path}");
+            assert_eq!(access(path), scope.map(Access::Scoped), "{path}");
+        }
+        for path in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(access(path), Some(Access::Open), "{path}");
+            assert_eq!(required(path), None, "{path}");
         }
     }
 

@@ -147,7 +147,7 @@ struct Summary {
 
 /// The file as JSON, refused before anything is sent if the engine reports an error in it.
 fn read_document(path: &Path) -> Result<Map<String, Value>, CliError> {
-    let compiled = crate::flag_file::load(path, None, crate::cli::FractionalArg::Cbor)?;
+    let compiled = crate::flag_file::load(path, None, crate::cli::FractionalArg::String)?;
     let errors: Vec<String> = compiled
         .diagnostics
         .iter()

@@ -90,7 +90,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             flag_type,
             options,
         } => eval::run(&flags, &flag, &context, flag_type, &options),
-        Command::Validate { files, schema } => validate::run(&files, schema),
+        Command::Validate {
+            files,
+            schema,
+            options,
+        } => validate::run(&files, schema, options.fractional),
         Command::Tokens { node, action } => tokens::run(&node, action),
         Command::Cluster { node, action } => cluster::run(&node, action),
         Command::Experiment { node, action } => experiment::run(&node, action),

@@ -4,18 +4,24 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bunting_engine::Severity;
+use bunting_engine::{FractionalMode, Severity};
 
 use crate::cli::{FractionalArg, SchemaArg};
 use crate::error::CliError;
 use crate::flag_file;
 
-pub fn run(files: &[PathBuf], schema: Option<SchemaArg>) -> Result<ExitCode, CliError> {
+pub fn run(
+    files: &[PathBuf],
+    schema: Option<SchemaArg>,
+    fractional: FractionalArg,
+) -> Result<ExitCode, CliError> {
     let mut stdout = std::io::stdout().lock();
     let mut problems = 0usize;
+    // The hashing form does not change what is valid, but it decides who gets which arm, and
+    // clients that disagree on it split users differently: say which one this check used.
+    writeln!(stdout, "{}", fractional_line(fractional.mode()))?;
     for path in files {
-        // The hashing form does not change what is valid.
-        let compiled = match flag_file::load(path, schema, FractionalArg::Cbor) {
+        let compiled = match flag_file::load(path, schema, fractional) {
             Ok(compiled) => compiled,
             Err(e @ (CliError::Definition { .. } | CliError::Read { .. })) => {
                 writeln!(stdout, "error: {e}")?;
@@ -54,4 +60,17 @@ pub fn run(files: &[PathBuf], schema: Option<SchemaArg>) -> Result<ExitCode, Cli
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The line naming the `fractional` mode, and the clients it agrees with (README, "Fractional
+/// bucketing across clients").
+pub fn fractional_line(mode: FractionalMode) -> String {
+    let agrees = match mode {
+        FractionalMode::String => {
+            "the flagd server and the Go, Java, JavaScript and .NET in-process providers"
+        }
+        FractionalMode::Cbor => "the Python (0.6) and Rust (0.3) in-process providers",
+        FractionalMode::LegacyFloat => "flagd servers before v0.15 and the Rust provider 0.2",
+    };
+    format!("fractional: {mode} (buckets agree with {agrees})")
 }

@@ -14,18 +14,19 @@ pub async fn live() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// Readiness: flags are loaded (the node's catalog holds its default set, or some set on a node
-/// that serves several) and the node is not shutting down. 503 otherwise, saying which.
+/// Readiness: the flag source's flags are loaded (a node that started while PostgreSQL was
+/// unreachable serves the shared tier's copies but is not ready until PostgreSQL answers) and the
+/// node is not shutting down. 503 otherwise, saying which.
 pub async fn ready(State(edge): State<Edge>) -> Response {
     let closing = *edge.inner.closing.borrow();
-    let catalog = edge.dispatch().node().catalog();
-    let sets = catalog.sets().count();
+    let loaded = *edge.inner.loaded.borrow();
+    let sets = edge.dispatch().node().catalog().sets().count();
     let (status, reason) = if closing {
         (StatusCode::SERVICE_UNAVAILABLE, Some("shutting down"))
-    } else if sets == 0 {
+    } else if !loaded {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Some("no flag set loaded yet"),
+            Some("the flag source has not been read yet"),
         )
     } else {
         (StatusCode::OK, None)

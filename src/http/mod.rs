@@ -55,6 +55,9 @@ struct State {
     /// since two nodes with the same definitions but different modes answer differently.
     fractional: &'static str,
     closing: watch::Receiver<bool>,
+    /// `true` once the node serves its flag source's flags (the feed's; what gRPC health
+    /// reports as SERVING too).
+    loaded: watch::Receiver<bool>,
     /// The newest version of each set this node has put in a bulk answer (see
     /// [`Edge::may_skip_evaluation`]).
     served: Mutex<HashMap<Arc<str>, u64>>,
@@ -71,6 +74,7 @@ impl Edge {
         config: HttpConfig,
         fractional: &'static str,
         closing: watch::Receiver<bool>,
+        loaded: watch::Receiver<bool>,
     ) -> Edge {
         let event_streams = Arc::new(Semaphore::new(config.max_event_streams));
         Edge {
@@ -80,6 +84,7 @@ impl Edge {
                 config,
                 fractional,
                 closing,
+                loaded,
                 served: Mutex::new(HashMap::new()),
                 event_streams,
                 definitions: definitions::Cache::default(),

@@ -5,21 +5,40 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bunting_actors::Catalog;
+use bunting_engine::FractionalMode;
 use bunting_proto::flagd::sync::v1::{
     FetchAllFlagsRequest, FetchAllFlagsResponse, GetMetadataRequest, GetMetadataResponse,
     SyncFlagsRequest, SyncFlagsResponse, flag_sync_service_server::FlagSyncService,
 };
 use futures_core::Stream;
+use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::evaluator::{Evaluator, metadata_struct};
 use super::request::selector;
 use super::wire_text::quoted;
 
+/// The sync-context key naming the node's `fractional` mode (`cbor`, `string` or `legacy`).
+/// flagd defines no key for it; the `bunting.` prefix keeps it apart from anything flagd or a
+/// deployment's static context sets.
+pub const FRACTIONAL_KEY: &str = "bunting.fractional";
+
+/// The sync service; the mode is the node's `fractional` setting, which every in-process provider
+/// syncing from it must share for its users to land in the node's buckets.
 #[derive(Debug, Clone)]
-pub struct FlagdSync(pub Evaluator);
+pub struct FlagdSync(pub Evaluator, pub FractionalMode);
 
 impl FlagdSync {
+    /// What in-process providers get as sync context (`SyncFlags`' `sync_context`, and
+    /// `GetMetadata`, which flagd deprecated in its favour): `bunting.fractional`, so an
+    /// operator can see which bucketing a node's clients must use. Providers merge it into their
+    /// evaluation contexts like flagd's static context values; no rule reads it.
+    pub fn sync_context(&self) -> Map<String, Value> {
+        let mut context = Map::new();
+        context.insert(FRACTIONAL_KEY.into(), Value::from(self.1.as_str()));
+        context
+    }
+
     pub(super) fn set_name(&self, chosen: Option<Arc<str>>) -> Arc<str> {
         chosen.unwrap_or_else(|| self.0.node().config().default_set.as_str().into())
     }
@@ -67,10 +86,12 @@ impl FlagSyncService for FlagdSync {
         let set = self.set_name(selector(request.metadata(), ""));
         self.0.authorize_set(request.extensions(), Some(&set))?;
         let catalog = self.0.node().catalog();
-        let metadata = catalog
+        let mut metadata = catalog
             .get(&set)
             .map(|s| s.metadata().clone())
             .unwrap_or_default();
+        // The node's own keys last: they describe this node, whatever the set's metadata says.
+        metadata.extend(self.sync_context());
         Ok(Response::new(GetMetadataResponse {
             metadata: Some(metadata_struct(&metadata)?),
         }))

@@ -1,6 +1,6 @@
 //! The gRPC services one node serves on its one port: flagd's evaluation (v1, v2) and sync
 //! protocols, and Bunting's own `bunting.v1` Evaluation (bulk), Admin, Experiments, Topology and
-//! ClusterAdmin.
+//! ClusterAdmin, with gRPC health and reflection beside them.
 
 mod admin;
 mod admin_status;
@@ -13,6 +13,7 @@ pub mod experiment_results;
 mod experiments;
 mod flagd_evaluation;
 mod flagd_sync;
+mod health;
 pub(crate) mod request;
 mod sync_snapshots;
 mod sync_stream;
@@ -29,6 +30,7 @@ pub use events::changed_flags;
 pub use experiments::ExperimentsService;
 pub use flagd_evaluation::{FlagdV1, FlagdV2};
 pub use flagd_sync::FlagdSync;
+pub use health::{NodeHealth, SERVICE_NAMES as HEALTH_SERVICE_NAMES, reflection};
 pub use request::SELECTOR_HEADER;
 pub use sync_stream::SyncService;
 pub use tokens::TokensService;

@@ -20,6 +20,9 @@ const EMPTY_DOCUMENT: &str = r#"{"flags":{}}"#;
 /// `flag_configuration`'s field number in `flagd.sync.v1.SyncFlagsResponse`.
 const FLAG_CONFIGURATION_FIELD: u32 = 1;
 
+/// `sync_context`'s field number in `flagd.sync.v1.SyncFlagsResponse`.
+const SYNC_CONTEXT_FIELD: u32 = 2;
+
 /// One version of a set as subscribers receive it.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -43,6 +46,9 @@ pub struct TooLarge {
 #[derive(Debug, Default)]
 pub struct Snapshots {
     latest: Mutex<HashMap<Arc<str>, Arc<Entry>>>,
+    /// The `sync_context` field, encoded once (tag, length, Struct): the same in every message
+    /// of this node. Empty: no sync context.
+    context: Bytes,
 }
 
 #[derive(Debug)]
@@ -53,6 +59,16 @@ struct Entry {
 }
 
 impl Snapshots {
+    /// Snapshots whose messages all carry `context` as their `sync_context`.
+    pub fn with_context(context: &prost_types::Struct) -> Snapshots {
+        let mut field = BytesMut::new();
+        prost::encoding::message::encode(SYNC_CONTEXT_FIELD, context, &mut field);
+        Snapshots {
+            latest: Mutex::default(),
+            context: field.freeze(),
+        }
+    }
+
     /// `set` as `flags` (the set in the subscriber's catalog, `None` if it has none) encodes it.
     pub async fn get(
         &self,
@@ -63,7 +79,7 @@ impl Snapshots {
             self.entries().remove(set);
             return Ok(Snapshot {
                 version: None,
-                frame: encode_frame(EMPTY_DOCUMENT).map_err(|len| TooLarge {
+                frame: encode_frame(EMPTY_DOCUMENT, &self.context).map_err(|len| TooLarge {
                     set: set.clone(),
                     version: 0,
                     len,
@@ -88,7 +104,7 @@ impl Snapshots {
         let frame = entry
             .frame
             .get_or_try_init(|| async {
-                encode_frame(&flags.document().to_string()).map_err(|len| TooLarge {
+                encode_frame(&flags.document().to_string(), &self.context).map_err(|len| TooLarge {
                     set: set.clone(),
                     version,
                     len,
@@ -118,12 +134,14 @@ impl Entry {
     }
 }
 
-/// `SyncFlagsResponse { flag_configuration: document }` as one uncompressed gRPC frame, or the
-/// message's length when it does not fit the frame's 32-bit length.
-fn encode_frame(document: &str) -> Result<Bytes, usize> {
+/// `SyncFlagsResponse { flag_configuration: document, sync_context }` as one uncompressed gRPC
+/// frame (`context` is the encoded `sync_context` field, or empty), or the message's length when
+/// it does not fit the frame's 32-bit length.
+fn encode_frame(document: &str, context: &[u8]) -> Result<Bytes, usize> {
     let len = prost::encoding::key_len(FLAG_CONFIGURATION_FIELD)
         + prost::encoding::encoded_len_varint(document.len() as u64)
-        + document.len();
+        + document.len()
+        + context.len();
     let prefix = u32::try_from(len).map_err(|_| len)?;
     let mut frame = BytesMut::with_capacity(5 + len);
     frame.put_u8(0);
@@ -135,6 +153,7 @@ fn encode_frame(document: &str) -> Result<Bytes, usize> {
     );
     prost::encoding::encode_varint(document.len() as u64, &mut frame);
     frame.put_slice(document.as_bytes());
+    frame.put_slice(context);
     Ok(frame.freeze())
 }
 
@@ -158,12 +177,35 @@ mod tests {
 
     #[test]
     fn a_frame_is_a_grpc_prefix_and_a_sync_flags_response() {
-        let frame = encode_frame(r#"{"flags":{}}"#).unwrap();
+        let frame = encode_frame(r#"{"flags":{}}"#, &[]).unwrap();
         assert_eq!(frame[0], 0, "uncompressed");
         let len = u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize;
         assert_eq!(len, frame.len() - 5);
         let decoded = SyncFlagsResponse::decode(&frame[5..]).unwrap();
         assert_eq!(decoded.flag_configuration, r#"{"flags":{}}"#);
+        assert_eq!(decoded.sync_context, None);
+    }
+
+    #[tokio::test]
+    async fn every_frame_carries_the_sync_context() {
+        let context = bunting_proto::json::json_to_struct(
+            serde_json::json!({"bunting.fractional": "string"})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
+        let snapshots = Snapshots::with_context(&context);
+        let set: Arc<str> = "s".into();
+        for snapshot in [
+            snapshots.get(&set, Some(&flag_set(1))).await.unwrap(),
+            snapshots.get(&set, None).await.unwrap(),
+        ] {
+            let len = u32::from_be_bytes(snapshot.frame[1..5].try_into().unwrap()) as usize;
+            assert_eq!(len, snapshot.frame.len() - 5);
+            let decoded = SyncFlagsResponse::decode(&snapshot.frame[5..]).unwrap();
+            assert_eq!(decoded.sync_context.as_ref(), Some(&context));
+            assert!(decoded.flag_configuration.starts_with('{'));
+        }
     }
 
     #[tokio::test]

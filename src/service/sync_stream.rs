@@ -68,15 +68,17 @@ struct Subscriptions {
 }
 
 impl SyncService {
-    pub fn new(sync: FlagdSync, lag: Duration) -> SyncService {
-        SyncService {
+    /// Fails only if the sync context cannot be a protobuf Struct (it is one string).
+    pub fn new(sync: FlagdSync, lag: Duration) -> Result<SyncService, Status> {
+        let context = super::evaluator::metadata_struct(&sync.sync_context())?;
+        Ok(SyncService {
             generated: FlagSyncServiceServer::new(sync.clone()),
             subscriptions: Arc::new(Subscriptions {
                 sync,
-                snapshots: Arc::default(),
+                snapshots: Arc::new(Snapshots::with_context(&context)),
                 lag,
             }),
-        }
+        })
     }
 }
 

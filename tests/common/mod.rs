@@ -162,7 +162,9 @@ pub struct Serve {
 }
 
 impl Serve {
-    /// The node's embedded defaults (`fractional = "cbor"`, `broken_flags = "refuse"`) on `flags`.
+    /// `fractional = "cbor"` and `broken_flags = "refuse"` on `flags`. cbor is not the node's
+    /// default (string, flagd server's), but what the stock clients these tests drive in process
+    /// hash (Python provider 0.6, Rust 0.3), and the buckets the scripts expect were computed so.
     pub fn new(flags: impl Into<PathBuf>) -> Serve {
         Serve {
             flags: flags.into(),

@@ -90,7 +90,8 @@ def resolution_checks(checks, client):
         value=True, variant="on", reason="TARGETING_MATCH",
     )
     # string: a 50/50 fractional split on the targeting key. user-42's bucket is what the engine
-    # computes in the default (cbor) mode, the one flagd's in-process evaluators use too.
+    # computes in cbor mode (the node's config in tests/stock_clients.rs), the mode this Python
+    # provider (0.6) uses in process; under string (the node's default) it lands elsewhere.
     checks.expect(
         "string fractional split",
         client.get_string_details("checkout-flow", "fallback", context("user-42")),

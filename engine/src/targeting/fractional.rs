@@ -10,20 +10,41 @@ use super::eval::Scope;
 use super::expr::Expr;
 use super::murmur3::{self, Murmur3};
 
-/// How `fractional` turns the bucketing value into a bucket. Bunting defaults to the form flagd's
-/// in-process evaluators use, so a Bunting node and an in-process provider syncing from it put
-/// every user in the same bucket. A flag source can select an older form to match a flagd server.
+/// How `fractional` turns the bucketing value into a bucket. flagd's evaluators do not all agree
+/// (README, "Fractional bucketing across clients"): the flagd server and the Go, Java,
+/// JavaScript and .NET in-process providers hash the plain string, the Python (0.6) and Rust
+/// (0.3) ones its CBOR encoding. Bunting defaults to the string form, which agrees with the flagd
+/// server and most providers; a node selects another so that a fleet of mixed clients agrees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FractionalMode {
     /// Hash the deterministic CBOR encoding of the bucketing value (default: `[flagKey,
-    /// targetingKey]`); bucket = `(hash * totalWeight) >> 32`. flagd's "v3".
-    #[default]
+    /// targetingKey]`); bucket = `(hash * totalWeight) >> 32`. flagd's "v3" (its accepted ADR,
+    /// not yet in the flagd server).
     Cbor,
     /// Hash the bucketing string (default: flagKey followed by targetingKey); same bucket formula.
-    /// What flagd servers compute today ("v2").
+    /// What the flagd server computes today ("v2"). The default.
+    #[default]
     String,
     /// The legacy float form: `|hash as i32| / i32::MAX * 100` against percentage ranges ("v1").
     LegacyFloat,
+}
+
+impl FractionalMode {
+    /// The mode's name as a node's config (`fractional = "..."`), the CLI's `--fractional` and
+    /// the sync metadata (`bunting.fractional`) spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FractionalMode::Cbor => "cbor",
+            FractionalMode::String => "string",
+            FractionalMode::LegacyFloat => "legacy",
+        }
+    }
+}
+
+impl std::fmt::Display for FractionalMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The largest total weight flagd allows: the bucket formula needs `hash * total` to fit 64 bits
