@@ -660,3 +660,104 @@ async fn hostile_connections_are_bounded() {
     assert_eq!(send(addr, "GET", "/healthz", &[], &[]).await.status, 200);
     node.stop().await;
 }
+
+/// Splits a Connect stream body into its envelopes: (flags, JSON message).
+fn envelopes(mut body: &[u8]) -> Vec<(u8, Value)> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        if body.len() < 5 + len {
+            break;
+        }
+        out.push((body[0], serde_json::from_slice(&body[5..5 + len]).unwrap()));
+        body = &body[5 + len..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flagd_over_connect_for_browsers() {
+    let (node, file) = node_with("http-connect", &flags("hello"), |_| {}).await;
+    let addr = http(&node);
+    const RESOLVE_ALL: &str = "/flagd.evaluation.v1.Service/ResolveAll";
+    let answer = post_json(
+        addr,
+        RESOLVE_ALL,
+        &[("connect-protocol-version", "1")],
+        &json!({"context": {"targetingKey": "u", "plan": "pro"}}),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let all = answer.json();
+    let cases = [
+        ("bool-flag", "boolValue", json!(true)),
+        ("string-flag", "stringValue", json!("bye")),
+        ("int-flag", "doubleValue", json!(10.0)),
+        ("float-flag", "doubleValue", json!(0.5)),
+        (
+            "object-flag",
+            "objectValue",
+            json!({"colour": "green", "n": 3}),
+        ),
+    ];
+    for (flag, arm, value) in cases {
+        assert_eq!(all["flags"][flag][arm], value, "{flag} in {all}");
+    }
+    assert_eq!(all["flags"]["string-flag"]["reason"], "TARGETING_MATCH");
+    assert_eq!(all["flags"]["disabled-flag"]["reason"], "DISABLED");
+    assert_eq!(all["metadata"]["team"], "growth");
+    // An empty request message may omit the context.
+    assert_eq!(
+        post_json(addr, RESOLVE_ALL, &[], &json!({})).await.status,
+        200
+    );
+    // Binary protobuf is not served: Connect's plain 415.
+    let binary = send(
+        addr,
+        "POST",
+        RESOLVE_ALL,
+        &[("content-type", "application/proto")],
+        b"",
+    )
+    .await;
+    assert_eq!(binary.status, 415);
+    let bad = post_json(addr, RESOLVE_ALL, &[], &json!({"context": 3})).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["code"], "invalid_argument");
+
+    // EventStream: provider_ready at once, configuration_change when the set changes.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request_envelope = [0u8, 0, 0, 0, 2, b'{', b'}'];
+    let head = format!(
+        "POST /flagd.evaluation.v1.Service/EventStream HTTP/1.1\r\nhost: x\r\ncontent-type: application/connect+json\r\ncontent-length: {}\r\n\r\n",
+        request_envelope.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&request_envelope).await.unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stream, &mut seen, "provider_ready").await;
+    write(&file, &flags("changed"));
+    read_until(&mut stream, &mut seen, "configuration_change").await;
+    read_until(&mut stream, &mut seen, "string-flag").await;
+    let start = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let messages = envelopes(&common::http::dechunk(&seen[start..]));
+    assert_eq!(
+        messages[0],
+        (0, json!({"type": "provider_ready", "data": {}}))
+    );
+    let change = messages
+        .iter()
+        .find(|(_, m)| m["type"] == "configuration_change")
+        .unwrap();
+    assert_eq!(
+        change.1["data"]["flags"]["string-flag"]["type"], "update",
+        "{messages:?}"
+    );
+    drop(stream);
+    node.stop().await;
+}

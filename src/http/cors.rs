@@ -14,7 +14,8 @@ use super::Edge;
 /// What a page may send: the credential headers, JSON, validators, flagd's selector, and the
 /// event stream's resume header.
 const ALLOW_HEADERS: &str = "authorization, x-api-key, content-type, if-none-match, \
-                             flagd-selector, last-event-id, cache-control";
+                             flagd-selector, last-event-id, cache-control, \
+                             connect-protocol-version, connect-timeout-ms, x-user-agent";
 
 /// What a page may read besides the always-visible headers.
 const EXPOSE_HEADERS: &str = "etag, retry-after, bunting-owner, bunting-epoch";

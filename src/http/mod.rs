@@ -12,12 +12,15 @@
 //!   evaluate in process, with a strong ETag and a public max-age.
 //! - [`health`]: `/healthz` (the process answers) and `/readyz` (flags are loaded, not shutting
 //!   down).
+//! - [`connect`]: flagd's evaluation protocol over Connect (`ResolveAll`, `EventStream`), as
+//!   `@openfeature/flagd-web-provider` speaks it from browsers.
 //! - [`cors`]: the browser's cross-origin rules, for the origins the operator configured.
 //! - [`caller`]: the same tokens and scopes as the gRPC port (`crate::auth::Policy`).
 //! - [`listener`]: the accept loop (the edge's connection cap, header and idle timeouts) and
 //!   hyper's per-connection limits.
 
 mod caller;
+mod connect;
 mod cors;
 mod definitions;
 mod etag;
@@ -138,6 +141,14 @@ pub fn router(edge: Edge) -> Router {
         .route("/ofrep/v1/configuration", get(ofrep::configuration))
         .route("/ofrep/v1/events", get(events::sse))
         .route("/v1/flag-sets/{set}", get(definitions::definition))
+        .route(
+            "/flagd.evaluation.v1.Service/ResolveAll",
+            post(connect::resolve_all),
+        )
+        .route(
+            "/flagd.evaluation.v1.Service/EventStream",
+            post(connect::event_stream),
+        )
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .fallback(problem::not_found)

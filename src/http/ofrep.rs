@@ -214,29 +214,40 @@ pub fn selected_set(headers: &HeaderMap) -> Option<Arc<str>> {
     (!id.is_empty()).then(|| Arc::from(id))
 }
 
-/// An OFREP request body, decoded.
-struct Request {
-    context: Struct,
-    has_targeting_key: bool,
+/// An evaluation request body, decoded.
+pub(super) struct Request {
+    pub(super) context: Struct,
+    pub(super) has_targeting_key: bool,
     /// The context as compact JSON with sorted keys: what the bulk validator hashes.
-    canonical: Vec<u8>,
+    pub(super) canonical: Vec<u8>,
 }
 
-/// Reads and decodes `{"context": {...}}`: JSON only, within the size limit, the context an
-/// object whose `targetingKey`, if present, is a string.
+/// Reads and decodes an OFREP body, `{"context": {...}}`.
 async fn read_request(
     edge: &Edge,
     headers: &HeaderMap,
     body: Body,
     key: Option<&str>,
 ) -> Result<Request, Problem> {
+    let bytes = read_body(edge, headers, body, "application/json").await?;
+    decode(&bytes, key, true)
+}
+
+/// The body of a request whose content type must be `essence`, within the size limit.
+pub(super) async fn read_body(
+    edge: &Edge,
+    headers: &HeaderMap,
+    body: Body,
+    essence: &str,
+) -> Result<bytes::Bytes, Problem> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/json") {
+    let sent = content_type.split(';').next().unwrap_or("").trim();
+    if !sent.eq_ignore_ascii_case(essence) {
         return Err(Problem::UnsupportedMediaType {
+            wanted: essence.to_owned(),
             found: if content_type.is_empty() {
                 "none".to_owned()
             } else {
@@ -247,11 +258,21 @@ async fn read_request(
     // The context's own limit is checked on its protobuf size by the dispatch; its JSON text may
     // be somewhat longer, so the body gets twice that and a margin, and no more.
     let limit = edge.dispatch().gate().max_context_bytes().saturating_mul(2) + 4096;
-    let bytes = axum::body::to_bytes(body, limit)
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| Problem::TooLarge { limit })?;
+        .map_err(|_| Problem::TooLarge { limit })
+}
+
+/// Decodes `{"context": {...}}`: a JSON object whose context is an object whose
+/// `targetingKey`, if present, is a string. Without `context_required`, an absent context is
+/// an empty one (flagd's protocol over Connect may omit an empty message field).
+pub(super) fn decode(
+    bytes: &[u8],
+    key: Option<&str>,
+    context_required: bool,
+) -> Result<Request, Problem> {
     let invalid = |details: String| Problem::evaluation(key, Code::InvalidContext, details);
-    let document: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let document: Value = serde_json::from_slice(bytes).map_err(|e| {
         Problem::evaluation(
             key,
             Code::ParseError,
@@ -267,6 +288,7 @@ async fn read_request(
     };
     let context = match document.remove("context") {
         Some(Value::Object(context)) => context,
+        None if !context_required => Map::new(),
         Some(other) => {
             return Err(invalid(format!(
                 "context must be an object, found {}",
@@ -358,11 +380,11 @@ fn code_of(error: &ResolveError) -> Code {
     }
 }
 
-fn resolution_problem(key: Option<&str>, error: &ResolveError) -> Problem {
+pub(super) fn resolution_problem(key: Option<&str>, error: &ResolveError) -> Problem {
     Problem::evaluation(key, code_of(error), error.message.clone())
 }
 
-fn dispatch_problem(key: Option<&str>, error: DispatchError) -> Problem {
+pub(super) fn dispatch_problem(key: Option<&str>, error: DispatchError) -> Problem {
     match error {
         DispatchError::Refused(crate::service::Refused::Full { .. }) => Problem::TooBusy {
             details: error.to_string(),

@@ -55,8 +55,8 @@ pub enum Problem {
     #[error("request body is over this node's limit of {limit} bytes")]
     TooLarge { limit: usize },
     /// Not JSON (415).
-    #[error("content-type must be application/json, found {found}")]
-    UnsupportedMediaType { found: String },
+    #[error("content-type must be {wanted}, found {found}")]
+    UnsupportedMediaType { wanted: String, found: String },
     /// No such route (404) or not this method (405).
     #[error("{details}")]
     Route { status: StatusCode, details: String },
