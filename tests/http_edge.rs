@@ -761,3 +761,74 @@ async fn flagd_over_connect_for_browsers() {
     drop(stream);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_carries_the_same_notices() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (node, file) = node_with("http-ws", &flags("hello"), |_| {}).await;
+    let addr = http(&node);
+    let (mut socket, answer) = tokio_tungstenite::connect_async(format!("ws://{addr}/ofrep/v1/ws"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 101);
+    write(&file, &flags("changed"));
+    let text = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("the socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no notice within 10 s");
+    let notice: Value = serde_json::from_str(&text).unwrap();
+    let definition = send(addr, "GET", "/v1/flag-sets/default", &[], &[]).await;
+    assert_eq!(notice["type"], "refetchEvaluation");
+    assert_eq!(notice["etag"].as_str(), definition.header("etag"));
+    // A closed node ends the socket rather than holding shutdown open.
+    node.stop().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the socket outlived the node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped() {
+    let (node, _file) = node_with("http-stream-cap", &flags("hello"), |config| {
+        config.http.max_event_streams = 1;
+    })
+    .await;
+    let addr = http(&node);
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first
+        .write_all(b"GET /ofrep/v1/events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut first, &mut seen, "following flag set").await;
+    let second = send(addr, "GET", "/ofrep/v1/events", &[], &[]).await;
+    assert_eq!(second.status, 429);
+    assert!(second.header("retry-after").is_some());
+    // The slot comes back when the first client goes.
+    drop(first);
+    common::wait_until(
+        "the first stream's slot to come back",
+        Duration::from_secs(10),
+        || async {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET /ofrep/v1/events HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await.is_ok() && head.ends_with(b"200")
+        },
+    )
+    .await;
+    node.stop().await;
+}

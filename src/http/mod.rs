@@ -7,7 +7,7 @@
 //! - [`etag`]: the bulk answer's validator, computed before evaluating when the answer can only
 //!   change with the set (see there), so a revalidation answered 304 costs no evaluation.
 //! - [`events`]: change notifications for clients that cannot hold a gRPC stream: OFREP's
-//!   server-sent events (`refetchEvaluation`).
+//!   server-sent events (`refetchEvaluation`), and the same notices over a WebSocket.
 //! - [`definitions`]: a flag set's definition (flagd's sync JSON) for CDNs and edge workers that
 //!   evaluate in process, with a strong ETag and a public max-age.
 //! - [`health`]: `/healthz` (the process answers) and `/readyz` (flags are loaded, not shutting
@@ -140,6 +140,7 @@ pub fn router(edge: Edge) -> Router {
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
         .route("/ofrep/v1/configuration", get(ofrep::configuration))
         .route("/ofrep/v1/events", get(events::sse))
+        .route("/ofrep/v1/ws", get(events::websocket))
         .route("/v1/flag-sets/{set}", get(definitions::definition))
         .route(
             "/flagd.evaluation.v1.Service/ResolveAll",

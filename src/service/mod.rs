@@ -23,7 +23,7 @@ pub(crate) mod wire_text;
 
 pub use admin::{Admin, DEFAULT_AUDIT_PAGE};
 pub use admin_status::{MAX_FLAG_KEY_CHARS, MAX_FLAG_SET_ID_CHARS};
-pub use admission::{ContextRefused, Gate, Limits, Refused};
+pub use admission::{ContextRefused, Gate, Limits, Refused, StreamSlot};
 pub use bulk::BulkEvaluation;
 pub use evaluator::Evaluator;
 pub use events::changed_flags;
