@@ -148,8 +148,15 @@ pub enum FractionalConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The one port serving every gRPC service (flagd's default is 8013).
+    /// The gRPC port: every service, or only the client-facing ones (evaluation, sync, bulk,
+    /// topology, Track) when `admin_addr` is set (flagd's default is 8013).
     pub grpc_addr: SocketAddr,
+    /// A listener of its own for administration: Admin, Tokens, ClusterAdmin and the
+    /// Experiments API but for Track. Set, those are served there only and refused on
+    /// `grpc_addr` (which then serves client traffic only), so the admin port can be firewalled
+    /// apart and stays reachable when the public port is flooded. Absent (the default): one port
+    /// serves everything. Tokens are still required, and `[tls]` applies to both.
+    pub admin_addr: Option<SocketAddr>,
     /// Prometheus scrapes `http://<metrics_addr>/metrics`.
     pub metrics_addr: SocketAddr,
     pub shards: u32,
@@ -471,6 +478,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8013)),
+            admin_addr: None,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             shards: bunting_keyspace::DEFAULT_SHARDS,
             default_set: default_set(),
@@ -648,6 +656,16 @@ impl Config {
                 "grpc_addr and metrics_addr are both {}",
                 self.grpc_addr
             ));
+        }
+        if let Some(admin) = self.admin_addr {
+            for (name, other) in [
+                ("grpc_addr", self.grpc_addr),
+                ("metrics_addr", self.metrics_addr),
+            ] {
+                if admin == other && admin.port() != 0 {
+                    return Err(format!("admin_addr and {name} are both {admin}"));
+                }
+            }
         }
         if self
             .scylla

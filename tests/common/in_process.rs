@@ -17,6 +17,8 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(20);
 
 pub struct TestNode {
     pub grpc: SocketAddr,
+    /// The admin listener, when the config sets `admin_addr`.
+    pub admin: Option<SocketAddr>,
     pub metrics: SocketAddr,
     stop: oneshot::Sender<()>,
     served: JoinHandle<Result<(), ServerError>>,
@@ -29,13 +31,14 @@ impl TestNode {
             config.auth.bootstrap_token = Some(super::test_token());
         }
         let bound = bunting::server::bind(config).await.unwrap();
-        let (grpc, metrics) = (bound.grpc_addr(), bound.metrics_addr());
+        let (grpc, admin, metrics) = (bound.grpc_addr(), bound.admin_addr(), bound.metrics_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(bound.serve(async {
             let _ = stopped.await;
         }));
         TestNode {
             grpc,
+            admin,
             metrics,
             stop,
             served,
