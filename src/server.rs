@@ -584,8 +584,16 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
     // is in the build; tonic's server config asks for the process default, so name it:
     // ring, the provider tonic's `tls-ring` uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut server = tonic::transport::ServerTlsConfig::new();
+    if let Some(ca) = &tls.client_ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| ServerError::Tls(format!("tls.client_ca {}: {e}", ca.display())))?;
+        // Required, not optional: a connection without a certificate from this CA fails its
+        // handshake, so every request that reaches the auth layer has a verified one.
+        server = server.client_ca_root(tonic::transport::Certificate::from_pem(pem));
+    }
     Ok(Some(
-        tonic::transport::ServerTlsConfig::new()
+        server
             .identity(tonic::transport::Identity::from_pem(cert, key))
             // The whole handshake, not just its first bytes, within the header-read
             // timeout: a client stalling mid-handshake has no stream to be idle from.
