@@ -41,6 +41,27 @@ pub enum FlagSourceConfig {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A PEM file of the CA(s) client certificates must be signed by. Set, every connection to
+    /// the gRPC port (and the admin listener) must present one, or its handshake is refused; the
+    /// certificate's subject names the caller through `[[auth.certificates]]`. Absent: no client
+    /// certificates.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[[auth.certificates]]`: what callers presenting a client certificate with `subject` may do
+/// when they send no token (ARCHITECTURE.md, "Security model").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateGrant {
+    /// The certificate's full subject DN, attributes in certificate order with `, ` between them:
+    /// `CN=deployer`, `CN=deployer, O=Acme`. Compared exactly.
+    pub subject: String,
+    /// Scopes, as a token's (`flags:write`, `cluster:read`, ...).
+    pub scopes: Vec<String>,
+    /// The flag sets it may touch; absent: every set.
+    #[serde(default)]
+    pub flag_sets: Option<Vec<String>>,
 }
 
 /// The shared tier (`[shared_tier]`): none, or Redis (one server or a Redis Cluster).
@@ -152,8 +173,15 @@ pub enum FractionalConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The one port serving every gRPC service (flagd's default is 8013).
+    /// The gRPC port: every service, or only the client-facing ones (evaluation, sync, bulk,
+    /// topology, Track) when `admin_addr` is set (flagd's default is 8013).
     pub grpc_addr: SocketAddr,
+    /// A listener of its own for administration: Admin, Tokens, ClusterAdmin and the
+    /// Experiments API but for Track. Set, those are served there only and refused on
+    /// `grpc_addr` (which then serves client traffic only), so the admin port can be firewalled
+    /// apart and stays reachable when the public port is flooded. Absent (the default): one port
+    /// serves everything. Tokens are still required, and `[tls]` applies to both.
+    pub admin_addr: Option<SocketAddr>,
     /// Prometheus scrapes `http://<metrics_addr>/metrics`.
     pub metrics_addr: SocketAddr,
     /// The HTTP edge (`[http]`, `crate::http`): OFREP, event streams, flag-set definitions for
@@ -244,6 +272,11 @@ pub struct AuthConfig {
     /// Track calls one token (or all callers without one, together) may make per second on one
     /// node, likewise. Default: no limit.
     pub track_rate_per_second: Option<std::num::NonZeroU32>,
+    /// Client certificates' subjects mapped to scopes and flag sets (needs `[tls] client_ca`). A
+    /// request with a verified certificate and no token is the mapped subject's principal
+    /// (`cert:<subject>` in the audit log); a subject no entry names has no scopes. A token, when
+    /// sent, takes precedence.
+    pub certificates: Vec<CertificateGrant>,
     /// The bootstrap token given in code (tests, embedding); never read from the file.
     #[serde(skip)]
     pub bootstrap_token: Option<crate::auth::ApiToken>,
@@ -522,6 +555,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8013)),
+            admin_addr: None,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8016)),
             http: HttpConfig::default(),
@@ -687,6 +721,15 @@ impl Config {
         if let SharedTierConfig::Redis(redis) = &self.shared_tier {
             redis.check()?;
         }
+        if !self.auth.certificates.is_empty()
+            && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            return Err(
+                "auth.certificates maps client certificates, which need tls.client_ca (the CA \
+                 they are verified against)"
+                    .to_owned(),
+            );
+        }
         if self.shards == 0 {
             return Err("shards must be at least 1".to_owned());
         }
@@ -722,6 +765,16 @@ impl Config {
             return Err(format!(
                 "http.cors_allowed_origins: {origin:?} is not a valid origin"
             ));
+        }
+        if let Some(admin) = self.admin_addr {
+            for (name, other) in [
+                ("grpc_addr", self.grpc_addr),
+                ("metrics_addr", self.metrics_addr),
+            ] {
+                if admin == other && admin.port() != 0 {
+                    return Err(format!("admin_addr and {name} are both {admin}"));
+                }
+            }
         }
         if self
             .scylla
@@ -887,6 +940,51 @@ mod tests {
         assert!(
             toml::from_str::<Config>(
                 "[cluster]\nnode_id = \"n\"\nlisten = \"127.0.0.1:1\"\ncookie = \"x\""
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn reads_client_certificates_and_refuses_them_without_a_client_ca() {
+        let with_ca = r#"
+            admin_addr = "127.0.0.1:9013"
+            [tls]
+            cert = "node.crt"
+            key = "node.key"
+            client_ca = "clients-ca.pem"
+            [[auth.certificates]]
+            subject = "CN=deployer"
+            scopes = ["flags:write"]
+            flag_sets = ["shop"]
+            [[auth.certificates]]
+            subject = "CN=ops, O=Acme"
+            scopes = ["cluster:read"]
+            "#;
+        let c: Config = toml::from_str(with_ca).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.admin_addr, Some("127.0.0.1:9013".parse().unwrap()));
+        assert_eq!(c.auth.certificates.len(), 2);
+        assert_eq!(c.auth.certificates[0].flag_sets, Some(vec!["shop".into()]));
+        assert_eq!(c.auth.certificates[1].flag_sets, None);
+        let without_ca = with_ca.replace("client_ca = \"clients-ca.pem\"", "");
+        let problem = toml::from_str::<Config>(&without_ca)
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(problem.contains("tls.client_ca"), "{problem}");
+        let clash: Config =
+            toml::from_str("admin_addr = \"127.0.0.1:8013\"\ngrpc_addr = \"127.0.0.1:8013\"")
+                .unwrap();
+        assert!(
+            clash
+                .check()
+                .unwrap_err()
+                .contains("admin_addr and grpc_addr")
+        );
+        assert!(
+            toml::from_str::<Config>(
+                "[[auth.certificates]]\nsubject = \"CN=a\"\nscope = [\"evaluate\"]"
             )
             .is_err()
         );

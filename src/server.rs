@@ -25,7 +25,7 @@ use crate::auth::{self, Auth, AuthLayer};
 use crate::breaker::BreakerSettings;
 use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
 use crate::dispatch::Dispatch;
-use crate::edge;
+use crate::edge::{self, PlaneLayer, Serves};
 use crate::experiment_feed;
 use crate::feed::{self, Feed};
 use crate::metrics_http;
@@ -86,6 +86,8 @@ pub struct BoundServer {
     config: Config,
     grpc: TcpListener,
     grpc_addr: SocketAddr,
+    /// The admin listener and its address, when `admin_addr` is set.
+    admin: Option<(TcpListener, SocketAddr)>,
     metrics: TcpListener,
     metrics_addr: SocketAddr,
     /// The HTTP edge's listener and address, unless `[http] enabled = false`.
@@ -145,9 +147,10 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     } else {
         0
     };
+    let admin_cap = config.admin_addr.map_or(0, |_| edge::ADMIN_MAX_CONNECTIONS);
     let caps = edge::fd_limit::plan(
         &config.connections,
-        edge::METRICS_MAX_CONNECTIONS,
+        edge::METRICS_MAX_CONNECTIONS + admin_cap,
         http_connections,
     )?;
     let options = compile_options(&config);
@@ -245,6 +248,10 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         true => Some(listen(config.http_addr).await?),
         false => None,
     };
+    let admin = match config.admin_addr {
+        Some(addr) => Some(listen(addr).await?),
+        None => None,
+    };
     let gate = Gate::new(Limits {
         max_concurrent_requests: config.max_concurrent_requests,
         max_streams: config.max_streams.get(),
@@ -273,6 +280,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         config,
         grpc,
         grpc_addr,
+        admin,
         metrics,
         metrics_addr,
         http,
@@ -372,6 +380,11 @@ async fn join_cluster(
 impl BoundServer {
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The admin listener's address, when `admin_addr` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
@@ -487,38 +500,52 @@ impl BoundServer {
         let admin = Admin::new(self.store.clone(), &self.config.flags);
         let experiments =
             ExperimentsService::new(self.experiments.clone(), &self.config.flags, dispatch);
-        let mut builder = edge::tune(
-            tonic::transport::Server::builder(),
-            &self.config.connections,
-        )
-        .layer(edge::TrackStreamsLayer)
-        // Every service below is behind it: one place authenticates and authorizes.
-        .layer(AuthLayer::new(self.auth.policy.clone()));
-        if let Some(tls) = &self.config.tls {
-            let cert = std::fs::read(&tls.cert)
-                .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.cert.display())))?;
-            let key = std::fs::read(&tls.key)
-                .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.key.display())))?;
-            // rustls cannot pick a crypto provider by itself when both its `ring` and
-            // `aws-lc-rs` features are on, as they are once ractor_cluster (tokio-rustls with
-            // default features) is in the build; tonic's server config asks for the process
-            // default, so name it: ring, the provider tonic's `tls-ring` uses.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            builder = builder
-                .tls_config(
-                    tonic::transport::ServerTlsConfig::new()
-                        .identity(tonic::transport::Identity::from_pem(cert, key))
-                        // The whole handshake, not just its first bytes, within the header-read
-                        // timeout: a client stalling mid-handshake has no stream to be idle from.
-                        .timeout(Duration::from_millis(
-                            self.config.connections.header_read_timeout_ms,
-                        )),
-                )
-                .map_err(|e| ServerError::Tls(e.to_string()))?;
-        }
-        tracing::info!(grpc = %self.grpc_addr, metrics = %self.metrics_addr, http = ?http_addr, "node serving");
+        let tls = tls_config(&self.config)?;
+        let (public_serves, admin_serves) = match &self.admin {
+            Some((_, admin)) => (
+                Serves::ClientOnly { admin: *admin },
+                Some(Serves::AdminOnly {
+                    grpc: self.grpc_addr,
+                }),
+            ),
+            None => (Serves::Everything, None),
+        };
+        // Both listeners get the same stack: stream counting, the plane check, one auth layer
+        // (tokens are needed on the admin listener too), the same HTTP/2 and TLS settings.
+        let auth_layer = AuthLayer::new(self.auth.policy.clone());
+        let server = |serves: Serves| -> Result<_, ServerError> {
+            let builder = edge::tune(
+                tonic::transport::Server::builder(),
+                &self.config.connections,
+            )
+            .layer(edge::TrackStreamsLayer)
+            // Outside auth: a call to the wrong listener is refused before its token is read.
+            .layer(PlaneLayer(serves))
+            // Every service below is behind it: one place authenticates and authorizes.
+            .layer(auth_layer.clone());
+            match &tls {
+                Some(tls) => builder
+                    .tls_config(tls.clone())
+                    .map_err(|e| ServerError::Tls(e.to_string())),
+                None => Ok(builder),
+            }
+        };
+        tracing::info!(
+            grpc = %self.grpc_addr,
+            admin = ?self.admin.as_ref().map(|(_, addr)| *addr),
+            metrics = %self.metrics_addr,
+            http = ?http_addr,
+            "node serving"
+        );
         let drain = (closing_watch, drain_timeout);
-        let served = builder
+        let admin_server = AdminServer::new(admin);
+        let experiments_server = ExperimentsServer::new(experiments);
+        let cluster_admin_server = ClusterAdminServer::new(topology.clone());
+        let tokens_server = TokensServer::new(TokensService::new(
+            self.auth.store.clone(),
+            self.auth.policy.registry().clone(),
+        ));
+        let mut public = server(public_serves)?
             .add_service(v1::service_server::ServiceServer::new(FlagdV1(
                 evaluator.clone(),
             )))
@@ -527,30 +554,60 @@ impl BoundServer {
             )))
             .add_service(sync)
             .add_service(EvaluationServer::new(bulk))
-            .add_service(AdminServer::new(admin))
-            .add_service(ExperimentsServer::new(experiments))
-            .add_service(TopologyServer::new(topology.clone()))
-            .add_service(ClusterAdminServer::new(topology))
-            .add_service(TokensServer::new(TokensService::new(
-                self.auth.store.clone(),
-                self.auth.policy.registry().clone(),
-            )))
-            .add_service(health_service)
+            // Track is client traffic: Experiments stays here, its other methods refused by
+            // the plane layer when there is an admin listener.
+            .add_service(experiments_server.clone())
+            .add_service(TopologyServer::new(topology))
+            .add_service(health_service.clone())
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                edge::incoming(
-                    self.grpc,
-                    edge::grpc_limits(&self.config.connections, &self.caps),
-                ),
-                async move {
-                    shutdown.await;
-                    tracing::info!("shutting down: closing streams, draining requests");
-                    // Before the streams close: health watchers see NOT_SERVING first.
-                    health.set(false).await;
-                    let _ = closing_tx.send(true);
-                },
-            );
+            .add_service(reflection_v1alpha);
+        if admin_serves.is_none() {
+            public = public
+                .add_service(admin_server.clone())
+                .add_service(cluster_admin_server.clone())
+                .add_service(tokens_server.clone());
+        }
+        let public = public.serve_with_incoming_shutdown(
+            edge::incoming(
+                self.grpc,
+                edge::grpc_limits(&self.config.connections, &self.caps),
+            ),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing streams, draining requests");
+                // Before the streams close: health watchers see NOT_SERVING first.
+                health.set(false).await;
+                let _ = closing_tx.send(true);
+            },
+        );
+        let admin_served = match (self.admin, admin_serves) {
+            (Some((listener, _)), Some(serves)) => {
+                let mut closing = drain.0.clone();
+                Some(
+                    server(serves)?
+                        .add_service(admin_server)
+                        .add_service(experiments_server)
+                        .add_service(cluster_admin_server)
+                        .add_service(tokens_server)
+                        // Probes of the admin listener see the same health.
+                        .add_service(health_service)
+                        .serve_with_incoming_shutdown(
+                            edge::incoming(listener, edge::admin_limits(&self.config.connections)),
+                            async move { crate::closing::closed(&mut closing).await },
+                        ),
+                )
+            }
+            _ => None,
+        };
+        let served = async move {
+            let (public, admin) = tokio::join!(public, async move {
+                match admin_served {
+                    Some(served) => served.await,
+                    None => Ok(()),
+                }
+            });
+            public.and(admin)
+        };
         let served = crate::closing::bounded_drain(served, drain.0, drain.1)
             .await
             .unwrap_or(Ok(()));
@@ -584,6 +641,39 @@ impl BoundServer {
         drop(self.actors);
         served.map_err(ServerError::from)
     }
+}
+
+/// The gRPC TLS settings from `[tls]`, for both listeners; `None` without TLS.
+fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let cert = std::fs::read(&tls.cert)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.cert.display())))?;
+    let key = std::fs::read(&tls.key)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.key.display())))?;
+    // rustls cannot pick a crypto provider by itself when both its `ring` and `aws-lc-rs`
+    // features are on, as they are once ractor_cluster (tokio-rustls with default features)
+    // is in the build; tonic's server config asks for the process default, so name it:
+    // ring, the provider tonic's `tls-ring` uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut server = tonic::transport::ServerTlsConfig::new();
+    if let Some(ca) = &tls.client_ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| ServerError::Tls(format!("tls.client_ca {}: {e}", ca.display())))?;
+        // Required, not optional: a connection without a certificate from this CA fails its
+        // handshake, so every request that reaches the auth layer has a verified one.
+        server = server.client_ca_root(tonic::transport::Certificate::from_pem(pem));
+    }
+    Ok(Some(
+        server
+            .identity(tonic::transport::Identity::from_pem(cert, key))
+            // The whole handshake, not just its first bytes, within the header-read
+            // timeout: a client stalling mid-handshake has no stream to be idle from.
+            .timeout(Duration::from_millis(
+                config.connections.header_read_timeout_ms,
+            )),
+    ))
 }
 
 /// Installs the running experiments in the actor tree now, then on every change until `closing`.

@@ -250,6 +250,7 @@ async fn tls_when_configured() {
     cfg.tls = Some(TlsConfig {
         cert: dir.join("node.crt"),
         key: dir.join("node.key"),
+        client_ca: None,
     });
     let node = TestNode::start(cfg).await;
 

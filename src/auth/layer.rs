@@ -3,6 +3,12 @@
 //! a path the table does not name is refused), reads `authorization: Bearer <token>`, checks the
 //! token against the in-memory [`Registry`], and puts the [`Caller`] in the request's extensions
 //! for the flag-set checks the services make (`service/request.rs`), where the set is known.
+//!
+//! A request without the header, on a connection whose verified client certificate's subject is
+//! mapped in `[[auth.certificates]]`, is that certificate's principal instead. A bearer token,
+//! when sent, takes precedence and is checked exactly as without a certificate (a bad token is
+//! refused, never replaced by the certificate): the certificate then only got the caller onto the
+//! port. So a request's rights are always one principal's, never a union of two.
 //! Refusals are trailers-only gRPC answers: UNAUTHENTICATED (no usable token) or PERMISSION_DENIED
 //! (a good token without the right). No message ever quotes the token.
 
@@ -17,6 +23,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower_service::Service;
 
+use super::certificate::{self, Certificates, MAX_SUBJECT_BYTES};
 use super::principal::Caller;
 use super::principal::Principal;
 use super::rate::RateLimits;
@@ -53,6 +60,8 @@ pub struct Policy {
     registry: Arc<Registry>,
     open: Open,
     limits: Arc<RateLimits>,
+    /// The client certificates' subjects the node maps to principals; empty without them.
+    certificates: Arc<Certificates>,
 }
 
 impl Policy {
@@ -61,6 +70,15 @@ impl Policy {
             registry,
             open,
             limits: Arc::new(limits),
+            certificates: Arc::new(Certificates::default()),
+        }
+    }
+
+    /// This policy, with client certificates' subjects mapped to principals.
+    pub fn with_certificates(self, certificates: Certificates) -> Policy {
+        Policy {
+            certificates: Arc::new(certificates),
+            ..self
         }
     }
 
@@ -68,8 +86,16 @@ impl Policy {
         &self.registry
     }
 
-    /// The caller of `path` with `headers`, or the status it is refused with.
-    pub fn admit(&self, path: &str, headers: &HeaderMap) -> Result<Caller, Status> {
+    /// The caller of `path` with `headers`, or the status it is refused with. `subject` gives the
+    /// connection's verified client certificate's subject; it is asked for only when there is no
+    /// token to check and the node maps certificates (parsing it is the cost of the certificate
+    /// path, and only that path pays it).
+    pub fn admit(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        subject: impl FnOnce() -> Option<String>,
+    ) -> Result<Caller, Status> {
         let Some(access) = scope::access(path) else {
             return Err(Status::permission_denied(format!(
                 "{} is not a method this node serves to anybody",
@@ -86,13 +112,46 @@ impl Policy {
             Access::Open => {
                 return match header {
                     None => Ok(Caller::Anonymous),
-                    Some(header) => self.authenticate(header).map(Caller::Token),
+                    Some(header) => self.authenticate(header).map(Caller::Authenticated),
                 };
             }
         };
-        let caller = self.authorize(scope, header, path)?;
+        let caller = match header {
+            None if !self.certificates.is_empty() => match subject() {
+                Some(subject) => self.authorize_certificate(scope, &subject, path)?,
+                None => self.authorize(scope, None, path)?,
+            },
+            _ => self.authorize(scope, header, path)?,
+        };
         self.limits.check(scope, &caller)?;
         Ok(caller)
+    }
+
+    /// The caller presenting a verified certificate with `subject` (and no token) to `path`.
+    fn authorize_certificate(
+        &self,
+        scope: Scope,
+        subject: &str,
+        path: &str,
+    ) -> Result<Caller, Status> {
+        let Some(principal) = self.certificates.principal(subject) else {
+            // An unmapped subject has no rights of its own: it may do what anybody may.
+            if self.open.allows(scope) {
+                return Ok(Caller::Anonymous);
+            }
+            let shown: String = subject.chars().take(MAX_SUBJECT_BYTES / 4).collect();
+            return Err(Status::permission_denied(format!(
+                "certificate {shown} is not mapped to any scope ([[auth.certificates]]); {path} \
+                 needs scope {scope}, from a mapped certificate or a token"
+            )));
+        };
+        if !principal.scopes.contains(scope) {
+            return Err(Status::permission_denied(format!(
+                "{} does not have scope {scope}, which {path} needs",
+                principal.describe()
+            )));
+        }
+        Ok(Caller::Authenticated(principal))
     }
 
     /// The caller sending `header` (an `authorization` value, if any) to `path` (a method of the
@@ -114,11 +173,11 @@ impl Policy {
         let principal = self.authenticate(header)?;
         if !principal.scopes.contains(scope) {
             return Err(Status::permission_denied(format!(
-                "token {} ({}) does not have scope {scope}, which {path} needs",
-                principal.id, principal.name
+                "{} does not have scope {scope}, which {path} needs",
+                principal.describe()
             )));
         }
-        Ok(Caller::Token(principal))
+        Ok(Caller::Authenticated(principal))
     }
 }
 
@@ -200,7 +259,12 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        match self.policy.admit(request.uri().path(), request.headers()) {
+        let extensions = request.extensions();
+        match self
+            .policy
+            .admit(request.uri().path(), request.headers(), || {
+                certificate::peer_subject(extensions)
+            }) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(request))
@@ -223,7 +287,7 @@ mod tests {
         TokenEntry {
             hash: token.hash(),
             principal: Arc::new(Principal {
-                id: token.id().clone(),
+                id: crate::auth::PrincipalId::Token(token.id().clone()),
                 name: "reader".into(),
                 scopes: Scopes::parse(scopes.iter().copied()).unwrap(),
                 flag_sets: FlagSets::All,
@@ -313,7 +377,7 @@ mod tests {
                 headers.insert(http::header::AUTHORIZATION, h.parse().unwrap());
             }
             let got = policy
-                .admit(path, &headers)
+                .admit(path, &headers, || None)
                 .map(|c| c.principal().is_some())
                 .map_err(|s| {
                     // No refusal quotes the secret.
@@ -322,5 +386,101 @@ mod tests {
                 });
             assert_eq!(got, expected, "{path} {header:?}");
         }
+    }
+
+    #[test]
+    fn certificates_without_a_token_and_tokens_first_as_a_table() {
+        let evaluator = ApiToken::generate().unwrap();
+        let registry = Arc::new(Registry::new());
+        registry.replace([entry(&evaluator, &["evaluate"])]);
+        let certificates = Certificates::from_config(&[crate::config::CertificateGrant {
+            subject: "CN=deployer".into(),
+            scopes: vec!["flags:write".into(), "flags:read".into()],
+            flag_sets: Some(vec!["shop".into()]),
+        }])
+        .unwrap();
+        let policy = Policy::new(
+            registry,
+            Open {
+                evaluation: true,
+                sync: false,
+                track: false,
+            },
+            RateLimits::default(),
+        )
+        .with_certificates(certificates);
+        let resolve = "/flagd.evaluation.v1.Service/ResolveBoolean";
+        let write = "/bunting.v1.Admin/CreateFlag";
+        let drain = "/bunting.v1.ClusterAdmin/Drain";
+        let good = format!("Bearer {}", evaluator.reveal());
+        let unknown = format!("Bearer {}", ApiToken::generate().unwrap().reveal());
+        // Path, authorization header, certificate subject, expected: Ok(the principal's name,
+        // empty for anonymous) or the refusal's code.
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            Result<&'a str, Code>,
+        );
+        let cases: Vec<Case> = vec![
+            (write, None, Some("CN=deployer"), Ok("cert:CN=deployer")),
+            (
+                drain,
+                None,
+                Some("CN=deployer"),
+                Err(Code::PermissionDenied),
+            ),
+            (
+                write,
+                None,
+                Some("CN=stranger"),
+                Err(Code::PermissionDenied),
+            ),
+            // What is open stays open to an unmapped certificate, as to anybody.
+            (resolve, None, Some("CN=stranger"), Ok("")),
+            // A mapped certificate is checked as a token would be, also on an open method.
+            (
+                resolve,
+                None,
+                Some("CN=deployer"),
+                Err(Code::PermissionDenied),
+            ),
+            (write, None, None, Err(Code::Unauthenticated)),
+            // A token wins: its scopes decide, never the certificate's on top.
+            (
+                write,
+                Some(&good),
+                Some("CN=deployer"),
+                Err(Code::PermissionDenied),
+            ),
+            (resolve, Some(&good), Some("CN=deployer"), Ok("reader")),
+            // A bad token is refused, not replaced by the certificate.
+            (
+                write,
+                Some(&unknown),
+                Some("CN=deployer"),
+                Err(Code::Unauthenticated),
+            ),
+        ];
+        for (path, header, subject, expected) in cases {
+            let mut headers = HeaderMap::new();
+            if let Some(h) = header {
+                headers.insert(http::header::AUTHORIZATION, h.parse().unwrap());
+            }
+            let got = policy
+                .admit(path, &headers, || subject.map(str::to_owned))
+                .map(|c| c.principal().map_or(String::new(), |p| p.name.clone()))
+                .map_err(|s| s.code());
+            assert_eq!(
+                got.as_ref().map(String::as_str).map_err(|c| *c),
+                expected,
+                "{path} {header:?} {subject:?}"
+            );
+        }
+        // The refusal of an unmapped subject names it, so the operator knows what to map.
+        let refused = policy
+            .admit(write, &HeaderMap::new(), || Some("CN=stranger".into()))
+            .unwrap_err();
+        assert!(refused.message().contains("CN=stranger"), "{refused:?}");
     }
 }

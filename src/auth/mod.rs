@@ -3,11 +3,13 @@
 //! - [`token`]: `bnt_<id>_<secret>` API tokens, hashed, compared in constant time.
 //! - [`scope`]: scopes and the table of which method needs which.
 //! - [`principal`]: who a caller is and which flag sets it may touch.
+//! - [`certificate`]: client certificates' subjects as callers (`[[auth.certificates]]`).
 //! - [`registry`]: the tokens a node accepts, in memory.
 //! - [`store`]: where tokens live (PostgreSQL, or a file) and how the registry follows them.
 //! - [`layer`]: the tower layer enforcing all of it in front of every service.
 //! - [`client`]: the interceptor clients send their token with.
 
+pub mod certificate;
 pub mod client;
 pub mod layer;
 pub mod principal;
@@ -20,8 +22,9 @@ pub mod token;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use certificate::Certificates;
 pub use layer::{AuthLayer, Open, Policy};
-pub use principal::{Caller, FlagSets, Principal};
+pub use principal::{Caller, FlagSets, Principal, PrincipalId};
 pub use registry::Registry;
 pub use scope::{Scope, Scopes};
 pub use token::{ApiToken, TokenId};
@@ -42,6 +45,8 @@ pub enum AuthSetupError {
     TokensFile(#[from] store::TokenFileError),
     #[error(transparent)]
     Store(#[from] store::TokenStoreError),
+    #[error(transparent)]
+    Certificates(#[from] certificate::CertificateGrantError),
 }
 
 /// A node's authorization, ready to serve: the layer's policy, and the store the registry
@@ -132,8 +137,10 @@ pub async fn start(config: &Config) -> Result<Auth, AuthSetupError> {
             (Some(store), pending)
         }
     };
+    let certificates = Certificates::from_config(&config.auth.certificates)?;
     tracing::info!(
         tokens = registry.len(),
+        certificates = certificates.len(),
         open_evaluation = open.evaluation,
         open_sync = open.sync,
         open_track = open.track,
@@ -147,7 +154,8 @@ pub async fn start(config: &Config) -> Result<Auth, AuthSetupError> {
                 config.auth.write_rate_per_second,
                 config.auth.track_rate_per_second,
             ),
-        ),
+        )
+        .with_certificates(certificates),
         store,
         pending_bootstrap,
     })

@@ -1,7 +1,9 @@
-//! Who is calling: a token's name, scopes, flag sets and expiry, as the layer puts it in each
-//! request's extensions ([`Caller`]), and the checks services make with it.
+//! Who is calling: a token's (or a client certificate's) name, scopes, flag sets and expiry, as
+//! the layer puts it in each request's extensions ([`Caller`]), and the checks services make
+//! with it.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -50,10 +52,36 @@ impl FlagSets {
     }
 }
 
-/// An authenticated token's identity and rights.
+/// What authenticated a principal: an API token (by its public id) or a verified client
+/// certificate (by its subject, `[[auth.certificates]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PrincipalId {
+    Token(TokenId),
+    Certificate(Arc<str>),
+}
+
+impl PrincipalId {
+    pub fn token(&self) -> Option<&TokenId> {
+        match self {
+            PrincipalId::Token(id) => Some(id),
+            PrincipalId::Certificate(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for PrincipalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrincipalId::Token(id) => write!(f, "token {id}"),
+            PrincipalId::Certificate(subject) => write!(f, "certificate {subject}"),
+        }
+    }
+}
+
+/// An authenticated caller's identity and rights: a token's, or a mapped client certificate's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub id: TokenId,
+    pub id: PrincipalId,
     /// The name the audit log records.
     pub name: String,
     pub scopes: Scopes,
@@ -62,6 +90,15 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// How refusals and logs name the caller: `token <id> (<name>)`, or `certificate <subject>`
+    /// (never a secret: a token's id is public).
+    pub fn describe(&self) -> String {
+        match &self.id {
+            PrincipalId::Token(id) => format!("token {id} ({})", self.name),
+            PrincipalId::Certificate(_) => self.id.to_string(),
+        }
+    }
+
     pub fn expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
@@ -76,23 +113,25 @@ impl Principal {
 /// What the layer knows of a request's caller, in its extensions.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// No token, on a method the operator opened (`[auth] open_*`): no flag-set limits.
+    /// No token (and no mapped certificate), on a method the operator opened (`[auth] open_*`):
+    /// no flag-set limits.
     Anonymous,
-    Token(Arc<Principal>),
+    /// A token's or a mapped client certificate's principal.
+    Authenticated(Arc<Principal>),
 }
 
 impl Caller {
     pub fn principal(&self) -> Option<&Principal> {
         match self {
             Caller::Anonymous => None,
-            Caller::Token(p) => Some(p),
+            Caller::Authenticated(p) => Some(p),
         }
     }
 
     pub fn allows_set(&self, set: &str) -> bool {
         match self {
             Caller::Anonymous => true,
-            Caller::Token(p) => p.flag_sets.allows(set),
+            Caller::Authenticated(p) => p.flag_sets.allows(set),
         }
     }
 
@@ -100,14 +139,14 @@ impl Caller {
     pub fn allows_all_sets(&self) -> bool {
         match self {
             Caller::Anonymous => true,
-            Caller::Token(p) => p.flag_sets == FlagSets::All,
+            Caller::Authenticated(p) => p.flag_sets == FlagSets::All,
         }
     }
 
     pub fn has(&self, scope: Scope) -> bool {
         match self {
             Caller::Anonymous => false,
-            Caller::Token(p) => p.scopes.contains(scope),
+            Caller::Authenticated(p) => p.scopes.contains(scope),
         }
     }
 }
@@ -154,7 +193,7 @@ mod tests {
     fn expiry_and_grants() {
         let now = Utc::now();
         let principal = |expires_at| Principal {
-            id: TokenId::parse("00000000000000aa").unwrap(),
+            id: PrincipalId::Token(TokenId::parse("00000000000000aa").unwrap()),
             name: "ci".into(),
             scopes: Scopes::parse(["tokens:admin", "evaluate"]).unwrap(),
             flag_sets: only(&["shop"]),
@@ -174,7 +213,7 @@ mod tests {
         assert!(p.may_grant(evaluate, &only(&["shop"])));
         assert!(!p.may_grant(evaluate, &FlagSets::All));
         assert!(!p.may_grant(Scopes::all(), &only(&["shop"])));
-        let caller = Caller::Token(Arc::new(p));
+        let caller = Caller::Authenticated(Arc::new(p));
         assert!(caller.allows_set("shop") && !caller.allows_set("billing"));
         assert!(!caller.allows_all_sets());
         assert!(Caller::Anonymous.allows_all_sets());

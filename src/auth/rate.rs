@@ -11,8 +11,8 @@ use std::time::Instant;
 use tonic::Status;
 
 use super::principal::Caller;
+use super::principal::PrincipalId;
 use super::scope::Scope;
-use super::token::TokenId;
 
 /// Which budget a method spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,7 +46,7 @@ struct Bucket {
 pub struct RateLimits {
     write: Option<NonZeroU32>,
     track: Option<NonZeroU32>,
-    buckets: Mutex<HashMap<(Option<TokenId>, Kind), Bucket>>,
+    buckets: Mutex<HashMap<(Option<PrincipalId>, Kind), Bucket>>,
 }
 
 impl RateLimits {
@@ -93,7 +93,7 @@ impl RateLimits {
             return Ok(());
         }
         let who = match caller.principal() {
-            Some(p) => format!("token {} ({})", p.id, p.name),
+            Some(p) => p.describe(),
             None => "callers without a token".to_owned(),
         };
         let what = match kind {
@@ -112,11 +112,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::auth::{FlagSets, Principal, Scopes};
+    use crate::auth::{FlagSets, Principal, Scopes, TokenId};
 
     fn caller(id: &str) -> Caller {
-        Caller::Token(Arc::new(Principal {
-            id: TokenId::parse(id).unwrap(),
+        Caller::Authenticated(Arc::new(Principal {
+            id: crate::auth::PrincipalId::Token(TokenId::parse(id).unwrap()),
             name: "ci".into(),
             scopes: Scopes::all(),
             flag_sets: FlagSets::All,

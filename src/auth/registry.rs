@@ -46,7 +46,8 @@ impl Registry {
     pub fn replace(&self, entries: impl IntoIterator<Item = TokenEntry>) {
         let map = entries
             .into_iter()
-            .map(|e| (e.principal.id.clone(), e))
+            // Only tokens live here; certificates' principals come from the config.
+            .filter_map(|e| e.principal.id.token().cloned().map(|id| (id, e)))
             .collect();
         self.tokens.store(Arc::new(map));
     }
@@ -97,7 +98,7 @@ mod tests {
         TokenEntry {
             hash: token.hash(),
             principal: Arc::new(Principal {
-                id: token.id().clone(),
+                id: crate::auth::PrincipalId::Token(token.id().clone()),
                 name: "ci".into(),
                 scopes: Scopes::all(),
                 flag_sets: FlagSets::All,

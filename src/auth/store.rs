@@ -17,7 +17,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 
-use super::principal::{FlagSets, Principal};
+use super::principal::{FlagSets, Principal, PrincipalId};
 use super::registry::{Registry, TokenEntry};
 use super::scope::{Scopes, UnknownScope};
 use super::token::{ApiToken, TokenHash, TokenId, TokenParseError};
@@ -107,7 +107,7 @@ pub fn bootstrap_entry(token: &ApiToken) -> TokenEntry {
     TokenEntry {
         hash: token.hash(),
         principal: Arc::new(Principal {
-            id: token.id().clone(),
+            id: PrincipalId::Token(token.id().clone()),
             name: BOOTSTRAP_NAME.to_owned(),
             scopes: Scopes::all(),
             flag_sets: FlagSets::All,
@@ -160,7 +160,7 @@ impl PgTokenStore {
                 hash,
                 revoked: record.revoked_at.is_some(),
                 principal: Arc::new(Principal {
-                    id: record.id,
+                    id: PrincipalId::Token(record.id),
                     name: record.name,
                     scopes: record.scopes,
                     flag_sets: record.flag_sets,
@@ -419,7 +419,7 @@ pub fn load_file(path: &Path) -> Result<Vec<TokenEntry>, TokenFileError> {
                 hash,
                 revoked: t.revoked,
                 principal: Arc::new(Principal {
-                    id,
+                    id: PrincipalId::Token(id),
                     name: name.0,
                     scopes,
                     flag_sets: FlagSets::from_list(t.flag_sets),

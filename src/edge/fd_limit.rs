@@ -4,7 +4,7 @@
 //! reading the flag file, its database, Redis and ScyllaDB connections, the cluster port,
 //! `/metrics`. If clients may take them all, the node's own work fails (issue 9: "flag file
 //! unreadable"). So at start the node raises its soft limit to the hard limit where it may, then
-//! caps client connections at `soft limit − fd_reserve − the /metrics cap`, or at
+//! caps client connections at `soft limit − fd_reserve − the /metrics and admin caps`, or at
 //! `max_connections` if that is lower.
 
 use crate::config::ConnectionsConfig;
@@ -14,7 +14,7 @@ pub enum FdLimitError {
     #[error("cannot read the open-files limit (RLIMIT_NOFILE): {0}")]
     Read(#[source] std::io::Error),
     #[error(
-        "the open-files limit ({soft}) leaves no descriptors for client connections after connections.fd_reserve ({reserve}) and {metrics} for /metrics; raise the limit (ulimit -n) or lower fd_reserve"
+        "the open-files limit ({soft}) leaves no descriptors for client connections after connections.fd_reserve ({reserve}) and {metrics} for the /metrics and admin listeners; raise the limit (ulimit -n) or lower fd_reserve"
     )]
     TooLow {
         soft: u64,

@@ -12,10 +12,12 @@
 //!   connection closes and closes a connection that sends nothing within the header-read timeout
 //!   or has no stream open for the idle timeout.
 //! - [`streams`]: the tower layer that tells each connection how many streams it has open.
+//! - [`plane`]: which listener serves which method when there is an admin listener.
 
 pub mod accept;
 pub mod connection;
 pub mod fd_limit;
+pub mod plane;
 pub mod streams;
 
 use std::time::Duration;
@@ -25,6 +27,7 @@ use crate::config::ConnectionsConfig;
 pub use accept::{ListenerLimits, incoming};
 pub use connection::{Connection, EdgeConnectInfo};
 pub use fd_limit::{Caps, FdLimitError, OpenFiles};
+pub use plane::{Plane, PlaneLayer, Serves};
 pub use streams::TrackStreamsLayer;
 
 /// Connections refused at accept, by `listener` and `reason` (`at_capacity`).
@@ -41,6 +44,11 @@ pub const ACCEPT_ERRORS_METRIC: &str = "bunting_accept_errors_total";
 /// Connections `/metrics` may have open at once: a scraper or two and an operator's curl. Kept
 /// apart from the gRPC cap so a flood on the gRPC port never takes the metrics port down with it.
 pub const METRICS_MAX_CONNECTIONS: usize = 16;
+
+/// Connections the admin listener (`admin_addr`) may have open at once: operators, their CLI and
+/// CI jobs, never applications. Its own cap, kept out of the gRPC cap's descriptors as the
+/// `/metrics` cap is, so a flood on the gRPC port leaves administration reachable.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// How long a `/metrics` client has to send its request line.
 const METRICS_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,6 +78,22 @@ pub fn http_limits(config: &ConnectionsConfig, caps: &Caps) -> ListenerLimits {
         first_bytes: 16,
         idle_timeout: Some(Duration::from_millis(config.idle_timeout_ms)),
         tcp_keepalive: Some(Duration::from_millis(config.keepalive_interval_ms)),
+    }
+}
+
+/// The admin listener's limits: the gRPC port's timeouts and keepalive under its own cap.
+pub fn admin_limits(config: &ConnectionsConfig) -> ListenerLimits {
+    ListenerLimits {
+        name: "admin",
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        ..grpc_limits(
+            config,
+            &Caps {
+                grpc: ADMIN_MAX_CONNECTIONS,
+                http: 0,
+                limited_by: "admin",
+            },
+        )
     }
 }
 

@@ -108,7 +108,7 @@ pub fn audit_actor(caller: &Caller, actor: &str) -> Result<String, Status> {
 
 fn who(caller: &Caller) -> String {
     match caller.principal() {
-        Some(p) => format!("token {} ({})", p.id, p.name),
+        Some(p) => p.describe(),
         None => "an anonymous caller".to_owned(),
     }
 }
@@ -142,8 +142,8 @@ mod tests {
     fn flag_set_checks_and_audit_names_as_a_table() {
         use crate::auth::{FlagSets, Principal, Scopes, TokenId};
         let token = |sets: FlagSets| {
-            Caller::Token(Arc::new(Principal {
-                id: TokenId::parse("00000000000000aa").unwrap(),
+            Caller::Authenticated(Arc::new(Principal {
+                id: crate::auth::PrincipalId::Token(TokenId::parse("00000000000000aa").unwrap()),
                 name: "deploy-bot".into(),
                 scopes: Scopes::all(),
                 flag_sets: sets,

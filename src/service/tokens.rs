@@ -151,8 +151,8 @@ impl TokensRpc for TokensService {
             .ok_or_else(|| Status::unauthenticated("creating a token needs a token"))?;
         if !principal.may_grant(new.scopes, &new.flag_sets) {
             return Err(Status::permission_denied(format!(
-                "token {} ({}) cannot create a token with more scopes or flag sets than its own",
-                principal.id, principal.name
+                "{} cannot create a token with more scopes or flag sets than its own",
+                principal.describe()
             )));
         }
         let (token, record) = store

@@ -17,6 +17,8 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(20);
 
 pub struct TestNode {
     pub grpc: SocketAddr,
+    /// The admin listener, when the config sets `admin_addr`.
+    pub admin: Option<SocketAddr>,
     pub metrics: SocketAddr,
     /// The HTTP edge (a free port unless the test chose one; `None` when it is disabled).
     pub http: Option<SocketAddr>,
@@ -35,13 +37,19 @@ impl TestNode {
             config.http_addr.set_port(0);
         }
         let bound = bunting::server::bind(config).await.unwrap();
-        let (grpc, metrics, http) = (bound.grpc_addr(), bound.metrics_addr(), bound.http_addr());
+        let (grpc, admin, metrics, http) = (
+            bound.grpc_addr(),
+            bound.admin_addr(),
+            bound.metrics_addr(),
+            bound.http_addr(),
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(bound.serve(async {
             let _ = stopped.await;
         }));
         TestNode {
             grpc,
+            admin,
             metrics,
             http,
             stop,
