@@ -340,3 +340,103 @@ fn flagd_provider_rpc_and_in_process_resolve_every_type_and_agree_on_fractional_
         "all 20 users landed in one arm ({treatment} in treatment): {by_node:?}"
     );
 }
+
+/// Checks that the browser the web test drives is there: `$BUNTING_CHROMIUM`, or Debian's chromium
+/// (scripts/node-env installs it). The script reads the same variable.
+fn check_chromium() {
+    let chromium = std::env::var_os("BUNTING_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        chromium.exists(),
+        "no Chromium at {}: run scripts/node-env (it installs Debian's chromium), or point \
+         BUNTING_CHROMIUM at a Chromium binary",
+        chromium.display()
+    );
+}
+
+#[test]
+fn ofrep_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change() {
+    check_chromium();
+    for package in [
+        "@openfeature/ofrep-web-provider",
+        "esbuild",
+        "playwright-core",
+    ] {
+        assert!(
+            js_dir()
+                .join("node_modules")
+                .join(package)
+                .join("package.json")
+                .exists(),
+            "{package} is not installed in tests/js/node_modules: run scripts/node-env"
+        );
+    }
+    let dir = scratch_dir("js-ofrep-web");
+    // The script edits the file the node serves, so the node gets a copy of its own.
+    let flags = dir.join("flags.json");
+    std::fs::copy(self::flags(), &flags).unwrap();
+    // The page comes from another origin (a static server the script runs on this port), so every
+    // request is cross-origin: the node must allow exactly that origin.
+    let page_port = common::spare_port(0);
+    let node = Serve::new(&flags)
+        .fractional("string")
+        .config(&format!(
+            "[http]\ncors_allowed_origins = [\"http://127.0.0.1:{page_port}\"]"
+        ))
+        .start(&dir);
+    let base = format!("http://127.0.0.1:{}", node.http_port());
+    let got = run_script(
+        &dir,
+        "web",
+        "web_checks.mjs",
+        &[base, page_port.to_string(), flags.display().to_string()],
+        &node,
+    );
+
+    // The web provider (ofrep-core 2.3) reads the node's codeDefault answer for a disabled flag
+    // as OFREP means it: the code default, reason DISABLED, no error.
+    let mut expected = json!({
+        "boolean": {"value": false, "variant": "off", "reason": "DEFAULT", "errorCode": null},
+        "string": {"value": "hello", "variant": "hi", "reason": "STATIC", "errorCode": null},
+        "integer": {"value": 25, "variant": "default", "reason": "STATIC", "errorCode": null},
+        "float": {"value": 0.85, "variant": "discount", "reason": "STATIC", "errorCode": null},
+        "object": {"value": {"background": "#ffffff", "accent": "#1d4ed8", "size": 3},
+            "variant": "light", "reason": "STATIC", "errorCode": null},
+        "disabled": {"value": false, "variant": null, "reason": "DISABLED", "errorCode": null},
+        "unknown": {"value": "code default", "variant": null, "reason": "ERROR",
+            "errorCode": "FLAG_NOT_FOUND"},
+        "split": {"value": "one-page", "variant": "treatment", "reason": "TARGETING_MATCH",
+            "errorCode": null},
+    });
+    expect_fields("ofrep web provider, page load", &got["before"], &expected);
+
+    // The edit reached the page through the node's event stream (the provider is set to SSE
+    // change detection, no polling) without a reload; nothing else changed.
+    assert_eq!(
+        got["seen"],
+        json!(true),
+        "the page never saw the edit: {got}"
+    );
+    assert_eq!(got["reloaded"], json!(false), "the page reloaded: {got}");
+    assert!(
+        got["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_array().unwrap().contains(&json!("string-flag"))),
+        "no ConfigurationChanged event naming string-flag: {got}"
+    );
+    expected["string"] = json!({"value": "goodbye", "variant": "bye", "reason": "STATIC",
+        "errorCode": null});
+    expect_fields(
+        "ofrep web provider, after the edit",
+        &got["after"],
+        &expected,
+    );
+    assert_eq!(
+        got["consoleErrors"],
+        json!([]),
+        "the page logged errors (CORS refusals show here)"
+    );
+}
