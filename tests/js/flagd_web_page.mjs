@@ -1,0 +1,55 @@
+// The page side of web_checks.mjs for flagd: the stock flagd web provider
+// (@openfeature/flagd-web-provider, Connect over fetch) under the OpenFeature web SDK, against the
+// node's HTTP edge (flagd.evaluation.v1 ResolveAll and EventStream). The driver calls
+// window.start(baseUrl), then reads evaluations with window.evaluations().
+import { OpenFeature, ProviderEvents } from '@openfeature/web-sdk';
+import { FlagdWebProvider } from '@openfeature/flagd-web-provider';
+
+const changes = [];
+
+function record(details) {
+  return {
+    value: details.value,
+    variant: details.variant ?? null,
+    reason: details.reason ?? null,
+    errorCode: details.errorCode ?? null,
+    errorMessage: details.errorMessage ?? null,
+  };
+}
+
+window.start = async (baseUrl) => {
+  const url = new URL(baseUrl);
+  // plan=pro matches bool-flag's targeting; user-1 lands in split-flag's treatment arm.
+  await OpenFeature.setContext({ targetingKey: 'user-1', plan: 'pro' });
+  OpenFeature.addHandler(ProviderEvents.ConfigurationChanged, (details) => {
+    changes.push(details?.flagsChanged ?? []);
+  });
+  await OpenFeature.setProviderAndWait(
+    new FlagdWebProvider({
+      host: url.hostname,
+      port: Number(url.port),
+      tls: false,
+      // The provider retries a failed stream forever (logging each failure as a console error,
+      // which the test fails on); a short backoff keeps a retry inside the driver's patience.
+      maxDelay: 1000,
+    }),
+  );
+};
+
+window.evaluations = () => {
+  const client = OpenFeature.getClient();
+  return {
+    boolean: record(client.getBooleanDetails('bool-flag', false)),
+    string: record(client.getStringDetails('string-flag', 'code default')),
+    integer: record(client.getNumberDetails('int-flag', -1)),
+    float: record(client.getNumberDetails('float-flag', -1)),
+    object: record(client.getObjectDetails('object-flag', { code: 'default' })),
+    disabled: record(client.getBooleanDetails('disabled-flag', false)),
+    unknown: record(client.getStringDetails('no-such-flag', 'code default')),
+    'type mismatch': record(client.getNumberDetails('string-flag', -1)),
+    split: record(client.getStringDetails('split-flag', 'code default')),
+  };
+};
+
+window.stringValue = () => OpenFeature.getClient().getStringValue('string-flag', 'code default');
+window.changes = () => changes;
