@@ -509,6 +509,15 @@ fn flagd_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change(
         &got["after"],
         &expected,
     );
+    // A new context on the page ({targetingKey: user-1, plan: free}): the provider resolves all
+    // flags again for it, and bool-flag's targeting no longer matches.
+    expected["boolean"] = json!({"value": false, "variant": "off", "reason": "DEFAULT",
+        "errorCode": null});
+    expect_fields(
+        "flagd web provider, after a context change",
+        &got["recontext"],
+        &expected,
+    );
     // No console errors (the provider logs a failed or ended stream there, and the browser a CORS
     // refusal) and no failed request or error answer on the wire.
     assert_eq!(

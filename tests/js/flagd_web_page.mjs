@@ -1,7 +1,8 @@
 // The page side of web_checks.mjs for flagd: the stock flagd web provider
 // (@openfeature/flagd-web-provider, Connect over fetch) under the OpenFeature web SDK, against the
 // node's HTTP edge (flagd.evaluation.v1 ResolveAll and EventStream). The driver calls
-// window.start(baseUrl), then reads evaluations with window.evaluations().
+// window.start(baseUrl), then reads evaluations with window.evaluations() and, last, switches the
+// page's context with window.changeContext().
 import { OpenFeature, ProviderEvents } from '@openfeature/web-sdk';
 import { FlagdWebProvider } from '@openfeature/flagd-web-provider';
 
@@ -49,6 +50,13 @@ window.evaluations = () => {
     'type mismatch': record(client.getNumberDetails('string-flag', -1)),
     split: record(client.getStringDetails('split-flag', 'code default')),
   };
+};
+
+// A new context for the page: the provider resolves everything again for it (ResolveAll), and the
+// evaluations after that are the new context's.
+window.changeContext = async () => {
+  await OpenFeature.setContext({ targetingKey: 'user-1', plan: 'free' });
+  return window.evaluations();
 };
 
 window.stringValue = () => OpenFeature.getClient().getStringValue('string-flag', 'code default');

@@ -9,8 +9,9 @@
 //   default variant in FLAG_FILE (the file the node serves) and waits for the page to see the new
 //   value without reloading.
 // Prints one JSON line: {"ready": bool, "before": {...}, "after": {...}, "seen": bool,
-// "changes": [...], "reloaded": bool, "consoleErrors": [...], "network": [...]} where `network`
-// lists the node's answers other than 2xx and requests that failed (CORS refusals show there).
+// "changes": [...], "recontext": {...} or null, "reloaded": bool, "consoleErrors": [...],
+// "network": [...]} where `network` lists the node's answers other than 2xx and requests that
+// failed (CORS refusals show there).
 import { createServer } from 'node:http';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -110,6 +111,8 @@ try {
   }
   const after = await tab.evaluate(() => window.evaluations());
   const changes = await tab.evaluate(() => window.changes());
+  // Pages that can switch their context do so last and report the evaluations after it.
+  const recontext = await tab.evaluate(() => (window.changeContext ? window.changeContext() : null));
   process.stdout.write(
     JSON.stringify({
       ready,
@@ -117,6 +120,7 @@ try {
       after,
       seen,
       changes,
+      recontext,
       reloaded: loads !== 1,
       consoleErrors,
       network,
