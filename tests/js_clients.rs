@@ -358,8 +358,9 @@ fn check_chromium() {
 }
 
 /// Runs tests/js/web_checks.mjs with `page` (`ofrep` or `flagd`) in headless Chromium against a
-/// file-backed node that allows the page's origin, and returns what the page saw.
-fn run_in_chromium(label: &str, page: &str, provider: &str) -> Value {
+/// file-backed node that allows the page's origin, and returns what the page saw. With `token`,
+/// the node's evaluation is closed and the page's provider is given the token.
+fn run_in_chromium(label: &str, page: &str, provider: &str, token: Option<&str>) -> Value {
     check_chromium();
     for package in [provider, "esbuild", "playwright-core"] {
         assert!(
@@ -378,25 +379,23 @@ fn run_in_chromium(label: &str, page: &str, provider: &str) -> Value {
     // The page comes from another origin (a static server the script runs on this port), so every
     // request is cross-origin: the node must allow exactly that origin.
     let page_port = common::spare_port(0);
+    let mut config = format!("[http]\ncors_allowed_origins = [\"http://127.0.0.1:{page_port}\"]");
+    if token.is_some() {
+        config.push_str("\n[auth]\nopen_evaluation = false");
+    }
     let node = Serve::new(&flags)
         .fractional("string")
-        .config(&format!(
-            "[http]\ncors_allowed_origins = [\"http://127.0.0.1:{page_port}\"]"
-        ))
+        .config(&config)
         .start(&dir);
     let base = format!("http://127.0.0.1:{}", node.http_port());
-    let got = run_script(
-        &dir,
-        "web",
-        "web_checks.mjs",
-        &[
-            page.to_owned(),
-            base,
-            page_port.to_string(),
-            flags.display().to_string(),
-        ],
-        &node,
-    );
+    let mut args = vec![
+        page.to_owned(),
+        base,
+        page_port.to_string(),
+        flags.display().to_string(),
+    ];
+    args.extend(token.map(str::to_owned));
+    let got = run_script(&dir, "web", "web_checks.mjs", &args, &node);
     assert_eq!(
         got["ready"],
         json!(true),
@@ -408,7 +407,12 @@ fn run_in_chromium(label: &str, page: &str, provider: &str) -> Value {
 
 #[test]
 fn ofrep_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change() {
-    let got = run_in_chromium("js-ofrep-web", "ofrep", "@openfeature/ofrep-web-provider");
+    let got = run_in_chromium(
+        "js-ofrep-web",
+        "ofrep",
+        "@openfeature/ofrep-web-provider",
+        None,
+    );
 
     // The web provider (ofrep-core 2.3) reads the node's codeDefault answer for a disabled flag
     // as OFREP means it: the code default, reason DISABLED, no error.
@@ -463,8 +467,31 @@ fn flagd_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change(
     // @openfeature/flagd-web-provider, unchanged, over Connect: ResolveAll (unary JSON) for the
     // page's context, EventStream (a stream of enveloped JSON over fetch) for changes, all
     // cross-origin with a CORS preflight before each.
-    let got = run_in_chromium("js-flagd-web", "flagd", "@openfeature/flagd-web-provider");
+    let got = run_in_chromium(
+        "js-flagd-web",
+        "flagd",
+        "@openfeature/flagd-web-provider",
+        None,
+    );
+    expect_flagd_web("flagd web provider", &got);
+}
 
+#[test]
+fn flagd_web_provider_in_chromium_sends_the_bearer_token_a_closed_node_needs() {
+    // The same page against a closed node, the token added by a Connect interceptor (the
+    // provider's only way to set a header): the preflights must allow `authorization`, and the
+    // event stream (fetch, unlike OFREP's EventSource) carries it too.
+    let got = run_in_chromium(
+        "js-flagd-web-closed",
+        "flagd",
+        "@openfeature/flagd-web-provider",
+        Some(TEST_TOKEN),
+    );
+    expect_flagd_web("flagd web provider with the token, closed node", &got);
+}
+
+/// What the flagd web page (tests/js/flagd_web_page.mjs) must have seen.
+fn expect_flagd_web(label: &str, got: &Value) {
     // The page's context is {targetingKey: user-1, plan: pro}: bool-flag's targeting matches and
     // user-1 is in split-flag's treatment arm (the node buckets; the provider only caches what
     // ResolveAll answered). ResolveAll carries integers in `doubleValue`, which the provider's
@@ -488,7 +515,7 @@ fn flagd_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change(
         "disabled": {"value": false, "variant": null, "reason": "ERROR",
             "errorCode": "TYPE_MISMATCH"},
     });
-    expect_fields("flagd web provider, page load", &got["before"], &expected);
+    expect_fields(&format!("{label}, page load"), &got["before"], &expected);
 
     // The edit reached the page through EventStream's configuration_change (the provider then
     // fetches ResolveAll again and emits PROVIDER_CONFIGURATION_CHANGED) without a reload.
@@ -505,7 +532,7 @@ fn flagd_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change(
     expected["string"] = json!({"value": "goodbye", "variant": "bye", "reason": "STATIC",
         "errorCode": null});
     expect_fields(
-        "flagd web provider, after the edit",
+        &format!("{label}, after the edit"),
         &got["after"],
         &expected,
     );
@@ -514,7 +541,7 @@ fn flagd_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change(
     expected["boolean"] = json!({"value": false, "variant": "off", "reason": "DEFAULT",
         "errorCode": null});
     expect_fields(
-        "flagd web provider, after a context change",
+        &format!("{label}, after a context change"),
         &got["recontext"],
         &expected,
     );

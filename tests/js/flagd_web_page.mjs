@@ -1,7 +1,7 @@
 // The page side of web_checks.mjs for flagd: the stock flagd web provider
 // (@openfeature/flagd-web-provider, Connect over fetch) under the OpenFeature web SDK, against the
 // node's HTTP edge (flagd.evaluation.v1 ResolveAll and EventStream). The driver calls
-// window.start(baseUrl), then reads evaluations with window.evaluations() and, last, switches the
+// window.start(baseUrl, token?), then reads evaluations with window.evaluations() and, last, switches the
 // page's context with window.changeContext().
 import { OpenFeature, ProviderEvents } from '@openfeature/web-sdk';
 import { FlagdWebProvider } from '@openfeature/flagd-web-provider';
@@ -18,7 +18,7 @@ function record(details) {
   };
 }
 
-window.start = async (baseUrl) => {
+window.start = async (baseUrl, token) => {
   const url = new URL(baseUrl);
   // plan=pro matches bool-flag's targeting; user-1 lands in split-flag's treatment arm.
   await OpenFeature.setContext({ targetingKey: 'user-1', plan: 'pro' });
@@ -33,6 +33,16 @@ window.start = async (baseUrl) => {
       // The provider retries a failed stream forever (logging each failure as a console error,
       // which the test fails on); a short backoff keeps a retry inside the driver's patience.
       maxDelay: 1000,
+      // A closed node wants the bearer token on every call: the provider's Connect interceptors
+      // are its only way to add a header (fetch, so the event stream carries it too).
+      interceptors: token
+        ? [
+            (next) => (request) => {
+              request.header.set('authorization', `Bearer ${token}`);
+              return next(request);
+            },
+          ]
+        : [],
     }),
   );
 };

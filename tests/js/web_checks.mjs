@@ -2,12 +2,12 @@
 // another origin (CORS): @openfeature/ofrep-web-provider (PAGE `ofrep`, web_page.mjs) or
 // @openfeature/flagd-web-provider over Connect (PAGE `flagd`, flagd_web_page.mjs).
 //
-// usage: node web_checks.mjs PAGE BASE_URL PAGE_PORT FLAG_FILE
+// usage: node web_checks.mjs PAGE BASE_URL PAGE_PORT FLAG_FILE [TOKEN]
 //   Bundles the page with esbuild, serves it from http://127.0.0.1:PAGE_PORT (the origin the
 //   node must allow in `[http] cors_allowed_origins`), opens it in Chromium (playwright-core,
 //   $BUNTING_CHROMIUM or /usr/bin/chromium), records every evaluation, then changes string-flag's
 //   default variant in FLAG_FILE (the file the node serves) and waits for the page to see the new
-//   value without reloading.
+//   value without reloading. TOKEN, if given, is handed to the page's provider as the bearer token.
 // Prints one JSON line: {"ready": bool, "before": {...}, "after": {...}, "seen": bool,
 // "changes": [...], "recontext": {...} or null, "reloaded": bool, "consoleErrors": [...],
 // "network": [...]} where `network` lists the node's answers other than 2xx and requests that
@@ -19,9 +19,9 @@ import * as esbuild from 'esbuild';
 import { chromium } from 'playwright-core';
 
 const PAGES = { ofrep: './web_page.mjs', flagd: './flagd_web_page.mjs' };
-const [pageName, baseUrl, pagePort, flagFile] = process.argv.slice(2);
+const [pageName, baseUrl, pagePort, flagFile, token] = process.argv.slice(2);
 if (!PAGES[pageName] || !baseUrl || !Number(pagePort) || !flagFile) {
-  console.error('usage: node web_checks.mjs ofrep|flagd BASE_URL PAGE_PORT FLAG_FILE');
+  console.error('usage: node web_checks.mjs ofrep|flagd BASE_URL PAGE_PORT FLAG_FILE [TOKEN]');
   process.exit(64);
 }
 // How long the page may take to see an edit: the node polls its file every 50 ms and pushes the
@@ -86,12 +86,12 @@ try {
   // The page reports whether its provider became ready (it gives up after START_PATIENCE_MS) so
   // a provider that cannot talk to the node still gets its console and network printed.
   const ready = await tab.evaluate(
-    ([url, patience]) =>
+    ([url, secret, patience]) =>
       Promise.race([
-        window.start(url).then(() => true),
+        window.start(url, secret).then(() => true),
         new Promise((resolve) => setTimeout(() => resolve(false), patience)),
       ]),
-    [baseUrl, START_PATIENCE_MS],
+    [baseUrl, token, START_PATIENCE_MS],
   );
   const before = await tab.evaluate(() => window.evaluations());
 
