@@ -1,8 +1,10 @@
 //! A running `bunting serve` driven by stock OpenFeature JavaScript clients on Node (npm
 //! `@openfeature/server-sdk` with `@openfeature/ofrep-provider` over the HTTP edge, and
 //! `@openfeature/flagd-provider` in RPC mode over flagd.evaluation.v2 and in-process mode over
-//! flagd.sync.v1). The scripts and the flag file are in tests/js/; each prints one JSON line of
-//! what the SDK returned, and these tests assert on it.
+//! flagd.sync.v1), and the web providers in headless Chromium from a page of another origin
+//! (`@openfeature/ofrep-web-provider` over OFREP and SSE, `@openfeature/flagd-web-provider` over
+//! Connect: flagd.evaluation.v1 ResolveAll and EventStream). The scripts and the flag file are in
+//! tests/js/; each prints one JSON line of what the SDK returned, and these tests assert on it.
 //!
 //! Node is the machine's (`node` on PATH, 20 or newer, or `$BUNTING_NODE`); the packages are the
 //! ones tests/js/package-lock.json pins, installed by `scripts/node-env` (scripts/test runs it).
@@ -355,14 +357,12 @@ fn check_chromium() {
     );
 }
 
-#[test]
-fn ofrep_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change() {
+/// Runs tests/js/web_checks.mjs with `page` (`ofrep` or `flagd`) in headless Chromium against a
+/// file-backed node that allows the page's origin, and returns what the page saw. With `token`,
+/// the node's evaluation is closed and the page's provider is given the token.
+fn run_in_chromium(label: &str, page: &str, provider: &str, token: Option<&str>) -> Value {
     check_chromium();
-    for package in [
-        "@openfeature/ofrep-web-provider",
-        "esbuild",
-        "playwright-core",
-    ] {
+    for package in [provider, "esbuild", "playwright-core"] {
         assert!(
             js_dir()
                 .join("node_modules")
@@ -372,26 +372,46 @@ fn ofrep_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change(
             "{package} is not installed in tests/js/node_modules: run scripts/node-env"
         );
     }
-    let dir = scratch_dir("js-ofrep-web");
+    let dir = scratch_dir(label);
     // The script edits the file the node serves, so the node gets a copy of its own.
     let flags = dir.join("flags.json");
     std::fs::copy(self::flags(), &flags).unwrap();
     // The page comes from another origin (a static server the script runs on this port), so every
     // request is cross-origin: the node must allow exactly that origin.
     let page_port = common::spare_port(0);
+    let mut config = format!("[http]\ncors_allowed_origins = [\"http://127.0.0.1:{page_port}\"]");
+    if token.is_some() {
+        config.push_str("\n[auth]\nopen_evaluation = false");
+    }
     let node = Serve::new(&flags)
         .fractional("string")
-        .config(&format!(
-            "[http]\ncors_allowed_origins = [\"http://127.0.0.1:{page_port}\"]"
-        ))
+        .config(&config)
         .start(&dir);
     let base = format!("http://127.0.0.1:{}", node.http_port());
-    let got = run_script(
-        &dir,
-        "web",
-        "web_checks.mjs",
-        &[base, page_port.to_string(), flags.display().to_string()],
-        &node,
+    let mut args = vec![
+        page.to_owned(),
+        base,
+        page_port.to_string(),
+        flags.display().to_string(),
+    ];
+    args.extend(token.map(str::to_owned));
+    let got = run_script(&dir, "web", "web_checks.mjs", &args, &node);
+    assert_eq!(
+        got["ready"],
+        json!(true),
+        "{provider} never became ready: {got}\n--- node log ---\n{}",
+        node.log()
+    );
+    got
+}
+
+#[test]
+fn ofrep_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change() {
+    let got = run_in_chromium(
+        "js-ofrep-web",
+        "ofrep",
+        "@openfeature/ofrep-web-provider",
+        None,
     );
 
     // The web provider (ofrep-core 2.3) reads the node's codeDefault answer for a disabled flag
@@ -439,4 +459,98 @@ fn ofrep_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change(
         json!([]),
         "the page logged errors (CORS refusals show here)"
     );
+    assert_eq!(got["network"], json!([]), "failed requests: {got}");
+}
+
+#[test]
+fn flagd_web_provider_in_chromium_resolves_every_type_and_follows_a_live_change() {
+    // @openfeature/flagd-web-provider, unchanged, over Connect: ResolveAll (unary JSON) for the
+    // page's context, EventStream (a stream of enveloped JSON over fetch) for changes, all
+    // cross-origin with a CORS preflight before each.
+    let got = run_in_chromium(
+        "js-flagd-web",
+        "flagd",
+        "@openfeature/flagd-web-provider",
+        None,
+    );
+    expect_flagd_web("flagd web provider", &got);
+}
+
+#[test]
+fn flagd_web_provider_in_chromium_sends_the_bearer_token_a_closed_node_needs() {
+    // The same page against a closed node, the token added by a Connect interceptor (the
+    // provider's only way to set a header): the preflights must allow `authorization`, and the
+    // event stream (fetch, unlike OFREP's EventSource) carries it too.
+    let got = run_in_chromium(
+        "js-flagd-web-closed",
+        "flagd",
+        "@openfeature/flagd-web-provider",
+        Some(TEST_TOKEN),
+    );
+    expect_flagd_web("flagd web provider with the token, closed node", &got);
+}
+
+/// What the flagd web page (tests/js/flagd_web_page.mjs) must have seen.
+fn expect_flagd_web(label: &str, got: &Value) {
+    // The page's context is {targetingKey: user-1, plan: pro}: bool-flag's targeting matches and
+    // user-1 is in split-flag's treatment arm (the node buckets; the provider only caches what
+    // ResolveAll answered). ResolveAll carries integers in `doubleValue`, which the provider's
+    // number evaluation returns as a plain number.
+    let mut expected = json!({
+        "boolean": {"value": true, "variant": "on", "reason": "TARGETING_MATCH", "errorCode": null},
+        "string": {"value": "hello", "variant": "hi", "reason": "STATIC", "errorCode": null},
+        "integer": {"value": 25, "variant": "default", "reason": "STATIC", "errorCode": null},
+        "float": {"value": 0.85, "variant": "discount", "reason": "STATIC", "errorCode": null},
+        "object": {"value": {"background": "#ffffff", "accent": "#1d4ed8", "size": 3},
+            "variant": "light", "reason": "STATIC", "errorCode": null},
+        "split": {"value": "one-page", "variant": "treatment", "reason": "TARGETING_MATCH",
+            "errorCode": null},
+        "unknown": {"value": "code default", "variant": null, "reason": "ERROR",
+            "errorCode": "FLAG_NOT_FOUND"},
+        "type mismatch": {"value": -1, "variant": null, "reason": "ERROR",
+            "errorCode": "TYPE_MISMATCH"},
+        // ResolveAll lists a disabled flag as the gRPC service does: reason DISABLED and no value
+        // arm. The provider types each cached flag by its value arm, so it answers the flag with
+        // TYPE_MISMATCH and the caller gets its code default, as a disabled flag should give.
+        "disabled": {"value": false, "variant": null, "reason": "ERROR",
+            "errorCode": "TYPE_MISMATCH"},
+    });
+    expect_fields(&format!("{label}, page load"), &got["before"], &expected);
+
+    // The edit reached the page through EventStream's configuration_change (the provider then
+    // fetches ResolveAll again and emits PROVIDER_CONFIGURATION_CHANGED) without a reload.
+    assert_eq!(
+        got["seen"],
+        json!(true),
+        "the page never saw the edit: {got}"
+    );
+    assert_eq!(got["reloaded"], json!(false), "the page reloaded: {got}");
+    assert!(
+        !got["changes"].as_array().unwrap().is_empty(),
+        "no ConfigurationChanged event: {got}"
+    );
+    expected["string"] = json!({"value": "goodbye", "variant": "bye", "reason": "STATIC",
+        "errorCode": null});
+    expect_fields(
+        &format!("{label}, after the edit"),
+        &got["after"],
+        &expected,
+    );
+    // A new context on the page ({targetingKey: user-1, plan: free}): the provider resolves all
+    // flags again for it, and bool-flag's targeting no longer matches.
+    expected["boolean"] = json!({"value": false, "variant": "off", "reason": "DEFAULT",
+        "errorCode": null});
+    expect_fields(
+        &format!("{label}, after a context change"),
+        &got["recontext"],
+        &expected,
+    );
+    // No console errors (the provider logs a failed or ended stream there, and the browser a CORS
+    // refusal) and no failed request or error answer on the wire.
+    assert_eq!(
+        got["consoleErrors"],
+        json!([]),
+        "the page logged errors: {got}"
+    );
+    assert_eq!(got["network"], json!([]), "failed requests: {got}");
 }
