@@ -35,6 +35,20 @@ pub fn admit(
         .map_err(|status| refusal(&status))
 }
 
+/// The set an evaluation request names (flagd's selector; `None` for the node's default),
+/// once its caller has scope evaluate on `path` and may touch that set: what every evaluation
+/// route and event stream asks first.
+pub fn evaluation(
+    edge: &super::Edge,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Option<std::sync::Arc<str>>, Problem> {
+    let caller = admit(&edge.inner.policy, Scope::Evaluate, headers, path)?;
+    let set = super::ofrep::selected_set(headers);
+    check_set(&caller, set.as_deref().unwrap_or(edge.default_set()))?;
+    Ok(set)
+}
+
 /// Refuses `caller` on `set` unless it may touch it (403).
 pub fn check_set(caller: &Caller, set: &str) -> Result<(), Problem> {
     check_flag_set(caller, set).map_err(|status| refusal(&status))

@@ -17,10 +17,9 @@ use http_body::Frame;
 use serde_json::{Map, Value, json};
 use tokio_stream::StreamExt;
 
-use super::ofrep::{decode, dispatch_problem, read_body, resolution_problem, selected_set};
+use super::ofrep::{decode, dispatch_problem, read_body, resolution_problem};
 use super::problem::Problem;
 use super::{Edge, caller};
-use crate::auth::Scope;
 use crate::service::Evaluator;
 
 /// The label of these calls in the node's metrics.
@@ -48,14 +47,7 @@ pub async fn resolve_all(State(edge): State<Edge>, headers: HeaderMap, body: Bod
 }
 
 async fn resolve_all_json(edge: &Edge, headers: &HeaderMap, body: Body) -> Result<Value, Problem> {
-    let caller = caller::admit(
-        &edge.inner.policy,
-        Scope::Evaluate,
-        headers,
-        "/flagd.evaluation.v1.Service/ResolveAll",
-    )?;
-    let set = selected_set(headers);
-    caller::check_set(&caller, set.as_deref().unwrap_or(edge.default_set()))?;
+    let set = caller::evaluation(edge, headers, "/flagd.evaluation.v1.Service/ResolveAll")?;
     let bytes = read_body(edge, headers, body, "application/json").await?;
     let request = decode(&bytes, None, false)?;
     let routed = edge
@@ -107,14 +99,7 @@ pub async fn event_stream(State(edge): State<Edge>, headers: HeaderMap, body: Bo
 }
 
 async fn open_stream(edge: &Edge, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
-    let caller = caller::admit(
-        &edge.inner.policy,
-        Scope::Evaluate,
-        headers,
-        "/flagd.evaluation.v1.Service/EventStream",
-    )?;
-    let set = selected_set(headers);
-    caller::check_set(&caller, set.as_deref().unwrap_or(edge.default_set()))?;
+    let set = caller::evaluation(edge, headers, "/flagd.evaluation.v1.Service/EventStream")?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -38,15 +38,8 @@ pub async fn evaluate_flag(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let caller = caller::admit(
-        &edge.inner.policy,
-        Scope::Evaluate,
-        &headers,
-        "POST /ofrep/v1/evaluate/flags/{key}",
-    )?;
-    let set = selected_set(&headers);
+    let set = caller::evaluation(&edge, &headers, "POST /ofrep/v1/evaluate/flags/{key}")?;
     let name = set.as_deref().unwrap_or(edge.default_set()).to_owned();
-    caller::check_set(&caller, &name)?;
     let request = read_request(&edge, &headers, body, Some(&key)).await?;
     if !request.has_targeting_key && buckets_by_targeting_key(&edge, &name, &key) {
         return Err(Problem::evaluation(
@@ -80,15 +73,8 @@ pub async fn evaluate_all(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let caller = caller::admit(
-        &edge.inner.policy,
-        Scope::Evaluate,
-        &headers,
-        "POST /ofrep/v1/evaluate/flags",
-    )?;
-    let set = selected_set(&headers);
+    let set = caller::evaluation(&edge, &headers, "POST /ofrep/v1/evaluate/flags")?;
     let name: Arc<str> = set.clone().unwrap_or_else(|| Arc::from(edge.default_set()));
-    caller::check_set(&caller, &name)?;
     let request = read_request(&edge, &headers, body, None).await?;
     let if_none_match = headers.get(header::IF_NONE_MATCH);
     let node = edge.dispatch().node();
