@@ -1,6 +1,8 @@
 //! Who is calling: the same tokens, scopes and open settings as the gRPC port, read from
 //! `authorization: Bearer <token>` or OFREP's alternative, `X-API-Key: <token>`.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, StatusCode};
 use tonic::Code as GrpcCode;
 
@@ -42,9 +44,20 @@ pub fn evaluation(
     edge: &super::Edge,
     headers: &HeaderMap,
     path: &str,
-) -> Result<Option<std::sync::Arc<str>>, Problem> {
+) -> Result<Option<Arc<str>>, Problem> {
+    evaluation_of(edge, headers, path, None)
+}
+
+/// [`evaluation`] for a request that may name its set itself (`named`, an event stream's
+/// `flagSet` parameter), before the selector header.
+pub fn evaluation_of(
+    edge: &super::Edge,
+    headers: &HeaderMap,
+    path: &str,
+    named: Option<Arc<str>>,
+) -> Result<Option<Arc<str>>, Problem> {
     let caller = admit(&edge.inner.policy, Scope::Evaluate, headers, path)?;
-    let set = super::ofrep::selected_set(headers);
+    let set = named.or_else(|| super::ofrep::selected_set(headers));
     check_set(&caller, set.as_deref().unwrap_or(edge.default_set()))?;
     Ok(set)
 }

@@ -30,7 +30,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::problem::Problem;
 use super::{Edge, caller, etag};
-use crate::auth::Scope;
 use crate::service::StreamSlot;
 
 /// A notice this often keeps proxies and load balancers from closing an idle stream.
@@ -147,14 +146,9 @@ fn admit(
     path: &str,
     kind: &'static str,
 ) -> Result<(Arc<str>, Slots), Problem> {
-    let caller = caller::admit(&edge.inner.policy, Scope::Evaluate, headers, path)?;
-    let set: Arc<str> = params
-        .flag_set
-        .filter(|s| !s.is_empty())
-        .map(Arc::from)
-        .or_else(|| super::ofrep::selected_set(headers))
+    let named = params.flag_set.filter(|s| !s.is_empty()).map(Arc::from);
+    let set = caller::evaluation_of(edge, headers, path, named)?
         .unwrap_or_else(|| Arc::from(edge.default_set()));
-    caller::check_set(&caller, &set)?;
     let listener_slot = edge
         .inner
         .event_streams

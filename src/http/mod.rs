@@ -114,8 +114,13 @@ impl Edge {
             .served
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let newest = served.entry(set.clone()).or_insert(version);
-        *newest = (*newest).max(version);
+        // The set is known after its first answer: no key is cloned on the common path.
+        match served.get_mut(set) {
+            Some(newest) => *newest = (*newest).max(version),
+            None => {
+                served.insert(set.clone(), version);
+            }
+        }
     }
 
     /// Whether a validator computed from this node's own copy of `set` at `version` may answer

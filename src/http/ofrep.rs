@@ -81,13 +81,14 @@ pub async fn evaluate_all(
     let inputs = node.catalog().get(&name).and_then(|flags| {
         let pure = !flags.reads_clock() && !node.has_experiments_on(&name);
         pure.then(|| {
-            let etag = etag::for_inputs(&name, flags, edge.inner.fractional, &request.canonical);
+            let etag = etag::for_inputs(&name, flags, edge.inner.fractional, &request.canonical());
             (flags.version(), etag)
         })
     });
+    // The validator first: it is a comparison, where the served-versions check takes a lock.
     if let Some((version, etag)) = &inputs
-        && edge.may_skip_evaluation(&name, *version)
         && etag::matches(if_none_match, etag)
+        && edge.may_skip_evaluation(&name, *version)
     {
         metrics::counter!("bunting_http_not_modified_total", "evaluated" => "no").increment(1);
         return Ok(not_modified(&edge, etag));
@@ -204,8 +205,17 @@ pub fn selected_set(headers: &HeaderMap) -> Option<Arc<str>> {
 pub(super) struct Request {
     pub(super) context: Struct,
     pub(super) has_targeting_key: bool,
-    /// The context as compact JSON with sorted keys: what the bulk validator hashes.
-    pub(super) canonical: Vec<u8>,
+    /// The context as it arrived, for [`Request::canonical`].
+    fields: Map<String, Value>,
+}
+
+impl Request {
+    /// The context as compact JSON with sorted keys: what the bulk validator hashes. Computed
+    /// only by the route that needs it, not for every evaluation.
+    fn canonical(&self) -> Vec<u8> {
+        // Serializing a `Map` into a `Vec` cannot fail.
+        serde_json::to_vec(&self.fields).unwrap_or_default()
+    }
 }
 
 /// Reads and decodes an OFREP body, `{"context": {...}}`.
@@ -293,13 +303,12 @@ pub(super) fn decode(
             )));
         }
     };
-    let canonical = serde_json::to_vec(&context).unwrap_or_default();
-    let context = bunting_proto::json::json_to_struct(&context)
+    let struct_context = bunting_proto::json::json_to_struct(&context)
         .map_err(|e| invalid(format!("context: {e}")))?;
     Ok(Request {
-        context,
+        context: struct_context,
         has_targeting_key,
-        canonical,
+        fields: context,
     })
 }
 
