@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use bunting::config::{Config, FlagSourceConfig};
+use bunting_node::config::{Config, FlagSourceConfig};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use serde_json::json;

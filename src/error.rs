@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 // `--node` may be a URL with credentials: errors name it redacted.
-use bunting::secret_url::RedactedUrl;
+use bunting_stores::secret_url::RedactedUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -22,11 +22,11 @@ pub enum CliError {
     #[error("--context: {0}")]
     Context(#[from] bunting_engine::ContextError),
     #[error(transparent)]
-    Config(#[from] bunting::config::ConfigError),
+    Config(#[from] bunting_node::config::ConfigError),
     #[error(transparent)]
-    Server(#[from] bunting::server::ServerError),
+    Server(#[from] bunting_node::server::ServerError),
     #[error(transparent)]
-    Load(#[from] bunting::loadgen::LoadError),
+    Load(#[from] crate::loadgen::LoadError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot reach node {node}: {source}")]

@@ -19,13 +19,13 @@ use prost_types::{Struct, Value, value::Kind};
 use tonic::transport::Endpoint;
 
 // Every request carries the configured token (or none), like any other client's.
-use crate::auth::client::{AuthChannel as Channel, Bearer};
+use bunting_node::auth::client::{AuthChannel as Channel, Bearer};
 
 mod open_loop;
 mod setup;
 mod track_plan;
 
-pub use setup::{FLAG_SET, Prepared, SetupConfig, experiment_id, prepare};
+pub use setup::{FLAG_SET, SetupConfig, prepare};
 pub use track_plan::{BadTrackRatio, TrackPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod error;
 mod flag_file;
+mod loadgen;
 
 /// mimalloc, not the system allocator: glibc's per-thread arenas keep memory freed by closed
 /// streams and replaced flag sets, so a node's RSS stayed near its peak; mimalloc returns freed

@@ -1,7 +1,7 @@
 //! A/A and A/B simulations through the real counting and analysis path, in-process: each simulated
 //! experiment counts its users with `bunting_experiments::ExperimentTotals` (`expose` at the first
 //! exposure, `track` per purchase, as a shard does) and is analysed by
-//! `bunting::service::experiment_results::results`, the function behind `GetExperimentResults`.
+//! `bunting_node::service::experiment_results::results`, the function behind `GetExperimentResults`.
 //!
 //! Asserted (and printed, with `--nocapture`):
 //! - A/A (both arms convert at 10%): Welch's fixed-horizon p-value rejects at alpha = 0.05 at a
@@ -19,10 +19,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use bunting::service::experiment_results::results;
 use bunting_experiments::{
     Experiment, ExperimentId, ExperimentTotals, Metric, MetricKind, MetricName, UserExposure,
 };
+use bunting_node::service::experiment_results::results;
 use bunting_proto::bunting::v1 as pb;
 
 /// Simulated experiments per scenario.

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bunting::auth::ApiToken;
-use bunting::auth::client::{AuthChannel, Bearer};
-use bunting::auth::scope::{METHODS, Scope};
+use bunting_node::auth::ApiToken;
+use bunting_node::auth::client::{AuthChannel, Bearer};
+use bunting_node::auth::scope::{METHODS, Scope};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::cluster_admin_client::ClusterAdminClient;

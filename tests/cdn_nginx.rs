@@ -36,8 +36,8 @@ const CLOCK_GRAIN: Duration = Duration::from_secs(1);
 /// what they bound, so a cache that ignored max-age would still fail them.
 const SLACK: Duration = Duration::from_millis(1500);
 
-/// The node's flags file poll (`bunting::store::file::POLL_INTERVAL`).
-const FILE_POLL: Duration = bunting::store::file::POLL_INTERVAL;
+/// The node's flags file poll (`bunting_stores::file::POLL_INTERVAL`).
+const FILE_POLL: Duration = bunting_stores::file::POLL_INTERVAL;
 
 const PATH: &str = "/v1/flag-sets/default";
 

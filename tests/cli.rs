@@ -201,8 +201,8 @@ fn tempdir() -> PathBuf {
 
 #[test]
 fn tokens_generate_prints_a_fresh_token_and_a_tokens_file_entry_that_verifies_it() {
-    use bunting::auth::ApiToken;
-    use bunting::auth::token::TokenHash;
+    use bunting_node::auth::ApiToken;
+    use bunting_node::auth::token::TokenHash;
 
     let first = bunting(&["tokens", "generate"]);
     let second = bunting(&["tokens", "generate"]);

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use bunting::edge::{self, ListenerLimits};
+use bunting_node::edge::{self, ListenerLimits};
 use tokio_stream::StreamExt;
 
 fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
@@ -25,7 +25,7 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_accept_loop_backs_off_then_accepts() {
     const EXHAUSTED_FOR: Duration = Duration::from_millis(1_500);
-    let metrics = bunting::metrics_http::handle().expect("the test's recorder");
+    let metrics = bunting_node::metrics_http::handle().expect("the test's recorder");
     // A small table, so filling it is quick.
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);

@@ -1,5 +1,5 @@
 //! `bunting experiment results|list`, the real binary, against a node started in-process
-//! (`bunting::server::bind`) on PostgreSQL at `BUNTING_TEST_DATABASE_URL` (a database per test):
+//! (`bunting_node::server::bind`) on PostgreSQL at `BUNTING_TEST_DATABASE_URL` (a database per test):
 //! an experiment created and started through gRPC, users evaluated and purchases tracked, then the
 //! table and the JSON checked against what was simulated; and the exit status 2 with a message
 //! naming the node and the experiment when there are no results to show.
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use bunting::config::{Config, FlagSourceConfig};
+use bunting_node::config::{Config, FlagSourceConfig};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;

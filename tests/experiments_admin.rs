@@ -1,4 +1,4 @@
-//! `bunting.v1.Experiments` on a real node (started in-process with `bunting::server::bind`)
+//! `bunting.v1.Experiments` on a real node (started in-process with `bunting_node::server::bind`)
 //! against PostgreSQL at `BUNTING_TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`), a database per test: the life cycle, every refused
 //! input (with its status code, and that nothing was written), concurrent starts, and the
@@ -12,15 +12,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bunting::config::{Config, FlagSourceConfig};
-use bunting::experiment_feed::{self, ExperimentCatalog};
-use bunting::store::PostgresStore;
-use bunting::store::experiments::{ExperimentAction, ExperimentStore, PostgresExperimentStore};
-use bunting::store::file::BrokenFlags;
 use bunting_experiments::{ExperimentId, MetricKind};
+use bunting_node::config::{Config, FlagSourceConfig};
+use bunting_node::experiment_feed::{self, ExperimentCatalog};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
+use bunting_stores::PostgresStore;
+use bunting_stores::experiments::{ExperimentAction, ExperimentStore, PostgresExperimentStore};
+use bunting_stores::file::BrokenFlags;
 use common::Channel;
 use serde_json::{Value, json};
 use tokio::sync::watch;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use bunting::store::{FileSource, FileSourceError, FileWatch, WatchedFlagSet};
 use bunting_engine::{CompileOptions, EvaluationContext};
+use bunting_stores::{FileSource, FileSourceError, FileWatch, WatchedFlagSet};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(20);

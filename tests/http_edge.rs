@@ -1,4 +1,4 @@
-//! The HTTP edge (`bunting::http`) on an in-process, file-backed node: OFREP's answers and error
+//! The HTTP edge (`bunting_node::http`) on an in-process, file-backed node: OFREP's answers and error
 //! shapes, validators and 304s, event streams, definitions for CDNs, health, CORS, credentials,
 //! and hostile requests. Cases are data tables; each asserts the status and the body's shape.
 
@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use bunting::auth::ApiToken;
-use bunting::config::{Config, FlagSourceConfig};
-use bunting::store::file::BrokenFlags;
+use bunting_node::auth::ApiToken;
+use bunting_node::config::{Config, FlagSourceConfig};
+use bunting_stores::file::BrokenFlags;
 use common::http::{exchange, post_json, send};
 use common::in_process::TestNode;
 use common::{TEST_TOKEN, scratch_dir};

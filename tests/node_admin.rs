@@ -1,5 +1,5 @@
 //! Bunting's own API (`bunting.v1` Admin and Evaluation) on real nodes, started in-process with
-//! `bunting::server::bind` on free ports, against PostgreSQL at `BUNTING_TEST_DATABASE_URL`
+//! `bunting_node::server::bind` on free ports, against PostgreSQL at `BUNTING_TEST_DATABASE_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`; `scripts/test` starts it). Each test makes a
 //! database of its own and drops it at the end, as tests/postgres_store.rs does.
 //!
@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use bunting::config::{Config, FlagSourceConfig};
-use bunting::store::file::BrokenFlags;
+use bunting_node::config::{Config, FlagSourceConfig};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::evaluation_client::EvaluationClient;
@@ -23,6 +22,7 @@ use bunting_proto::flagd::evaluation::{v1, v2};
 use bunting_proto::flagd::sync::v1::SyncFlagsRequest;
 use bunting_proto::flagd::sync::v1::flag_sync_service_client::FlagSyncServiceClient;
 use bunting_proto::json::{json_to_struct, struct_to_json};
+use bunting_stores::file::BrokenFlags;
 use chrono::Utc;
 use common::Channel;
 use prost_types::Struct;

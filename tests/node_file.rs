@@ -11,10 +11,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bunting::config::{Config, FlagSourceConfig, TlsConfig};
-use bunting::store::file::BrokenFlags;
+use bunting_node::config::{Config, FlagSourceConfig, TlsConfig};
 use bunting_proto::flagd::evaluation::v1;
 use bunting_proto::flagd::sync::v1 as sync;
+use bunting_stores::file::BrokenFlags;
 use prost_types::{Struct, Value, value::Kind};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};

@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bunting::config::{Config, FlagSourceConfig, FractionalConfig};
-use bunting::store::file::BrokenFlags;
+use bunting_node::config::{Config, FlagSourceConfig, FractionalConfig};
 use bunting_proto::flagd::sync::v1 as sync;
+use bunting_stores::file::BrokenFlags;
 use prost_types::value::Kind;
 use serde_json::json;
 use tonic::Code;

@@ -20,8 +20,8 @@ use prost_types::{Struct, Value, value::Kind};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
-use bunting::config::{Config, ConnectionsConfig, FlagSourceConfig};
-use bunting::store::file::BrokenFlags;
+use bunting_node::config::{Config, ConnectionsConfig, FlagSourceConfig};
+use bunting_stores::file::BrokenFlags;
 use common::Serve;
 use common::in_process::TestNode;
 

@@ -1,4 +1,4 @@
-//! Whole nodes (`bunting::server::bind`, in-process, free ports) with PostgreSQL
+//! Whole nodes (`bunting_node::server::bind`, in-process, free ports) with PostgreSQL
 //! (`tests/common/postgres.rs`) and a shared tier on real Redis started by the test: a standalone
 //! server or a 3-master Redis Cluster (`tests/common/redis.rs`; `scripts/redis-up` installs it).
 //! PostgreSQL comes back for a node that started without it through a loopback TCP proxy the test
@@ -11,12 +11,12 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
-use bunting::config::{Config, FlagSourceConfig, RedisTierConfig, SharedTierConfig};
-use bunting::shared_tier::{self, SharedTier};
+use bunting_node::config::{Config, FlagSourceConfig, RedisTierConfig, SharedTierConfig};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use bunting_proto::flagd::evaluation::v2;
+use bunting_stores::shared_tier::{self, SharedTier};
 use common::Channel;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -667,12 +667,12 @@ async fn a_forged_shared_tier_snapshot_is_refused_and_repaired_from_postgres() {
     })
     .await;
 
-    let other_key = bunting::shared_tier::seal::Sealer::new(
+    let other_key = bunting_stores::shared_tier::seal::Sealer::new(
         b"another deployment's signing key, long enough",
         "bunting",
     )
     .unwrap();
-    let foreign_seal = other_key.seal(bunting::shared_tier::seal::Sealed::Snapshot {
+    let foreign_seal = other_key.seal(bunting_stores::shared_tier::seal::Sealed::Snapshot {
         set: "default",
         version: 999,
         json: &json!({"flags": {"colour": colour("red")}}).to_string(),

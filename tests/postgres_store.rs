@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use bunting::store::{
+use bunting_engine::{CompileOptions, EvaluationContext};
+use bunting_stores::{
     AdminStore, AuditAction, ChangeNotice, FlagSetFields, PostgresSettings, PostgresStore,
     StoreError, Subscription,
 };
-use bunting_engine::{CompileOptions, EvaluationContext};
 use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;

@@ -13,14 +13,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use bunting::config::{CertificateGrant, Config, FlagSourceConfig};
-use bunting::store::file::BrokenFlags;
+use bunting_node::config::{CertificateGrant, Config, FlagSourceConfig};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::cluster_admin_client::ClusterAdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use bunting_proto::bunting::v1::tokens_client::TokensClient;
 use bunting_proto::flagd::evaluation::v1;
+use bunting_stores::file::BrokenFlags;
 use serde_json::json;
 use tonic::{Code, Status};
 
@@ -363,8 +363,8 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
-    fn tls(&self) -> bunting::config::TlsConfig {
-        bunting::config::TlsConfig {
+    fn tls(&self) -> bunting_node::config::TlsConfig {
+        bunting_node::config::TlsConfig {
             cert: self.dir.join("node.crt"),
             key: self.dir.join("node.key"),
             client_ca: Some(self.dir.join("clients-ca.pem")),
@@ -378,7 +378,7 @@ impl Pki {
         addr: SocketAddr,
         identity: Option<&(String, String)>,
         token: Option<&str>,
-    ) -> Result<bunting::auth::client::AuthChannel, tonic::transport::Error> {
+    ) -> Result<bunting_node::auth::client::AuthChannel, tonic::transport::Error> {
         let mut tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&self.server_pem))
             .domain_name("localhost");
@@ -391,7 +391,7 @@ impl Pki {
             .tls_config(tls)?
             .connect()
             .await?;
-        Ok(bunting::auth::client::Bearer::new(token)
+        Ok(bunting_node::auth::client::Bearer::new(token)
             .unwrap()
             .wrap(channel))
     }
@@ -407,7 +407,7 @@ fn grant(subject: &str, scopes: &[&str], sets: Option<&[&str]>) -> CertificateGr
 
 /// `Ok(value)`, the status a resolve got, or `Unavailable` when the connection was refused.
 async fn resolve_over(
-    channel: Result<bunting::auth::client::AuthChannel, tonic::transport::Error>,
+    channel: Result<bunting_node::auth::client::AuthChannel, tonic::transport::Error>,
 ) -> Result<String, Status> {
     match channel {
         Ok(ch) => resolve(ch, "colour").await,

@@ -11,13 +11,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bunting::config::{RedisTierConfig, SharedTierConfig};
-use bunting::shared_tier::seal::{Sealed, Sealer};
-use bunting::shared_tier::{
+use bunting_experiments::{Experiment, ExperimentId, Metric, MetricKind, MetricName};
+use bunting_node::config::{RedisTierConfig, SharedTierConfig};
+use bunting_stores::shared_tier::seal::{Sealed, Sealer};
+use bunting_stores::shared_tier::{
     self, BreakerState, SharedTier, SharedTierError, SnapshotWrite, TierChange, TierContent,
     WriteOutcome,
 };
-use bunting_experiments::{Experiment, ExperimentId, Metric, MetricKind, MetricName};
 use serde_json::json;
 
 mod common;
@@ -390,7 +390,7 @@ async fn user_state_round_trip(cluster: bool) {
 }
 
 async fn breaker_opens_and_queued_writes_drain(cluster: bool) {
-    let metrics = bunting::metrics_http::handle().expect("the test installs the recorder");
+    let metrics = bunting_node::metrics_http::handle().expect("the test installs the recorder");
     let mut redis = Deployment::start(cluster, "tier-outage");
     let tier = redis.tier().await;
     tier.put_snapshot("s", 1, "{\"v\":1}").await.unwrap();
@@ -580,7 +580,7 @@ async fn user_state_writes_are_fenced_by_the_owner_epoch(cluster: bool) {
 }
 
 async fn a_queued_write_fenced_after_recovery_is_dropped(cluster: bool) {
-    let metrics = bunting::metrics_http::handle().expect("the test installs the recorder");
+    let metrics = bunting_node::metrics_http::handle().expect("the test installs the recorder");
     let mut redis = Deployment::start(cluster, "tier-fence-queue");
     let config = RedisTierConfig {
         // Once open, the breaker lets no replay through for this long: the restart and the newer

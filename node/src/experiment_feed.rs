@@ -25,11 +25,11 @@ use bunting_experiments::{Experiment, ModelError, RunningExperiments, TrafficSpl
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::shared_tier::SharedTier;
-use crate::store::experiments::{
+use bunting_stores::experiments::{
     ExperimentFilter, ExperimentStore, ExperimentStoreError, ExperimentSubscription, PageLimit,
     StateKind,
 };
+use bunting_stores::shared_tier::SharedTier;
 
 /// The running experiments, by id and by the flag they run on: the experiments crate's
 /// [`RunningExperiments`], which is what the node's shard actors take

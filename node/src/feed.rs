@@ -11,6 +11,8 @@
 //! node or the tier got ahead of it or differs from it (logged at ERROR: something wrote the tier
 //! that the store never had, or the store was restored from a backup). The tier's copies are
 //! trusted only while the store is unreachable, and then only with this deployment's seal.
+// The wiring: picks the concrete stores the config names (see node/clippy.toml).
+#![allow(clippy::disallowed_types)]
 
 mod pending_store;
 
@@ -23,13 +25,13 @@ use bunting_engine::CompileOptions;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::secret_url::SecretUrl;
-use crate::shared_tier::{
+use bunting_stores::experiments::{ExperimentStore, PostgresExperimentStore};
+use bunting_stores::file::{FileSource, FileWatch};
+use bunting_stores::secret_url::SecretUrl;
+use bunting_stores::shared_tier::{
     ChangeStream, SharedTier, SnapshotWrite, TierChange, TierContent, TierSnapshot,
 };
-use crate::store::experiments::{ExperimentStore, PostgresExperimentStore};
-use crate::store::file::{FileSource, FileWatch};
-use crate::store::{
+use bunting_stores::{
     AdminStore, ChangeNotice, FlagSetSnapshot, PostgresSettings, PostgresStore, StoreError,
     Subscription,
 };

@@ -1,9 +1,9 @@
-//! The `bunting` node: everything the binary wires together (stores, services, server), kept in a
-//! library so integration tests drive the same code the binary runs.
+//! The Bunting node: the services, the one dispatch path, routing between nodes, the flag and
+//! experiment feeds, the gRPC and HTTP edges, and the server that wires them to the stores of
+//! `bunting-stores`. The `bunting` binary runs it; integration tests drive the same code.
 
 mod actor_runtime;
 pub mod auth;
-pub mod breaker;
 mod closing;
 pub mod config;
 pub mod dispatch;
@@ -11,11 +11,7 @@ pub mod edge;
 pub mod experiment_feed;
 pub mod feed;
 pub mod http;
-pub mod loadgen;
 pub mod metrics_http;
 pub mod routing;
-pub mod secret_url;
 pub mod server;
 pub mod service;
-pub mod shared_tier;
-pub mod store;

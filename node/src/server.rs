@@ -1,6 +1,8 @@
 //! One Bunting node: its flag source, actor tree, gRPC services and metrics endpoint, started by
 //! [`bind`] and run by [`BoundServer::serve`] until a shutdown future completes. The binary and the
 //! integration tests use exactly this.
+// The wiring: picks the concrete stores the config names (see node/clippy.toml).
+#![allow(clippy::disallowed_types)]
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,7 +24,6 @@ use tokio::sync::watch;
 
 use crate::actor_runtime::ActorRuntime;
 use crate::auth::{self, Auth, AuthLayer};
-use crate::breaker::BreakerSettings;
 use crate::config::{ClusterSettings, Config, FlagSourceConfig, FractionalConfig};
 use crate::dispatch::Dispatch;
 use crate::edge::{self, PlaneLayer, Serves};
@@ -31,20 +32,22 @@ use crate::feed::{self, Feed};
 use crate::metrics_http;
 use crate::routing::Routing;
 use crate::routing::peer::{MAX_PEER_MESSAGE_BYTES, PeerHandler};
-use crate::secret_url::RedactedUrl;
 use crate::service::ExperimentsService;
 use crate::service::{
     Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, NodeHealth,
     SyncService, TokensService, TopologyService,
 };
-use crate::shared_tier::{self, SharedTierError};
-use crate::store::experiments::{ExperimentStore, ExperimentStoreError};
-use crate::store::file::{FileOptions, FileSource, FileSourceError};
-use crate::store::guarded_events::GuardedEventStore;
-use crate::store::postgres::PostgresSettings;
-use crate::store::user_state_file::FileUserStates;
-use crate::store::{AdminStore, StoreError};
-use bunting_experiments::store::{EmbeddedStore, ScyllaSettings, ScyllaStore};
+use bunting_experiments::store::EmbeddedStore;
+use bunting_stores::breaker::BreakerSettings;
+use bunting_stores::experiments::{ExperimentStore, ExperimentStoreError};
+use bunting_stores::file::{FileOptions, FileSource, FileSourceError};
+use bunting_stores::guarded_events::GuardedEventStore;
+use bunting_stores::postgres::PostgresSettings;
+use bunting_stores::scylladb::{ScyllaSettings, ScyllaStore};
+use bunting_stores::secret_url::RedactedUrl;
+use bunting_stores::shared_tier::{self, SharedTierError};
+use bunting_stores::user_state_file::FileUserStates;
+use bunting_stores::{AdminStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use bunting::loadgen::{self, LoadConfig, SetupConfig};
+use crate::loadgen::{self, LoadConfig, SetupConfig};
 
 use crate::error::CliError;
 

@@ -12,7 +12,7 @@ use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use serde_json::{Value, json};
 
 use crate::cli::ExperimentAction;
-use bunting::secret_url::RedactedUrl;
+use bunting_stores::secret_url::RedactedUrl;
 
 use crate::error::CliError;
 
@@ -132,7 +132,7 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
 /// Every experiment, page after page until the node says the last one came: printing only the
 /// first page would silently leave experiments out.
 async fn list_all(
-    client: &mut ExperimentsClient<bunting::auth::client::AuthChannel>,
+    client: &mut ExperimentsClient<bunting_node::auth::client::AuthChannel>,
     node: &str,
     page_size: i32,
 ) -> Result<Vec<pb::Experiment>, CliError> {

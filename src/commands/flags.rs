@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use bunting::auth::client::AuthChannel as Channel;
+use bunting_node::auth::client::AuthChannel as Channel;
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use serde_json::{Map, Value};

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
-use bunting::auth::client::{AuthChannel, Bearer};
-use bunting::secret_url::RedactedUrl;
+use bunting_node::auth::client::{AuthChannel, Bearer};
+use bunting_stores::secret_url::RedactedUrl;
 
 use crate::error::CliError;
 
@@ -38,7 +38,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             setup_flag,
             setup_experiment,
             ..
-        } if setup_flag || setup_experiment => bench::setup(bunting::loadgen::SetupConfig {
+        } if setup_flag || setup_experiment => bench::setup(crate::loadgen::SetupConfig {
             target,
             flag,
             experiment_event: setup_experiment.then_some(event),
@@ -57,13 +57,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             event,
             routed,
             ..
-        } => bench::run(bunting::loadgen::LoadConfig {
+        } => bench::run(crate::loadgen::LoadConfig {
             bearer,
             target,
             workload: match workload {
-                crate::cli::WorkloadArg::Single => bunting::loadgen::Workload::Single,
-                crate::cli::WorkloadArg::Bulk => bunting::loadgen::Workload::Bulk,
-                crate::cli::WorkloadArg::Experiment => bunting::loadgen::Workload::Experiment,
+                crate::cli::WorkloadArg::Single => crate::loadgen::Workload::Single,
+                crate::cli::WorkloadArg::Bulk => crate::loadgen::Workload::Bulk,
+                crate::cli::WorkloadArg::Experiment => crate::loadgen::Workload::Experiment,
             },
             flag,
             connections,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bunting::config::{Config, FlagSourceConfig};
+use bunting_node::config::{Config, FlagSourceConfig};
 use tracing_subscriber::EnvFilter;
 
 use crate::error::CliError;
@@ -58,7 +58,7 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    runtime.block_on(bunting::server::run(config, shutdown_signal()))?;
+    runtime.block_on(bunting_node::server::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use bunting::auth::store::{NewToken, TokenName, file_entry};
-use bunting::auth::{ApiToken, FlagSets, Scopes};
+use bunting_node::auth::store::{NewToken, TokenName, file_entry};
+use bunting_node::auth::{ApiToken, FlagSets, Scopes};
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::tokens_client::TokensClient;
 

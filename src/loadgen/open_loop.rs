@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::auth::client::AuthChannel as Channel;
+use bunting_node::auth::client::AuthChannel as Channel;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use tokio::sync::Semaphore;
 

@@ -7,13 +7,6 @@
 //! re-reads, and ignores anything at or below what it holds. Each flag also carries its own version
 //! for optimistic concurrency: every write names the version it read, and a stale one is refused.
 
-mod document;
-pub mod experiments;
-pub mod file;
-pub mod guarded_events;
-pub mod postgres;
-pub mod user_state_file;
-
 use std::error::Error as StdError;
 use std::fmt;
 
@@ -27,9 +20,6 @@ use tokio::sync::mpsc;
 /// The most audit entries one page returns, whatever the caller asks for (every `AdminStore`
 /// caps its pages at this; the Admin API refuses larger requests).
 pub const MAX_AUDIT_PAGE: u32 = 1000;
-
-pub use file::{FileSource, FileSourceError, FileWatch, WatchedFlagSet};
-pub use postgres::{PostgresSettings, PostgresStore};
 
 /// The set a request without a selector is served from.
 pub const DEFAULT_FLAG_SET: &str = "default";
@@ -143,7 +133,7 @@ impl FlagSetSnapshot {
     /// Compiles the document and stamps it with the snapshot's version. Every stored version was
     /// validated on write, so a problem here means the compile options differ from the writer's.
     pub fn compile(&self, options: &CompileOptions) -> Result<FlagSet, StoreError> {
-        let flag_set = document::validate(&self.document, options)?;
+        let flag_set = crate::document::validate(&self.document, options)?;
         Ok(flag_set.with_version(u64::try_from(self.version).unwrap_or(0)))
     }
 }

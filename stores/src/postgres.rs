@@ -34,7 +34,7 @@ pub const CHANGE_CHANNEL: &str = "bunting_flag_changes";
 
 pub use super::MAX_AUDIT_PAGE;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 #[derive(Debug, Clone)]
 pub struct PostgresSettings {
@@ -735,7 +735,7 @@ const SQLX_PARAMS: &[&str] = &[
 /// `url` without the query parameters sqlx does not read. sqlx logs an unknown parameter with
 /// its value, and libpq's `sslpassword` is one: dropped here, it is logged by name only. A URL
 /// that does not parse is returned as it is, for sqlx to refuse (its error does not quote it).
-pub(crate) fn known_params_only(url: &str) -> String {
+pub fn known_params_only(url: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(url) else {
         return url.to_owned();
     };

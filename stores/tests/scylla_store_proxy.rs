@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bunting_experiments::store::{Keyspace, ScyllaSettings, ScyllaStore};
 use bunting_experiments::{
     EventStore, EventStoreError, ExperimentId, ExperimentTotals, MetricName, MetricTotals,
     ShardFlush,
 };
+use bunting_stores::scylladb::{Keyspace, ScyllaSettings, ScyllaStore};
 use bytes::{BufMut, BytesMut};
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;

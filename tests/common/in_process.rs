@@ -1,11 +1,11 @@
-//! A node in the test's own process: `bunting::server::bind` on free ports, served on the test's
+//! A node in the test's own process: `bunting_node::server::bind` on free ports, served on the test's
 //! runtime until `stop`, which runs the real shutdown path and waits for it to finish cleanly.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bunting::config::Config;
-use bunting::server::ServerError;
+use bunting_node::config::Config;
+use bunting_node::server::ServerError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -36,7 +36,7 @@ impl TestNode {
         if config.http_addr == Config::default().http_addr {
             config.http_addr.set_port(0);
         }
-        let bound = bunting::server::bind(config).await.unwrap();
+        let bound = bunting_node::server::bind(config).await.unwrap();
         let (grpc, admin, metrics, http) = (
             bound.grpc_addr(),
             bound.admin_addr(),

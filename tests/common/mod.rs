@@ -26,16 +26,16 @@ pub const TEST_TOKEN: &str =
     "bnt_7e57000000000001_0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 /// A channel whose every call carries [`TEST_TOKEN`]: what the tests' clients use.
-pub type Channel = bunting::auth::client::AuthChannel;
+pub type Channel = bunting_node::auth::client::AuthChannel;
 
 /// [`TEST_TOKEN`] as parsed, for configs built in code.
-pub fn test_token() -> bunting::auth::ApiToken {
-    bunting::auth::ApiToken::parse(TEST_TOKEN).unwrap()
+pub fn test_token() -> bunting_node::auth::ApiToken {
+    bunting_node::auth::ApiToken::parse(TEST_TOKEN).unwrap()
 }
 
 /// `channel` sending [`TEST_TOKEN`].
 pub fn authorized(channel: tonic::transport::Channel) -> Channel {
-    bunting::auth::client::Bearer::new(Some(TEST_TOKEN))
+    bunting_node::auth::client::Bearer::new(Some(TEST_TOKEN))
         .unwrap()
         .wrap(channel)
 }

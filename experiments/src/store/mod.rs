@@ -1,5 +1,6 @@
 //! Where the per-shard statistics are kept: behind [`EventStore`], an embedded file store for a
-//! single node (the default) and ScyllaDB for a cluster.
+//! single node (the default); ScyllaDB for a cluster is `bunting-stores`' `scylladb`, so this
+//! crate compiles no database driver.
 //!
 //! **Retry safety.** A shard flushes its *cumulative* totals for an experiment, stamped with a
 //! sequence number that only grows (the owner takes `max(last seq + 1, now in µs)`), and a store
@@ -9,10 +10,8 @@
 //! after a move loads the stored flush and continues from it.
 
 mod embedded;
-mod scylladb;
 
 pub use embedded::EmbeddedStore;
-pub use scylladb::{Keyspace, ScyllaSettings, ScyllaStore};
 
 use async_trait::async_trait;
 

@@ -21,7 +21,7 @@ use super::principal::{FlagSets, Principal, PrincipalId};
 use super::registry::{Registry, TokenEntry};
 use super::scope::{Scopes, UnknownScope};
 use super::token::{ApiToken, TokenHash, TokenId, TokenParseError};
-use crate::secret_url::{RedactedUrl, SecretUrl};
+use bunting_stores::secret_url::{RedactedUrl, SecretUrl};
 
 /// The notification channel token writes signal on.
 pub const CHANNEL: &str = "bunting_tokens";
@@ -131,11 +131,11 @@ impl PgTokenStore {
     /// A lazily connecting store: nothing is dialled until the first query, so a PostgreSQL that
     /// is down at start-up does not stop the node (it refuses tokens until it can read them).
     pub fn connect_lazy(url: &SecretUrl) -> Result<PgTokenStore, TokenStoreError> {
-        let options: PgConnectOptions = crate::store::postgres::known_params_only(url.expose())
+        let options: PgConnectOptions = bunting_stores::postgres::known_params_only(url.expose())
             .parse()
             .map_err(|e: sqlx::Error| TokenStoreError::Url {
                 url: url.redacted().clone(),
-                message: crate::secret_url::redact_urls(&e.to_string()),
+                message: bunting_stores::secret_url::redact_urls(&e.to_string()),
             })?;
         let pool = PgPoolOptions::new()
             .max_connections(3)

@@ -7,6 +7,8 @@
 //! [`PendingExperimentStore`] is the experiment store of such a node: it waits for the same
 //! connection (one pool, one set of retries for both) and then is the `PostgresExperimentStore`
 //! on it, so the experiment feed and the Experiments API also work without a restart.
+// The wiring: picks the concrete stores the config names (see node/clippy.toml).
+#![allow(clippy::disallowed_types)]
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,12 +18,12 @@ use bunting_experiments::ExperimentId;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::secret_url::SecretUrl;
-use crate::store::experiments::{
+use bunting_stores::experiments::{
     ExperimentAuditEntry, ExperimentFilter, ExperimentPage, ExperimentRecord, ExperimentStore,
     ExperimentStoreError, ExperimentSubscription, NewExperiment, PostgresExperimentStore,
 };
-use crate::store::{
+use bunting_stores::secret_url::SecretUrl;
+use bunting_stores::{
     AdminStore, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord, FlagSetSnapshot,
     PostgresSettings, PostgresStore, StoreError, Subscription,
 };

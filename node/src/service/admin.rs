@@ -18,7 +18,7 @@ use super::admin_status::{
 };
 use super::request::{RequiredStore, audit_actor, caller, check_all_flag_sets, check_flag_set};
 use crate::config::FlagSourceConfig;
-use crate::store::{
+use bunting_stores::{
     AdminStore, AuditAction, AuditEntry, FlagRecord, FlagSetFields, FlagSetRecord, MAX_AUDIT_PAGE,
 };
 
@@ -424,7 +424,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::store::file::BrokenFlags;
+    use bunting_stores::file::BrokenFlags;
 
     #[tokio::test]
     async fn a_node_without_a_store_refuses_naming_its_file() {

@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use super::wire_text::{bounded, quoted};
-use crate::store::{MAX_REPORTED_PROBLEMS, StoreError};
+use bunting_stores::{MAX_REPORTED_PROBLEMS, StoreError};
 
 /// A flag set id: 1 to this many characters of `[A-Za-z0-9._-]` (bunting.proto, FlagSet.id).
 pub const MAX_FLAG_SET_ID_CHARS: usize = 64;

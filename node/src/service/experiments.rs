@@ -24,11 +24,11 @@ use super::request::{RequiredStore, audit_actor, caller, check_all_flag_sets, ch
 use super::wire_text::bounded;
 use crate::config::FlagSourceConfig;
 use crate::dispatch::{Dispatch, TrackFailed};
-use crate::store::experiments::{
+use bunting_actors::TrackRequest;
+use bunting_stores::experiments::{
     ExperimentFilter, ExperimentRecord, ExperimentStore, ExperimentStoreError, NewExperiment,
     PageLimit, PageSize, StateKind,
 };
-use bunting_actors::TrackRequest;
 
 /// `bunting.v1.Experiments` over the node's experiment store, if it has one.
 #[derive(Debug, Clone)]

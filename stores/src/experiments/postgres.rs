@@ -26,7 +26,7 @@ use super::{
     ExperimentRecord, ExperimentStore, ExperimentStoreError, ExperimentSubscription, NewExperiment,
     PageLimit,
 };
-use crate::store::{PostgresStore, StoreError};
+use crate::{PostgresStore, StoreError};
 
 /// The channel every experiment write notifies, with `{"id", "version"}` as payload. Not the flag
 /// channel: flag feeds would take an experiment's payload for one they cannot read and resync.
@@ -704,7 +704,7 @@ impl AuditRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::experiments::{PageSize, StateKind};
+    use crate::experiments::{PageSize, StateKind};
     use bunting_experiments::{MetricKind, MetricName};
 
     fn metric(name: &str, event: &str) -> Metric {

@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::{CHANGE_CHANNEL, PostgresSettings};
-use crate::store::{ChangeNotice, StoreError, Subscription};
+use crate::{ChangeNotice, StoreError, Subscription};
 
 /// How many notices may wait for a slow subscriber before the listener stops reading (the
 /// connection buffers the rest, so nothing is dropped).

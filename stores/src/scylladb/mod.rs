@@ -36,9 +36,9 @@ use scylla::statement::unprepared::Statement;
 
 pub use schema::Keyspace;
 
-use super::{EventStore, EventStoreError, ShardFlush};
-use crate::aggregate::ExperimentTotals;
-use crate::model::ExperimentId;
+use bunting_experiments::aggregate::ExperimentTotals;
+use bunting_experiments::model::ExperimentId;
+use bunting_experiments::store::{EventStore, EventStoreError, ShardFlush};
 use rows::StoredRow;
 
 /// The longest `connect` may take, whatever the per-call timeout: it opens connections, creates

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::aggregate::{ArmTotals, ExperimentTotals, MetricTotals};
-use crate::model::{ExperimentId, MetricName};
-use crate::store::{EventStoreError, ShardFlush};
+use bunting_experiments::aggregate::{ArmTotals, ExperimentTotals, MetricTotals};
+use bunting_experiments::model::{ExperimentId, MetricName};
+use bunting_experiments::store::{EventStoreError, ShardFlush};
 
 /// The values bound to [`super::schema::insert_arm`], in marker order: experiment, shard, arm,
 /// seq, exposed, metrics (JSON), and the write timestamp (the seq again).

@@ -1,11 +1,11 @@
 //! The CQL the store sends: the schema from `migrations/scylla/` with the keyspace and replication
 //! filled in, and the statements it prepares.
 
-use crate::store::EventStoreError;
+use bunting_experiments::store::EventStoreError;
 
 /// The migrations, in order. Each runs on every connect; all are idempotent (`IF NOT EXISTS`).
 const MIGRATIONS: &[&str] = &[include_str!(
-    "../../../../migrations/scylla/001_shard_totals.cql"
+    "../../../migrations/scylla/001_shard_totals.cql"
 )];
 
 /// The table every statement reads or writes, inside the configured keyspace.

@@ -9,6 +9,7 @@
 //! in a bounded queue and are replayed in order when it answers again, and reads fail fast with
 //! [`SharedTierError::Unavailable`] while the breaker is open.
 
+pub mod config;
 mod queue;
 mod redis_tier;
 pub mod seal;
@@ -22,8 +23,8 @@ use async_trait::async_trait;
 use bunting_experiments::Experiment;
 use tokio::sync::mpsc;
 
-use crate::config::SharedTierConfig;
 use crate::secret_url::RedactedUrl;
+use config::SharedTierConfig;
 
 pub use crate::breaker::BreakerState;
 pub use redis_tier::RedisTier;

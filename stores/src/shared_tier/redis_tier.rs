@@ -41,8 +41,8 @@ use super::{
     TierSnapshot, WriteOutcome,
 };
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
-use crate::config::RedisTierConfig;
 use crate::secret_url::{RedactedUrl, SecretUrl};
+use crate::shared_tier::config::RedisTierConfig;
 
 /// Stores the snapshot only if its version is newer than the stored one; returns -1 when it
 /// stored, else the stored version. One script, so two nodes racing on one version cannot both
