@@ -496,7 +496,13 @@ async fn audit_tier(tier: &dyn SharedTier, snapshots: &[FlagSetSnapshot]) {
             Some(held) => held,
             None => match tier.snapshot(&snapshot.id).await {
                 Ok(Some(held)) => held,
-                Ok(None) => continue,
+                // Never shared (the tier was away when this set was written, or at start-up):
+                // as far behind as a snapshot can be.
+                Ok(None) => TierSnapshot {
+                    set: snapshot.id.clone(),
+                    version: 0,
+                    content: TierContent::Deleted,
+                },
                 Err(e) if e.is_transient() => return,
                 Err(e) => {
                     tracing::error!(error = %e, set = snapshot.id, postgres = stored, "the shared tier holds a snapshot that cannot be trusted; replacing it with PostgreSQL's");
@@ -512,7 +518,23 @@ async fn audit_tier(tier: &dyn SharedTier, snapshots: &[FlagSetSnapshot]) {
             },
         };
         let same = held.version == stored && held.flags() == Some(&snapshot.document);
-        if same || held.version < stored {
+        if same {
+            continue;
+        }
+        if held.version < stored {
+            // Behind: a write this node or another queued while the tier was away and never
+            // replayed (the queue is bounded, and dies with its node). Brought forward under the
+            // tier's compare-and-set, so a newer version written meanwhile wins.
+            match tier
+                .put_snapshot(&snapshot.id, stored, &snapshot.document.to_string())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, set = snapshot.id, "cannot bring the shared tier's snapshot forward");
+                }
+            }
             continue;
         }
         tracing::error!(

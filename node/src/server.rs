@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bunting_actors::{Node, NodeConfig, NodeError, ShardServices};
+use bunting_actors::{Catalog, Node, NodeConfig, NodeError, ShardServices};
 use bunting_cluster::{Cluster, ClusterConfig, ClusterError, ClusterTls, Cookie, NodeId};
 use bunting_engine::{CompileOptions, Dialect, FractionalMode};
 use bunting_proto::bunting::v1::admin_server::AdminServer;
@@ -45,7 +45,7 @@ use bunting_stores::guarded_events::GuardedEventStore;
 use bunting_stores::postgres::PostgresSettings;
 use bunting_stores::scylladb::{ScyllaSettings, ScyllaStore};
 use bunting_stores::secret_url::RedactedUrl;
-use bunting_stores::shared_tier::{self, SharedTierError};
+use bunting_stores::shared_tier::{self, SharedTier, SharedTierError};
 use bunting_stores::user_state_file::FileUserStates;
 use bunting_stores::{AdminStore, StoreError};
 
@@ -141,27 +141,91 @@ pub fn fractional_mode(config: &Config) -> FractionalMode {
     }
 }
 
-/// Loads the flags, starts the actor tree and binds both ports (port 0 picks a free one).
-pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
-    metrics_http::handle();
-    // First, before any store opens a descriptor: the caps must fit what is left of the limit.
+/// Stores handed to a node in place of the ones its config names (`[flags]`, `[shared_tier]`):
+/// what in-process tests run a node on (`bunting_stores::memory::MemoryAdminStore`,
+/// `bunting_stores::shared_tier::MemoryTier`). Everything else comes from the config as usual.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub flags: Arc<dyn AdminStore>,
+    /// The Experiments API answers UNAVAILABLE without one.
+    pub experiments: Option<Arc<dyn ExperimentStore>>,
+    pub tier: Option<Arc<dyn SharedTier>>,
+}
+
+/// Where the node's catalog, feed and admin stores come from, however they were chosen.
+struct Sources {
+    catalog: Catalog,
+    feed: Feed,
+    store: Option<Arc<dyn AdminStore>>,
+    loaded: watch::Receiver<bool>,
+    experiments: Option<Arc<dyn ExperimentStore>>,
+    experiments_start: experiment_feed::Start,
+    tier: Option<Arc<dyn SharedTier>>,
+}
+
+/// First, before any store opens a descriptor: the connection caps must fit what is left of the
+/// open-files limit.
+fn plan_caps(config: &Config) -> Result<edge::fd_limit::Caps, ServerError> {
     let http_connections = if config.http.enabled {
         config.http.max_connections
     } else {
         0
     };
     let admin_cap = config.admin_addr.map_or(0, |_| edge::ADMIN_MAX_CONNECTIONS);
-    let caps = edge::fd_limit::plan(
+    Ok(edge::fd_limit::plan(
         &config.connections,
         edge::METRICS_MAX_CONNECTIONS + admin_cap,
         http_connections,
-    )?;
-    let options = compile_options(&config);
-    let mut experiments: Option<Arc<dyn ExperimentStore>> = None;
-    let mut experiments_start = experiment_feed::Start::Store;
+    )?)
+}
+
+/// Loads the flags, starts the actor tree and binds both ports (port 0 picks a free one).
+pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
+    metrics_http::handle();
+    let caps = plan_caps(&config)?;
     // Lazy: an unreachable Redis does not stop the node; a config that cannot work does.
     let tier = shared_tier::connect(&config.shared_tier).await?;
-    let services = shard_services(&config, tier.clone()).await?;
+    let sources = configured_sources(&config, tier).await?;
+    finish_bind(config, caps, sources).await
+}
+
+/// [`bind`] on `stores` instead of the flag source and shared tier the config names.
+pub async fn bind_with(config: Config, stores: Stores) -> Result<BoundServer, ServerError> {
+    metrics_http::handle();
+    let caps = plan_caps(&config)?;
+    let options = compile_options(&config);
+    let catalog = feed::store_catalog(stores.flags.as_ref(), &options).await?;
+    let (loaded_tx, loaded) = watch::channel(true);
+    let sources = Sources {
+        catalog,
+        feed: Feed::Store {
+            store: stores.flags.clone(),
+            options,
+            version_check: INJECTED_VERSION_CHECK,
+            tier: stores.tier.clone(),
+            loaded: loaded_tx,
+        },
+        store: Some(stores.flags),
+        loaded,
+        experiments: stores.experiments,
+        experiments_start: experiment_feed::Start::Store,
+        tier: stores.tier,
+    };
+    finish_bind(config, caps, sources).await
+}
+
+/// How often a node on injected stores re-reads their versions (PostgreSQL's default is 10 s;
+/// a memory store's notices are never lost, so this only bounds a test's worst case).
+const INJECTED_VERSION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The flag source and experiment store the config names.
+async fn configured_sources(
+    config: &Config,
+    tier: Option<Arc<dyn SharedTier>>,
+) -> Result<Sources, ServerError> {
+    let options = compile_options(config);
+    let mut experiments: Option<Arc<dyn ExperimentStore>> = None;
+    let mut experiments_start = experiment_feed::Start::Store;
     let (catalog, feed, admin_store, loaded) = match &config.flags {
         FlagSourceConfig::File {
             path,
@@ -220,6 +284,33 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             )
         }
     };
+    Ok(Sources {
+        catalog,
+        feed,
+        store: admin_store,
+        loaded,
+        experiments,
+        experiments_start,
+        tier,
+    })
+}
+
+/// Everything after the stores: tokens, the actor tree, the listeners, the cluster.
+async fn finish_bind(
+    config: Config,
+    caps: edge::fd_limit::Caps,
+    sources: Sources,
+) -> Result<BoundServer, ServerError> {
+    let Sources {
+        catalog,
+        feed,
+        store: admin_store,
+        loaded,
+        experiments,
+        experiments_start,
+        tier,
+    } = sources;
+    let services = shard_services(&config, tier.clone()).await?;
     // After the flag store: on PostgreSQL, its migrations have created the token table.
     let auth = auth::start(&config).await?;
     let actors = ActorRuntime::start(config.actor_threads)

@@ -231,6 +231,29 @@ impl StoreError {
     }
 }
 
+/// `flag set "id"`, as errors and the audit name a set.
+pub(crate) fn set_name(id: &str) -> String {
+    format!("flag set {id:?}")
+}
+
+/// `flag "key" in flag set "id"`, as errors name a flag.
+pub(crate) fn flag_name(flag_set: &str, key: &str) -> String {
+    format!("flag {key:?} in flag set {flag_set:?}")
+}
+
+/// The optimistic-concurrency check every write makes against what it read.
+pub(crate) fn check_version(what: String, expected: i64, actual: i64) -> Result<(), StoreError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(StoreError::VersionConflict {
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
 /// How many of a refused definition's problems an error message, an API error or a log shows
 /// before it only counts the rest: a file of 100,000 broken flags once wrote 100,000 WARN lines.
 pub const MAX_REPORTED_PROBLEMS: usize = 100;

@@ -16,6 +16,7 @@ mod document;
 pub mod experiments;
 pub mod file;
 pub mod guarded_events;
+pub mod memory;
 pub mod postgres;
 pub mod scylladb;
 pub mod secret_url;

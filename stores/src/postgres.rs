@@ -22,6 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{Connection, FromRow};
 
+use super::admin::{check_version, flag_name, set_name};
 use super::document::{self, check_name};
 use super::{
     AdminStore, AuditAction, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord,
@@ -793,26 +794,6 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
                 || code == "25006"
         }),
         _ => false,
-    }
-}
-
-fn set_name(id: &str) -> String {
-    format!("flag set {id:?}")
-}
-
-fn flag_name(flag_set: &str, key: &str) -> String {
-    format!("flag {key:?} in flag set {flag_set:?}")
-}
-
-fn check_version(what: String, expected: i64, actual: i64) -> Result<(), StoreError> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(StoreError::VersionConflict {
-            what,
-            expected,
-            actual,
-        })
     }
 }
 

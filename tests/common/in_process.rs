@@ -5,12 +5,25 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bunting_node::config::Config;
-use bunting_node::server::ServerError;
+use bunting_node::server::{BoundServer, ServerError, Stores};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::Channel;
+
+/// `config` as tests run it: [`super::TEST_TOKEN`] as its bootstrap token unless it has one, and
+/// a free HTTP port unless the test chose one (tests run side by side: the fixed default port
+/// would collide).
+fn test_config(mut config: Config) -> Config {
+    if config.auth.bootstrap_token.is_none() {
+        config.auth.bootstrap_token = Some(super::test_token());
+    }
+    if config.http_addr == Config::default().http_addr {
+        config.http_addr.set_port(0);
+    }
+    config
+}
 
 /// How long a node may take to shut down; it bounds a broken shutdown, it is not a speed check.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(20);
@@ -27,16 +40,23 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Starts `config` with [`super::TEST_TOKEN`] as its bootstrap token unless it has one.
-    pub async fn start(mut config: Config) -> TestNode {
-        if config.auth.bootstrap_token.is_none() {
-            config.auth.bootstrap_token = Some(super::test_token());
-        }
-        // Tests run side by side: the HTTP edge's fixed default port would collide.
-        if config.http_addr == Config::default().http_addr {
-            config.http_addr.set_port(0);
-        }
-        let bound = bunting_node::server::bind(config).await.unwrap();
+    /// Starts `config` (see [`test_config`]).
+    pub async fn start(config: Config) -> TestNode {
+        let bound = bunting_node::server::bind(test_config(config))
+            .await
+            .unwrap();
+        TestNode::serve(bound)
+    }
+
+    /// Starts `config` on `stores` (in memory, usually) instead of the stores it names.
+    pub async fn start_with(config: Config, stores: Stores) -> TestNode {
+        let bound = bunting_node::server::bind_with(test_config(config), stores)
+            .await
+            .unwrap();
+        TestNode::serve(bound)
+    }
+
+    fn serve(bound: BoundServer) -> TestNode {
         let (grpc, admin, metrics, http) = (
             bound.grpc_addr(),
             bound.admin_addr(),

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod admin_contract;
 pub mod cluster;
 pub mod http;
 pub mod in_process;

@@ -10,6 +10,7 @@
 //! [`SharedTierError::Unavailable`] while the breaker is open.
 
 pub mod config;
+mod memory;
 mod queue;
 mod redis_tier;
 pub mod seal;
@@ -27,6 +28,7 @@ use crate::secret_url::RedactedUrl;
 use config::SharedTierConfig;
 
 pub use crate::breaker::BreakerState;
+pub use memory::MemoryTier;
 pub use redis_tier::RedisTier;
 
 /// One flag set's snapshot as the tier holds it.
