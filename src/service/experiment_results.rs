@@ -338,6 +338,59 @@ mod tests {
         totals
     }
 
+    /// `(users, converting)` per arm, each converting user buying once for 10.
+    fn converting(arms: &[(&str, u64, u64)]) -> ExperimentTotals {
+        let e = experiment();
+        let mut totals = ExperimentTotals::default();
+        for &(arm, users, converting) in arms {
+            for i in 0..users {
+                let mut user = UserExposure::new(arm, 0);
+                totals.expose(arm);
+                if i < converting {
+                    totals.track(&e, &mut user, "purchase", 10.0).unwrap();
+                }
+            }
+        }
+        totals
+    }
+
+    /// Issue 14's reproductions through the results: an arm at 0% or 100% conversion gets "not
+    /// enough information" on both lifts, and no p-value, interval or chance to beat control.
+    #[test]
+    fn an_arm_without_variance_is_not_enough_information() {
+        let cases = [
+            ((51, 0), (2386, 46), "control"),
+            ((200, 0), (200, 4), "control"),
+            ((31, 25), (26, 26), "treatment"),
+        ];
+        for ((nc, cc), (nt, ct), arm) in cases {
+            let totals = converting(&[("control", nc, cc), ("treatment", nt, ct)]);
+            let r = results(&experiment(), &totals, pb::Experiment::default());
+            // Both metrics: the conversion, and the revenue mean (every buyer spends 10, so an
+            // arm where nobody or everybody buys has one value too).
+            for metric in &r.metrics {
+                let treatment = &metric.arms[1];
+                assert_eq!(treatment.users, nt);
+                let comparison = treatment.comparison.as_ref().unwrap();
+                for lift in [&comparison.absolute, &comparison.relative] {
+                    let lift = lift.as_ref().unwrap();
+                    assert!(
+                        lift.unavailable.starts_with("not enough information")
+                            && lift.unavailable.contains(&format!("the {arm} arm")),
+                        "{}: {}",
+                        metric.metric,
+                        lift.unavailable
+                    );
+                    assert_eq!(lift.p_value, 0.0);
+                    assert_eq!(lift.sequential_p_value, None);
+                    assert_eq!(lift.holm_p_value, None);
+                    assert_eq!(lift.confidence_interval, None);
+                    assert_eq!(lift.chance_to_beat_control, 0.0);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_sample_ratio_check_follows_the_traffic_split() {
         let srm = |e: &Experiment, users: &[(&str, u64)]| {

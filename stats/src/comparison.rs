@@ -197,12 +197,12 @@ mod tests {
             (
                 ProportionStats::new(40, 0).unwrap(),
                 ProportionStats::new(40, 0).unwrap(),
-                vec![Unavailable::ZeroVariance, Unavailable::ZeroControlMean],
+                vec![Unavailable::ArmWithoutVariance { arm: Arm::Control }],
             ),
             (
                 ProportionStats::new(40, 0).unwrap(),
                 ProportionStats::new(40, 6).unwrap(),
-                vec![Unavailable::ZeroControlMean],
+                vec![Unavailable::ArmWithoutVariance { arm: Arm::Control }],
             ),
             (
                 ProportionStats::new(40, 3).unwrap(),
@@ -229,6 +229,37 @@ mod tests {
                 users: 0
             }]
         );
+    }
+
+    /// The reproductions of issue 14: an arm at 0% or 100% used to get a standard error from the
+    /// other arm alone, and with it a p-value far below Fisher's exact one. Like gbstats, there is
+    /// no estimate at all, only the reason, for both lifts and every analysis.
+    #[test]
+    fn an_arm_at_zero_or_full_conversion_has_no_estimate() {
+        let p = |n, s| ProportionStats::new(n, s).unwrap();
+        let cases = [
+            // (control, treatment, the arm without variance, the p-value it used to get)
+            (p(51, 0), p(2386, 46), Arm::Control, 9.45e-12),
+            (p(200, 0), p(200, 4), Arm::Control, 0.045),
+            (p(31, 25), p(26, 26), Arm::Treatment, 0.011),
+        ];
+        let sequential = AnalysisSettings {
+            sequential: Some(SequentialTuning::DEFAULT),
+            ..AnalysisSettings::default()
+        };
+        for (control, treatment, arm, _old_p) in cases {
+            for settings in [AnalysisSettings::default(), sequential] {
+                let result = compare(&control, &treatment, settings);
+                let why = Unavailable::ArmWithoutVariance { arm };
+                assert_eq!(result.absolute, Err(why), "{control:?} {treatment:?}");
+                assert_eq!(result.relative, Err(why), "{control:?} {treatment:?}");
+                assert_eq!(result.flags(), vec![why]);
+                assert!(why.to_string().starts_with("not enough information"));
+                // The arms themselves are still described.
+                assert_eq!(result.treatment.users, treatment.n());
+                assert!(result.control.interval.is_some());
+            }
+        }
     }
 
     #[test]
@@ -261,25 +292,26 @@ mod tests {
         let mut comparisons = [
             compare(&p(1000, 100), &p(1000, 130), settings),
             compare(&p(1000, 100), &p(1000, 104), settings),
-            compare(&p(1000, 0), &p(1000, 4), settings), // no relative lift
+            compare(&p(1000, 0), &p(1000, 4), settings), // no lift: control has no variance
         ];
         adjust_p_values(&mut comparisons, Correction::HolmBonferroni);
-        let raw: Vec<f64> = comparisons
-            .iter()
-            .map(|c| c.absolute.unwrap().p_value)
-            .collect();
-        let want = crate::holm_bonferroni(&raw).unwrap();
-        for (c, want) in comparisons.iter().zip(want) {
-            assert_eq!(c.absolute.unwrap().adjusted_p_value, Some(want));
+        for kind in [LiftKind::Absolute, LiftKind::Relative] {
+            let pick = |c: &MetricComparison| match kind {
+                LiftKind::Absolute => c.absolute,
+                LiftKind::Relative => c.relative,
+            };
+            let raw: Vec<f64> = comparisons[..2]
+                .iter()
+                .map(|c| pick(c).unwrap().p_value)
+                .collect();
+            let want = crate::holm_bonferroni(&raw).unwrap();
+            for (c, want) in comparisons[..2].iter().zip(want) {
+                assert_eq!(pick(c).unwrap().adjusted_p_value, Some(want));
+            }
+            assert_eq!(
+                pick(&comparisons[2]),
+                Err(Unavailable::ArmWithoutVariance { arm: Arm::Control })
+            );
         }
-        let raw: Vec<f64> = comparisons[..2]
-            .iter()
-            .map(|c| c.relative.unwrap().p_value)
-            .collect();
-        let want = crate::holm_bonferroni(&raw).unwrap();
-        for (c, want) in comparisons[..2].iter().zip(want) {
-            assert_eq!(c.relative.unwrap().adjusted_p_value, Some(want));
-        }
-        assert_eq!(comparisons[2].relative, Err(Unavailable::ZeroControlMean));
     }
 }
