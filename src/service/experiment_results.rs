@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use bunting_experiments::{ArmTotals, Experiment, ExperimentTotals, MetricKind, MetricTotals};
 use bunting_proto::bunting::v1 as pb;
 use bunting_stats::{
-    AnalysisSettings, Correction, Interval, LiftResult, MeanStats, MetricComparison,
+    AnalysisSettings, Correction, DecisionRule, Interval, LiftResult, MeanStats, MetricComparison,
     ProportionStats, SequentialTuning, Unavailable, adjust_p_values, compare,
     sample_ratio_mismatch,
 };
@@ -19,7 +19,7 @@ use bunting_stats::{
 /// always-valid intervals and p-values (the fixed-horizon ones are reported beside them).
 pub fn settings() -> AnalysisSettings {
     AnalysisSettings {
-        sequential: Some(SequentialTuning::DEFAULT),
+        rule: DecisionRule::Sequential(SequentialTuning::DEFAULT),
         ..AnalysisSettings::default()
     }
 }
@@ -161,7 +161,7 @@ pub fn results(
             .collect(),
         srm_p_value,
         alpha: settings.alpha.get(),
-        sequential: settings.sequential.is_some(),
+        sequential: settings.rule.sequential().is_some(),
         metrics,
     }
 }

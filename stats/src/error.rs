@@ -29,8 +29,14 @@ pub enum StatsError {
     },
     #[error("user count overflows: {left} + {right}")]
     CountOverflow { left: u64, right: u64 },
-    #[error("alpha must be strictly between 0 and 1, got {value}")]
+    #[error("alpha must be above 0 and at most 0.5, got {value}")]
     InvalidAlpha { value: f64 },
+    #[error("the prior's {field} must be {rule}, got {value}")]
+    InvalidPrior {
+        field: &'static str,
+        rule: &'static str,
+        value: f64,
+    },
     #[error("sequential tuning parameter must be positive and finite, got {value}")]
     InvalidTuning { value: f64 },
     #[error("p-value at index {index} must be in [0, 1], got {value}")]
