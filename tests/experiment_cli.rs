@@ -104,6 +104,7 @@ async fn set_up(node: &TestNode) {
                     metric("revenue", pb::MetricKind::Mean),
                 ],
                 traffic_split: Default::default(),
+                analysis: None,
                 actor: "test".into(),
             })
             .await

@@ -10,18 +10,15 @@ use std::collections::BTreeMap;
 use bunting_experiments::{ArmTotals, Experiment, ExperimentTotals, MetricKind, MetricTotals};
 use bunting_proto::bunting::v1 as pb;
 use bunting_stats::{
-    AnalysisSettings, Correction, DecisionRule, Interval, LiftResult, MeanStats, MetricComparison,
-    ProportionStats, SequentialTuning, Unavailable, adjust_p_values, compare,
-    sample_ratio_mismatch,
+    AnalysisSettings, Correction, Interval, LiftResult, MeanStats, MetricComparison,
+    ProportionStats, Unavailable, Verdict, adjust_p_values, compare, sample_ratio_mismatch,
 };
 
-/// Results are watched while experiments run, so the analysis is sequential: decisions rest on
-/// always-valid intervals and p-values (the fixed-horizon ones are reported beside them).
-pub fn settings() -> AnalysisSettings {
-    AnalysisSettings {
-        rule: DecisionRule::Sequential(SequentialTuning::DEFAULT),
-        ..AnalysisSettings::default()
-    }
+/// The experiment's own analysis settings, as the statistics take them (by default sequential:
+/// results are watched while experiments run, so decisions rest on always-valid intervals and
+/// p-values, and the fixed-horizon ones are reported beside them).
+pub fn settings(experiment: &Experiment) -> AnalysisSettings {
+    super::analysis_settings::for_stats(&experiment.analysis)
 }
 
 /// The arms in the order results list them: control first, then the others (sorted).
@@ -67,7 +64,7 @@ pub fn results(
     totals: &ExperimentTotals,
     proto_experiment: pb::Experiment,
 ) -> pb::GetExperimentResultsResponse {
-    let settings = settings();
+    let settings = settings(experiment);
     let arms = arm_order(experiment);
     let empty = ArmTotals::default();
     let arm_totals = |arm: &str| totals.arms.get(arm).unwrap_or(&empty);
@@ -163,6 +160,8 @@ pub fn results(
         alpha: settings.alpha.get(),
         sequential: settings.rule.sequential().is_some(),
         metrics,
+        analysis: Some(super::analysis_settings::to_proto(&experiment.analysis)),
+        decision_rule: settings.rule.describe(settings.alpha),
     }
 }
 
@@ -222,6 +221,7 @@ fn lift(
     match result {
         Err(why) => pb::Lift {
             unavailable: why.to_string(),
+            verdict: pb::Verdict::NotEnoughInformation.into(),
             ..pb::Lift::default()
         },
         Ok(l) => pb::Lift {
@@ -239,6 +239,18 @@ fn lift(
                 .and_then(|h| h.as_ref().ok())
                 .and_then(|h| h.adjusted_p_value),
             benjamini_hochberg_p_value: l.adjusted_p_value,
+            verdict: match l.verdict {
+                Verdict::Higher => pb::Verdict::Higher,
+                Verdict::Lower => pb::Verdict::Lower,
+                Verdict::Inconclusive => pb::Verdict::Inconclusive,
+            }
+            .into(),
+            one_sided_p_value: l.one_sided.map(|o| o.p_value),
+            one_sided_lower_bound: l.one_sided.map(|o| o.lower_bound),
+            posterior_mean: l.posterior_mean,
+            posterior_standard_deviation: l.posterior_standard_deviation,
+            risk_control: l.risk.control,
+            risk_treatment: l.risk.treatment,
         },
     }
 }
@@ -325,6 +337,73 @@ mod tests {
         );
         let revenue = &r.metrics[1];
         assert!((revenue.arms[1].value.unwrap() - 1.5).abs() < 1e-12);
+    }
+
+    /// Each experiment is judged under its own settings, and the response says which.
+    #[test]
+    fn results_follow_and_name_the_experiments_settings() {
+        use bunting_experiments::{AnalysisRequest, AnalysisSettings, Engine, Prior, TestSides};
+        let with = |request: AnalysisRequest| {
+            let e = experiment().with_analysis(AnalysisSettings::new(request).unwrap());
+            results(&e, &totals(), pb::Experiment::default())
+        };
+        let absolute = |r: &pb::GetExperimentResultsResponse| {
+            r.metrics[0].arms[1]
+                .comparison
+                .clone()
+                .unwrap()
+                .absolute
+                .unwrap()
+        };
+
+        let default = results(&experiment(), &totals(), pb::Experiment::default());
+        assert!(default.sequential);
+        assert_eq!(
+            default.decision_rule,
+            "frequentist, sequential (always valid, tuning 5000), two-sided, alpha 0.05"
+        );
+        assert_eq!(
+            default.analysis.as_ref().unwrap().sequential_tuning,
+            Some(5000.0)
+        );
+        assert_eq!(absolute(&default).verdict, i32::from(pb::Verdict::Higher));
+
+        let one_sided = with(AnalysisRequest {
+            alpha: Some(0.01),
+            sides: TestSides::OneSided,
+            ..AnalysisRequest::default()
+        });
+        assert!(!one_sided.sequential);
+        assert_eq!(one_sided.alpha, 0.01);
+        assert!(
+            one_sided.decision_rule.contains("one-sided"),
+            "{}",
+            one_sided.decision_rule
+        );
+        let lift = absolute(&one_sided);
+        assert_eq!(lift.sequential_p_value, None);
+        let p = lift.one_sided_p_value.unwrap();
+        assert!(
+            (p - lift.p_value / 2.0).abs() < 1e-12,
+            "half the two-sided p: {p}"
+        );
+        assert!(lift.one_sided_lower_bound.unwrap() > 0.0);
+
+        let bayesian = with(AnalysisRequest {
+            engine: Engine::Bayesian,
+            prior: Some(Prior::GROWTHBOOK),
+            ..AnalysisRequest::default()
+        });
+        assert!(!bayesian.sequential);
+        assert!(bayesian.decision_rule.contains("Bayesian, Gaussian prior"));
+        let lift = absolute(&bayesian);
+        assert_eq!(
+            lift.holm_p_value, None,
+            "Bayesian decisions are not corrected p-values"
+        );
+        assert_eq!(lift.verdict, i32::from(pb::Verdict::Higher));
+        assert!(lift.posterior_mean > 0.0 && lift.posterior_mean < lift.estimate);
+        assert!(lift.risk_treatment < lift.risk_control);
     }
 
     /// `users` exposed per arm, no conversions.
