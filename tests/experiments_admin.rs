@@ -785,7 +785,7 @@ async fn analysis_settings_are_stored_and_judge_the_results() {
     let created = create(
         &mut client,
         pb::CreateExperimentRequest {
-            analysis: Some(bayesian.clone()),
+            analysis: Some(bayesian),
             ..create_request("judged")
         },
     )
