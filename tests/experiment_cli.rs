@@ -274,7 +274,13 @@ async fn results_are_a_table_per_metric_and_arm_and_errors_exit_2() {
         format!("{lift:+.2}"),
         "{treatment:?}"
     );
-    assert!(treatment.last().unwrap().ends_with('%'), "{treatment:?}");
+    // Then the chance to beat control and the verdict.
+    let chance = &treatment[treatment.len() - 2];
+    assert!(chance.ends_with('%'), "{treatment:?}");
+    assert!(
+        ["higher", "lower", "inconclusive"].contains(&treatment.last().unwrap().as_str()),
+        "{treatment:?}"
+    );
     let mean = |arm: &str, n: usize| format!("{:.2}", revenue[arm] / n as f64);
     let control = row(&table, "\nrevenue", "control");
     assert_eq!(
@@ -411,6 +417,50 @@ async fn experiments_are_created_started_tracked_and_stopped_from_the_command_li
         "{}",
         stderr(&bad_metric)
     );
+    // Analysis settings: given as flags, echoed in force; a bad value exits 2 naming its field.
+    let bayesian = run(vec![
+        "create",
+        "cli-bayes",
+        "--flag",
+        "banner",
+        "--control",
+        "control",
+        "--metric",
+        "signed-up:signup:conversion",
+        "--engine",
+        "bayesian",
+        "--alpha",
+        "0.1",
+        "--prior",
+        "0:0.09",
+    ])
+    .await;
+    assert!(bayesian.status.success(), "{}", stderr(&bayesian));
+    assert!(
+        stdout(&bayesian).contains("analysis: Bayesian, alpha 0.1, prior N(0, 0.09)"),
+        "{}",
+        stdout(&bayesian)
+    );
+    let bad_alpha = run(vec![
+        "create",
+        "cli-lax",
+        "--flag",
+        "banner",
+        "--control",
+        "control",
+        "--metric",
+        "signed-up:signup:conversion",
+        "--alpha",
+        "0.7",
+    ])
+    .await;
+    assert_eq!(bad_alpha.status.code(), Some(2));
+    assert!(
+        stderr(&bad_alpha)
+            .contains("analysis.alpha: alpha must be above 0 and at most 0.5, got 0.7"),
+        "{}",
+        stderr(&bad_alpha)
+    );
     let early_stop = run(vec!["stop", "cli-made"]).await;
     assert_eq!(
         early_stop.status.code(),
@@ -432,7 +482,7 @@ async fn experiments_are_created_started_tracked_and_stopped_from_the_command_li
     assert!(stdout(&list).contains("cli-made"), "{}", stdout(&list));
 
     // ListExperiments is paged: the list follows the pages to the last, whatever their size.
-    let everything = ["checkout", "cli-made", "later"];
+    let everything = ["checkout", "cli-bayes", "cli-made", "later"];
     for page_size in ["1", "2", "1000"] {
         let list = run(vec!["list", "--page-size", page_size]).await;
         assert!(list.status.success(), "{}", stderr(&list));
