@@ -312,17 +312,30 @@ mod tests {
     fn an_arm_at_zero_or_full_conversion_has_no_estimate() {
         let p = |n, s| ProportionStats::new(n, s).unwrap();
         let cases = [
-            // (control, treatment, the arm without variance, the p-value it used to get)
-            (p(51, 0), p(2386, 46), Arm::Control, 9.45e-12),
-            (p(200, 0), p(200, 4), Arm::Control, 0.045),
-            (p(31, 25), p(26, 26), Arm::Treatment, 0.011),
+            // (control, treatment, the arm without variance); the p-value each used to get, and
+            // Fisher's exact one, in the comment.
+            (p(51, 0), p(2386, 46), Arm::Control), // p = 9.45e-12; Fisher 0.62
+            (p(200, 0), p(200, 4), Arm::Control),  // p = 0.045; Fisher 0.12
+            (p(31, 25), p(26, 26), Arm::Treatment), // p = 0.011; Fisher 0.027
         ];
         let sequential = AnalysisSettings {
             rule: DecisionRule::Sequential(SequentialTuning::DEFAULT),
             ..AnalysisSettings::default()
         };
-        for (control, treatment, arm, _old_p) in cases {
-            for settings in [AnalysisSettings::default(), sequential] {
+        for (control, treatment, arm) in cases {
+            let rules = [
+                DecisionRule::FixedHorizon(Sides::OneSided),
+                DecisionRule::Bayesian(None),
+                DecisionRule::Bayesian(Some(crate::GaussianPrior::GROWTHBOOK)),
+            ]
+            .map(|rule| AnalysisSettings {
+                rule,
+                ..AnalysisSettings::default()
+            });
+            for settings in [AnalysisSettings::default(), sequential]
+                .into_iter()
+                .chain(rules)
+            {
                 let result = compare(&control, &treatment, settings);
                 let why = Unavailable::ArmWithoutVariance { arm };
                 assert_eq!(result.absolute, Err(why), "{control:?} {treatment:?}");
