@@ -174,6 +174,64 @@ fn row(table: &str, section: &str, arm: &str) -> Vec<String> {
         .collect()
 }
 
+/// Issue 14 through a node: a control arm where nobody buys has no variance, so every lift says
+/// "not enough information", in the RPC (verdict, no p-value) and in the CLI's table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arm_without_variance_is_not_enough_information_end_to_end() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    set_up(&node).await;
+    let arms = expose_everyone(&node).await;
+    let mut tracker = ExperimentsClient::new(node.channel().await);
+    for user in arms["treatment"].iter().filter(|u| *u % 2 == 0) {
+        tracker
+            .track(pb::TrackRequest {
+                targeting_key: format!("user-{user}"),
+                event: "purchase".into(),
+                value: 10.0,
+                flag_set_id: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    let results = tracker
+        .get_experiment_results(pb::GetExperimentResultsRequest {
+            id: "checkout".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for metric in &results.metrics {
+        let comparison = metric.arms[1].comparison.clone().unwrap();
+        for lift in [comparison.absolute.unwrap(), comparison.relative.unwrap()] {
+            assert_eq!(
+                lift.verdict,
+                i32::from(pb::Verdict::NotEnoughInformation),
+                "{}: {lift:?}",
+                metric.metric
+            );
+            assert!(
+                lift.unavailable
+                    .starts_with("not enough information: every user in the control arm"),
+                "{}",
+                lift.unavailable
+            );
+            assert_eq!((lift.p_value, lift.sequential_p_value), (0.0, None));
+        }
+    }
+
+    let addr = node.grpc.to_string();
+    let out = bunting(&["experiment", "results", "checkout", "--node", &addr]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    let lines = table
+        .lines()
+        .filter(|l| l.contains("NOT ENOUGH INFORMATION: every user in the control arm"))
+        .count();
+    assert_eq!(lines, 4, "two lifts of two metrics:\n{table}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_are_a_table_per_metric_and_arm_and_errors_exit_2() {
     let db = TestDb::create().await;
