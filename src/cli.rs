@@ -289,6 +289,8 @@ pub enum ExperimentAction {
         /// (0 for one the experiment does not use) or none: without it the split is even.
         #[arg(long = "split", value_name = "ARM=WEIGHT")]
         split: Vec<String>,
+        #[command(flatten)]
+        analysis: AnalysisArgs,
         #[arg(long, default_value = "bunting-cli")]
         actor: String,
     },
@@ -321,6 +323,44 @@ pub struct CompileArgs {
     /// form). See README, "Fractional bucketing across clients".
     #[arg(long, value_enum, default_value_t = FractionalArg::String)]
     pub fractional: FractionalArg,
+}
+
+/// How an experiment's results are judged (experiments.proto, AnalysisSettings); every flag is
+/// optional and fixed once the experiment is created. The node checks the combination.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct AnalysisArgs {
+    /// The significance level, above 0 and at most 0.5 (default 0.05).
+    #[arg(long, value_name = "ALPHA")]
+    pub alpha: Option<f64>,
+    /// Test only "treatment is greater than control" (frequentist, fixed horizon).
+    #[arg(long)]
+    pub one_sided: bool,
+    /// Sequential testing (always-valid, safe to look any time): default on for a frequentist
+    /// two-sided analysis, off otherwise.
+    #[arg(long, value_enum, value_name = "ON|OFF")]
+    pub sequential: Option<Switch>,
+    /// The total users at which the confidence sequence is tightest (default 5000).
+    #[arg(long, value_name = "USERS")]
+    pub sequential_tuning: Option<f64>,
+    /// What decides: p-values (frequentist, the default) or the chance to beat control.
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineArg>,
+    /// MEAN:VARIANCE, a proper Gaussian prior on the relative lift (Bayesian only; GrowthBook's
+    /// is 0:0.09). Without it the prior is flat.
+    #[arg(long, value_name = "MEAN:VARIANCE")]
+    pub prior: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    Frequentist,
+    Bayesian,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -122,6 +122,7 @@ async fn bulk_evaluations_record_each_exposure_once_on_its_owner_and_say_who_own
                 kind: pb::MetricKind::Conversion.into(),
             }],
             traffic_split: [("control".to_owned(), 50), ("treatment".to_owned(), 50)].into(),
+            analysis: None,
             actor: "bulk".into(),
         })
         .await

@@ -104,6 +104,7 @@ async fn set_up(node: &TestNode) {
                     metric("revenue", pb::MetricKind::Mean),
                 ],
                 traffic_split: Default::default(),
+                analysis: None,
                 actor: "test".into(),
             })
             .await
@@ -171,6 +172,64 @@ fn row(table: &str, section: &str, arm: &str) -> Vec<String> {
         .split_whitespace()
         .map(str::to_owned)
         .collect()
+}
+
+/// Issue 14 through a node: a control arm where nobody buys has no variance, so every lift says
+/// "not enough information", in the RPC (verdict, no p-value) and in the CLI's table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arm_without_variance_is_not_enough_information_end_to_end() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    set_up(&node).await;
+    let arms = expose_everyone(&node).await;
+    let mut tracker = ExperimentsClient::new(node.channel().await);
+    for user in arms["treatment"].iter().filter(|u| *u % 2 == 0) {
+        tracker
+            .track(pb::TrackRequest {
+                targeting_key: format!("user-{user}"),
+                event: "purchase".into(),
+                value: 10.0,
+                flag_set_id: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    let results = tracker
+        .get_experiment_results(pb::GetExperimentResultsRequest {
+            id: "checkout".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for metric in &results.metrics {
+        let comparison = metric.arms[1].comparison.clone().unwrap();
+        for lift in [comparison.absolute.unwrap(), comparison.relative.unwrap()] {
+            assert_eq!(
+                lift.verdict,
+                i32::from(pb::Verdict::NotEnoughInformation),
+                "{}: {lift:?}",
+                metric.metric
+            );
+            assert!(
+                lift.unavailable
+                    .starts_with("not enough information: every user in the control arm"),
+                "{}",
+                lift.unavailable
+            );
+            assert_eq!((lift.p_value, lift.sequential_p_value), (0.0, None));
+        }
+    }
+
+    let addr = node.grpc.to_string();
+    let out = bunting(&["experiment", "results", "checkout", "--node", &addr]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    let lines = table
+        .lines()
+        .filter(|l| l.contains("NOT ENOUGH INFORMATION: every user in the control arm"))
+        .count();
+    assert_eq!(lines, 4, "two lifts of two metrics:\n{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +332,13 @@ async fn results_are_a_table_per_metric_and_arm_and_errors_exit_2() {
         format!("{lift:+.2}"),
         "{treatment:?}"
     );
-    assert!(treatment.last().unwrap().ends_with('%'), "{treatment:?}");
+    // Then the chance to beat control and the verdict.
+    let chance = &treatment[treatment.len() - 2];
+    assert!(chance.ends_with('%'), "{treatment:?}");
+    assert!(
+        ["higher", "lower", "inconclusive"].contains(&treatment.last().unwrap().as_str()),
+        "{treatment:?}"
+    );
     let mean = |arm: &str, n: usize| format!("{:.2}", revenue[arm] / n as f64);
     let control = row(&table, "\nrevenue", "control");
     assert_eq!(
@@ -410,6 +475,50 @@ async fn experiments_are_created_started_tracked_and_stopped_from_the_command_li
         "{}",
         stderr(&bad_metric)
     );
+    // Analysis settings: given as flags, echoed in force; a bad value exits 2 naming its field.
+    let bayesian = run(vec![
+        "create",
+        "cli-bayes",
+        "--flag",
+        "banner",
+        "--control",
+        "control",
+        "--metric",
+        "signed-up:signup:conversion",
+        "--engine",
+        "bayesian",
+        "--alpha",
+        "0.1",
+        "--prior",
+        "0:0.09",
+    ])
+    .await;
+    assert!(bayesian.status.success(), "{}", stderr(&bayesian));
+    assert!(
+        stdout(&bayesian).contains("analysis: Bayesian, alpha 0.1, prior N(0, 0.09)"),
+        "{}",
+        stdout(&bayesian)
+    );
+    let bad_alpha = run(vec![
+        "create",
+        "cli-lax",
+        "--flag",
+        "banner",
+        "--control",
+        "control",
+        "--metric",
+        "signed-up:signup:conversion",
+        "--alpha",
+        "0.7",
+    ])
+    .await;
+    assert_eq!(bad_alpha.status.code(), Some(2));
+    assert!(
+        stderr(&bad_alpha)
+            .contains("analysis.alpha: alpha must be above 0 and at most 0.5, got 0.7"),
+        "{}",
+        stderr(&bad_alpha)
+    );
     let early_stop = run(vec!["stop", "cli-made"]).await;
     assert_eq!(
         early_stop.status.code(),
@@ -431,7 +540,7 @@ async fn experiments_are_created_started_tracked_and_stopped_from_the_command_li
     assert!(stdout(&list).contains("cli-made"), "{}", stdout(&list));
 
     // ListExperiments is paged: the list follows the pages to the last, whatever their size.
-    let everything = ["checkout", "cli-made", "later"];
+    let everything = ["checkout", "cli-bayes", "cli-made", "later"];
     for page_size in ["1", "2", "1000"] {
         let list = run(vec!["list", "--page-size", page_size]).await;
         assert!(list.status.success(), "{}", stderr(&list));

@@ -131,6 +131,7 @@ fn create_request(id: &str) -> pb::CreateExperimentRequest {
             metric("revenue", "purchase", pb::MetricKind::Mean),
         ],
         traffic_split: Default::default(),
+        analysis: None,
         actor: "ada".into(),
     }
 }
@@ -531,6 +532,69 @@ async fn bad_input_is_refused_with_its_status_and_writes_nothing() {
             "traffic_split",
         ),
         (
+            "alpha above one half",
+            |r| {
+                r.analysis = Some(pb::AnalysisSettings {
+                    alpha: Some(0.6),
+                    ..Default::default()
+                });
+            },
+            Code::InvalidArgument,
+            "analysis.alpha",
+        ),
+        (
+            "a zero sequential tuning",
+            |r| {
+                r.analysis = Some(pb::AnalysisSettings {
+                    sequential_tuning: Some(0.0),
+                    ..Default::default()
+                });
+            },
+            Code::InvalidArgument,
+            "analysis.sequential_tuning",
+        ),
+        (
+            "a one-sided sequential test",
+            |r| {
+                r.analysis = Some(pb::AnalysisSettings {
+                    sides: pb::TestSides::OneSided.into(),
+                    sequential: Some(true),
+                    ..Default::default()
+                });
+            },
+            Code::InvalidArgument,
+            "analysis.sequential",
+        ),
+        (
+            "a prior on a frequentist analysis",
+            |r| {
+                r.analysis = Some(pb::AnalysisSettings {
+                    prior: Some(pb::GaussianPrior {
+                        mean: 0.0,
+                        variance: 0.09,
+                    }),
+                    ..Default::default()
+                });
+            },
+            Code::InvalidArgument,
+            "analysis.prior",
+        ),
+        (
+            "a prior without variance",
+            |r| {
+                r.analysis = Some(pb::AnalysisSettings {
+                    engine: pb::AnalysisEngine::Bayesian.into(),
+                    prior: Some(pb::GaussianPrior {
+                        mean: 0.0,
+                        variance: 0.0,
+                    }),
+                    ..Default::default()
+                });
+            },
+            Code::InvalidArgument,
+            "analysis.prior.variance",
+        ),
+        (
             "no metrics",
             |r| r.metrics.clear(),
             Code::InvalidArgument,
@@ -697,6 +761,86 @@ async fn bad_input_is_refused_with_its_status_and_writes_nothing() {
 
     drop((client, admin));
     node.stop().await;
+}
+
+/// Analysis settings are stored with the experiment, read back whole, and name themselves in the
+/// results; an experiment stored before settings existed (NULL) reads with the defaults, which
+/// are what it was analysed with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysis_settings_are_stored_and_judge_the_results() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    shop(&mut node.admin().await).await;
+    let mut client = node.experiments().await;
+
+    let bayesian = pb::AnalysisSettings {
+        alpha: Some(0.1),
+        engine: pb::AnalysisEngine::Bayesian.into(),
+        prior: Some(pb::GaussianPrior {
+            mean: 0.0,
+            variance: 0.09,
+        }),
+        ..Default::default()
+    };
+    let created = create(
+        &mut client,
+        pb::CreateExperimentRequest {
+            analysis: Some(bayesian),
+            ..create_request("judged")
+        },
+    )
+    .await
+    .unwrap();
+    let in_force = pb::AnalysisSettings {
+        sides: pb::TestSides::TwoSided.into(),
+        sequential: Some(false),
+        ..bayesian
+    };
+    assert_eq!(created.analysis.as_ref(), Some(&in_force));
+    assert_eq!(get(&mut client, "judged").await.unwrap(), created);
+
+    start(&mut client, "judged").await.unwrap();
+    let results = client
+        .get_experiment_results(pb::GetExperimentResultsRequest {
+            id: "judged".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(results.analysis.as_ref(), Some(&in_force));
+    assert_eq!(results.alpha, 0.1);
+    assert!(!results.sequential);
+    assert_eq!(
+        results.decision_rule,
+        "Bayesian, Gaussian prior on the relative lift (mean 0, variance 0.09), chance to beat \
+         control at least 0.9 or at most 0.1"
+    );
+
+    // Defaults, written out in full.
+    let plain = create(&mut client, create_request("plain")).await.unwrap();
+    let defaults = pb::AnalysisSettings {
+        alpha: Some(0.05),
+        sides: pb::TestSides::TwoSided.into(),
+        sequential: Some(true),
+        sequential_tuning: Some(5000.0),
+        engine: pb::AnalysisEngine::Frequentist.into(),
+        prior: None,
+    };
+    assert_eq!(plain.analysis.as_ref(), Some(&defaults));
+
+    // A row from before the column: NULL reads as the defaults.
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&db.options).await.unwrap();
+    sqlx::query("UPDATE experiments SET analysis = NULL WHERE id = 'judged'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let store = store(&db).await;
+    let old = store
+        .get_experiment(&ExperimentId::new("judged").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(old.experiment.analysis, Default::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

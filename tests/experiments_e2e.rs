@@ -108,6 +108,7 @@ async fn an_ab_test_through_the_cluster_counts_every_user_once_and_finds_the_win
             ],
             // As the flag's fractional splits them: the sample-ratio check is made against it.
             traffic_split: [("control".to_owned(), 50), ("treatment".to_owned(), 50)].into(),
+            analysis: None,
             actor: "e2e".into(),
         })
         .await

@@ -357,6 +357,7 @@ async fn run_experiment(
                 kind: pb::MetricKind::Conversion.into(),
             }],
             traffic_split: Default::default(),
+            analysis: None,
             actor: "ada".into(),
         })
         .await

@@ -1,4 +1,4 @@
-//! Bunting's experiments: the model ([`model`]), what a shard counts ([`aggregate`]), and where the
+//! Bunting's experiments: the model ([`model`], with its [`analysis`] settings), what a shard counts ([`aggregate`]), and where the
 //! counts are kept ([`store`]). The statistics over the counts are `bunting-stats`.
 //!
 //! No gRPC and no actors here: the node's shard actors own [`aggregate::UserExposure`] records
@@ -6,12 +6,14 @@
 //! through an [`store::EventStore`].
 
 pub mod aggregate;
+pub mod analysis;
 pub mod catalog;
 mod memory_store;
 pub mod model;
 pub mod store;
 
 pub use aggregate::{ArmTotals, ExperimentTotals, MetricTotals, TrackError, Tracked, UserExposure};
+pub use analysis::{AnalysisError, AnalysisRequest, AnalysisSettings, Engine, Prior, TestSides};
 pub use catalog::RunningExperiments;
 pub use memory_store::MemoryEventStore;
 pub use model::{

@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::AnalysisSettings;
+
 /// An experiment's id: 1 to 64 characters of `[A-Za-z0-9._-]`, so it is safe in keys, paths and
 /// CQL without quoting.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -206,6 +208,10 @@ pub struct Experiment {
     /// Experiments recorded before splits existed read as even.
     #[serde(default)]
     pub split: TrafficSplit,
+    /// How the results are judged; experiments recorded before settings existed read with the
+    /// defaults, which are what they were analysed with.
+    #[serde(default)]
+    pub analysis: AnalysisSettings,
     pub state: ExperimentState,
 }
 
@@ -258,8 +264,15 @@ impl Experiment {
             control,
             metrics,
             split: TrafficSplit::Even,
+            analysis: AnalysisSettings::default(),
             state: ExperimentState::Draft,
         })
+    }
+
+    /// The draft with `analysis` as its analysis settings (checked when they were built).
+    pub fn with_analysis(mut self, analysis: AnalysisSettings) -> Experiment {
+        self.analysis = analysis;
+        self
     }
 
     /// The draft with `weights` as its traffic split (see [`TrafficSplit`]), checked: one weight

@@ -358,6 +358,7 @@ mod tests {
                 kind: MetricKind::Conversion,
             }],
             split: Default::default(),
+            analysis: Default::default(),
             state,
         }
     }

@@ -11,7 +11,7 @@ use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use serde_json::{Value, json};
 
-use crate::cli::ExperimentAction;
+use crate::cli::{AnalysisArgs, EngineArg, ExperimentAction, Switch};
 use bunting_stores::secret_url::RedactedUrl;
 
 use crate::error::CliError;
@@ -60,6 +60,7 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                 control,
                 metrics,
                 split,
+                analysis,
                 actor,
             } => {
                 let metrics = metrics
@@ -67,6 +68,7 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                     .map(|m| parse_metric(m))
                     .collect::<Result<Vec<_>, CliError>>()?;
                 let traffic_split = parse_split(&split)?;
+                let analysis = analysis_request(&analysis)?;
                 let created = client
                     .create_experiment(pb::CreateExperimentRequest {
                         id,
@@ -75,6 +77,7 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                         control_variant: control,
                         metrics,
                         traffic_split,
+                        analysis,
                         actor,
                     })
                     .await
@@ -82,12 +85,13 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                     .into_inner();
                 let e = created.experiment.unwrap_or_default();
                 format!(
-                    "created experiment {} on {}/{} (draft), arms {} ({}); start it with `bunting experiment start {}`\n",
+                    "created experiment {} on {}/{} (draft), arms {} ({}), analysis: {}; start it with `bunting experiment start {}`\n",
                     e.id,
                     e.flag_set_id,
                     e.flag_key,
                     e.arms.join(", "),
                     split_text(&e),
+                    analysis_text(e.analysis.as_ref()),
                     e.id
                 )
             }
@@ -222,6 +226,87 @@ fn parse_split(args: &[String]) -> Result<HashMap<String, u32>, CliError> {
     Ok(split)
 }
 
+/// The `--alpha`, `--one-sided`, ... flags as the request's settings; `None` when none is given
+/// (the node's defaults). Only the prior's syntax is checked here; the node checks the values.
+fn analysis_request(args: &AnalysisArgs) -> Result<Option<pb::AnalysisSettings>, CliError> {
+    let prior = args
+        .prior
+        .as_deref()
+        .map(|text| {
+            let bad = |why: &str| CliError::Usage(format!("--prior {text:?}: {why}"));
+            let (mean, variance) = text
+                .split_once(':')
+                .ok_or_else(|| bad("expected MEAN:VARIANCE, e.g. 0:0.09"))?;
+            let number = |s: &str| s.trim().parse::<f64>().map_err(|_| bad("not a number"));
+            Ok::<_, CliError>(pb::GaussianPrior {
+                mean: number(mean)?,
+                variance: number(variance)?,
+            })
+        })
+        .transpose()?;
+    let request = pb::AnalysisSettings {
+        alpha: args.alpha,
+        sides: if args.one_sided {
+            pb::TestSides::OneSided
+        } else {
+            pb::TestSides::Unspecified
+        }
+        .into(),
+        sequential: args.sequential.map(|s| s == Switch::On),
+        sequential_tuning: args.sequential_tuning,
+        engine: match args.engine {
+            None => pb::AnalysisEngine::Unspecified,
+            Some(EngineArg::Frequentist) => pb::AnalysisEngine::Frequentist,
+            Some(EngineArg::Bayesian) => pb::AnalysisEngine::Bayesian,
+        }
+        .into(),
+        prior,
+    };
+    Ok((request != pb::AnalysisSettings::default()).then_some(request))
+}
+
+/// The settings in force in a line: "frequentist, two-sided, alpha 0.05, sequential (tuning
+/// 5000)".
+fn analysis_text(settings: Option<&pb::AnalysisSettings>) -> String {
+    let Some(a) = settings else {
+        return "defaults".to_owned();
+    };
+    let mut parts = Vec::new();
+    let bayesian = a.engine == i32::from(pb::AnalysisEngine::Bayesian);
+    parts.push(if bayesian { "Bayesian" } else { "frequentist" }.to_owned());
+    if !bayesian {
+        parts.push(
+            if a.sides == i32::from(pb::TestSides::OneSided) {
+                "one-sided"
+            } else {
+                "two-sided"
+            }
+            .to_owned(),
+        );
+    }
+    if let Some(alpha) = a.alpha {
+        parts.push(format!("alpha {}", trim_number(alpha)));
+    }
+    match a.sequential_tuning {
+        Some(tuning) if a.sequential == Some(true) => {
+            parts.push(format!("sequential (tuning {})", trim_number(tuning)))
+        }
+        _ if !bayesian => parts.push("fixed horizon".to_owned()),
+        _ => {}
+    }
+    if bayesian {
+        parts.push(match &a.prior {
+            Some(p) => format!(
+                "prior N({}, {})",
+                trim_number(p.mean),
+                trim_number(p.variance)
+            ),
+            None => "flat prior".to_owned(),
+        });
+    }
+    parts.join(", ")
+}
+
 /// "even split" or "split control 90 / treatment 10", in arm order.
 fn split_text(e: &pb::Experiment) -> String {
     if e.traffic_split.is_empty() {
@@ -307,7 +392,11 @@ fn results_table(r: &pb::GetExperimentResultsResponse) -> String {
             p_value(p)
         );
     }
-    let decision = if r.sequential { "SEQ" } else { "WELCH" };
+    if !r.decision_rule.is_empty() {
+        let _ = writeln!(out, "decision rule: {}", r.decision_rule);
+    }
+    let decided_by = Decision::of(r);
+    let decision = decided_by.short();
     for (m, metric) in r.metrics.iter().enumerate() {
         let kind = pb::MetricKind::try_from(metric.kind).unwrap_or(pb::MetricKind::Unspecified);
         let event = experiment
@@ -325,8 +414,12 @@ fn results_table(r: &pb::GetExperimentResultsResponse) -> String {
         );
         let value_heading = if conversion { "RATE" } else { "MEAN" };
         let interval_heading = format!("{level} CI");
-        let lift_interval_heading =
-            format!("{level} {} CI", if r.sequential { "SEQ" } else { "" }).replace("  ", " ");
+        let lift_interval_heading = match decided_by {
+            Decision::Sequential => format!("{level} SEQ CI"),
+            Decision::Welch => format!("{level} CI"),
+            Decision::OneSided => format!("{level} ONE-SIDED CI"),
+            Decision::Bayesian => format!("{level} CREDIBLE CI"),
+        };
         let p_heading = format!("P ({decision})");
         let mut headings = vec!["ARM", "USERS"];
         if conversion {
@@ -341,11 +434,12 @@ fn results_table(r: &pb::GetExperimentResultsResponse) -> String {
             "P (HOLM)",
             "P (BH)",
             "BEATS CONTROL",
+            "VERDICT",
         ]);
         // Right-aligned: every numeric column except the intervals.
         let numeric: Vec<bool> = headings
             .iter()
-            .map(|h| !(h.ends_with("CI") || *h == "ARM" || *h == "LIFT"))
+            .map(|h| !(h.ends_with("CI") || matches!(*h, "ARM" | "LIFT" | "VERDICT")))
             .collect();
         let mut table = Table::new(&headings, &numeric);
         for arm in &metric.arms {
@@ -366,12 +460,12 @@ fn results_table(r: &pb::GetExperimentResultsResponse) -> String {
             let absolute = comparison.absolute.clone().unwrap_or_default();
             let relative = comparison.relative.clone().unwrap_or_default();
             let width = cells.len();
-            lift_cells(&mut table, cells, &absolute, r.sequential, |v| unit.lift(v));
+            lift_cells(&mut table, cells, &absolute, decided_by, |v| unit.lift(v));
             lift_cells(
                 &mut table,
                 vec![String::new(); width],
                 &relative,
-                r.sequential,
+                decided_by,
                 |v| format!("{:+.2}%", v * 100.0),
             );
         }
@@ -380,16 +474,62 @@ fn results_table(r: &pb::GetExperimentResultsResponse) -> String {
     let _ = write!(
         out,
         "\nLIFT: treatment − control (pp: percentage points), and under it relative to control.\n\
-         P ({decision}): the {} p-value decisions rest on; P (HOLM) and P (BH) correct it across\n\
+         P ({decision}): {}; P (HOLM) and P (BH) correct it across\n\
          the metrics (family-wise error rate, false discovery rate).\n\
-         BEATS CONTROL: the Bayesian chance that the lift is above zero.\n",
-        if r.sequential {
-            "always-valid"
-        } else {
-            "fixed-horizon Welch"
+         BEATS CONTROL: the Bayesian chance that the lift is above zero.\n\
+         VERDICT: what the decision rule concludes (higher, lower, inconclusive), before correction.\n",
+        match decided_by {
+            Decision::Sequential => "the always-valid p-value decisions rest on",
+            Decision::Welch => "the fixed-horizon Welch p-value decisions rest on",
+            Decision::OneSided => "the one-sided Welch p-value decisions rest on",
+            Decision::Bayesian =>
+                "none: Bayesian decisions rest on BEATS CONTROL (no p-value is corrected)",
         }
     );
     out
+}
+
+/// Which figures a results response's verdicts rest on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Sequential,
+    Welch,
+    OneSided,
+    Bayesian,
+}
+
+impl Decision {
+    fn of(r: &pb::GetExperimentResultsResponse) -> Decision {
+        let analysis = r.analysis.as_ref();
+        if analysis.is_some_and(|a| a.engine == i32::from(pb::AnalysisEngine::Bayesian)) {
+            Decision::Bayesian
+        } else if r.sequential {
+            Decision::Sequential
+        } else if analysis.is_some_and(|a| a.sides == i32::from(pb::TestSides::OneSided)) {
+            Decision::OneSided
+        } else {
+            Decision::Welch
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Decision::Sequential => "SEQ",
+            Decision::Welch => "WELCH",
+            Decision::OneSided => "ONE-SIDED",
+            Decision::Bayesian => "BAYES",
+        }
+    }
+}
+
+fn verdict_text(verdict: i32) -> &'static str {
+    match pb::Verdict::try_from(verdict) {
+        Ok(pb::Verdict::Higher) => "higher",
+        Ok(pb::Verdict::Lower) => "lower",
+        Ok(pb::Verdict::Inconclusive) => "inconclusive",
+        Ok(pb::Verdict::NotEnoughInformation) => "not enough information",
+        Ok(pb::Verdict::Unspecified) | Err(_) => "-",
+    }
 }
 
 /// One lift's cells after the arm's own (`cells`): the estimate, the decision interval, the
@@ -398,31 +538,47 @@ fn lift_cells(
     table: &mut Table,
     mut cells: Vec<String>,
     lift: &pb::Lift,
-    sequential: bool,
+    decided_by: Decision,
     show: impl Fn(f64) -> String,
 ) {
     if !lift.unavailable.is_empty() {
-        table.row_with_tail(cells, format!("unavailable: {}", lift.unavailable));
+        // Never a p-value: say plainly that the data cannot decide, and why.
+        let why = lift
+            .unavailable
+            .strip_prefix("not enough information: ")
+            .unwrap_or(&lift.unavailable);
+        table.row_with_tail(cells, format!("NOT ENOUGH INFORMATION: {why}"));
         return;
     }
-    let decision_interval = if sequential {
-        lift.sequential_interval.as_ref()
-    } else {
-        lift.confidence_interval.as_ref()
+    let decision_interval = match decided_by {
+        Decision::Sequential => lift
+            .sequential_interval
+            .as_ref()
+            .map(|i| interval(i, &show)),
+        Decision::Welch => lift
+            .confidence_interval
+            .as_ref()
+            .map(|i| interval(i, &show)),
+        Decision::OneSided => lift
+            .one_sided_lower_bound
+            .map(|lower| format!("[{}, ∞)", show(lower))),
+        Decision::Bayesian => lift.credible_interval.as_ref().map(|i| interval(i, &show)),
     };
-    let decision_p = if sequential {
-        lift.sequential_p_value
-    } else {
-        Some(lift.p_value)
+    let decision_p = match decided_by {
+        Decision::Sequential => lift.sequential_p_value,
+        Decision::Welch => Some(lift.p_value),
+        Decision::OneSided => lift.one_sided_p_value,
+        Decision::Bayesian => None,
     };
     let optional_p = |p: Option<f64>| p.map_or("-".to_owned(), p_value);
     cells.extend([
         show(lift.estimate),
-        decision_interval.map_or("-".to_owned(), |i| interval(i, &show)),
+        decision_interval.unwrap_or_else(|| "-".to_owned()),
         optional_p(decision_p),
         optional_p(lift.holm_p_value),
         optional_p(lift.benjamini_hochberg_p_value),
         format!("{:.1}%", lift.chance_to_beat_control * 100.0),
+        verdict_text(lift.verdict).to_owned(),
     ]);
     table.row(cells);
 }
@@ -574,6 +730,8 @@ fn results_json(r: &pb::GetExperimentResultsResponse) -> Value {
         "srm_p_value": r.srm_p_value,
         "alpha": r.alpha,
         "sequential": r.sequential,
+        "analysis": r.analysis.as_ref().map(analysis_json),
+        "decision_rule": r.decision_rule,
         "metrics": r.metrics.iter().map(|m| json!({
             "metric": m.metric,
             "kind": metric_kind_name(m.kind),
@@ -602,6 +760,7 @@ fn experiment_json(e: &pb::Experiment) -> Value {
         "version": e.version,
         "created_at": time(&e.created_at),
         "updated_at": time(&e.updated_at),
+        "analysis": e.analysis.as_ref().map(analysis_json),
     })
 }
 
@@ -619,9 +778,26 @@ fn arm_json(a: &pb::ArmResult) -> Value {
     })
 }
 
+fn analysis_json(a: &pb::AnalysisSettings) -> Value {
+    json!({
+        "alpha": a.alpha,
+        "sides": pb::TestSides::try_from(a.sides)
+            .map_or("TEST_SIDES_UNSPECIFIED", |s| s.as_str_name()),
+        "sequential": a.sequential,
+        "sequential_tuning": a.sequential_tuning,
+        "engine": pb::AnalysisEngine::try_from(a.engine)
+            .map_or("ANALYSIS_ENGINE_UNSPECIFIED", |e| e.as_str_name()),
+        "prior": a.prior.as_ref().map(|p| json!({"mean": p.mean, "variance": p.variance})),
+    })
+}
+
+fn verdict_name(verdict: i32) -> &'static str {
+    pb::Verdict::try_from(verdict).map_or("VERDICT_UNSPECIFIED", |v| v.as_str_name())
+}
+
 fn lift_json(l: &pb::Lift) -> Value {
     if !l.unavailable.is_empty() {
-        return json!({ "unavailable": l.unavailable });
+        return json!({ "unavailable": l.unavailable, "verdict": verdict_name(l.verdict) });
     }
     json!({
         "estimate": l.estimate,
@@ -635,6 +811,13 @@ fn lift_json(l: &pb::Lift) -> Value {
         "chance_to_beat_control": l.chance_to_beat_control,
         "holm_p_value": l.holm_p_value,
         "benjamini_hochberg_p_value": l.benjamini_hochberg_p_value,
+        "verdict": verdict_name(l.verdict),
+        "one_sided_p_value": l.one_sided_p_value,
+        "one_sided_lower_bound": l.one_sided_lower_bound,
+        "posterior_mean": l.posterior_mean,
+        "posterior_standard_deviation": l.posterior_standard_deviation,
+        "risk_control": l.risk_control,
+        "risk_treatment": l.risk_treatment,
     })
 }
 
@@ -707,6 +890,8 @@ mod tests {
             holm_p_value: Some(p * 2.0),
             benjamini_hochberg_p_value: Some(p),
             unavailable: String::new(),
+            verdict: pb::Verdict::Higher.into(),
+            ..Default::default()
         }
     }
 
@@ -745,6 +930,10 @@ mod tests {
             srm_p_value: Some(srm),
             alpha: 0.05,
             sequential: true,
+            analysis: None,
+            decision_rule: "frequentist, sequential (always valid, tuning 5000), two-sided, \
+                            alpha 0.05"
+                .into(),
             metrics: vec![
                 pb::MetricResults {
                     metric: "purchased".into(),
@@ -794,6 +983,7 @@ mod tests {
                                     unavailable: "relative lift undefined: the control mean is \
                                                   zero"
                                         .into(),
+                                    verdict: pb::Verdict::NotEnoughInformation.into(),
                                     ..Default::default()
                                 }),
                             }),
@@ -834,18 +1024,18 @@ mod tests {
         // Decision interval and p-value are the sequential ones.
         assert_eq!(
             row("green", "purchased"),
-            "green 1001 120 12.00% - +2.00 pp [-1.00 pp, +5.00 pp] 0.0400 0.0800 0.0400 93.1%"
+            "green 1001 120 12.00% - +2.00 pp [-1.00 pp, +5.00 pp] 0.0400 0.0800 0.0400 93.1% higher"
         );
         let relative = text.lines().find(|l| l.contains("+20.00%")).unwrap();
         assert_eq!(
             relative.split_whitespace().collect::<Vec<_>>().join(" "),
-            "+20.00% [+17.00%, +23.00%] 0.0500 0.1000 0.0500 93.1%"
+            "+20.00% [+17.00%, +23.00%] 0.0500 0.1000 0.0500 93.1% higher"
         );
         assert!(text.contains("P (SEQ)"), "{text}");
         // Revenue: a mean, its relative lift unavailable.
         assert_eq!(
             row("green", "revenue (mean"),
-            "green 1001 2.50 - +2.50 [+2.47, +2.53] <0.0001 <0.0001 <0.0001 93.1%"
+            "green 1001 2.50 - +2.50 [+2.47, +2.53] <0.0001 <0.0001 <0.0001 93.1% higher"
         );
         assert_eq!(
             row("blue", "revenue (mean"),
@@ -854,12 +1044,19 @@ mod tests {
         );
         let unavailable = text
             .lines()
-            .find(|l| l.contains("unavailable"))
+            .find(|l| l.contains("NOT ENOUGH INFORMATION"))
             .unwrap()
             .trim();
         assert_eq!(
             unavailable,
-            "unavailable: relative lift undefined: the control mean is zero"
+            "NOT ENOUGH INFORMATION: relative lift undefined: the control mean is zero"
+        );
+        assert!(
+            text.contains(
+                "decision rule: frequentist, sequential (always valid, tuning 5000), two-sided, \
+                 alpha 0.05\n"
+            ),
+            "{text}"
         );
     }
 
@@ -924,9 +1121,141 @@ mod tests {
         assert_eq!(green["comparison"]["absolute"]["holm_p_value"], 0.08);
         assert_eq!(
             v["metrics"][1]["arms"][1]["comparison"]["relative"],
-            json!({"unavailable": "relative lift undefined: the control mean is zero"})
+            json!({
+                "unavailable": "relative lift undefined: the control mean is zero",
+                "verdict": "VERDICT_NOT_ENOUGH_INFORMATION",
+            })
         );
         assert_eq!(v["metrics"][0]["arms"][0]["comparison"], Value::Null);
         assert_eq!(v["srm_p_value"], 0.5);
+    }
+
+    /// The first metric's absolute lift of the treatment arm.
+    fn lift_of(r: &mut pb::GetExperimentResultsResponse) -> &mut pb::Lift {
+        r.metrics[0].arms[1]
+            .comparison
+            .as_mut()
+            .unwrap()
+            .absolute
+            .as_mut()
+            .unwrap()
+    }
+
+    /// A zero-variance arm, a one-sided analysis and a Bayesian one, as the table shows them.
+    #[test]
+    fn the_table_follows_the_decision_rule() {
+        let mut r = response(0.5);
+        *lift_of(&mut r) = pb::Lift {
+            unavailable: "not enough information: every user in the control arm has the same \
+                          value (a rate of 0% or 100%, or a constant mean), so the uncertainty \
+                          of the lift cannot be estimated"
+                .into(),
+            verdict: pb::Verdict::NotEnoughInformation.into(),
+            ..Default::default()
+        };
+        let text = results_table(&r);
+        let line = text
+            .lines()
+            .find(|l| l.contains("NOT ENOUGH INFORMATION"))
+            .unwrap();
+        assert!(
+            line.contains("NOT ENOUGH INFORMATION: every user in the control arm"),
+            "{line}"
+        );
+        assert!(!line.contains("0.0"), "no p-value beside it: {line}");
+
+        let mut one_sided = response(0.5);
+        one_sided.sequential = false;
+        one_sided.analysis = Some(pb::AnalysisSettings {
+            sides: pb::TestSides::OneSided.into(),
+            ..Default::default()
+        });
+        let l = lift_of(&mut one_sided);
+        l.one_sided_p_value = Some(0.012);
+        l.one_sided_lower_bound = Some(0.004);
+        let text = results_table(&one_sided);
+        assert!(text.contains("P (ONE-SIDED)"), "{text}");
+        let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains("+2.00 pp [+0.40 pp, ∞) 0.0120"),
+            "the one-sided bound and p-value: {text}"
+        );
+
+        let mut bayesian = response(0.5);
+        bayesian.sequential = false;
+        bayesian.analysis = Some(pb::AnalysisSettings {
+            engine: pb::AnalysisEngine::Bayesian.into(),
+            ..Default::default()
+        });
+        let l = lift_of(&mut bayesian);
+        l.credible_interval = Some(pb::Interval {
+            lower: 0.001,
+            upper: 0.039,
+        });
+        l.holm_p_value = None;
+        l.benjamini_hochberg_p_value = None;
+        let text = results_table(&bayesian);
+        assert!(text.contains("P (BAYES)"), "{text}");
+        let row = text.lines().find(|l| l.contains("+2.00 pp")).unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>().join(" "),
+            "green 1001 120 12.00% - +2.00 pp [+0.10 pp, +3.90 pp] - - - 93.1% higher"
+        );
+    }
+
+    #[test]
+    fn analysis_flags_become_the_request() {
+        let args = |alpha, one_sided, engine, prior: Option<&str>| AnalysisArgs {
+            alpha,
+            one_sided,
+            sequential: None,
+            sequential_tuning: None,
+            engine,
+            prior: prior.map(str::to_owned),
+        };
+        assert_eq!(
+            analysis_request(&args(None, false, None, None)).unwrap(),
+            None,
+            "no flag: the node's defaults"
+        );
+        let request = analysis_request(&args(
+            Some(0.1),
+            false,
+            Some(EngineArg::Bayesian),
+            Some("0:0.09"),
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(request.alpha, Some(0.1));
+        assert_eq!(request.engine, i32::from(pb::AnalysisEngine::Bayesian));
+        assert_eq!(
+            request.prior,
+            Some(pb::GaussianPrior {
+                mean: 0.0,
+                variance: 0.09
+            })
+        );
+        assert_eq!(
+            analysis_request(&args(None, true, None, None))
+                .unwrap()
+                .unwrap()
+                .sides,
+            i32::from(pb::TestSides::OneSided)
+        );
+        for bad in ["0.09", "a:1", "0:"] {
+            let error = analysis_request(&args(None, false, None, Some(bad))).unwrap_err();
+            assert!(error.to_string().contains("--prior"), "{error}");
+        }
+        assert_eq!(
+            analysis_text(Some(&pb::AnalysisSettings {
+                alpha: Some(0.05),
+                sides: pb::TestSides::TwoSided.into(),
+                sequential: Some(true),
+                sequential_tuning: Some(5000.0),
+                engine: pb::AnalysisEngine::Frequentist.into(),
+                prior: None,
+            })),
+            "frequentist, two-sided, alpha 0.05, sequential (tuning 5000)"
+        );
     }
 }

@@ -191,6 +191,7 @@ async fn start_experiment(
                     metric("value", pb::MetricKind::Mean),
                 ],
                 traffic_split: Default::default(),
+                analysis: None,
                 actor: ACTOR.to_owned(),
             })
             .await,

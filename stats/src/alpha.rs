@@ -2,8 +2,9 @@
 
 use crate::error::StatsError;
 
-/// A significance level strictly between 0 and 1 (intervals are at confidence `1 - alpha`,
-/// two-sided).
+/// A significance level in `(0, 0.5]` (intervals are at confidence `1 - alpha`). Above one half
+/// a one-sided bound would lie on the wrong side of its own estimate, and no experiment is
+/// judged at a level that lax.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Alpha(f64);
 
@@ -11,9 +12,12 @@ impl Alpha {
     /// The usual 0.05 (95% intervals).
     pub const FIVE_PERCENT: Alpha = Alpha(0.05);
 
-    /// Refuses anything outside `(0, 1)`, `NaN` included.
+    /// The largest level accepted.
+    pub const MAX: f64 = 0.5;
+
+    /// Refuses anything outside `(0, 0.5]`, `NaN` included.
     pub fn new(value: f64) -> Result<Self, StatsError> {
-        if value > 0.0 && value < 1.0 {
+        if value > 0.0 && value <= Alpha::MAX {
             Ok(Alpha(value))
         } else {
             Err(StatsError::InvalidAlpha { value })
@@ -46,10 +50,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refuses_values_outside_the_open_unit_interval() {
-        for value in [0.0, 1.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
+    fn refuses_values_outside_zero_to_one_half() {
+        for value in [0.0, 0.5000001, 0.9, 1.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
             assert!(Alpha::new(value).is_err(), "{value}");
         }
         assert_eq!(Alpha::new(0.1).map(Alpha::get), Ok(0.1));
+        assert_eq!(Alpha::new(0.5).map(Alpha::get), Ok(0.5));
     }
 }

@@ -30,10 +30,18 @@ pub(crate) fn normal_cdf(x: f64) -> Option<f64> {
     Some(standard_normal()?.cdf(x))
 }
 
-/// The `z > 0` with `P(Z > z) = tail`, for `tail` in `(0, 0.5)`: 1.959964 for 0.025.
+/// φ(x).
+pub(crate) fn normal_pdf(x: f64) -> Option<f64> {
+    Some(standard_normal()?.pdf(finite(x)?))
+}
+
+/// The `z >= 0` with `P(Z > z) = tail`, for `tail` in `(0, 0.5]`: 1.959964 for 0.025, 0 for 0.5.
 pub(crate) fn normal_critical(tail: f64) -> Option<f64> {
-    if !(tail > 0.0 && tail < 0.5) {
+    if !(tail > 0.0 && tail <= 0.5) {
         return None;
+    }
+    if tail == 0.5 {
+        return Some(0.0);
     }
     finite(-standard_normal()?.inverse_cdf(tail))
 }
@@ -46,8 +54,8 @@ pub(crate) fn normal_critical(tail: f64) -> Option<f64> {
 /// reached by experiments with some ten million users.
 const LARGE_FREEDOM: f64 = 1e7;
 
-/// The `t > 0` with `P(T > t) = tail` for Student's t with `dof` degrees of freedom, for `tail`
-/// in `(0, 0.5)`.
+/// The `t >= 0` with `P(T > t) = tail` for Student's t with `dof` degrees of freedom, for `tail`
+/// in `(0, 0.5]`.
 ///
 /// Not statrs's quantile: it inverts the incomplete beta function, which loses accuracy as the
 /// freedom grows (at 10⁶ degrees of freedom its 97.5% point is off in the fourth decimal, at 10⁷
@@ -87,14 +95,26 @@ pub(crate) fn t_critical(tail: f64, dof: f64) -> Option<f64> {
 /// `P(|T| >= |t|)` for Student's t with `dof` degrees of freedom. At [`LARGE_FREEDOM`] and above,
 /// from the normal after the inverse Cornish–Fisher transform `z = t - (t³ + t)/(4ν)`.
 pub(crate) fn t_two_sided_p(t: f64, dof: f64) -> Option<f64> {
+    Some((2.0 * t_tail(finite(t)?.abs(), dof)?).clamp(0.0, 1.0))
+}
+
+/// `P(T >= t)` for Student's t with `dof` degrees of freedom: the one-sided p-value of "treatment
+/// is greater". Computed from the upper tail of `|t|` on either side, so a large positive `t`
+/// keeps its tiny p-value's relative precision.
+pub(crate) fn t_upper_p(t: f64, dof: f64) -> Option<f64> {
+    let tail = t_tail(finite(t)?.abs(), dof)?;
+    Some(if t >= 0.0 { tail } else { 1.0 - tail }.clamp(0.0, 1.0))
+}
+
+/// `P(T >= t)` for `t >= 0`; at [`LARGE_FREEDOM`] and above from the normal after the inverse
+/// Cornish–Fisher transform `z = t - (t³ + t)/(4ν)`.
+fn t_tail(t: f64, dof: f64) -> Option<f64> {
     let dist = students_t(dof)?;
-    let t = finite(t)?.abs();
-    let tail = if dof >= LARGE_FREEDOM {
+    Some(if dof >= LARGE_FREEDOM {
         standard_normal()?.sf(t - t * (t * t + 1.0) / (4.0 * dof))
     } else {
         dist.sf(t)
-    };
-    Some((2.0 * tail).clamp(0.0, 1.0))
+    })
 }
 
 /// `P(X >= x)` for a chi-square with `df` degrees of freedom.
@@ -111,6 +131,11 @@ mod tests {
     #[test]
     fn refuses_arguments_statrs_would_panic_on() {
         assert_eq!(normal_critical(1.5), None);
+        assert_eq!(normal_critical(0.5000001), None);
+        assert_eq!(normal_critical(0.5), Some(0.0));
+        assert_eq!(t_critical(0.5, 7.0), Some(0.0));
+        assert_eq!(t_upper_p(f64::NAN, 10.0), None);
+        assert_eq!(normal_pdf(f64::INFINITY), None);
         assert_eq!(normal_critical(f64::NAN), None);
         assert_eq!(t_critical(0.025, f64::INFINITY), None);
         assert_eq!(t_critical(0.025, 0.0), None);

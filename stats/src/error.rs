@@ -29,8 +29,14 @@ pub enum StatsError {
     },
     #[error("user count overflows: {left} + {right}")]
     CountOverflow { left: u64, right: u64 },
-    #[error("alpha must be strictly between 0 and 1, got {value}")]
+    #[error("alpha must be above 0 and at most 0.5, got {value}")]
     InvalidAlpha { value: f64 },
+    #[error("the prior's {field} must be {rule}, got {value}")]
+    InvalidPrior {
+        field: &'static str,
+        rule: &'static str,
+        value: f64,
+    },
     #[error("sequential tuning parameter must be positive and finite, got {value}")]
     InvalidTuning { value: f64 },
     #[error("p-value at index {index} must be in [0, 1], got {value}")]
@@ -64,8 +70,14 @@ impl fmt::Display for Arm {
 ///
 /// - `NotEnoughData`: an arm has fewer than 2 users. The sample variance needs `n - 1 > 0`, and so
 ///   do Welch's degrees of freedom.
-/// - `ZeroVariance`: the lift's standard error is zero, e.g. no conversions in either arm, or
-///   every user in both arms has the same value. A t statistic would divide by zero.
+/// - `ArmWithoutVariance`: every user of one arm has the same value (a conversion rate of 0% or
+///   100%, a mean metric whose users all have one value). The lift's standard error would rest on
+///   the other arm alone and understate the uncertainty wildly (control 0/51 against treatment
+///   46/2386 would give p ≈ 1e-11 where Fisher's exact test gives 0.62), so there is no estimate:
+///   gbstats 0.8.0 refuses the same cases (`ZERO_NEGATIVE_VARIANCE`, when either arm's variance is
+///   not positive).
+/// - `ZeroVariance`: the lift's standard error is zero although each arm varies (only by
+///   underflow). A t statistic would divide by zero.
 /// - `ZeroControlMean`: the relative lift divides by the control's mean. The absolute lift of
 ///   the same comparison is unaffected.
 /// - `Overflow`: the inputs are finite but so large that an intermediate quantity is not (a
@@ -74,6 +86,11 @@ impl fmt::Display for Arm {
 pub enum Unavailable {
     #[error("not enough data: the {arm} arm has {users} users, at least 2 are needed")]
     NotEnoughData { arm: Arm, users: u64 },
+    #[error(
+        "not enough information: every user in the {arm} arm has the same value (a rate of 0% or \
+         100%, or a constant mean), so the uncertainty of the lift cannot be estimated"
+    )]
+    ArmWithoutVariance { arm: Arm },
     #[error("zero variance: the standard error of the lift is zero")]
     ZeroVariance,
     #[error("relative lift undefined: the control mean is zero")]

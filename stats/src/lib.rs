@@ -8,8 +8,10 @@
 //! - [`lift`]: absolute and relative lift, standard errors by the delta method.
 //! - [`welch_t_test`]: Welch's t-test, Welch–Satterthwaite degrees of freedom, two-sided p-value,
 //!   confidence interval.
-//! - [`gaussian_posterior`]: the lift's Gaussian posterior under a flat prior, credible interval,
-//!   chance to beat control.
+//! - [`gaussian_posterior`], [`gaussian_posterior_with_prior`]: the lift's Gaussian posterior
+//!   under a flat or a proper Gaussian prior, credible interval, chance to beat control, risk.
+//! - [`WelchTest::one_sided`]: the one-sided test of "treatment is greater".
+//! - [`DecisionRule`]: which figure an experiment's verdict ([`Verdict`]) rests on.
 //! - [`sequential_test`]: an always-valid confidence sequence and p-value (see [`sequential`]).
 //! - [`sample_ratio_mismatch`]: chi-square goodness of fit of users per arm to the weights.
 //! - [`holm_bonferroni`], [`benjamini_hochberg`], [`adjust_p_values`]: multiple-testing
@@ -17,7 +19,7 @@
 //!
 //! Conventions are those of GrowthBook's gbstats, whose published figures the tests reproduce
 //! (`shared/reference/stats-reference.md`). Invalid input is a [`StatsError`]; valid input too
-//! degenerate for an estimate (fewer than 2 users, zero variance, a zero control mean) is an
+//! degenerate for an estimate (fewer than 2 users, an arm without variance, a zero control mean) is an
 //! [`Unavailable`] reason, never a `NaN`.
 //!
 //! ```
@@ -36,6 +38,7 @@ mod alpha;
 mod bayesian;
 mod comparison;
 mod correction;
+mod decision;
 mod dist;
 mod error;
 mod interval;
@@ -46,15 +49,18 @@ mod sufficient;
 mod welch;
 
 pub use alpha::Alpha;
-pub use bayesian::{GaussianPosterior, gaussian_posterior};
+pub use bayesian::{
+    GaussianPosterior, GaussianPrior, Risk, gaussian_posterior, gaussian_posterior_with_prior,
+};
 pub use comparison::{
     AnalysisSettings, ArmSummary, LiftResult, MetricComparison, adjust_p_values, compare,
 };
 pub use correction::{Correction, benjamini_hochberg, holm_bonferroni};
+pub use decision::{DecisionRule, Sides, Verdict};
 pub use error::{Arm, StatsError, Unavailable};
 pub use interval::Interval;
 pub use lift::{LiftKind, LiftMoments, lift};
 pub use sequential::{ConfidenceSequence, SequentialTuning, sequential_test};
 pub use srm::{SampleRatioCheck, sample_ratio_mismatch};
 pub use sufficient::{ArmStatistic, MeanStats, MetricKind, ProportionStats};
-pub use welch::{WelchTest, welch_t_test};
+pub use welch::{OneSidedTest, WelchTest, welch_t_test};

@@ -42,7 +42,7 @@ pub fn lift<S: ArmStatistic>(
 }
 
 /// One arm reduced to what the tests use: at least 2 users, a finite mean, a finite variance
-/// that is not negative.
+/// that is strictly positive.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ArmMoments {
     pub(crate) n: f64,
@@ -61,6 +61,11 @@ impl ArmMoments {
         let variance = stats.variance().ok_or(not_enough)?;
         if !mean.is_finite() || !variance.is_finite() || variance < 0.0 {
             return Err(Unavailable::Overflow);
+        }
+        // An arm whose users all have one value says nothing about its own uncertainty; see
+        // `Unavailable::ArmWithoutVariance`.
+        if variance == 0.0 {
+            return Err(Unavailable::ArmWithoutVariance { arm });
         }
         Ok(ArmMoments {
             n: users as f64,
@@ -136,6 +141,10 @@ mod tests {
         ProportionStats::new(n, successes).unwrap()
     }
 
+    fn treatment_of_mean() -> MeanStats {
+        MeanStats::from_values([1.0, 3.0, 2.0]).unwrap()
+    }
+
     #[test]
     fn degenerate_inputs_are_named_not_nan() {
         use LiftKind::{Absolute, Relative};
@@ -158,9 +167,32 @@ mod tests {
                     users: 0,
                 },
             ),
-            (p(100, 0), p(100, 0), Absolute, Unavailable::ZeroVariance),
-            (p(100, 100), p(50, 50), Absolute, Unavailable::ZeroVariance),
-            (p(100, 0), p(100, 3), Relative, Unavailable::ZeroControlMean),
+            (
+                p(100, 0),
+                p(100, 0),
+                Absolute,
+                Unavailable::ArmWithoutVariance { arm: Arm::Control },
+            ),
+            (
+                p(100, 100),
+                p(50, 50),
+                Absolute,
+                Unavailable::ArmWithoutVariance { arm: Arm::Control },
+            ),
+            (
+                p(100, 0),
+                p(100, 3),
+                Relative,
+                Unavailable::ArmWithoutVariance { arm: Arm::Control },
+            ),
+            (
+                p(100, 3),
+                p(100, 100),
+                Relative,
+                Unavailable::ArmWithoutVariance {
+                    arm: Arm::Treatment,
+                },
+            ),
         ];
         for (control, treatment, kind, want) in cases {
             assert_eq!(
@@ -169,13 +201,18 @@ mod tests {
                 "{control:?} {treatment:?} {kind:?}"
             );
         }
-        // The absolute lift of a zero-rate control is fine.
-        assert!(lift(&p(100, 0), &p(100, 3), Absolute).is_ok());
-
         let constant = MeanStats::from_values([2.0; 10]).unwrap();
         assert_eq!(
             lift(&constant, &constant, Absolute),
-            Err(Unavailable::ZeroVariance)
+            Err(Unavailable::ArmWithoutVariance { arm: Arm::Control })
+        );
+        // A mean metric with a zero control mean but spread values has a relative lift problem
+        // only.
+        let centred = MeanStats::from_values([-1.0, 1.0, -2.0, 2.0]).unwrap();
+        assert!(lift(&centred, &treatment_of_mean(), Absolute).is_ok());
+        assert_eq!(
+            lift(&centred, &treatment_of_mean(), Relative),
+            Err(Unavailable::ZeroControlMean)
         );
         let tiny_control = MeanStats::new(2, 1e-310, 1.0).unwrap();
         let treatment = MeanStats::new(2, 10.0, 60.0).unwrap();

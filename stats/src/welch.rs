@@ -69,3 +69,34 @@ fn welch_satterthwaite(pair: &Pair) -> Result<f64, Unavailable> {
         Err(Unavailable::Overflow)
     }
 }
+
+/// Welch's test of "no lift" against "treatment is greater" (gbstats'
+/// `OneSidedTreatmentGreaterTTest`), for an experiment that only asks whether the change helps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct OneSidedTest {
+    /// `P(T >= t)`: small only when the lift is positive.
+    pub p_value: f64,
+    /// The one-sided `1 - alpha` confidence bound: the lift is at least
+    /// `estimate - t(1 - alpha, dof) · standard_error` (the interval is unbounded above).
+    pub lower_bound: f64,
+}
+
+impl WelchTest {
+    /// The one-sided form of this test at `alpha`: same statistic and degrees of freedom, all of
+    /// `alpha` in the upper tail. `p_value <= alpha` exactly when `lower_bound >= 0`.
+    pub fn one_sided(&self, alpha: Alpha) -> Result<OneSidedTest, Unavailable> {
+        let p_value = dist::t_upper_p(self.t_statistic, self.degrees_of_freedom)
+            .ok_or(Unavailable::Overflow)?;
+        let quantile =
+            dist::t_critical(alpha.get(), self.degrees_of_freedom).ok_or(Unavailable::Overflow)?;
+        let lower_bound = self.lift.estimate - quantile * self.lift.standard_error;
+        if !lower_bound.is_finite() {
+            return Err(Unavailable::Overflow);
+        }
+        Ok(OneSidedTest {
+            p_value,
+            lower_bound,
+        })
+    }
+}

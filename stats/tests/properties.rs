@@ -7,9 +7,9 @@
 mod common;
 
 use bunting_stats::{
-    Alpha, AnalysisSettings, Correction, LiftKind, MeanStats, ProportionStats, SequentialTuning,
-    benjamini_hochberg, compare, gaussian_posterior, holm_bonferroni, sample_ratio_mismatch,
-    sequential_test, welch_t_test,
+    Alpha, AnalysisSettings, Correction, DecisionRule, LiftKind, MeanStats, ProportionStats,
+    SequentialTuning, benjamini_hochberg, compare, gaussian_posterior, holm_bonferroni,
+    sample_ratio_mismatch, sequential_test, welch_t_test,
 };
 use common::SplitMix64;
 
@@ -71,7 +71,7 @@ fn figures_are_finite_probabilities_and_intervals_hold_their_estimates() {
     let mut rng = SplitMix64::new(2);
     let settings = AnalysisSettings {
         alpha: Alpha::new(rng.range(0.001, 0.3)).unwrap(),
-        sequential: Some(SequentialTuning::DEFAULT),
+        rule: DecisionRule::Sequential(SequentialTuning::DEFAULT),
     };
     let mut estimated = 0;
     for i in 0..CASES {
@@ -181,7 +181,7 @@ fn smaller_alpha_means_wider_intervals() {
         let at = |alpha: f64| {
             let settings = AnalysisSettings {
                 alpha: Alpha::new(alpha).unwrap(),
-                sequential: Some(SequentialTuning::DEFAULT),
+                rule: DecisionRule::Sequential(SequentialTuning::DEFAULT),
             };
             compare(&a, &b, settings).absolute
         };

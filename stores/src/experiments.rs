@@ -4,7 +4,8 @@
 //!
 //! The model itself (ids, metrics, the draft → running → stopped rules) is `bunting-experiments`;
 //! this module stores it. Arms are fixed when an experiment is created (the flag's variant names at
-//! that moment) and an experiment's definition never changes afterwards; only its state moves.
+//! that moment) and an experiment's definition, its analysis settings included, never changes
+//! afterwards; only its state moves.
 
 mod postgres;
 
@@ -12,7 +13,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
-use bunting_experiments::{Experiment, ExperimentId, ExperimentState, Metric, ModelError};
+use bunting_experiments::{
+    AnalysisSettings, Experiment, ExperimentId, ExperimentState, Metric, ModelError,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -32,6 +35,8 @@ pub struct NewExperiment {
     pub metrics: Vec<Metric>,
     /// Arm → weight (see `bunting_experiments::TrafficSplit`); empty for an even split.
     pub split: BTreeMap<String, u32>,
+    /// How the results are judged, checked already; fixed from creation on.
+    pub analysis: AnalysisSettings,
 }
 
 /// An experiment as stored.

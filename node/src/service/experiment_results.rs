@@ -11,17 +11,14 @@ use bunting_experiments::{ArmTotals, Experiment, ExperimentTotals, MetricKind, M
 use bunting_proto::bunting::v1 as pb;
 use bunting_stats::{
     AnalysisSettings, Correction, Interval, LiftResult, MeanStats, MetricComparison,
-    ProportionStats, SequentialTuning, Unavailable, adjust_p_values, compare,
-    sample_ratio_mismatch,
+    ProportionStats, Unavailable, Verdict, adjust_p_values, compare, sample_ratio_mismatch,
 };
 
-/// Results are watched while experiments run, so the analysis is sequential: decisions rest on
-/// always-valid intervals and p-values (the fixed-horizon ones are reported beside them).
-pub fn settings() -> AnalysisSettings {
-    AnalysisSettings {
-        sequential: Some(SequentialTuning::DEFAULT),
-        ..AnalysisSettings::default()
-    }
+/// The experiment's own analysis settings, as the statistics take them (by default sequential:
+/// results are watched while experiments run, so decisions rest on always-valid intervals and
+/// p-values, and the fixed-horizon ones are reported beside them).
+pub fn settings(experiment: &Experiment) -> AnalysisSettings {
+    super::analysis_settings::for_stats(&experiment.analysis)
 }
 
 /// The arms in the order results list them: control first, then the others (sorted).
@@ -67,7 +64,7 @@ pub fn results(
     totals: &ExperimentTotals,
     proto_experiment: pb::Experiment,
 ) -> pb::GetExperimentResultsResponse {
-    let settings = settings();
+    let settings = settings(experiment);
     let arms = arm_order(experiment);
     let empty = ArmTotals::default();
     let arm_totals = |arm: &str| totals.arms.get(arm).unwrap_or(&empty);
@@ -161,8 +158,10 @@ pub fn results(
             .collect(),
         srm_p_value,
         alpha: settings.alpha.get(),
-        sequential: settings.sequential.is_some(),
+        sequential: settings.rule.sequential().is_some(),
         metrics,
+        analysis: Some(super::analysis_settings::to_proto(&experiment.analysis)),
+        decision_rule: settings.rule.describe(settings.alpha),
     }
 }
 
@@ -222,6 +221,7 @@ fn lift(
     match result {
         Err(why) => pb::Lift {
             unavailable: why.to_string(),
+            verdict: pb::Verdict::NotEnoughInformation.into(),
             ..pb::Lift::default()
         },
         Ok(l) => pb::Lift {
@@ -239,6 +239,18 @@ fn lift(
                 .and_then(|h| h.as_ref().ok())
                 .and_then(|h| h.adjusted_p_value),
             benjamini_hochberg_p_value: l.adjusted_p_value,
+            verdict: match l.verdict {
+                Verdict::Higher => pb::Verdict::Higher,
+                Verdict::Lower => pb::Verdict::Lower,
+                Verdict::Inconclusive => pb::Verdict::Inconclusive,
+            }
+            .into(),
+            one_sided_p_value: l.one_sided.map(|o| o.p_value),
+            one_sided_lower_bound: l.one_sided.map(|o| o.lower_bound),
+            posterior_mean: l.posterior_mean,
+            posterior_standard_deviation: l.posterior_standard_deviation,
+            risk_control: l.risk.control,
+            risk_treatment: l.risk.treatment,
         },
     }
 }
@@ -327,6 +339,73 @@ mod tests {
         assert!((revenue.arms[1].value.unwrap() - 1.5).abs() < 1e-12);
     }
 
+    /// Each experiment is judged under its own settings, and the response says which.
+    #[test]
+    fn results_follow_and_name_the_experiments_settings() {
+        use bunting_experiments::{AnalysisRequest, AnalysisSettings, Engine, Prior, TestSides};
+        let with = |request: AnalysisRequest| {
+            let e = experiment().with_analysis(AnalysisSettings::new(request).unwrap());
+            results(&e, &totals(), pb::Experiment::default())
+        };
+        let absolute = |r: &pb::GetExperimentResultsResponse| {
+            r.metrics[0].arms[1]
+                .comparison
+                .clone()
+                .unwrap()
+                .absolute
+                .unwrap()
+        };
+
+        let default = results(&experiment(), &totals(), pb::Experiment::default());
+        assert!(default.sequential);
+        assert_eq!(
+            default.decision_rule,
+            "frequentist, sequential (always valid, tuning 5000), two-sided, alpha 0.05"
+        );
+        assert_eq!(
+            default.analysis.as_ref().unwrap().sequential_tuning,
+            Some(5000.0)
+        );
+        assert_eq!(absolute(&default).verdict, i32::from(pb::Verdict::Higher));
+
+        let one_sided = with(AnalysisRequest {
+            alpha: Some(0.01),
+            sides: TestSides::OneSided,
+            ..AnalysisRequest::default()
+        });
+        assert!(!one_sided.sequential);
+        assert_eq!(one_sided.alpha, 0.01);
+        assert!(
+            one_sided.decision_rule.contains("one-sided"),
+            "{}",
+            one_sided.decision_rule
+        );
+        let lift = absolute(&one_sided);
+        assert_eq!(lift.sequential_p_value, None);
+        let p = lift.one_sided_p_value.unwrap();
+        assert!(
+            (p - lift.p_value / 2.0).abs() < 1e-12,
+            "half the two-sided p: {p}"
+        );
+        assert!(lift.one_sided_lower_bound.unwrap() > 0.0);
+
+        let bayesian = with(AnalysisRequest {
+            engine: Engine::Bayesian,
+            prior: Some(Prior::GROWTHBOOK),
+            ..AnalysisRequest::default()
+        });
+        assert!(!bayesian.sequential);
+        assert!(bayesian.decision_rule.contains("Bayesian, Gaussian prior"));
+        let lift = absolute(&bayesian);
+        assert_eq!(
+            lift.holm_p_value, None,
+            "Bayesian decisions are not corrected p-values"
+        );
+        assert_eq!(lift.verdict, i32::from(pb::Verdict::Higher));
+        assert!(lift.posterior_mean > 0.0 && lift.posterior_mean < lift.estimate);
+        assert!(lift.risk_treatment < lift.risk_control);
+    }
+
     /// `users` exposed per arm, no conversions.
     fn exposed(users: &[(&str, u64)]) -> ExperimentTotals {
         let mut totals = ExperimentTotals::default();
@@ -336,6 +415,59 @@ mod tests {
             }
         }
         totals
+    }
+
+    /// `(users, converting)` per arm, each converting user buying once for 10.
+    fn converting(arms: &[(&str, u64, u64)]) -> ExperimentTotals {
+        let e = experiment();
+        let mut totals = ExperimentTotals::default();
+        for &(arm, users, converting) in arms {
+            for i in 0..users {
+                let mut user = UserExposure::new(arm, 0);
+                totals.expose(arm);
+                if i < converting {
+                    totals.track(&e, &mut user, "purchase", 10.0).unwrap();
+                }
+            }
+        }
+        totals
+    }
+
+    /// Issue 14's reproductions through the results: an arm at 0% or 100% conversion gets "not
+    /// enough information" on both lifts, and no p-value, interval or chance to beat control.
+    #[test]
+    fn an_arm_without_variance_is_not_enough_information() {
+        let cases = [
+            ((51, 0), (2386, 46), "control"),
+            ((200, 0), (200, 4), "control"),
+            ((31, 25), (26, 26), "treatment"),
+        ];
+        for ((nc, cc), (nt, ct), arm) in cases {
+            let totals = converting(&[("control", nc, cc), ("treatment", nt, ct)]);
+            let r = results(&experiment(), &totals, pb::Experiment::default());
+            // Both metrics: the conversion, and the revenue mean (every buyer spends 10, so an
+            // arm where nobody or everybody buys has one value too).
+            for metric in &r.metrics {
+                let treatment = &metric.arms[1];
+                assert_eq!(treatment.users, nt);
+                let comparison = treatment.comparison.as_ref().unwrap();
+                for lift in [&comparison.absolute, &comparison.relative] {
+                    let lift = lift.as_ref().unwrap();
+                    assert!(
+                        lift.unavailable.starts_with("not enough information")
+                            && lift.unavailable.contains(&format!("the {arm} arm")),
+                        "{}: {}",
+                        metric.metric,
+                        lift.unavailable
+                    );
+                    assert_eq!(lift.p_value, 0.0);
+                    assert_eq!(lift.sequential_p_value, None);
+                    assert_eq!(lift.holm_p_value, None);
+                    assert_eq!(lift.confidence_interval, None);
+                    assert_eq!(lift.chance_to_beat_control, 0.0);
+                }
+            }
+        }
     }
 
     #[test]

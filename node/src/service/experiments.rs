@@ -19,9 +19,9 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use super::admin_status::{
     bad_field, check_actor, check_flag_key, check_flag_set_id, store_status,
 };
-use super::experiment_results;
 use super::request::{RequiredStore, audit_actor, caller, check_all_flag_sets, check_flag_set};
 use super::wire_text::bounded;
+use super::{analysis_settings, experiment_results};
 use crate::config::FlagSourceConfig;
 use crate::dispatch::{Dispatch, TrackFailed};
 use bunting_actors::TrackRequest;
@@ -120,6 +120,7 @@ impl ExperimentsRpc for ExperimentsService {
             .enumerate()
             .map(|(i, m)| metric(i, m))
             .collect::<Result<Vec<_>, _>>()?;
+        let analysis = analysis_settings::from_request(req.analysis)?;
         check_actor(&req.actor)?;
         let actor = audit_actor(&caller, &req.actor)?;
         let new = NewExperiment {
@@ -129,6 +130,7 @@ impl ExperimentsRpc for ExperimentsService {
             control: req.control_variant,
             metrics,
             split: req.traffic_split.into_iter().collect(),
+            analysis,
         };
         let record = store
             .create_experiment(new, &actor)
@@ -392,6 +394,7 @@ fn experiment(record: ExperimentRecord) -> pb::Experiment {
         control,
         metrics,
         split,
+        analysis,
         state,
     } = experiment;
     let (state, started_at, stopped_at) = match state {
@@ -430,6 +433,7 @@ fn experiment(record: ExperimentRecord) -> pb::Experiment {
             TrafficSplit::Even => Default::default(),
             TrafficSplit::Weighted(weights) => weights.into_iter().collect(),
         },
+        analysis: Some(analysis_settings::to_proto(&analysis)),
         state: state.into(),
         started_at: started_at.map(millis_timestamp),
         stopped_at: stopped_at.map(millis_timestamp),

@@ -5,6 +5,7 @@
 mod admin;
 mod admin_status;
 mod admission;
+mod analysis_settings;
 mod bulk;
 pub(crate) mod evaluator;
 pub(crate) mod events;

@@ -1,5 +1,5 @@
 //! Experiments in the flag store's PostgreSQL database, on its pool (`migrations/0002_experiments.sql`,
-//! `0003_experiment_traffic_split.sql`).
+//! `0003_experiment_traffic_split.sql`, `0005_experiment_analysis.sql`).
 //!
 //! Every write is one transaction that checks before it writes and rolls back on drop, so a refused
 //! write leaves nothing behind. A transition locks the experiment's row (`FOR UPDATE`), so of two
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use bunting_experiments::{
-    Experiment, ExperimentId, ExperimentState, Metric, ModelError, TrafficSplit,
+    AnalysisSettings, Experiment, ExperimentId, ExperimentState, Metric, ModelError, TrafficSplit,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -36,8 +36,8 @@ pub const EXPERIMENT_CHANNEL: &str = "bunting_experiment_changes";
 /// under the flag's lock).
 const ONE_RUNNING_PER_FLAG: &str = "experiments_one_running_per_flag";
 
-const COLUMNS: &str = "id, flag_set_id, flag_key, arms, control, metrics, traffic_split, state, \
-                       started_at, stopped_at, version, created_at, updated_at";
+const COLUMNS: &str = "id, flag_set_id, flag_key, arms, control, metrics, traffic_split, analysis, \
+                       state, started_at, stopped_at, version, created_at, updated_at";
 
 /// Experiments on the same pool, connection settings and migrations as the flag store it is made
 /// from.
@@ -90,11 +90,12 @@ impl PostgresExperimentStore {
             new.metrics.clone(),
         )
         .and_then(|draft| draft.with_split(new.split.clone()))
+        .map(|draft| draft.with_analysis(new.analysis))
         .map_err(|e| invalid(&new.metrics, e))?;
         let row: Option<ExperimentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "INSERT INTO experiments (id, flag_set_id, flag_key, arms, control, metrics,
-                                      traffic_split, state, version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'draft', 1)
+                                      traffic_split, analysis, state, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'draft', 1)
              ON CONFLICT (id) DO NOTHING
              RETURNING {COLUMNS}"
         )))
@@ -108,6 +109,7 @@ impl PostgresExperimentStore {
             TrafficSplit::Even => None,
             TrafficSplit::Weighted(weights) => Some(Json(weights)),
         })
+        .bind(Json(&experiment.analysis))
         .fetch_optional(&mut *tx)
         .await?;
         let record = row
@@ -620,6 +622,7 @@ struct ExperimentRow {
     control: String,
     metrics: Json<Vec<Metric>>,
     traffic_split: Option<Json<BTreeMap<String, u32>>>,
+    analysis: Option<Json<Value>>,
     state: String,
     started_at: Option<DateTime<Utc>>,
     stopped_at: Option<DateTime<Utc>>,
@@ -648,6 +651,13 @@ impl ExperimentRow {
             other => return Err(bad(format!("unknown state {other:?}"))),
         };
         let id = ExperimentId::new(self.id.clone()).map_err(|e| bad(e.to_string()))?;
+        // NULL: created before settings existed, and analysed with the defaults since.
+        let analysis = match self.analysis {
+            None => AnalysisSettings::default(),
+            Some(Json(value)) => {
+                serde_json::from_value(value).map_err(|e| bad(format!("analysis settings: {e}")))?
+            }
+        };
         let mut experiment = Experiment::draft(
             id,
             self.flag_set_id,
@@ -657,6 +667,7 @@ impl ExperimentRow {
             self.metrics.0,
         )
         .and_then(|draft| draft.with_split(self.traffic_split.map(|s| s.0).unwrap_or_default()))
+        .map(|draft| draft.with_analysis(analysis))
         .map_err(|e| bad(e.to_string()))?;
         experiment.state = state;
         Ok(ExperimentRecord {
