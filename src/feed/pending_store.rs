@@ -22,8 +22,8 @@ use crate::store::experiments::{
     ExperimentStoreError, ExperimentSubscription, NewExperiment, PostgresExperimentStore,
 };
 use crate::store::{
-    AdminStore, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord, FlagSetSnapshot,
-    PostgresSettings, PostgresStore, StoreError, Subscription,
+    AdminStore, AuditEntry, BatchOutcome, FlagBatch, FlagList, FlagRecord, FlagSetFields,
+    FlagSetRecord, FlagSetSnapshot, PostgresSettings, PostgresStore, StoreError, Subscription,
 };
 
 /// Connection attempts are this far apart at least, however many calls arrive meanwhile.
@@ -164,6 +164,18 @@ impl AdminStore for PendingStore {
         self.connected()
             .await?
             .delete_flag_set(id, expected_version, actor)
+            .await
+    }
+
+    async fn apply_flag_changes(
+        &self,
+        flag_set: &str,
+        batch: FlagBatch,
+        actor: &str,
+    ) -> Result<BatchOutcome, StoreError> {
+        self.connected()
+            .await?
+            .apply_flag_changes(flag_set, batch, actor)
             .await
     }
 

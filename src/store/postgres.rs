@@ -10,6 +10,7 @@
 //! against a real server, not `query!` macros: those need a live database (DATABASE_URL) or a
 //! checked-in offline cache at build time, which CI and other developers' machines do not have.
 
+mod batch;
 mod listen;
 
 use std::time::Duration;
@@ -24,8 +25,8 @@ use sqlx::{Connection, FromRow};
 
 use super::document::{self, check_name};
 use super::{
-    AdminStore, AuditAction, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord,
-    FlagSetSnapshot, StoreError, Subscription,
+    AdminStore, AuditAction, AuditEntry, BatchOutcome, FlagBatch, FlagList, FlagRecord,
+    FlagSetFields, FlagSetRecord, FlagSetSnapshot, StoreError, Subscription,
 };
 use crate::secret_url::RedactedUrl;
 
@@ -650,6 +651,16 @@ impl AdminStore for PostgresStore {
         self.done(result).await
     }
 
+    async fn apply_flag_changes(
+        &self,
+        flag_set: &str,
+        batch: FlagBatch,
+        actor: &str,
+    ) -> Result<BatchOutcome, StoreError> {
+        let result = self.try_apply_flag_changes(flag_set, &batch, actor).await;
+        self.done(result).await
+    }
+
     async fn get_flag(&self, flag_set: &str, key: &str) -> Result<FlagRecord, StoreError> {
         let result = self.try_get_flag(flag_set, key).await;
         self.done(result).await
@@ -915,6 +926,12 @@ struct Change<'a> {
 
 impl Change<'_> {
     async fn record(self, conn: &mut PgConnection) -> Result<(), Failure> {
+        self.audit(conn).await?;
+        self.notify(conn).await
+    }
+
+    /// The audit row alone: a batch writes one per flag and notifies once.
+    async fn audit(&self, conn: &mut PgConnection) -> Result<(), Failure> {
         sqlx::query(
             "INSERT INTO audit_log (flag_set_id, flag_key, action, actor, occurred_at,
                                     before_value, after_value, flag_set_version)
@@ -925,11 +942,15 @@ impl Change<'_> {
         .bind(self.action.as_str())
         .bind(self.actor)
         .bind(self.at)
-        .bind(self.before.map(Json))
-        .bind(self.after.map(Json))
+        .bind(self.before.as_ref().map(Json))
+        .bind(self.after.as_ref().map(Json))
         .bind(self.version)
         .execute(&mut *conn)
         .await?;
+        Ok(())
+    }
+
+    async fn notify(&self, conn: &mut PgConnection) -> Result<(), Failure> {
         let payload = listen::Payload {
             flag_set: self.flag_set.to_owned(),
             version: self.version,
