@@ -302,6 +302,60 @@ async fn a_three_node_cluster_routes_forwards_and_drains() {
         drained.is_some_and(|e| e > epoch),
         "node-3 still owns shards after draining"
     );
+
+    // `bunting cluster undrain node-3` (asked of another node, so it travels the cluster port):
+    // shards come back to it; undraining a node that is not draining is refused, naming why.
+    let out = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let grpc = n1.grpc.to_string();
+    let undrain = bunting(&["cluster", "undrain", "node-3", "--node", &grpc]);
+    assert!(undrain.status.success(), "{}", out(&undrain));
+    assert!(
+        out(&undrain).contains("undrained node-3"),
+        "{}",
+        out(&undrain)
+    );
+    let back = agreement(
+        &[&n1, &n2, &n3],
+        &["node-1", "node-2", "node-3"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        back.is_some_and(|e| Some(e) > drained),
+        "node-3 owns no shards after its undrain"
+    );
+    for (node_id, says) in [
+        ("node-3", "is not draining"),
+        ("node-1", "is not draining"),
+        ("no-such-node", "not a known cluster member"),
+    ] {
+        let refused = bunting(&["cluster", "undrain", node_id, "--node", &grpc]);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{node_id}: {}",
+            out(&refused)
+        );
+        assert!(out(&refused).contains(says), "{node_id}: {}", out(&refused));
+    }
+    let drain = bunting(&["cluster", "drain", "node-3", "--node", &grpc]);
+    assert!(drain.status.success(), "{}", out(&drain));
+    let drained = agreement(
+        &[&n1, &n2, &n3],
+        &["node-1", "node-2"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        drained.is_some(),
+        "node-3 still owns shards after draining again"
+    );
     assert!(n3.stop(), "node-3 did not stop gracefully:\n{}", n3.log());
     let after = agreement(&[&n1, &n2], &["node-1", "node-2"], Duration::from_secs(10)).await;
     assert!(after.is_some(), "the survivors disagree after node-3 left");

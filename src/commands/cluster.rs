@@ -1,10 +1,11 @@
-//! `bunting cluster status|drain`: the ClusterAdmin RPCs of any node, printed for operators.
+//! `bunting cluster status|drain|undrain`: the ClusterAdmin RPCs of any node, printed for
+//! operators.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use bunting_proto::bunting::v1::cluster_admin_client::ClusterAdminClient;
-use bunting_proto::bunting::v1::{ClusterStatusRequest, DrainRequest, NodeState};
+use bunting_proto::bunting::v1::{ClusterStatusRequest, DrainRequest, NodeState, UndrainRequest};
 
 use crate::cli::ClusterAction;
 use crate::error::CliError;
@@ -60,6 +61,20 @@ pub fn run(node: &str, action: ClusterAction) -> Result<ExitCode, CliError> {
                     out,
                     "drained {node_id}: the cluster serves epoch {} without it; it can be stopped",
                     drained.epoch
+                )?;
+            }
+            ClusterAction::Undrain { node_id } => {
+                let back = client
+                    .undrain(UndrainRequest {
+                        node_id: node_id.clone(),
+                    })
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                writeln!(
+                    out,
+                    "undrained {node_id}: the cluster serves epoch {} with shards on it again",
+                    back.epoch
                 )?;
             }
         }

@@ -106,7 +106,7 @@ pub fn push(args: &Push<'_>) -> Result<ExitCode, CliError> {
 
 /// The writes that make the set's flags `wanted`: creates, updates (each against the version it
 /// was read at) and, with `prune`, deletes; identical flags are left alone.
-fn plan(
+pub(super) fn plan(
     wanted: &Map<String, Value>,
     current: &BTreeMap<String, pb::Flag>,
     prune: bool,
@@ -156,12 +156,12 @@ fn plan(
 }
 
 #[derive(Debug, Default)]
-struct Summary {
-    created: usize,
-    updated: usize,
-    unchanged: usize,
-    deleted: usize,
-    kept: Vec<String>,
+pub(super) struct Summary {
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub deleted: usize,
+    pub kept: Vec<String>,
 }
 
 /// The file as JSON, refused before anything is sent if the engine reports an error in it.
