@@ -1452,3 +1452,207 @@ async fn a_batch_is_one_version_and_a_refused_batch_changes_nothing() {
     drop((admin, v2));
     node.stop().await;
 }
+
+/// `bunting` against `node` with the test token: (exit code, stdout, stderr).
+fn cli(node: &TestNode, args: &[&str]) -> (Option<i32>, String, String) {
+    let grpc = node.grpc.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bunting"))
+        .args(args)
+        .args(["--node", &grpc])
+        .env("BUNTING_TOKEN", common::TEST_TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The set's flags as key -> definition.
+async fn flag_state(admin: &mut AdminClient<Channel>, set: &str) -> (i64, Value) {
+    let list = list_flags(admin, set).await;
+    let flags = list
+        .flags
+        .iter()
+        .map(|f| (f.key.clone(), json_of(&f.definition)))
+        .collect();
+    (list.flag_set_version, Value::Object(flags))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_gets_deletes_rolls_back_and_pages_the_audit_log() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    let mut admin = node.admin().await;
+    let dir = common::scratch_dir("flags-cli");
+    let file = dir.join("flags.json");
+    let push = |flags: Value, extra: &[&str]| {
+        std::fs::write(&file, json!({ "flags": flags }).to_string()).unwrap();
+        let path = file.display().to_string();
+        let mut args = vec!["flags", "push", &path, "--set", "web", "--actor", "ci"];
+        args.extend(extra);
+        let (code, out, err) = cli(&node, &args);
+        assert_eq!(code, Some(0), "{out}{err}");
+    };
+
+    // Versions 1 to 4, each state kept to compare the rollbacks with.
+    let mut states = vec![(0, Value::Null)];
+    push(json!({"banner": banner("off"), "a": colour("red")}), &[]);
+    states.push(flag_state(&mut admin, "web").await);
+    push(
+        json!({"banner": banner("on"), "b": colour("blue")}),
+        &["--prune"],
+    );
+    states.push(flag_state(&mut admin, "web").await);
+    let (code, out, err) = cli(&node, &["flags", "delete", "banner", "--set", "web"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("deleted flag banner (version 2)"), "{out}");
+    states.push(flag_state(&mut admin, "web").await);
+    push(
+        json!({"b": colour("green"), "c": colour("c")}),
+        &["--prune"],
+    );
+    states.push(flag_state(&mut admin, "web").await);
+    let versions: Vec<i64> = states.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions, [0, 1, 2, 3, 4]);
+
+    // list and get, for people and for scripts.
+    let (code, out, _) = cli(&node, &["flags", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["web", "4", "2"])),
+        "{out}"
+    );
+    let (_, out, _) = cli(&node, &["flags", "list", "--set", "web", "--json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            listed["version"].as_i64(),
+            listed["flags"].as_array().map(Vec::len)
+        ),
+        (Some(4), Some(2))
+    );
+    let (_, out, _) = cli(&node, &["flags", "get", "b", "--set", "web"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        colour("green")
+    );
+    let (code, _, err) = cli(&node, &["flags", "get", "banner", "--set", "web"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("has no flag \"banner\"; its flags: b, c"),
+        "{err}"
+    );
+
+    // Rollback to each earlier version restores exactly that version's flags, as one new
+    // version, audited under the principal and actor.
+    for target in [1_i64, 3, 2, 4] {
+        let before = flag_state(&mut admin, "web").await.0;
+        let to = target.to_string();
+        let (code, out, err) = cli(
+            &node,
+            &[
+                "flags",
+                "rollback",
+                "--set",
+                "web",
+                "--to-version",
+                &to,
+                "--actor",
+                "oncall",
+            ],
+        );
+        assert_eq!(code, Some(0), "{out}{err}");
+        let (version, flags) = flag_state(&mut admin, "web").await;
+        assert_eq!(flags, states[target as usize].1, "rollback to {target}");
+        assert_eq!(
+            version,
+            before + 1,
+            "rollback to {target} is one version: {out}"
+        );
+        let entries = audit(&mut admin, "web", "", 0, 0).await.entries;
+        assert!(
+            entries
+                .iter()
+                .filter(|e| e.flag_set_version == version)
+                .all(|e| e.actor.contains("oncall")),
+            "rollback to {target} is audited"
+        );
+    }
+    // A rollback to where the set already is changes nothing; a version it never had is refused.
+    let current = flag_state(&mut admin, "web").await.0;
+    let (code, out, _) = cli(
+        &node,
+        &["flags", "rollback", "--set", "web", "--to-version", "4"],
+    );
+    assert!(code == Some(0) && out.contains("nothing changed"), "{out}");
+    let (code, _, err) = cli(
+        &node,
+        &["flags", "rollback", "--set", "web", "--to-version", "99"],
+    );
+    assert!(
+        code == Some(2) && err.contains("has versions 1 to"),
+        "{err}"
+    );
+    assert_eq!(flag_state(&mut admin, "web").await.0, current);
+
+    // The audit log, paged two at a time by the cursor each page prints, covers every entry
+    // exactly once, newest first; `--all` gives the same.
+    let every: Vec<i64> = audit(&mut admin, "web", "", 0, 1000)
+        .await
+        .entries
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(every.len() > 10, "{every:?}");
+    let mut paged = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut args = vec![
+            "audit".to_owned(),
+            "--set".into(),
+            "web".into(),
+            "--limit".into(),
+            "2".into(),
+            "--json".into(),
+        ];
+        if let Some(b) = before {
+            args.extend(["--before".to_owned(), b.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = cli(&node, &args);
+        assert_eq!(code, Some(0), "{err}");
+        let page: Value = serde_json::from_str(&out).unwrap();
+        let ids = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap());
+        paged.extend(ids);
+        match page["nextBefore"].as_i64() {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, every);
+    let (_, out, _) = cli(
+        &node,
+        &["audit", "--set", "web", "--limit", "3", "--all", "--json"],
+    );
+    let all: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(all["entries"].as_array().unwrap().len(), every.len());
+    // The table names the next page's command.
+    let (_, out, _) = cli(
+        &node,
+        &["flags", "history", "b", "--set", "web", "--limit", "1"],
+    );
+    assert!(
+        out.contains("more: bunting flags history b --set web --limit 1 --before "),
+        "{out}"
+    );
+    assert!(out.contains("variants changed"), "{out}");
+    drop(admin);
+    node.stop().await;
+}
