@@ -31,7 +31,7 @@ fn flag_file(dir: &std::path::Path) -> std::path::PathBuf {
             "variants": {"on": true, "off": false},
             "defaultVariant": "off",
             "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "on", null]}
-        }}})
+        }, "limit": {"state": "ENABLED", "variants": {"low": 25}, "defaultVariant": "low"}}})
         .to_string(),
     )
     .unwrap();
@@ -200,6 +200,22 @@ async fn a_three_node_cluster_routes_forwards_and_drains() {
     assert_eq!(answer["epoch"], epoch);
     assert_eq!(answer["flags"]["routed"]["value"], true);
     assert_eq!(answer["flags"]["routed"]["variant"], "on");
+    // Issue 13's papercuts: an integer prints as one, no `"owner": null` without a targeting key,
+    // and an unknown flag is an error with flagd's code. (flag, exit code, printed, error code)
+    for (flag, code, printed, error) in [
+        ("limit", Some(0), "\"value\": 25,", serde_json::Value::Null),
+        ("nope", Some(1), "\"flags\": {}", json!("FLAG_NOT_FOUND")),
+    ] {
+        let out = bunting(&["resolve", "--node", &n2.grpc.to_string(), "--flag", flag]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), code, "{flag}: {text}");
+        assert!(
+            text.contains(printed) && !text.contains("owner"),
+            "{flag}: {text}"
+        );
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["error"]["errorCode"], error, "{flag}: {text}");
+    }
 
     // The load generator through the shard-aware client: every request answered, none forwarded
     // (each goes to its owner).
