@@ -158,7 +158,6 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     let mut experiments_start = experiment_feed::Start::Store;
     // Lazy: an unreachable Redis does not stop the node; a config that cannot work does.
     let tier = shared_tier::connect(&config.shared_tier).await?;
-    let services = shard_services(&config, tier.clone()).await?;
     let (catalog, feed, admin_store, loaded) = match &config.flags {
         FlagSourceConfig::File {
             path,
@@ -227,12 +226,6 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         owns_all_at_start: config.cluster.is_none(),
         ..NodeConfig::default()
     };
-    let node = Arc::new(
-        actors
-            .run(Node::start_with(node_config, catalog, services))
-            .await
-            .map_err(|e| ServerError::Config(format!("the actor tree failed to start: {e}")))??,
-    );
     let listen = |addr: SocketAddr| async move {
         let listener = TcpListener::bind(addr)
             .await
@@ -252,6 +245,15 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         Some(addr) => Some(listen(addr).await?),
         None => None,
     };
+    // Last of what can refuse a start: the ports are bound and the flags loaded, so a node that
+    // does not start leaves no data directory behind (issue 13).
+    let services = shard_services(&config, tier.clone()).await?;
+    let node = Arc::new(
+        actors
+            .run(Node::start_with(node_config, catalog, services))
+            .await
+            .map_err(|e| ServerError::Config(format!("the actor tree failed to start: {e}")))??,
+    );
     let gate = Gate::new(Limits {
         max_concurrent_requests: config.max_concurrent_requests,
         max_streams: config.max_streams.get(),

@@ -1,5 +1,6 @@
 //! `bunting serve`: run one node until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ pub fn run(
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(colour_logs())
         .init();
     let mut config = match config {
         Some(path) => Config::load(path)?,
@@ -60,6 +62,12 @@ pub fn run(
         .map_err(CliError::Runtime)?;
     runtime.block_on(bunting::server::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Colour codes only for a person at a terminal: a log written to a file or a pipe stays plain
+/// text (issue 13), and `NO_COLOR` (no-color.org) turns them off anywhere.
+fn colour_logs() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
