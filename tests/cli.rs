@@ -285,3 +285,44 @@ fn serve_leaves_no_data_dir_when_refused_and_logs_plain_text_to_a_file() {
         assert_eq!(dir.join("bunting-data").exists(), starts, "{flags}: {text}");
     }
 }
+
+/// The README tour's offline commands, pasted as a reader would: every `$ bunting ...` line of
+/// "Resolve flags" and "Check a flag file" prints exactly the lines shown under it.
+#[test]
+fn the_readme_tour_prints_what_it_shows() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("### Resolve flags").unwrap();
+    let end = readme.find("### Use the engine as a library").unwrap();
+    let mut checked = 0;
+    let mut lines = readme[start..end].lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(command) = line.strip_prefix("$ bunting ") else {
+            continue;
+        };
+        let mut shown = Vec::new();
+        while let Some(next) = lines.peek() {
+            if next.is_empty() || next.starts_with("$ ") || next.starts_with("```") {
+                break;
+            }
+            shown.push(*next);
+            lines.next();
+        }
+        // Through a shell, so the README's quoting is what is tested.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("\"$BUNTING\" {command}"))
+            .env("BUNTING", env!("CARGO_BIN_EXE_bunting"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            printed.lines().collect::<Vec<_>>(),
+            shown,
+            "bunting {command}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} tour commands found");
+}
