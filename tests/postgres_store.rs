@@ -591,6 +591,24 @@ async fn an_unreachable_server_is_unavailable_with_the_cause() {
     }
 }
 
+/// Issue 13: a missing database was reported as `... does not exist at line 948`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_is_named_with_how_to_create_it() {
+    let server = std::env::var("BUNTING_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let url = common::postgres::with_database(&server, "bunting_no_such_database");
+    let message = PostgresStore::connect(&url, settings())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("database \"bunting_no_such_database\" does not exist")
+            && message.contains("CREATE DATABASE bunting_no_such_database")
+            && !message.contains("at line"),
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_going_away_makes_calls_unavailable_with_the_cause() {
     let db = TestDb::create().await;

@@ -87,7 +87,7 @@ fn print_table(out: &mut impl Write, entries: &[pb::AuditEntry]) -> std::io::Res
     }
     writeln!(
         out,
-        "{:>8}  {:>7}  {:<20}  {:<7}  {:<16}  {:<20}  {:<20}  CHANGE",
+        "{:>8}  {:>7}  {:<20}  {:<7}  {:<16}  {:<24}  {:<24}  CHANGE",
         "ID", "VERSION", "AT", "ACTION", "SET", "FLAG", "ACTOR"
     )?;
     for e in entries {
@@ -96,9 +96,8 @@ fn print_table(out: &mut impl Write, entries: &[pb::AuditEntry]) -> std::io::Res
         } else {
             e.flag_key.as_str()
         };
-        writeln!(
-            out,
-            "{:>8}  {:>7}  {:<20}  {:<7}  {:<16}  {:<20}  {:<20}  {}",
+        let line = format!(
+            "{:>8}  {:>7}  {:<20}  {:<7}  {:<16}  {:<24}  {:<24}  {}",
             e.id,
             e.flag_set_version,
             time(e.at.as_ref()),
@@ -107,7 +106,8 @@ fn print_table(out: &mut impl Write, entries: &[pb::AuditEntry]) -> std::io::Res
             flag,
             e.actor,
             change_summary(&json_text(&e.before_json), &json_text(&e.after_json)),
-        )?;
+        );
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
 }

@@ -777,6 +777,21 @@ async fn connect_once(
 ) -> Result<PgConnection, StoreError> {
     match tokio::time::timeout(timeout, PgConnection::connect_with(options)).await {
         Ok(Ok(conn)) => Ok(conn),
+        // sqlx's text for a server error ends with the server's source line ("at line 948"),
+        // which tells a user nothing; a missing database is the one a first start meets.
+        Ok(Err(sqlx::Error::Database(db))) if db.code().as_deref() == Some("3D000") => {
+            Err(StoreError::Internal {
+                source: format!(
+                    "{} on {}:{}: create it (psql -c 'CREATE DATABASE {}') or point the \
+                     database url at one that exists",
+                    db.message(),
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or("…"),
+                )
+                .into(),
+            })
+        }
         Ok(Err(e)) if is_unavailable(&e) => Err(StoreError::Unavailable { source: e.into() }),
         Ok(Err(e)) => Err(StoreError::Internal { source: e.into() }),
         Err(_) => Err(StoreError::Unavailable {
