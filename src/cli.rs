@@ -40,6 +40,11 @@ pub enum Command {
         /// config; default 8016).
         #[arg(long, value_name = "N")]
         http_port: Option<u16>,
+        /// A flag file with flags that cannot be compiled: `refuse` it (the default; the last good
+        /// flags keep serving) or `serve` the rest, each broken flag answering PARSE_ERROR as
+        /// flagd does (overrides [flags] broken_flags).
+        #[arg(long, value_enum, value_name = "WHAT")]
+        broken_flags: Option<BrokenFlagsArg>,
     },
     /// Resolve one flag from a flag file and print the resolution as JSON.
     ///
@@ -444,6 +449,12 @@ impl FractionalArg {
             FractionalArg::Legacy => bunting_engine::FractionalMode::LegacyFloat,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BrokenFlagsArg {
+    Refuse,
+    Serve,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

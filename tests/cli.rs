@@ -242,14 +242,31 @@ fn tokens_generate_prints_a_fresh_token_and_a_tokens_file_entry_that_verifies_it
 }
 
 /// Issue 13: `bunting serve` without a config, started in an empty directory. A start it refuses
-/// leaves no `bunting-data` behind; a node that starts writes its log without colour codes when
-/// the log goes to a file. (flags file contents, starts, what the log holds)
+/// leaves no `bunting-data` behind and counts only errors as what refused it; `--broken-flags
+/// serve` serves a file with a broken flag as flagd does; a node that starts writes its log
+/// without colour codes when the log goes to a file. (flags file, extra args, starts, logged)
 #[test]
 fn serve_leaves_no_data_dir_when_refused_and_logs_plain_text_to_a_file() {
     let good = r#"{"flags": {"f": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"}}}"#;
-    for (flags, starts, logged) in [
-        ("{not json", false, "flags.json"),
-        (good, true, "serving flags from a file"),
+    let broken = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-config/broken.json"),
+    )
+    .unwrap();
+    for (flags, extra, starts, logged) in [
+        ("{not json", &[][..], false, "flags.json"),
+        (
+            &broken,
+            &[],
+            false,
+            "has 1 error(s) that stop flags being served",
+        ),
+        (
+            &broken,
+            &["--broken-flags", "serve"],
+            true,
+            "serving flags from a file",
+        ),
+        (good, &[], true, "serving flags from a file"),
     ] {
         let dir = tempdir();
         std::fs::write(dir.join("flags.json"), flags).unwrap();
@@ -257,6 +274,7 @@ fn serve_leaves_no_data_dir_when_refused_and_logs_plain_text_to_a_file() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bunting"))
             .args(["serve", "--flags", "flags.json", "--port", "0"])
             .args(["--metrics-port", "0", "--http-port", "0"])
+            .args(extra)
             .current_dir(&dir)
             .env_remove("NO_COLOR")
             .stdout(std::fs::File::create(&log).unwrap())

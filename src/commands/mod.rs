@@ -86,7 +86,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             port,
             metrics_port,
             http_port,
-        } => serve::run(config.as_deref(), flags, port, metrics_port, http_port),
+            broken_flags,
+        } => serve::run(
+            config.as_deref(),
+            serve::Overrides {
+                flags,
+                port,
+                metrics_port,
+                http_port,
+                broken_flags,
+            },
+        ),
         Command::Eval {
             flags,
             flag,
