@@ -861,7 +861,20 @@ async fn a_file_node_refuses_admin_calls_naming_its_file() {
         })
         .await
         .unwrap_err();
-    for refused in [listed, created] {
+    let applied = apply(
+        &mut admin,
+        "default",
+        vec![change(
+            pb::FlagChangeKind::Create,
+            "new",
+            Some(&colour("x")),
+            0,
+        )],
+        0,
+    )
+    .await
+    .unwrap_err();
+    for refused in [listed, created, applied] {
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         assert!(refused.message().contains("file"), "{refused:?}");
         assert!(
