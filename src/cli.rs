@@ -338,7 +338,11 @@ pub enum TokensAction {
 #[derive(Debug, Subcommand)]
 pub enum ClusterAction {
     /// Members, their state, the shards each owns, and the shard map epoch.
-    Status,
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move every shard off NODE_ID and wait until the cluster has adopted a map without it;
     /// then the node can be stopped without a failure-timeout's worth of forwarded requests.
     Drain {

@@ -346,6 +346,16 @@ async fn a_three_node_cluster_routes_forwards_and_drains() {
         back.is_some_and(|e| Some(e) > drained),
         "node-3 owns no shards after its undrain"
     );
+    let status = bunting(&["cluster", "status", "--json", "--node", &grpc]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let node_3 = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "node-3")
+        .unwrap();
+    assert_eq!(node_3["state"], "up", "{status}");
+    assert!(node_3["shards"].as_u64().unwrap() > 0, "{status}");
     for (node_id, says) in [
         ("node-3", "is not draining"),
         ("node-1", "is not draining"),

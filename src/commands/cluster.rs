@@ -20,12 +20,37 @@ pub fn run(node: &str, action: ClusterAction) -> Result<ExitCode, CliError> {
         let rpc_error = |status: tonic::Status| super::rpc_error(node, &status);
         let mut out = std::io::stdout().lock();
         match action {
-            ClusterAction::Status => {
+            ClusterAction::Status { json } => {
                 let status = client
                     .status(ClusterStatusRequest {})
                     .await
                     .map_err(rpc_error)?
                     .into_inner();
+                if json {
+                    let members: Vec<serde_json::Value> = status
+                        .members
+                        .iter()
+                        .map(|m| {
+                            serde_json::json!({
+                                "id": m.id,
+                                "state": state_name(m.state),
+                                "shards": m.shards_owned,
+                                "lastHeardMs": m.last_heard_ms,
+                                "grpcAddr": m.grpc_addr,
+                                "clusterAddr": m.cluster_addr,
+                            })
+                        })
+                        .collect();
+                    let answer = serde_json::json!({
+                        "epoch": status.epoch,
+                        "coordinator": status.coordinator,
+                        "shardCount": status.shard_count,
+                        "answeredBy": status.answered_by,
+                        "members": members,
+                    });
+                    writeln!(out, "{answer:#}")?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 writeln!(
                     out,
                     "epoch {}  coordinator {}  shards {}  (answered by {})",
