@@ -43,7 +43,9 @@ pub fn push(args: &Push<'_>) -> Result<ExitCode, CliError> {
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
         let mut admin = AdminClient::new(super::connect(args.node).await?);
-        let rpc = |status: tonic::Status| super::rpc_error(args.node, &status);
+        let rpc = |status: tonic::Status| {
+            super::admin_client::rpc_error(args.node, &status, args.set)
+        };
         let existing = match admin
             .list_flags(pb::ListFlagsRequest {
                 flag_set_id: args.set.to_owned(),
