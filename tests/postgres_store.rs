@@ -682,3 +682,80 @@ impl Proxy {
         self.task.await.unwrap();
     }
 }
+
+/// Two editors send batches computed from the same read at once: exactly one applies, whole, as
+/// one version with one notice; the other is refused naming a flag, and none of its writes land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_from_one_read_apply_one_whole_and_refuse_the_other() {
+    use bunting::store::{FlagBatch, FlagChange};
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    store
+        .create_flag_set("web", FlagSetFields::default(), "ada")
+        .await
+        .unwrap();
+    let keys = ["a", "b", "c", "d"];
+    let created = store
+        .apply_flag_changes(
+            "web",
+            FlagBatch {
+                changes: keys
+                    .iter()
+                    .map(|k| FlagChange::Create {
+                        key: (*k).to_owned(),
+                        definition: flag("off"),
+                    })
+                    .collect(),
+                ..FlagBatch::default()
+            },
+            "ada",
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.flag_set_version, 2);
+    let mut subscription = store.subscribe().await.unwrap();
+    // Each editor updates every flag from version 1; they differ in the value they write.
+    let batch = |variant: &str| FlagBatch {
+        changes: keys
+            .iter()
+            .map(|k| FlagChange::Update {
+                key: (*k).to_owned(),
+                definition: flag(variant),
+                expected_version: 1,
+            })
+            .collect(),
+        ..FlagBatch::default()
+    };
+    let (on, off) = tokio::join!(
+        store.apply_flag_changes("web", batch("on"), "grace"),
+        store.apply_flag_changes("web", batch("off"), "linus"),
+    );
+    let (won, lost, variant) = match (on, off) {
+        (Ok(won), Err(lost)) => (won, lost, "on"),
+        (Err(lost), Ok(won)) => (won, lost, "off"),
+        other => panic!("exactly one batch must apply: {other:?}"),
+    };
+    assert_eq!(won.flag_set_version, 3);
+    assert!(
+        matches!(&lost, StoreError::VersionConflict { what, .. } if what.starts_with("flag \"")),
+        "{lost:?}"
+    );
+    let list = store.list_flags("web").await.unwrap();
+    assert_eq!(list.flag_set_version, 3);
+    for f in &list.flags {
+        assert_eq!((f.version, &f.definition), (2, &flag(variant)), "{}", f.key);
+    }
+    // One notice for the batch's one version.
+    assert!(matches!(
+        next_notice(&mut subscription).await,
+        ChangeNotice::Changed { version: 3, .. }
+    ));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), subscription.recv())
+            .await
+            .is_err(),
+        "a second notice for one batch"
+    );
+    // 1 set + 4 creates + 4 updates.
+    assert_eq!(audit_count(&store).await, 9);
+}
