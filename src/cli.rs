@@ -40,6 +40,11 @@ pub enum Command {
         /// config; default 8016).
         #[arg(long, value_name = "N")]
         http_port: Option<u16>,
+        /// A flag file with flags that cannot be compiled: `refuse` it (the default; the last good
+        /// flags keep serving) or `serve` the rest, each broken flag answering PARSE_ERROR as
+        /// flagd does (overrides [flags] broken_flags).
+        #[arg(long, value_enum, value_name = "WHAT")]
+        broken_flags: Option<BrokenFlagsArg>,
     },
     /// Resolve one flag from a flag file and print the resolution as JSON.
     ///
@@ -133,7 +138,8 @@ pub enum Command {
         #[arg(long, value_name = "JSON", default_value = "{}")]
         context: String,
     },
-    /// Manage the flags of a PostgreSQL-backed node or cluster through its admin API.
+    /// Manage the flags of a PostgreSQL-backed node or cluster through its admin API: push a file,
+    /// list, get, delete, read a set's history, roll a set back to an earlier version.
     Flags {
         #[command(subcommand)]
         action: FlagsAction,
@@ -156,6 +162,29 @@ pub enum Command {
         node: String,
         #[command(subcommand)]
         action: TokensAction,
+    },
+    /// The audit log of a PostgreSQL-backed node or cluster: every change to flag sets and flags,
+    /// newest first, one page at a time (`--before` the cursor the previous page printed).
+    Audit {
+        /// Any node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8013")]
+        node: String,
+        /// Only this flag set's changes; without it, every set's (the token must reach all).
+        #[arg(long)]
+        set: Option<String>,
+        /// Entries per page (1 to 1000).
+        #[arg(long, default_value_t = 20, value_name = "N",
+              value_parser = clap::value_parser!(i32).range(1..=1000))]
+        limit: i32,
+        /// Only entries older than this id: the cursor a previous page printed.
+        #[arg(long, value_name = "CURSOR")]
+        before: Option<i64>,
+        /// Every entry from the cursor on, following the pages to the oldest.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON (entries with their before/after definitions, and the next cursor).
+        #[arg(long)]
+        json: bool,
     },
     /// Check a flag file and report every problem; exit 1 if there is any.
     Validate {
@@ -188,6 +217,81 @@ pub enum FlagsAction {
         actor: String,
         #[arg(long)]
         prune: bool,
+    },
+    /// Without --set: every flag set with its version and flag count. With --set: that set's
+    /// flags, each with its version, state and default variant.
+    List {
+        #[arg(long)]
+        set: Option<String>,
+        /// Any node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8013")]
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one flag's definition as JSON (flagd's flag format, as `push` takes it).
+    Get {
+        key: String,
+        #[arg(long, default_value = "default")]
+        set: String,
+        /// Any node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8013")]
+        node: String,
+        /// Print the flag's record instead: key, version, update time and definition.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one flag (at the version just read, so a concurrent edit is not lost silently).
+    Delete {
+        key: String,
+        #[arg(long, default_value = "default")]
+        set: String,
+        /// Any node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8013")]
+        node: String,
+        /// Who makes the change (recorded in the audit log).
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
+    /// A set's audit entries (or one flag's), newest first, with the set version each produced:
+    /// the versions `rollback --to-version` takes.
+    History {
+        /// Only this flag's entries.
+        key: Option<String>,
+        #[arg(long, default_value = "default")]
+        set: String,
+        /// Any node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8013")]
+        node: String,
+        /// Entries per page (1 to 1000).
+        #[arg(long, default_value_t = 20, value_name = "N",
+              value_parser = clap::value_parser!(i32).range(1..=1000))]
+        limit: i32,
+        /// Only entries older than this id: the cursor a previous page printed.
+        #[arg(long, value_name = "CURSOR")]
+        before: Option<i64>,
+        /// Print JSON (entries with their before/after definitions, and the next cursor).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a set's flags as they were at version N (rebuilt from the audit log), as one atomic
+    /// write: one new version, audited like any other. The set's metadata and evaluators are left
+    /// as they are.
+    Rollback {
+        #[arg(long, default_value = "default")]
+        set: String,
+        /// The set version to return to (see `flags history`).
+        #[arg(long, value_name = "N")]
+        to_version: i64,
+        /// Any node's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8013")]
+        node: String,
+        /// Who makes the change (recorded in the audit log).
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+        /// Print what would change and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -234,10 +338,21 @@ pub enum TokensAction {
 #[derive(Debug, Subcommand)]
 pub enum ClusterAction {
     /// Members, their state, the shards each owns, and the shard map epoch.
-    Status,
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move every shard off NODE_ID and wait until the cluster has adopted a map without it;
     /// then the node can be stopped without a failure-timeout's worth of forwarded requests.
     Drain {
+        /// The node id (as in its `[cluster] node_id`).
+        node_id: String,
+    },
+    /// Return a drained NODE_ID to service: it takes shards again, and this waits until the
+    /// cluster has adopted a map that places shards on it. Refused for a node that is not
+    /// draining.
+    Undrain {
         /// The node id (as in its `[cluster] node_id`).
         node_id: String,
     },
@@ -378,6 +493,12 @@ impl FractionalArg {
             FractionalArg::Legacy => bunting_engine::FractionalMode::LegacyFloat,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BrokenFlagsArg {
+    Refuse,
+    Serve,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

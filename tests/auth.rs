@@ -331,6 +331,22 @@ async fn call(method: &str, ch: AuthChannel) -> Result<(), Status> {
                     })
                     .await
                     .map(ok),
+                // Stale on purpose: let through, the answer is FAILED_PRECONDITION and nothing
+                // changes.
+                "ApplyFlagChanges" => c
+                    .apply_flag_changes(pb::ApplyFlagChangesRequest {
+                        flag_set_id: "shop".into(),
+                        changes: vec![pb::FlagChange {
+                            kind: pb::FlagChangeKind::Update.into(),
+                            key: "banner".into(),
+                            definition: flag("z").to_string(),
+                            expected_version: 99,
+                        }],
+                        actor,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(ok),
                 other => panic!("no call for {other}"),
             }
         }
@@ -396,6 +412,12 @@ async fn call(method: &str, ch: AuthChannel) -> Result<(), Status> {
             .map(ok),
         "/bunting.v1.ClusterAdmin/Drain" => ClusterAdminClient::new(ch)
             .drain(pb::DrainRequest {
+                node_id: "node-1".into(),
+            })
+            .await
+            .map(ok),
+        "/bunting.v1.ClusterAdmin/Undrain" => ClusterAdminClient::new(ch)
+            .undrain(pb::UndrainRequest {
                 node_id: "node-1".into(),
             })
             .await

@@ -240,3 +240,107 @@ fn tokens_generate_prints_a_fresh_token_and_a_tokens_file_entry_that_verifies_it
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("root"));
 }
+
+/// Issue 13: `bunting serve` without a config, started in an empty directory. A start it refuses
+/// leaves no `bunting-data` behind and counts only errors as what refused it; `--broken-flags
+/// serve` serves a file with a broken flag as flagd does; a node that starts writes its log
+/// without colour codes when the log goes to a file. (flags file, extra args, starts, logged)
+#[test]
+fn serve_leaves_no_data_dir_when_refused_and_logs_plain_text_to_a_file() {
+    let good = r#"{"flags": {"f": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"}}}"#;
+    let broken = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-config/broken.json"),
+    )
+    .unwrap();
+    for (flags, extra, starts, logged) in [
+        ("{not json", &[][..], false, "flags.json"),
+        (
+            &broken,
+            &[],
+            false,
+            "has 1 error(s) that stop flags being served",
+        ),
+        (
+            &broken,
+            &["--broken-flags", "serve"],
+            true,
+            "serving flags from a file",
+        ),
+        (good, &[], true, "serving flags from a file"),
+    ] {
+        let dir = tempdir();
+        std::fs::write(dir.join("flags.json"), flags).unwrap();
+        let log = dir.join("node.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bunting"))
+            .args(["serve", "--flags", "flags.json", "--port", "0"])
+            .args(["--metrics-port", "0", "--http-port", "0"])
+            .args(extra)
+            .current_dir(&dir)
+            .env_remove("NO_COLOR")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default()
+                + &std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+            let exited = child.try_wait().unwrap().is_some();
+            if exited || text.contains(logged) || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let running = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(running, starts, "{flags}: {text}");
+        assert!(text.contains(logged), "{flags}: {text}");
+        assert!(
+            !text.contains('\u{1b}'),
+            "colour codes in a log file: {text:?}"
+        );
+        assert_eq!(dir.join("bunting-data").exists(), starts, "{flags}: {text}");
+    }
+}
+
+/// The README tour's offline commands, pasted as a reader would: every `$ bunting ...` line of
+/// "Resolve flags" and "Check a flag file" prints exactly the lines shown under it.
+#[test]
+fn the_readme_tour_prints_what_it_shows() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("### Resolve flags").unwrap();
+    let end = readme.find("### Use the engine as a library").unwrap();
+    let mut checked = 0;
+    let mut lines = readme[start..end].lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(command) = line.strip_prefix("$ bunting ") else {
+            continue;
+        };
+        let mut shown = Vec::new();
+        while let Some(next) = lines.peek() {
+            if next.is_empty() || next.starts_with("$ ") || next.starts_with("```") {
+                break;
+            }
+            shown.push(*next);
+            lines.next();
+        }
+        // Through a shell, so the README's quoting is what is tested.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("\"$BUNTING\" {command}"))
+            .env("BUNTING", env!("CARGO_BIN_EXE_bunting"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            printed.lines().collect::<Vec<_>>(),
+            shown,
+            "bunting {command}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} tour commands found");
+}

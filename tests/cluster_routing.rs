@@ -31,7 +31,7 @@ fn flag_file(dir: &std::path::Path) -> std::path::PathBuf {
             "variants": {"on": true, "off": false},
             "defaultVariant": "off",
             "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "on", null]}
-        }}})
+        }, "limit": {"state": "ENABLED", "variants": {"low": 25}, "defaultVariant": "low"}}})
         .to_string(),
     )
     .unwrap();
@@ -200,6 +200,22 @@ async fn a_three_node_cluster_routes_forwards_and_drains() {
     assert_eq!(answer["epoch"], epoch);
     assert_eq!(answer["flags"]["routed"]["value"], true);
     assert_eq!(answer["flags"]["routed"]["variant"], "on");
+    // Issue 13's papercuts: an integer prints as one, no `"owner": null` without a targeting key,
+    // and an unknown flag is an error with flagd's code. (flag, exit code, printed, error code)
+    for (flag, code, printed, error) in [
+        ("limit", Some(0), "\"value\": 25,", serde_json::Value::Null),
+        ("nope", Some(1), "\"flags\": {}", json!("FLAG_NOT_FOUND")),
+    ] {
+        let out = bunting(&["resolve", "--node", &n2.grpc.to_string(), "--flag", flag]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), code, "{flag}: {text}");
+        assert!(
+            text.contains(printed) && !text.contains("owner"),
+            "{flag}: {text}"
+        );
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["error"]["errorCode"], error, "{flag}: {text}");
+    }
 
     // The load generator through the shard-aware client: every request answered, none forwarded
     // (each goes to its owner).
@@ -301,6 +317,70 @@ async fn a_three_node_cluster_routes_forwards_and_drains() {
     assert!(
         drained.is_some_and(|e| e > epoch),
         "node-3 still owns shards after draining"
+    );
+
+    // `bunting cluster undrain node-3` (asked of another node, so it travels the cluster port):
+    // shards come back to it; undraining a node that is not draining is refused, naming why.
+    let out = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let grpc = n1.grpc.to_string();
+    let undrain = bunting(&["cluster", "undrain", "node-3", "--node", &grpc]);
+    assert!(undrain.status.success(), "{}", out(&undrain));
+    assert!(
+        out(&undrain).contains("undrained node-3"),
+        "{}",
+        out(&undrain)
+    );
+    let back = agreement(
+        &[&n1, &n2, &n3],
+        &["node-1", "node-2", "node-3"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        back.is_some_and(|e| Some(e) > drained),
+        "node-3 owns no shards after its undrain"
+    );
+    let status = bunting(&["cluster", "status", "--json", "--node", &grpc]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let node_3 = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "node-3")
+        .unwrap();
+    assert_eq!(node_3["state"], "up", "{status}");
+    assert!(node_3["shards"].as_u64().unwrap() > 0, "{status}");
+    for (node_id, says) in [
+        ("node-3", "is not draining"),
+        ("node-1", "is not draining"),
+        ("no-such-node", "not a known cluster member"),
+    ] {
+        let refused = bunting(&["cluster", "undrain", node_id, "--node", &grpc]);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{node_id}: {}",
+            out(&refused)
+        );
+        assert!(out(&refused).contains(says), "{node_id}: {}", out(&refused));
+    }
+    let drain = bunting(&["cluster", "drain", "node-3", "--node", &grpc]);
+    assert!(drain.status.success(), "{}", out(&drain));
+    let drained = agreement(
+        &[&n1, &n2, &n3],
+        &["node-1", "node-2"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        drained.is_some(),
+        "node-3 still owns shards after draining again"
     );
     assert!(n3.stop(), "node-3 did not stop gracefully:\n{}", n3.log());
     let after = agreement(&[&n1, &n2], &["node-1", "node-2"], Duration::from_secs(10)).await;

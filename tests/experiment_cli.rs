@@ -458,6 +458,14 @@ async fn experiments_are_created_started_tracked_and_stopped_from_the_command_li
         "{}",
         stdout(&created)
     );
+    // The suggested next command reaches the same node (issue 13: it left out --node).
+    assert!(
+        stdout(&created).contains(&format!(
+            "`bunting experiment start cli-made --node {addr}`"
+        )),
+        "{}",
+        stdout(&created)
+    );
     let bad_metric = run(vec![
         "create",
         "bad",

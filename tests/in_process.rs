@@ -69,6 +69,11 @@ async fn memory_audits_every_write_with_who_when_before_and_after() {
 }
 
 #[tokio::test]
+async fn memory_applies_a_batch_as_one_version_or_not_at_all() {
+    admin_contract::a_batch_is_one_version_and_a_refused_one_writes_nothing(memory()).await;
+}
+
+#[tokio::test]
 async fn memory_notifies_every_change() {
     let store = memory();
     admin_contract::a_change_written_by_another_store_is_notified(store.clone(), store).await;

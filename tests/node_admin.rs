@@ -861,7 +861,20 @@ async fn a_file_node_refuses_admin_calls_naming_its_file() {
         })
         .await
         .unwrap_err();
-    for refused in [listed, created] {
+    let applied = apply(
+        &mut admin,
+        "default",
+        vec![change(
+            pb::FlagChangeKind::Create,
+            "new",
+            Some(&colour("x")),
+            0,
+        )],
+        0,
+    )
+    .await
+    .unwrap_err();
+    for refused in [listed, created, applied] {
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         assert!(refused.message().contains("file"), "{refused:?}");
         assert!(
@@ -1092,27 +1105,64 @@ async fn bunting_flags_push_makes_a_set_match_a_file() {
     let write =
         |flags: Value| std::fs::write(&file, json!({ "flags": flags }).to_string()).unwrap();
 
-    write(json!({"banner": banner("off"), "colour": colour("red")}));
-    let (code, out) = push(&[]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("2 created, 0 updated, 0 unchanged"), "{out}");
-    let (code, out) = push(&[]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(
-        out.contains("0 created, 0 updated, 2 unchanged"),
-        "a second push changes nothing: {out}"
-    );
-
-    write(json!({"banner": banner("on")}));
-    let (code, out) = push(&[]);
-    assert!(
-        out.contains("1 updated") && out.contains("kept 1 flag(s)") && out.contains("colour"),
-        "{out}"
-    );
-    assert_eq!(code, Some(0));
-    let (code, out) = push(&["--prune"]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("1 deleted"), "{out}");
+    // Each push is one write: the set and its six flags are version 1 together (issue 13: six
+    // flags once made seven versions), and each later push adds exactly one version.
+    let six: serde_json::Map<String, Value> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|k| ((*k).to_owned(), colour(k)))
+        .chain([("banner".to_owned(), banner("off"))])
+        .collect();
+    write(Value::Object(six.clone()));
+    // (extra args, file change, what the push says, and what it keeps)
+    let steps: Vec<(&[&str], Option<Value>, &str, &str)> = vec![
+        (
+            &[],
+            None,
+            "6 created, 0 updated, 0 unchanged, 0 deleted; now at version 1",
+            "",
+        ),
+        (
+            &[],
+            None,
+            "0 created, 0 updated, 6 unchanged, 0 deleted; now at version 1",
+            "",
+        ),
+        (
+            &[],
+            Some(json!({"banner": banner("on"), "a": colour("A"), "f": colour("f")})),
+            "1 created, 2 updated, 0 unchanged, 0 deleted; now at version 2",
+            "kept 4 flag(s) that are not in the file (use --prune to delete them): b, c, d, e",
+        ),
+        (
+            &["--prune"],
+            None,
+            "0 created, 0 updated, 3 unchanged, 4 deleted; now at version 3",
+            "",
+        ),
+    ];
+    for (extra, file, says, keeps) in steps {
+        if let Some(flags) = file {
+            write(flags);
+        }
+        let (code, out) = push(extra);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains(says), "expected {says:?} in {out}");
+        assert_eq!(out.contains("kept"), !keeps.is_empty(), "{out}");
+        assert!(out.contains(keeps), "expected {keeps:?} in {out}");
+    }
+    let audited = common::connect_with(AdminClient::new, format!("http://{}", node.grpc))
+        .await
+        .unwrap()
+        .list_audit(pb::ListAuditRequest {
+            flag_set_id: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let per_version = |v: i64| audited.iter().filter(|e| e.flag_set_version == v).count();
+    assert_eq!((per_version(1), per_version(2), per_version(3)), (7, 3, 4));
 
     // A file with an error is refused before anything is sent.
     write(
@@ -1202,5 +1252,420 @@ async fn flag_writes_are_refused_past_the_budget_the_flag_limit_and_on_duplicate
     let listed = list_flags(&mut admin, "shop").await;
     let keys: Vec<&str> = listed.flags.iter().map(|f| f.key.as_str()).collect();
     assert_eq!(keys, ["a", "b", "c"], "refused writes changed nothing");
+    node.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Atomic whole-set writes (ApplyFlagChanges)
+// ---------------------------------------------------------------------------------------------
+
+fn change(
+    kind: pb::FlagChangeKind,
+    key: &str,
+    definition: Option<&Value>,
+    version: i64,
+) -> pb::FlagChange {
+    pb::FlagChange {
+        kind: kind.into(),
+        key: key.into(),
+        definition: definition.map(Value::to_string).unwrap_or_default(),
+        expected_version: version,
+    }
+}
+
+async fn apply(
+    admin: &mut AdminClient<Channel>,
+    set: &str,
+    changes: Vec<pb::FlagChange>,
+    expected_flag_set_version: i64,
+) -> Result<pb::ApplyFlagChangesResponse, Status> {
+    admin
+        .apply_flag_changes(pb::ApplyFlagChangesRequest {
+            flag_set_id: set.into(),
+            changes,
+            expected_flag_set_version,
+            actor: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_version_and_a_refused_batch_changes_nothing() {
+    use pb::FlagChangeKind::{Create, Delete, Update};
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    let mut admin = node.admin().await;
+
+    // A batch may create its set: the set and its three flags are version 1 together.
+    let created = admin
+        .apply_flag_changes(pb::ApplyFlagChangesRequest {
+            flag_set_id: "default".into(),
+            changes: ["a", "b", "c"]
+                .iter()
+                .map(|k| change(Create, k, Some(&colour(k)), 0))
+                .collect(),
+            create_flag_set: true,
+            metadata: Some(structure(json!({"team": "growth"}))),
+            actor: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (created.flag_set_version, created.created_flag_set),
+        (1, true)
+    );
+    let entries = audit(&mut admin, "default", "", 0, 0).await.entries;
+    assert_eq!(
+        entries.len(),
+        4,
+        "the set's creation and one entry per flag"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.flag_set_version == 1 && e.actor.contains("ada"))
+    );
+    let before = list_flags(&mut admin, "default").await;
+
+    let broken = json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "nope"});
+    // (what, changes, expected set version, code, words the message must hold)
+    let refused: Vec<(&str, Vec<pb::FlagChange>, i64, Code, &str)> = vec![
+        (
+            "a stale update among good writes",
+            vec![
+                change(Create, "d", Some(&colour("d")), 0),
+                change(Update, "b", Some(&colour("B")), 7),
+            ],
+            0,
+            Code::FailedPrecondition,
+            "flag \"b\"",
+        ),
+        (
+            "a stale delete",
+            vec![change(Delete, "c", None, 2)],
+            0,
+            Code::FailedPrecondition,
+            "flag \"c\"",
+        ),
+        (
+            "a create of an existing flag",
+            vec![
+                change(Update, "b", Some(&colour("B")), 1),
+                change(Create, "a", Some(&colour("a")), 0),
+            ],
+            0,
+            Code::AlreadyExists,
+            "flag \"a\"",
+        ),
+        (
+            "a delete of a missing flag",
+            vec![change(Delete, "zz", None, 1)],
+            0,
+            Code::NotFound,
+            "flag \"zz\"",
+        ),
+        (
+            "a definition that does not compile",
+            vec![
+                change(Create, "d", Some(&colour("d")), 0),
+                change(Update, "c", Some(&broken), 1),
+            ],
+            0,
+            Code::InvalidArgument,
+            "flags.c.defaultVariant",
+        ),
+        (
+            "a stale set version",
+            vec![change(Update, "b", Some(&colour("B")), 1)],
+            9,
+            Code::FailedPrecondition,
+            "flag set \"default\"",
+        ),
+    ];
+    for (what, changes, set_version, code, words) in refused {
+        let status = apply(&mut admin, "default", changes, set_version)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(
+            status.message().contains(words),
+            "{what}: {}",
+            status.message()
+        );
+        assert_eq!(
+            list_flags(&mut admin, "default").await,
+            before,
+            "{what}: nothing changed"
+        );
+    }
+    let invalid = apply(
+        &mut admin,
+        "default",
+        vec![change(Update, "c", Some(&broken), 1)],
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(violated_fields(&invalid), ["flags.c.defaultVariant"]);
+    assert_eq!(
+        audit(&mut admin, "default", "", 0, 0).await.entries.len(),
+        4
+    );
+
+    // A good batch: one new version, one audit entry per flag at it.
+    let applied = apply(
+        &mut admin,
+        "default",
+        vec![
+            change(Update, "a", Some(&colour("A")), 1),
+            change(Delete, "b", None, 1),
+            change(Create, "d", Some(&colour("d")), 0),
+        ],
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied.flag_set_version, 2);
+    assert_eq!(applied.deleted_keys, ["b"]);
+    let written: Vec<(&str, i64)> = applied
+        .flags
+        .iter()
+        .map(|f| (f.key.as_str(), f.version))
+        .collect();
+    assert_eq!(written, [("a", 2), ("d", 1)]);
+    let after = list_flags(&mut admin, "default").await;
+    let keys: Vec<&str> = after.flags.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!((after.flag_set_version, keys), (2, vec!["a", "c", "d"]));
+    let newest: Vec<(String, String, i64)> = audit(&mut admin, "default", "", 0, 3)
+        .await
+        .entries
+        .into_iter()
+        .map(|e| (e.flag_key, e.before_json, e.flag_set_version))
+        .collect();
+    assert_eq!(
+        newest,
+        [
+            ("d".to_owned(), String::new(), 2),
+            ("b".to_owned(), colour("b").to_string(), 2),
+            ("a".to_owned(), colour("a").to_string(), 2),
+        ]
+    );
+    // The node serves the whole batch at once.
+    let mut v2 = v2::service_client::ServiceClient::new(node.channel().await);
+    common::wait_until("the batch is served", PATIENCE, || {
+        let mut v2 = v2.clone();
+        async move { resolve_string(&mut v2, "d").await.as_deref() == Some("d") }
+    })
+    .await;
+    assert_eq!(resolve_string(&mut v2, "a").await.as_deref(), Some("A"));
+    drop((admin, v2));
+    node.stop().await;
+}
+
+/// `bunting` against `node` with the test token: (exit code, stdout, stderr).
+fn cli(node: &TestNode, args: &[&str]) -> (Option<i32>, String, String) {
+    let grpc = node.grpc.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bunting"))
+        .args(args)
+        .args(["--node", &grpc])
+        .env("BUNTING_TOKEN", common::TEST_TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The set's flags as key -> definition.
+async fn flag_state(admin: &mut AdminClient<Channel>, set: &str) -> (i64, Value) {
+    let list = list_flags(admin, set).await;
+    let flags = list
+        .flags
+        .iter()
+        .map(|f| (f.key.clone(), json_of(&f.definition)))
+        .collect();
+    (list.flag_set_version, Value::Object(flags))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_gets_deletes_rolls_back_and_pages_the_audit_log() {
+    let db = TestDb::create().await;
+    let node = TestNode::postgres(&db).await;
+    let mut admin = node.admin().await;
+    let dir = common::scratch_dir("flags-cli");
+    let file = dir.join("flags.json");
+    let push = |flags: Value, extra: &[&str]| {
+        std::fs::write(&file, json!({ "flags": flags }).to_string()).unwrap();
+        let path = file.display().to_string();
+        let mut args = vec!["flags", "push", &path, "--set", "web", "--actor", "ci"];
+        args.extend(extra);
+        let (code, out, err) = cli(&node, &args);
+        assert_eq!(code, Some(0), "{out}{err}");
+    };
+
+    // Versions 1 to 4, each state kept to compare the rollbacks with.
+    let mut states = vec![(0, Value::Null)];
+    push(json!({"banner": banner("off"), "a": colour("red")}), &[]);
+    states.push(flag_state(&mut admin, "web").await);
+    push(
+        json!({"banner": banner("on"), "b": colour("blue")}),
+        &["--prune"],
+    );
+    states.push(flag_state(&mut admin, "web").await);
+    let (code, out, err) = cli(&node, &["flags", "delete", "banner", "--set", "web"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("deleted flag banner (version 2)"), "{out}");
+    states.push(flag_state(&mut admin, "web").await);
+    push(
+        json!({"b": colour("green"), "c": colour("c")}),
+        &["--prune"],
+    );
+    states.push(flag_state(&mut admin, "web").await);
+    let versions: Vec<i64> = states.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions, [0, 1, 2, 3, 4]);
+
+    // list and get, for people and for scripts.
+    let (code, out, _) = cli(&node, &["flags", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["web", "4", "2"])),
+        "{out}"
+    );
+    let (_, out, _) = cli(&node, &["flags", "list", "--set", "web", "--json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            listed["version"].as_i64(),
+            listed["flags"].as_array().map(Vec::len)
+        ),
+        (Some(4), Some(2))
+    );
+    let (_, out, _) = cli(&node, &["flags", "get", "b", "--set", "web"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        colour("green")
+    );
+    let (code, _, err) = cli(&node, &["flags", "get", "banner", "--set", "web"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("has no flag \"banner\"; its flags: b, c"),
+        "{err}"
+    );
+
+    // Rollback to each earlier version restores exactly that version's flags, as one new
+    // version, audited under the principal and actor.
+    for target in [1_i64, 3, 2, 4] {
+        let before = flag_state(&mut admin, "web").await.0;
+        let to = target.to_string();
+        let (code, out, err) = cli(
+            &node,
+            &[
+                "flags",
+                "rollback",
+                "--set",
+                "web",
+                "--to-version",
+                &to,
+                "--actor",
+                "oncall",
+            ],
+        );
+        assert_eq!(code, Some(0), "{out}{err}");
+        let (version, flags) = flag_state(&mut admin, "web").await;
+        assert_eq!(flags, states[target as usize].1, "rollback to {target}");
+        assert_eq!(
+            version,
+            before + 1,
+            "rollback to {target} is one version: {out}"
+        );
+        let entries = audit(&mut admin, "web", "", 0, 0).await.entries;
+        assert!(
+            entries
+                .iter()
+                .filter(|e| e.flag_set_version == version)
+                .all(|e| e.actor.contains("oncall")),
+            "rollback to {target} is audited"
+        );
+    }
+    // A rollback to where the set already is changes nothing; a version it never had is refused.
+    let current = flag_state(&mut admin, "web").await.0;
+    let (code, out, _) = cli(
+        &node,
+        &["flags", "rollback", "--set", "web", "--to-version", "4"],
+    );
+    assert!(code == Some(0) && out.contains("nothing changed"), "{out}");
+    let (code, _, err) = cli(
+        &node,
+        &["flags", "rollback", "--set", "web", "--to-version", "99"],
+    );
+    assert!(
+        code == Some(2) && err.contains("has versions 1 to"),
+        "{err}"
+    );
+    assert_eq!(flag_state(&mut admin, "web").await.0, current);
+
+    // The audit log, paged two at a time by the cursor each page prints, covers every entry
+    // exactly once, newest first; `--all` gives the same.
+    let every: Vec<i64> = audit(&mut admin, "web", "", 0, 1000)
+        .await
+        .entries
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(every.len() > 10, "{every:?}");
+    let mut paged = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut args = vec![
+            "audit".to_owned(),
+            "--set".into(),
+            "web".into(),
+            "--limit".into(),
+            "2".into(),
+            "--json".into(),
+        ];
+        if let Some(b) = before {
+            args.extend(["--before".to_owned(), b.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = cli(&node, &args);
+        assert_eq!(code, Some(0), "{err}");
+        let page: Value = serde_json::from_str(&out).unwrap();
+        let ids = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap());
+        paged.extend(ids);
+        match page["nextBefore"].as_i64() {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, every);
+    let (_, out, _) = cli(
+        &node,
+        &["audit", "--set", "web", "--limit", "3", "--all", "--json"],
+    );
+    let all: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(all["entries"].as_array().unwrap().len(), every.len());
+    // The table names the next page's command.
+    let (_, out, _) = cli(
+        &node,
+        &["flags", "history", "b", "--set", "web", "--limit", "1"],
+    );
+    assert!(
+        out.contains("more: bunting flags history b --set web --limit 1 --before "),
+        "{out}"
+    );
+    assert!(out.contains("variants changed"), "{out}");
+    drop(admin);
     node.stop().await;
 }

@@ -17,7 +17,7 @@ use sqlx::{ConnectOptions, PgConnection};
 
 mod common;
 
-use common::admin_contract::{self, flag, next_notice};
+use common::admin_contract::{self, audit_count, flag, next_notice};
 use common::postgres::TestDb;
 
 impl TestDb {
@@ -89,6 +89,13 @@ async fn every_write_is_audited_with_who_when_before_and_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_version_and_a_refused_one_writes_nothing() {
+    let db = TestDb::create().await;
+    admin_contract::a_batch_is_one_version_and_a_refused_one_writes_nothing(db.shared().await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_written_by_another_store_is_notified() {
     let db = TestDb::create().await;
     admin_contract::a_change_written_by_another_store_is_notified(
@@ -146,6 +153,24 @@ async fn an_unreachable_server_is_unavailable_with_the_cause() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
+}
+
+/// Issue 13: a missing database was reported as `... does not exist at line 948`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_is_named_with_how_to_create_it() {
+    let server = std::env::var("BUNTING_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let url = common::postgres::with_database(&server, "bunting_no_such_database");
+    let message = PostgresStore::connect(&url, settings())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("database \"bunting_no_such_database\" does not exist")
+            && message.contains("CREATE DATABASE bunting_no_such_database")
+            && !message.contains("at line"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,4 +245,81 @@ impl Proxy {
         let _ = self.stop.send(());
         self.task.await.unwrap();
     }
+}
+
+/// Two editors send batches computed from the same read at once: exactly one applies, whole, as
+/// one version with one notice; the other is refused naming a flag, and none of its writes land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_from_one_read_apply_one_whole_and_refuse_the_other() {
+    use bunting_stores::{FlagBatch, FlagChange};
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    store
+        .create_flag_set("web", FlagSetFields::default(), "ada")
+        .await
+        .unwrap();
+    let keys = ["a", "b", "c", "d"];
+    let created = store
+        .apply_flag_changes(
+            "web",
+            FlagBatch {
+                changes: keys
+                    .iter()
+                    .map(|k| FlagChange::Create {
+                        key: (*k).to_owned(),
+                        definition: flag("off"),
+                    })
+                    .collect(),
+                ..FlagBatch::default()
+            },
+            "ada",
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.flag_set_version, 2);
+    let mut subscription = store.subscribe().await.unwrap();
+    // Each editor updates every flag from version 1; they differ in the value they write.
+    let batch = |variant: &str| FlagBatch {
+        changes: keys
+            .iter()
+            .map(|k| FlagChange::Update {
+                key: (*k).to_owned(),
+                definition: flag(variant),
+                expected_version: 1,
+            })
+            .collect(),
+        ..FlagBatch::default()
+    };
+    let (on, off) = tokio::join!(
+        store.apply_flag_changes("web", batch("on"), "grace"),
+        store.apply_flag_changes("web", batch("off"), "linus"),
+    );
+    let (won, lost, variant) = match (on, off) {
+        (Ok(won), Err(lost)) => (won, lost, "on"),
+        (Err(lost), Ok(won)) => (won, lost, "off"),
+        other => panic!("exactly one batch must apply: {other:?}"),
+    };
+    assert_eq!(won.flag_set_version, 3);
+    assert!(
+        matches!(&lost, StoreError::VersionConflict { what, .. } if what.starts_with("flag \"")),
+        "{lost:?}"
+    );
+    let list = store.list_flags("web").await.unwrap();
+    assert_eq!(list.flag_set_version, 3);
+    for f in &list.flags {
+        assert_eq!((f.version, &f.definition), (2, &flag(variant)), "{}", f.key);
+    }
+    // One notice for the batch's one version.
+    assert!(matches!(
+        next_notice(&mut subscription).await,
+        ChangeNotice::Changed { version: 3, .. }
+    ));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), subscription.recv())
+            .await
+            .is_err(),
+        "a second notice for one batch"
+    );
+    // 1 set + 4 creates + 4 updates.
+    assert_eq!(audit_count(&store).await, 9);
 }

@@ -17,7 +17,7 @@ use crate::connector::{self, ConnectorConfig};
 use crate::error::{CallError, ClusterError};
 use crate::forward::ForwardHandler;
 use crate::listener;
-use crate::membership::{Membership, MembershipArgs};
+use crate::membership::{Membership, MembershipArgs, NOT_DRAINING};
 use crate::node_id::NodeId;
 use crate::notice::Notice;
 use crate::peer_msg::MemberMsg;
@@ -443,6 +443,78 @@ impl Cluster {
         }
     }
 
+    /// Returns a draining `node` to service: the node (reached over the cluster if it is not this
+    /// one) stops draining, the coordinator places shards on it again, and this returns the epoch
+    /// of the first such map this node adopts. Refused with `NotDraining` when the node is not
+    /// draining, so a mistyped id cannot pass for success.
+    pub async fn undrain(&self, node: &NodeId, timeout: Duration) -> Result<u64, ClusterError> {
+        if self.inner.shut_down.load(Ordering::SeqCst) {
+            return Err(ClusterError::ShutDown);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let shared = &self.inner.shared;
+        let mut maps = shared.map.subscribe();
+        if *node == shared.me.id {
+            match self
+                .inner
+                .membership
+                .call(MemberMsg::UndrainSelf, Some(timeout))
+                .await
+            {
+                Ok(CallResult::Success(true)) => {}
+                Ok(CallResult::Success(false)) => {
+                    return Err(ClusterError::NotDraining(node.clone()));
+                }
+                _ => return Err(ClusterError::ShutDown),
+            }
+        } else {
+            let unreachable = |error| ClusterError::Unreachable {
+                node: node.clone(),
+                error,
+            };
+            let actor = self.reachable(node).map_err(|e| match e {
+                CallError::UnknownNode(n) => ClusterError::UnknownNode(n),
+                CallError::NodeDown(n) => ClusterError::NodeDown(n),
+                other => unreachable(other),
+            })?;
+            let bytes = wire::encode_request(Request::Undrain {
+                from: shared.me.id.clone(),
+            });
+            match self.request(node, &actor, bytes, timeout).await {
+                Ok(Response::Ok(_)) => {}
+                Ok(Response::Error(message)) if message == NOT_DRAINING => {
+                    return Err(ClusterError::NotDraining(node.clone()));
+                }
+                Ok(Response::Busy) => return Err(unreachable(CallError::Busy(node.clone()))),
+                Ok(Response::Error(message)) => {
+                    return Err(unreachable(CallError::Remote {
+                        node: node.clone(),
+                        message,
+                    }));
+                }
+                Err(error) => return Err(unreachable(error)),
+            }
+        }
+        loop {
+            {
+                let map = maps.borrow_and_update();
+                if map.member(node).is_some() {
+                    return Ok(map.epoch());
+                }
+            }
+            match tokio::time::timeout_at(deadline, maps.changed()).await {
+                Err(_) => {
+                    return Err(ClusterError::UndrainTimeout {
+                        node: node.clone(),
+                        timeout,
+                    });
+                }
+                Ok(Err(_)) => return Err(ClusterError::ShutDown),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
     /// Leaves the cluster cleanly: stops heartbeating, tells every connected peer this node is
     /// leaving (so they drop it at once instead of waiting for the failure timeout), and stops.
     pub async fn shutdown(self) {
@@ -584,6 +656,16 @@ mod tests {
         let map = a.shard_map().borrow().clone();
         assert!(epoch >= 1 && map.epoch() == epoch && map.owners().next().is_none());
         assert_eq!(a.status().members[0].state, MemberState::Draining);
+
+        // Undrain puts it back in a later map that owns every shard; a second undrain is refused.
+        let back = a.undrain(&id("a"), Duration::from_secs(5)).await.unwrap();
+        let map = a.shard_map().borrow().clone();
+        assert!(back > epoch && map.epoch() == back && map.owned_by(&id("a")) == 256);
+        assert_eq!(a.status().members[0].state, MemberState::Up);
+        assert!(matches!(
+            a.undrain(&id("a"), second).await,
+            Err(ClusterError::NotDraining(n)) if n == id("a")
+        ));
 
         let other_handle = a.clone();
         a.shutdown().await;

@@ -30,6 +30,10 @@ pub enum ClusterError {
     Unreachable { node: NodeId, error: CallError },
     #[error("no shard map without node {node} was adopted within {timeout:?}")]
     DrainTimeout { node: NodeId, timeout: Duration },
+    #[error("node {0} is not draining: there is nothing to undrain")]
+    NotDraining(NodeId),
+    #[error("no shard map with node {node} was adopted within {timeout:?}")]
+    UndrainTimeout { node: NodeId, timeout: Duration },
     #[error("the cluster is shut down")]
     ShutDown,
 }

@@ -26,6 +26,10 @@ use crate::wire::{self, Inbound, Request, Response};
 /// The ractor process-group scope of Bunting's membership actors.
 pub(crate) const SCOPE: &str = "bunting.cluster";
 
+/// A refused undrain's answer over the wire, which `Cluster::undrain` turns back into
+/// `ClusterError::NotDraining`.
+pub(crate) const NOT_DRAINING: &str = "not draining";
+
 pub(crate) fn group_name(id: &NodeId, incarnation: u64) -> String {
     format!("member/{id}/{incarnation}")
 }
@@ -124,6 +128,9 @@ impl Actor for Membership {
             MemberMsg::DrainSelf(reply) => {
                 state.drain(now, "a local request");
                 let _ = reply.send(());
+            }
+            MemberMsg::UndrainSelf(reply) => {
+                let _ = reply.send(state.undrain(now, "a local request"));
             }
         }
         Ok(())
@@ -306,6 +313,20 @@ impl MembershipState {
         }
     }
 
+    /// Returns to placement; false (and nothing changes) when this node was not draining.
+    fn undrain(&mut self, now: Instant, requester: &str) -> bool {
+        if !self.view.draining() {
+            return false;
+        }
+        tracing::info!("returning to service at the request of {requester}");
+        self.view.clear_draining();
+        self.after_change(now);
+        for id in read(&self.shared.peers).keys().cloned().collect::<Vec<_>>() {
+            self.heartbeat_to(&id, now);
+        }
+        true
+    }
+
     fn on_request(&mut self, bytes: &[u8], reply: RpcReplyPort<Vec<u8>>, now: Instant) {
         let request = match wire::decode_request(bytes, self.shared.max_payload) {
             Ok(request) => request,
@@ -322,6 +343,14 @@ impl MembershipState {
             Request::Drain { from } => {
                 self.drain(now, &format!("node {from}"));
                 let _ = reply.send(wire::encode_response(Response::Ok(Vec::new())));
+            }
+            Request::Undrain { from } => {
+                let response = if self.undrain(now, &format!("node {from}")) {
+                    Response::Ok(Vec::new())
+                } else {
+                    Response::Error(NOT_DRAINING.to_owned())
+                };
+                let _ = reply.send(wire::encode_response(response));
             }
             Request::Leave { from, incarnation } => {
                 if self.view.on_leave(&from, incarnation, now) {

@@ -23,6 +23,9 @@ pub(crate) enum MemberMsg {
     Tick,
     /// Mark this node draining (`Cluster::drain` of the local node). Local only.
     DrainSelf(RpcReplyPort<()>),
+    /// Stop draining (`Cluster::undrain` of the local node); answers whether it was draining.
+    /// Local only.
+    UndrainSelf(RpcReplyPort<bool>),
 }
 
 impl std::fmt::Debug for MemberMsg {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for MemberMsg {
             MemberMsg::Request(b, _) => write!(f, "Request({} bytes)", b.len()),
             MemberMsg::Tick => f.write_str("Tick"),
             MemberMsg::DrainSelf(_) => f.write_str("DrainSelf"),
+            MemberMsg::UndrainSelf(_) => f.write_str("UndrainSelf"),
         }
     }
 }
@@ -54,7 +58,9 @@ impl ractor::Message for MemberMsg {
                 reply,
                 metadata: None,
             }),
-            MemberMsg::Tick | MemberMsg::DrainSelf(_) => Err(BoxedDowncastErr),
+            MemberMsg::Tick | MemberMsg::DrainSelf(_) | MemberMsg::UndrainSelf(_) => {
+                Err(BoxedDowncastErr)
+            }
         }
     }
 

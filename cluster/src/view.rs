@@ -229,6 +229,11 @@ impl View {
         self.draining = true;
     }
 
+    /// Back in placement from the next map on.
+    pub(crate) fn clear_draining(&mut self) {
+        self.draining = false;
+    }
+
     /// The smallest id among this node and the members it hears from.
     pub(crate) fn coordinator(&self, now: Instant) -> &NodeId {
         self.members

@@ -161,7 +161,7 @@ pub(crate) struct FlagSetChangedWire {
 pub(crate) struct RequestWire {
     #[prost(string, tag = "1")]
     pub from: String,
-    #[prost(oneof = "request_wire::Kind", tags = "2, 3, 4")]
+    #[prost(oneof = "request_wire::Kind", tags = "2, 3, 4, 5")]
     pub kind: Option<request_wire::Kind>,
 }
 
@@ -174,11 +174,16 @@ pub(crate) mod request_wire {
         Drain(super::DrainWire),
         #[prost(message, tag = "4")]
         Leave(super::LeaveWire),
+        #[prost(message, tag = "5")]
+        Undrain(super::UndrainWire),
     }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct DrainWire {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct UndrainWire {}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct LeaveWire {
@@ -235,6 +240,7 @@ pub(crate) enum Inbound {
 pub(crate) enum Request {
     Forward { from: NodeId, payload: Vec<u8> },
     Drain { from: NodeId },
+    Undrain { from: NodeId },
     Leave { from: NodeId, incarnation: u64 },
 }
 
@@ -287,6 +293,7 @@ pub(crate) fn encode_request(request: Request) -> Vec<u8> {
     let (from, kind) = match request {
         Request::Forward { from, payload } => (from, request_wire::Kind::Forward(payload)),
         Request::Drain { from } => (from, request_wire::Kind::Drain(DrainWire {})),
+        Request::Undrain { from } => (from, request_wire::Kind::Undrain(UndrainWire {})),
         Request::Leave { from, incarnation } => {
             (from, request_wire::Kind::Leave(LeaveWire { incarnation }))
         }
@@ -446,6 +453,7 @@ pub(crate) fn decode_request(bytes: &[u8], max_payload: usize) -> Result<Request
             Ok(Request::Forward { from, payload })
         }
         request_wire::Kind::Drain(DrainWire {}) => Ok(Request::Drain { from }),
+        request_wire::Kind::Undrain(UndrainWire {}) => Ok(Request::Undrain { from }),
         request_wire::Kind::Leave(leave) => Ok(Request::Leave {
             from,
             incarnation: leave.incarnation,

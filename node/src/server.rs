@@ -310,7 +310,6 @@ async fn finish_bind(
         experiments_start,
         tier,
     } = sources;
-    let services = shard_services(&config, tier.clone()).await?;
     // After the flag store: on PostgreSQL, its migrations have created the token table.
     let auth = auth::start(&config).await?;
     let actors = ActorRuntime::start(config.actor_threads)
@@ -321,12 +320,6 @@ async fn finish_bind(
         owns_all_at_start: config.cluster.is_none(),
         ..NodeConfig::default()
     };
-    let node = Arc::new(
-        actors
-            .run(Node::start_with(node_config, catalog, services))
-            .await
-            .map_err(|e| ServerError::Config(format!("the actor tree failed to start: {e}")))??,
-    );
     let listen = |addr: SocketAddr| async move {
         let listener = TcpListener::bind(addr)
             .await
@@ -346,6 +339,15 @@ async fn finish_bind(
         Some(addr) => Some(listen(addr).await?),
         None => None,
     };
+    // Last of what can refuse a start: the ports are bound and the flags loaded, so a node that
+    // does not start leaves no data directory behind.
+    let services = shard_services(&config, tier.clone()).await?;
+    let node = Arc::new(
+        actors
+            .run(Node::start_with(node_config, catalog, services))
+            .await
+            .map_err(|e| ServerError::Config(format!("the actor tree failed to start: {e}")))??,
+    );
     let gate = Gate::new(Limits {
         max_concurrent_requests: config.max_concurrent_requests,
         max_streams: config.max_streams.get(),

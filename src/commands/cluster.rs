@@ -1,10 +1,11 @@
-//! `bunting cluster status|drain`: the ClusterAdmin RPCs of any node, printed for operators.
+//! `bunting cluster status|drain|undrain`: the ClusterAdmin RPCs of any node, printed for
+//! operators.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use bunting_proto::bunting::v1::cluster_admin_client::ClusterAdminClient;
-use bunting_proto::bunting::v1::{ClusterStatusRequest, DrainRequest, NodeState};
+use bunting_proto::bunting::v1::{ClusterStatusRequest, DrainRequest, NodeState, UndrainRequest};
 
 use crate::cli::ClusterAction;
 use crate::error::CliError;
@@ -19,12 +20,37 @@ pub fn run(node: &str, action: ClusterAction) -> Result<ExitCode, CliError> {
         let rpc_error = |status: tonic::Status| super::rpc_error(node, &status);
         let mut out = std::io::stdout().lock();
         match action {
-            ClusterAction::Status => {
+            ClusterAction::Status { json } => {
                 let status = client
                     .status(ClusterStatusRequest {})
                     .await
                     .map_err(rpc_error)?
                     .into_inner();
+                if json {
+                    let members: Vec<serde_json::Value> = status
+                        .members
+                        .iter()
+                        .map(|m| {
+                            serde_json::json!({
+                                "id": m.id,
+                                "state": state_name(m.state),
+                                "shards": m.shards_owned,
+                                "lastHeardMs": m.last_heard_ms,
+                                "grpcAddr": m.grpc_addr,
+                                "clusterAddr": m.cluster_addr,
+                            })
+                        })
+                        .collect();
+                    let answer = serde_json::json!({
+                        "epoch": status.epoch,
+                        "coordinator": status.coordinator,
+                        "shardCount": status.shard_count,
+                        "answeredBy": status.answered_by,
+                        "members": members,
+                    });
+                    writeln!(out, "{answer:#}")?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 writeln!(
                     out,
                     "epoch {}  coordinator {}  shards {}  (answered by {})",
@@ -60,6 +86,20 @@ pub fn run(node: &str, action: ClusterAction) -> Result<ExitCode, CliError> {
                     out,
                     "drained {node_id}: the cluster serves epoch {} without it; it can be stopped",
                     drained.epoch
+                )?;
+            }
+            ClusterAction::Undrain { node_id } => {
+                let back = client
+                    .undrain(UndrainRequest {
+                        node_id: node_id.clone(),
+                    })
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                writeln!(
+                    out,
+                    "undrained {node_id}: the cluster serves epoch {} with shards on it again",
+                    back.epoch
                 )?;
             }
         }

@@ -85,14 +85,15 @@ pub fn run(node: &str, action: ExperimentAction) -> Result<ExitCode, CliError> {
                     .into_inner();
                 let e = created.experiment.unwrap_or_default();
                 format!(
-                    "created experiment {} on {}/{} (draft), arms {} ({}), analysis: {}; start it with `bunting experiment start {}`\n",
+                    "created experiment {} on {}/{} (draft), arms {} ({}), analysis: {}; start it with `bunting experiment start {}{}`\n",
                     e.id,
                     e.flag_set_id,
                     e.flag_key,
                     e.arms.join(", "),
                     split_text(&e),
                     analysis_text(e.analysis.as_ref()),
-                    e.id
+                    e.id,
+                    node_arg(node)
                 )
             }
             ExperimentAction::Start { id, actor } => {
@@ -305,6 +306,16 @@ fn analysis_text(settings: Option<&pb::AnalysisSettings>) -> String {
         });
     }
     parts.join(", ")
+}
+
+/// ` --node NODE` for a suggested command, so it reaches the node this one did; empty for the
+/// default node, and for an address with credentials in it, which is not printed.
+fn node_arg(node: &str) -> String {
+    if node == "127.0.0.1:8013" || node.contains('@') {
+        String::new()
+    } else {
+        format!(" --node {node}")
+    }
 }
 
 /// "even split" or "split control 90 / treatment 10", in arm order.

@@ -1,15 +1,15 @@
 //! `bunting flags push FILE --set ID`: make a PostgreSQL-backed cluster's flag set match a flagd
 //! flag file, through any node's `bunting.v1.Admin` API. Flags are created, updated (each with the
 //! version it was read at, so a concurrent edit is refused rather than overwritten) or, with
-//! `--prune`, deleted; identical ones are left alone. The file is checked locally first, and the
-//! node validates every write again.
+//! `--prune`, deleted; identical ones are left alone. All of it is one `ApplyFlagChanges` batch:
+//! one transaction and one new version of the set, refused whole if any write is. The file is
+//! checked locally first, and the node validates every write again.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use bunting_node::auth::client::AuthChannel as Channel;
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
 use serde_json::{Map, Value};
@@ -43,82 +43,52 @@ pub fn push(args: &Push<'_>) -> Result<ExitCode, CliError> {
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
         let mut admin = AdminClient::new(super::connect(args.node).await?);
-        let rpc = |status: tonic::Status| super::rpc_error(args.node, &status);
-        ensure_set(&mut admin, args, &document).await.map_err(rpc)?;
-        let existing: BTreeMap<String, pb::Flag> = admin
+        let rpc = |status: tonic::Status| {
+            super::admin_client::rpc_error(args.node, &status, args.set)
+        };
+        let existing = match admin
             .list_flags(pb::ListFlagsRequest {
                 flag_set_id: args.set.to_owned(),
             })
             .await
-            .map_err(rpc)?
-            .into_inner()
-            .flags
-            .into_iter()
-            .map(|f| (f.key.clone(), f))
+        {
+            Ok(list) => Some(list.into_inner()),
+            Err(status) if status.code() == Code::NotFound => None,
+            Err(status) => return Err(rpc(status)),
+        };
+        let current: BTreeMap<String, pb::Flag> = existing
+            .iter()
+            .flat_map(|list| list.flags.iter())
+            .map(|f| (f.key.clone(), f.clone()))
             .collect();
-        let mut summary = Summary::default();
-        for (key, definition) in flags {
-            match existing.get(key) {
-                Some(current) if same_definition(&current.definition, definition) => {
-                    summary.unchanged += 1;
-                }
-                Some(current) => {
-                    admin
-                        .update_flag(pb::UpdateFlagRequest {
-                            flag_set_id: args.set.to_owned(),
-                            key: key.clone(),
-                            definition: definition.to_string(),
-                            expected_version: current.version,
-                            actor: args.actor.to_owned(),
-                        })
-                        .await
-                        .map_err(|s| super::rpc_error(args.node, &s.with_context(key)))?;
-                    summary.updated += 1;
-                }
-                None => {
-                    admin
-                        .create_flag(pb::CreateFlagRequest {
-                            flag_set_id: args.set.to_owned(),
-                            key: key.clone(),
-                            definition: definition.to_string(),
-                            expected_flag_set_version: 0,
-                            actor: args.actor.to_owned(),
-                        })
-                        .await
-                        .map_err(|s| super::rpc_error(args.node, &s.with_context(key)))?;
-                    summary.created += 1;
-                }
-            }
-        }
-        for (key, current) in &existing {
-            if flags.contains_key(key) {
-                continue;
-            }
-            if args.prune {
-                admin
-                    .delete_flag(pb::DeleteFlagRequest {
-                        flag_set_id: args.set.to_owned(),
-                        key: key.clone(),
-                        expected_version: current.version,
-                        actor: args.actor.to_owned(),
-                    })
-                    .await
-                    .map_err(|s| super::rpc_error(args.node, &s.with_context(key)))?;
-                summary.deleted += 1;
-            } else {
-                summary.kept.push(key.clone());
-            }
-        }
-        let version = admin
-            .get_flag_set(pb::GetFlagSetRequest {
-                id: args.set.to_owned(),
-            })
-            .await
-            .map_err(rpc)?
-            .into_inner()
-            .flag_set
-            .map_or(0, |s| s.version);
+        let (changes, summary) = plan(flags, &current, args.prune);
         let mut out = std::io::stdout().lock();
+        let version = if changes.is_empty() && existing.is_some() {
+            existing.as_ref().map_or(0, |l| l.flag_set_version)
+        } else {
+            // The whole file is one write: one transaction, one new version of the set, so no
+            // node ever serves half of it; a missing set is created in the same write.
+            let structure = |key: &str| {
+                document
+                    .get(key)
+                    .and_then(Value::as_object)
+                    .and_then(|m| bunting_proto::json::json_to_struct(m).ok())
+            };
+            admin
+                .apply_flag_changes(pb::ApplyFlagChangesRequest {
+                    flag_set_id: args.set.to_owned(),
+                    changes,
+                    expected_flag_set_version: 0,
+                    create_flag_set: existing.is_none(),
+                    metadata: structure("metadata"),
+                    evaluators: structure("$evaluators"),
+                    actor: args.actor.to_owned(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .flag_set_version
+        };
         writeln!(
             out,
             "flag set {}: {} created, {} updated, {} unchanged, {} deleted; now at version {version}",
@@ -136,13 +106,64 @@ pub fn push(args: &Push<'_>) -> Result<ExitCode, CliError> {
     })
 }
 
+/// The writes that make the set's flags `wanted`: creates, updates (each against the version it
+/// was read at) and, with `prune`, deletes; identical flags are left alone.
+pub(super) fn plan(
+    wanted: &Map<String, Value>,
+    current: &BTreeMap<String, pb::Flag>,
+    prune: bool,
+) -> (Vec<pb::FlagChange>, Summary) {
+    let mut summary = Summary::default();
+    let mut changes = Vec::new();
+    for (key, definition) in wanted {
+        match current.get(key) {
+            Some(flag) if same_definition(&flag.definition, definition) => summary.unchanged += 1,
+            Some(flag) => {
+                changes.push(pb::FlagChange {
+                    kind: pb::FlagChangeKind::Update.into(),
+                    key: key.clone(),
+                    definition: definition.to_string(),
+                    expected_version: flag.version,
+                });
+                summary.updated += 1;
+            }
+            None => {
+                changes.push(pb::FlagChange {
+                    kind: pb::FlagChangeKind::Create.into(),
+                    key: key.clone(),
+                    definition: definition.to_string(),
+                    expected_version: 0,
+                });
+                summary.created += 1;
+            }
+        }
+    }
+    for (key, flag) in current {
+        if wanted.contains_key(key) {
+            continue;
+        }
+        if prune {
+            changes.push(pb::FlagChange {
+                kind: pb::FlagChangeKind::Delete.into(),
+                key: key.clone(),
+                definition: String::new(),
+                expected_version: flag.version,
+            });
+            summary.deleted += 1;
+        } else {
+            summary.kept.push(key.clone());
+        }
+    }
+    (changes, summary)
+}
+
 #[derive(Debug, Default)]
-struct Summary {
-    created: usize,
-    updated: usize,
-    unchanged: usize,
-    deleted: usize,
-    kept: Vec<String>,
+pub(super) struct Summary {
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub deleted: usize,
+    pub kept: Vec<String>,
 }
 
 /// The file as JSON, refused before anything is sent if the engine reports an error in it.
@@ -175,55 +196,10 @@ fn read_document(path: &Path) -> Result<Map<String, Value>, CliError> {
     }
 }
 
-/// Creates the set (with the file's metadata and `$evaluators`) when the node has none by that id.
-async fn ensure_set(
-    admin: &mut AdminClient<Channel>,
-    args: &Push<'_>,
-    document: &Map<String, Value>,
-) -> Result<(), tonic::Status> {
-    let exists = admin
-        .get_flag_set(pb::GetFlagSetRequest {
-            id: args.set.to_owned(),
-        })
-        .await;
-    match exists {
-        Ok(_) => Ok(()),
-        Err(status) if status.code() == Code::NotFound => {
-            let structure = |key: &str| {
-                document
-                    .get(key)
-                    .and_then(Value::as_object)
-                    .and_then(|m| bunting_proto::json::json_to_struct(m).ok())
-            };
-            admin
-                .create_flag_set(pb::CreateFlagSetRequest {
-                    id: args.set.to_owned(),
-                    metadata: structure("metadata"),
-                    evaluators: structure("$evaluators"),
-                    actor: args.actor.to_owned(),
-                })
-                .await
-                .map(|_| ())
-        }
-        Err(status) => Err(status),
-    }
-}
-
 /// Whether the stored definition (JSON text) is the file's, compared as JSON values so key order
 /// and whitespace do not count as changes.
 fn same_definition(stored: &str, wanted: &Value) -> bool {
     serde_json::from_str::<Value>(stored).is_ok_and(|s| &s == wanted)
-}
-
-trait WithContext {
-    fn with_context(self, key: &str) -> tonic::Status;
-}
-
-impl WithContext for tonic::Status {
-    /// Names the flag a refused write was for.
-    fn with_context(self, key: &str) -> tonic::Status {
-        tonic::Status::new(self.code(), format!("flag {key}: {}", self.message()))
-    }
 }
 
 #[cfg(test)]

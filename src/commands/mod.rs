@@ -2,18 +2,22 @@
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, FlagsAction};
 use bunting_node::auth::client::{AuthChannel, Bearer};
 use bunting_stores::secret_url::RedactedUrl;
 
 use crate::error::CliError;
 
+mod admin_client;
+mod audit;
 mod bench;
 mod cluster;
 mod eval;
 mod experiment;
 mod flags;
+mod flags_read;
 mod resolve;
+mod rollback;
 mod serve;
 mod tokens;
 mod validate;
@@ -82,7 +86,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             port,
             metrics_port,
             http_port,
-        } => serve::run(config.as_deref(), flags, port, metrics_port, http_port),
+            broken_flags,
+        } => serve::run(
+            config.as_deref(),
+            serve::Overrides {
+                flags,
+                port,
+                metrics_port,
+                http_port,
+                broken_flags,
+            },
+        ),
         Command::Eval {
             flags,
             flag,
@@ -103,21 +117,90 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             flag,
             context,
         } => resolve::run(&node, flag.as_deref(), &context),
-        Command::Flags {
-            action:
-                crate::cli::FlagsAction::Push {
-                    file,
-                    set,
-                    node,
-                    actor,
-                    prune,
-                },
+        Command::Flags { action } => flags_command(action),
+        Command::Audit {
+            node,
+            set,
+            limit,
+            before,
+            all,
+            json,
+        } => audit::run(&audit::Query {
+            again: match &set {
+                Some(set) => format!("bunting audit --set {set} --limit {limit}"),
+                None => format!("bunting audit --limit {limit}"),
+            },
+            node: &node,
+            set: set.as_deref(),
+            key: None,
+            limit,
+            before,
+            all,
+            json,
+        }),
+    }
+}
+
+fn flags_command(action: FlagsAction) -> Result<ExitCode, CliError> {
+    match action {
+        FlagsAction::Push {
+            file,
+            set,
+            node,
+            actor,
+            prune,
         } => flags::push(&flags::Push {
             file: &file,
             set: &set,
             node: &node,
             actor: &actor,
             prune,
+        }),
+        FlagsAction::List { set, node, json } => flags_read::list(&node, set.as_deref(), json),
+        FlagsAction::Get {
+            key,
+            set,
+            node,
+            json,
+        } => flags_read::get(&node, &set, &key, json),
+        FlagsAction::Delete {
+            key,
+            set,
+            node,
+            actor,
+        } => flags_read::delete(&node, &set, &key, &actor),
+        FlagsAction::History {
+            key,
+            set,
+            node,
+            limit,
+            before,
+            json,
+        } => audit::run(&audit::Query {
+            again: match &key {
+                Some(key) => format!("bunting flags history {key} --set {set} --limit {limit}"),
+                None => format!("bunting flags history --set {set} --limit {limit}"),
+            },
+            node: &node,
+            set: Some(&set),
+            key: key.as_deref(),
+            limit,
+            before,
+            all: false,
+            json,
+        }),
+        FlagsAction::Rollback {
+            set,
+            to_version,
+            node,
+            actor,
+            dry_run,
+        } => rollback::run(&rollback::Rollback {
+            node: &node,
+            set: &set,
+            to_version,
+            actor: &actor,
+            dry_run,
         }),
     }
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use bunting_client::{Client, ClientConfig, EvaluationContext, FlagValue};
+use bunting_client::{Client, ClientConfig, ClientError, EvaluationContext, FlagValue};
 use serde_json::{Map, Value, json};
 
 use crate::error::CliError;
@@ -51,36 +51,82 @@ pub fn run(node: &str, flag: Option<&str>, context: &str) -> Result<ExitCode, Cl
                 }),
             );
         }
-        let missing = flag.is_some_and(|f| !flags.contains_key(f));
-        let answer = json!({
-            "owner": owner,
-            "epoch": client.topology().epoch,
-            "flags": flags,
-        });
+        // A flag ResolveAll left out is unknown or failed; one typed resolution says which, with
+        // flagd's error code, instead of an answer of no flags and no reason.
+        let error = match flag {
+            Some(key) if !flags.contains_key(key) => {
+                let (code, message) = match client.resolve_boolean(key, &context).await {
+                    Err(ClientError::FlagNotFound { message, .. }) => ("FLAG_NOT_FOUND", message),
+                    Err(ClientError::ParseError { message, .. }) => ("PARSE_ERROR", message),
+                    Err(e) => ("GENERAL", e.to_string()),
+                    Ok(_) => ("GENERAL", "left out of the bulk answer".to_owned()),
+                };
+                Some((key, code, message))
+            }
+            _ => None,
+        };
+        let mut answer = Map::new();
+        // Only a targeting key has an owner; without one, any node answers.
+        if let Some(owner) = owner {
+            answer.insert("owner".into(), Value::String(owner));
+        }
+        answer.insert("epoch".into(), json!(client.topology().epoch));
+        answer.insert("flags".into(), Value::Object(flags));
+        if let Some((key, code, message)) = &error {
+            answer.insert(
+                "error".into(),
+                json!({"flag": key, "errorCode": code, "errorMessage": message}),
+            );
+        }
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&answer).unwrap_or_default()
+            serde_json::to_string_pretty(&Value::Object(answer)).unwrap_or_default()
         )?;
-        if missing {
-            writeln!(
-                std::io::stderr(),
-                "flag {:?} is not in the answer (unknown, or it failed to resolve)",
-                flag.unwrap_or_default()
-            )?;
+        if let Some((key, code, message)) = error {
+            let hint = if code == "FLAG_NOT_FOUND" {
+                "; `bunting resolve` without --flag lists the flags the node serves"
+            } else {
+                ""
+            };
+            writeln!(std::io::stderr(), "flag {key:?}: {code}: {message}{hint}")?;
             return Ok(ExitCode::from(1));
         }
         Ok(ExitCode::SUCCESS)
     })
 }
 
+/// A value as JSON. ResolveAll carries numbers as doubles (a protobuf Struct), so an integral one
+/// is printed as an integer, as `bunting eval` prints an integer flag (`25`, not `25.0`).
 fn flag_value(value: FlagValue) -> Value {
     match value {
         FlagValue::Bool(b) => Value::Bool(b),
         FlagValue::String(s) => Value::String(s),
         FlagValue::Int(i) => Value::from(i),
+        FlagValue::Float(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+            // Below 2^53 every integral double is exactly an i64.
+            Value::from(f as i64)
+        }
         FlagValue::Float(f) => Value::from(f),
         FlagValue::Object(m) => Value::Object(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integral_numbers_print_as_integers() {
+        for (value, printed) in [
+            (FlagValue::Float(25.0), "25"),
+            (FlagValue::Float(-3.0), "-3"),
+            (FlagValue::Float(0.5), "0.5"),
+            (FlagValue::Float(1e300), "1e+300"),
+            (FlagValue::Int(7), "7"),
+        ] {
+            assert_eq!(flag_value(value).to_string(), printed);
+        }
     }
 }

@@ -1,27 +1,42 @@
 //! `bunting serve`: run one node until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bunting_node::config::{Config, FlagSourceConfig};
+use bunting_stores::file::BrokenFlags;
 use tracing_subscriber::EnvFilter;
 
+use crate::cli::BrokenFlagsArg;
 use crate::error::CliError;
 
 /// Where `bunting serve` without `--config` keeps per-user experiment state and statistics.
 const EMBEDDED_DATA_DIR: &str = "bunting-data";
 
-pub fn run(
-    config: Option<&Path>,
-    flags: Option<PathBuf>,
-    port: Option<u16>,
-    metrics_port: Option<u16>,
-    http_port: Option<u16>,
-) -> Result<ExitCode, CliError> {
+/// What the command line says over the config.
+#[derive(Debug)]
+pub struct Overrides {
+    pub flags: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub metrics_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub broken_flags: Option<BrokenFlagsArg>,
+}
+
+pub fn run(config: Option<&Path>, overrides: Overrides) -> Result<ExitCode, CliError> {
+    let Overrides {
+        flags,
+        port,
+        metrics_port,
+        http_port,
+        broken_flags: broken_flags_arg,
+    } = overrides;
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(colour_logs())
         .init();
     let mut config = match config {
         Some(path) => Config::load(path)?,
@@ -45,6 +60,23 @@ pub fn run(
             broken_flags,
         };
     }
+    if let Some(arg) = broken_flags_arg {
+        match &mut config.flags {
+            FlagSourceConfig::File { broken_flags, .. } => {
+                *broken_flags = match arg {
+                    BrokenFlagsArg::Refuse => BrokenFlags::Refuse,
+                    BrokenFlagsArg::Serve => BrokenFlags::Serve,
+                };
+            }
+            FlagSourceConfig::Postgres { .. } => {
+                return Err(CliError::Usage(
+                    "--broken-flags applies to a flag file; this config serves flags from \
+                     PostgreSQL, which refuses a broken flag when it is written"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
     if let Some(port) = port {
         config.grpc_addr.set_port(port);
     }
@@ -60,6 +92,12 @@ pub fn run(
         .map_err(CliError::Runtime)?;
     runtime.block_on(bunting_node::server::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Colour codes only for a person at a terminal: a log written to a file or a pipe stays plain
+/// text (issue 13), and `NO_COLOR` (no-color.org) turns them off anywhere.
+fn colour_logs() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM, whichever comes first.

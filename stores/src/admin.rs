@@ -265,6 +265,59 @@ pub(crate) fn list(problems: &[Diagnostic]) -> String {
         .replace('\n', "; ")
 }
 
+/// One write of a batch ([`AdminStore::apply_flag_changes`]). Updates and deletes carry the flag
+/// version they were computed from, as single writes do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlagChange {
+    Create {
+        key: String,
+        definition: Value,
+    },
+    Update {
+        key: String,
+        definition: Value,
+        expected_version: i64,
+    },
+    Delete {
+        key: String,
+        expected_version: i64,
+    },
+}
+
+impl FlagChange {
+    pub fn key(&self) -> &str {
+        match self {
+            FlagChange::Create { key, .. }
+            | FlagChange::Update { key, .. }
+            | FlagChange::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// Writes to one set applied together: one transaction, one new version of the set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlagBatch {
+    /// In order; each key at most once.
+    pub changes: Vec<FlagChange>,
+    /// When given, the batch applies only if the set is still at this version.
+    pub expected_flag_set_version: Option<i64>,
+    /// When given and the set does not exist, it is created with these fields in the same
+    /// transaction and version as the flags.
+    pub create_flag_set: Option<FlagSetFields>,
+}
+
+/// What an applied batch did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchOutcome {
+    /// The set's one new version.
+    pub flag_set_version: i64,
+    /// The flags created or updated, in the batch's order.
+    pub written: Vec<FlagRecord>,
+    /// The keys deleted, in the batch's order.
+    pub deleted: Vec<String>,
+    pub created_flag_set: bool,
+}
+
 /// The admin API's view of the flag store: CRUD on sets and flags with optimistic concurrency,
 /// the audit log, whole-set snapshots and change notices.
 ///
@@ -331,6 +384,16 @@ pub trait AdminStore: Send + Sync + fmt::Debug {
         expected_version: i64,
         actor: &str,
     ) -> Result<i64, StoreError>;
+
+    /// Applies `batch` to the set as one write: every change is checked (existence, expected
+    /// versions) and every written flag compiled before anything is written; any refusal refuses
+    /// the whole batch. The set gets one new version and each changed flag one audit entry at it.
+    async fn apply_flag_changes(
+        &self,
+        flag_set: &str,
+        batch: FlagBatch,
+        actor: &str,
+    ) -> Result<BatchOutcome, StoreError>;
 
     async fn get_flag(&self, flag_set: &str, key: &str) -> Result<FlagRecord, StoreError>;
 

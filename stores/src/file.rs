@@ -39,11 +39,25 @@ pub enum FileSourceError {
         path: PathBuf,
         source: DefinitionError,
     },
-    #[error("flag file {path} has {} problem(s): {}", problems.len(), super::list(problems))]
+    #[error(
+        "flag file {path} has {} error(s) that stop flags being served as written (broken_flags = \
+         \"refuse\"; `bunting serve --broken-flags serve`, or [flags] broken_flags = \"serve\", \
+         serves the rest, each broken flag answering PARSE_ERROR as flagd does): {}",
+        errors(problems),
+        super::list(problems)
+    )]
     Invalid {
         path: PathBuf,
         problems: Vec<Diagnostic>,
     },
+}
+
+/// The problems that refuse a file: errors, not the warnings listed beside them.
+fn errors(problems: &[Diagnostic]) -> usize {
+    problems
+        .iter()
+        .filter(|p| p.severity == bunting_engine::Severity::Error)
+        .count()
 }
 
 /// What a file source does with a flag it cannot compile (a `Severity::Error` diagnostic).

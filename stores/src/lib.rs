@@ -11,6 +11,7 @@
 //! only through these traits.
 
 mod admin;
+mod batch;
 pub mod breaker;
 mod document;
 pub mod experiments;

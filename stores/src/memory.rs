@@ -16,10 +16,12 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use crate::admin::{check_version, flag_name, set_name};
+use crate::batch;
 use crate::document::{self, check_name};
 use crate::{
-    AdminStore, AuditAction, AuditEntry, ChangeNotice, FlagList, FlagRecord, FlagSetFields,
-    FlagSetRecord, FlagSetSnapshot, MAX_AUDIT_PAGE, StoreError, Subscription,
+    AdminStore, AuditAction, AuditEntry, BatchOutcome, ChangeNotice, FlagBatch, FlagChange,
+    FlagList, FlagRecord, FlagSetFields, FlagSetRecord, FlagSetSnapshot, MAX_AUDIT_PAGE,
+    StoreError, Subscription,
 };
 
 /// Notices that may wait for one slow subscriber. Beyond it the subscriber misses notices and is
@@ -168,6 +170,12 @@ impl State {
 
     /// The audit entry and the notice every write ends with.
     fn committed(&mut self, change: Change<'_>) {
+        let notice = self.audit(change);
+        self.notify(&notice);
+    }
+
+    /// Appends `change` to the audit log; returns the notice it makes.
+    fn audit(&mut self, change: Change<'_>) -> ChangeNotice {
         let id = i64::try_from(self.audit.len()).unwrap_or(i64::MAX - 1) + 1;
         self.audit.push(AuditEntry {
             id,
@@ -192,7 +200,56 @@ impl State {
                 at: change.at,
             },
         };
-        self.notify(&notice);
+        notice
+    }
+
+    /// A new set at version 1, or a deleted one brought back one version past its deletion,
+    /// audited; returns its notice for the caller to send once its write is complete.
+    fn create_set(
+        &mut self,
+        id: &str,
+        fields: FlagSetFields,
+        actor: &str,
+        compile: &CompileOptions,
+    ) -> Result<(FlagSetRecord, ChangeNotice), StoreError> {
+        check_name("id", id)?;
+        let doc = document::build(&fields.metadata, &fields.evaluators, []);
+        document::validate(&doc, compile)?;
+        let at = Utc::now();
+        let version = match self.sets.get(id) {
+            Some(set) if !set.deleted => {
+                return Err(StoreError::AlreadyExists { what: set_name(id) });
+            }
+            Some(tombstone) => tombstone.version + 1,
+            None => 1,
+        };
+        let flags = self
+            .sets
+            .remove(id)
+            .map(|tombstone| tombstone.flags)
+            .unwrap_or_default();
+        let set = Set {
+            version,
+            metadata: fields.metadata,
+            evaluators: fields.evaluators,
+            created_at: at,
+            updated_at: at,
+            deleted: false,
+            flags,
+        };
+        let record = set.record(id);
+        self.sets.insert(id.to_owned(), set);
+        let notice = self.audit(Change {
+            flag_set: id,
+            flag_key: None,
+            action: AuditAction::Create,
+            actor,
+            before: None,
+            after: Some(document::fields_json(&record.metadata, &record.evaluators)),
+            version,
+            at,
+        });
+        Ok((record, notice))
     }
 
     fn notify(&mut self, notice: &ChangeNotice) {
@@ -236,45 +293,9 @@ impl AdminStore for MemoryAdminStore {
         fields: FlagSetFields,
         actor: &str,
     ) -> Result<FlagSetRecord, StoreError> {
-        check_name("id", id)?;
-        let doc = document::build(&fields.metadata, &fields.evaluators, []);
-        document::validate(&doc, &self.compile)?;
         let mut state = self.state();
-        let at = Utc::now();
-        // A deleted set's tombstone is brought back one version past its deletion.
-        let version = match state.sets.get(id) {
-            Some(set) if !set.deleted => {
-                return Err(StoreError::AlreadyExists { what: set_name(id) });
-            }
-            Some(tombstone) => tombstone.version + 1,
-            None => 1,
-        };
-        let flags = state
-            .sets
-            .remove(id)
-            .map(|tombstone| tombstone.flags)
-            .unwrap_or_default();
-        let set = Set {
-            version,
-            metadata: fields.metadata,
-            evaluators: fields.evaluators,
-            created_at: at,
-            updated_at: at,
-            deleted: false,
-            flags,
-        };
-        let record = set.record(id);
-        state.sets.insert(id.to_owned(), set);
-        state.committed(Change {
-            flag_set: id,
-            flag_key: None,
-            action: AuditAction::Create,
-            actor,
-            before: None,
-            after: Some(document::fields_json(&record.metadata, &record.evaluators)),
-            version,
-            at,
-        });
+        let (record, notice) = state.create_set(id, fields, actor, &self.compile)?;
+        state.notify(&notice);
         Ok(record)
     }
 
@@ -493,6 +514,154 @@ impl AdminStore for MemoryAdminStore {
             at,
         });
         Ok(version)
+    }
+
+    async fn apply_flag_changes(
+        &self,
+        flag_set: &str,
+        batch: FlagBatch,
+        actor: &str,
+    ) -> Result<BatchOutcome, StoreError> {
+        batch::check_keys(&batch.changes)?;
+        let mut state = self.state();
+        let exists = state.live_set(flag_set).is_ok();
+        // Every check before the first change, so a refused batch leaves nothing behind: the
+        // set's own creation included.
+        let (expected_actual, created_fields) = match (exists, batch.create_flag_set) {
+            (true, _) => (state.live_set(flag_set)?.version, None),
+            (false, Some(fields)) => (0, Some(fields)),
+            (false, None) => {
+                return Err(StoreError::NotFound {
+                    what: set_name(flag_set),
+                });
+            }
+        };
+        if let Some(expected) = batch.expected_flag_set_version {
+            // A set this batch creates had no version the caller could have read.
+            check_version(set_name(flag_set), expected, expected_actual)?;
+        }
+        let (metadata, evaluators, live) = match (&created_fields, state.live_set(flag_set)) {
+            (Some(fields), _) => (fields.metadata.clone(), fields.evaluators.clone(), 0),
+            (None, Ok(set)) => {
+                batch::check_changes(flag_set, &batch.changes, |key| {
+                    set.live_flag(flag_set, key).ok().map(|flag| flag.version)
+                })?;
+                let live = i64::try_from(set.live_flags().count()).unwrap_or(i64::MAX);
+                (set.metadata.clone(), set.evaluators.clone(), live)
+            }
+            (None, Err(e)) => return Err(e),
+        };
+        if created_fields.is_some() {
+            batch::check_changes(flag_set, &batch.changes, |_| None)?;
+            check_name("id", flag_set)?;
+            let doc = document::build(&metadata, &evaluators, []);
+            document::validate(&doc, &self.compile)?;
+        }
+        batch::check_flag_count(
+            flag_set,
+            live,
+            &batch.changes,
+            self.compile.limits.max_flags,
+        )?;
+        batch::check_written(&metadata, &evaluators, &batch.changes, &self.compile)?;
+
+        // Checked: now write. One version for the whole batch; a set created here already has
+        // its first.
+        let created_flag_set = created_fields.is_some();
+        if let Some(fields) = created_fields {
+            state.create_set(flag_set, fields, actor, &self.compile)?;
+        }
+        let set = state.live_set_mut(flag_set)?;
+        let at = Utc::now();
+        let version = if created_flag_set {
+            set.version
+        } else {
+            set.bump(at)
+        };
+        let mut outcome = BatchOutcome {
+            flag_set_version: version,
+            written: Vec::new(),
+            deleted: Vec::new(),
+            created_flag_set,
+        };
+        let mut changes = Vec::with_capacity(batch.changes.len());
+        for change in batch.changes {
+            let key = change.key().to_owned();
+            let previous = set.flags.get(&key).filter(|flag| !flag.deleted);
+            let before = previous.map(|flag| flag.definition.clone());
+            let (action, after) = match change {
+                FlagChange::Create { definition, .. } | FlagChange::Update { definition, .. } => {
+                    let action = if previous.is_some() {
+                        AuditAction::Update
+                    } else {
+                        AuditAction::Create
+                    };
+                    let flag = match set.flags.get_mut(&key) {
+                        Some(flag) if !flag.deleted => {
+                            flag.definition = definition;
+                            flag.version += 1;
+                            flag.updated_at = at;
+                            flag
+                        }
+                        _ => {
+                            // A tombstone of the key comes back one version past its deletion.
+                            let version = set
+                                .flags
+                                .get(&key)
+                                .map_or(1, |tombstone| tombstone.version + 1);
+                            set.flags.insert(
+                                key.clone(),
+                                Flag {
+                                    definition,
+                                    version,
+                                    created_at: at,
+                                    updated_at: at,
+                                    deleted: false,
+                                },
+                            );
+                            set.flags
+                                .get_mut(&key)
+                                .ok_or_else(|| StoreError::NotFound {
+                                    what: flag_name(flag_set, &key),
+                                })?
+                        }
+                    };
+                    let record = flag.record(flag_set, &key, version);
+                    let after = record.definition.clone();
+                    outcome.written.push(record);
+                    (action, Some(after))
+                }
+                FlagChange::Delete { .. } => {
+                    if let Some(flag) = set.flags.get_mut(&key) {
+                        flag.deleted = true;
+                        flag.version += 1;
+                        flag.updated_at = at;
+                    }
+                    outcome.deleted.push(key.clone());
+                    (AuditAction::Delete, None)
+                }
+            };
+            changes.push((key, action, before, after));
+        }
+        for (key, action, before, after) in changes {
+            state.audit(Change {
+                flag_set,
+                flag_key: Some(&key),
+                action,
+                actor,
+                before,
+                after,
+                version,
+                at,
+            });
+        }
+        // One notice for the one new version, however many flags it changed.
+        state.notify(&ChangeNotice::Changed {
+            flag_set: flag_set.to_owned(),
+            version,
+            at,
+        });
+        Ok(outcome)
     }
 
     async fn get_flag(&self, flag_set: &str, key: &str) -> Result<FlagRecord, StoreError> {

@@ -10,6 +10,7 @@
 //! against a real server, not `query!` macros: those need a live database (DATABASE_URL) or a
 //! checked-in offline cache at build time, which CI and other developers' machines do not have.
 
+mod batch;
 mod listen;
 
 use std::time::Duration;
@@ -25,8 +26,8 @@ use sqlx::{Connection, FromRow};
 use super::admin::{check_version, flag_name, set_name};
 use super::document::{self, check_name};
 use super::{
-    AdminStore, AuditAction, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord,
-    FlagSetSnapshot, StoreError, Subscription,
+    AdminStore, AuditAction, AuditEntry, BatchOutcome, FlagBatch, FlagList, FlagRecord,
+    FlagSetFields, FlagSetRecord, FlagSetSnapshot, StoreError, Subscription,
 };
 use crate::secret_url::RedactedUrl;
 
@@ -651,6 +652,16 @@ impl AdminStore for PostgresStore {
         self.done(result).await
     }
 
+    async fn apply_flag_changes(
+        &self,
+        flag_set: &str,
+        batch: FlagBatch,
+        actor: &str,
+    ) -> Result<BatchOutcome, StoreError> {
+        let result = self.try_apply_flag_changes(flag_set, &batch, actor).await;
+        self.done(result).await
+    }
+
     async fn get_flag(&self, flag_set: &str, key: &str) -> Result<FlagRecord, StoreError> {
         let result = self.try_get_flag(flag_set, key).await;
         self.done(result).await
@@ -767,6 +778,21 @@ async fn connect_once(
 ) -> Result<PgConnection, StoreError> {
     match tokio::time::timeout(timeout, PgConnection::connect_with(options)).await {
         Ok(Ok(conn)) => Ok(conn),
+        // sqlx's text for a server error ends with the server's source line ("at line 948"),
+        // which tells a user nothing; a missing database is the one a first start meets.
+        Ok(Err(sqlx::Error::Database(db))) if db.code().as_deref() == Some("3D000") => {
+            Err(StoreError::Internal {
+                source: format!(
+                    "{} on {}:{}: create it (psql -c 'CREATE DATABASE {}') or point the \
+                     database url at one that exists",
+                    db.message(),
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or("…"),
+                )
+                .into(),
+            })
+        }
         Ok(Err(e)) if is_unavailable(&e) => Err(StoreError::Unavailable { source: e.into() }),
         Ok(Err(e)) => Err(StoreError::Internal { source: e.into() }),
         Err(_) => Err(StoreError::Unavailable {
@@ -896,6 +922,12 @@ struct Change<'a> {
 
 impl Change<'_> {
     async fn record(self, conn: &mut PgConnection) -> Result<(), Failure> {
+        self.audit(conn).await?;
+        self.notify(conn).await
+    }
+
+    /// The audit row alone: a batch writes one per flag and notifies once.
+    async fn audit(&self, conn: &mut PgConnection) -> Result<(), Failure> {
         sqlx::query(
             "INSERT INTO audit_log (flag_set_id, flag_key, action, actor, occurred_at,
                                     before_value, after_value, flag_set_version)
@@ -906,11 +938,15 @@ impl Change<'_> {
         .bind(self.action.as_str())
         .bind(self.actor)
         .bind(self.at)
-        .bind(self.before.map(Json))
-        .bind(self.after.map(Json))
+        .bind(self.before.as_ref().map(Json))
+        .bind(self.after.as_ref().map(Json))
         .bind(self.version)
         .execute(&mut *conn)
         .await?;
+        Ok(())
+    }
+
+    async fn notify(&self, conn: &mut PgConnection) -> Result<(), Failure> {
         let payload = listen::Payload {
             flag_set: self.flag_set.to_owned(),
             version: self.version,

@@ -33,7 +33,7 @@ pub async fn next_notice(subscription: &mut Subscription) -> ChangeNotice {
         .expect("the subscription ended")
 }
 
-async fn audit_count(store: &dyn AdminStore) -> usize {
+pub async fn audit_count(store: &dyn AdminStore) -> usize {
     store
         .list_audit(None, None, None, 1000)
         .await
@@ -492,4 +492,171 @@ pub async fn a_change_written_by_another_store_is_notified(
             ("default".to_owned(), 3, true),
         ]
     );
+}
+
+/// A batch (`apply_flag_changes`) is one new version of its set with an audit entry per flag; a
+/// refused batch, whichever change refuses it, writes nothing.
+pub async fn a_batch_is_one_version_and_a_refused_one_writes_nothing(store: Arc<dyn AdminStore>) {
+    use bunting_stores::{FlagBatch, FlagChange};
+    let create = |key: &str, definition: Value| FlagChange::Create {
+        key: key.into(),
+        definition,
+    };
+    let update = |key: &str, definition: Value, expected_version: i64| FlagChange::Update {
+        key: key.into(),
+        definition,
+        expected_version,
+    };
+    let delete = |key: &str, expected_version: i64| FlagChange::Delete {
+        key: key.into(),
+        expected_version,
+    };
+    let batch = |changes: Vec<FlagChange>| FlagBatch {
+        changes,
+        ..FlagBatch::default()
+    };
+    store
+        .create_flag_set("default", FlagSetFields::default(), "ada")
+        .await
+        .unwrap();
+    store
+        .create_flag("default", "banner", flag("off"), None, "ada")
+        .await
+        .unwrap();
+
+    let applied = store
+        .apply_flag_changes(
+            "default",
+            batch(vec![
+                create("a", flag("on")),
+                update("banner", flag("on"), 1),
+            ]),
+            "grace",
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.flag_set_version, 3);
+    assert_eq!(
+        applied
+            .written
+            .iter()
+            .map(|r| (r.key.as_str(), r.version, r.flag_set_version))
+            .collect::<Vec<_>>(),
+        vec![("a", 1, 3), ("banner", 2, 3)]
+    );
+    let log = store
+        .list_audit(Some("default"), None, None, 10)
+        .await
+        .unwrap();
+    let mut newest: Vec<(Option<&str>, AuditAction, i64, &str)> = log[..2]
+        .iter()
+        .map(|e| {
+            (
+                e.flag_key.as_deref(),
+                e.action,
+                e.flag_set_version,
+                e.actor.as_str(),
+            )
+        })
+        .collect();
+    newest.sort_by_key(|row| row.0);
+    assert_eq!(
+        newest,
+        vec![
+            (Some("a"), AuditAction::Create, 3, "grace"),
+            (Some("banner"), AuditAction::Update, 3, "grace"),
+        ]
+    );
+
+    let before = store.snapshot("default").await.unwrap();
+    let audited = audit_count(store.as_ref()).await;
+    let broken = json!({"state": "SOMETIMES", "variants": {"on": true}, "defaultVariant": "on"});
+    let refused: Vec<(&str, FlagBatch)> = vec![
+        (
+            "a stale update",
+            batch(vec![
+                create("b", flag("on")),
+                update("banner", flag("off"), 1),
+            ]),
+        ),
+        (
+            "a create of a live flag",
+            batch(vec![create("a", flag("off"))]),
+        ),
+        (
+            "a delete of a missing flag",
+            batch(vec![delete("ghost", 1)]),
+        ),
+        (
+            "a definition that does not compile",
+            batch(vec![create("c", broken)]),
+        ),
+        (
+            "one key twice",
+            batch(vec![create("d", flag("on")), delete("d", 1)]),
+        ),
+        ("no changes", batch(vec![])),
+        (
+            "a stale set version",
+            FlagBatch {
+                changes: vec![create("e", flag("on"))],
+                expected_flag_set_version: Some(2),
+                create_flag_set: None,
+            },
+        ),
+        (
+            "a missing set",
+            FlagBatch {
+                changes: vec![create("e", flag("on"))],
+                ..FlagBatch::default()
+            },
+        ),
+    ];
+    for (what, refused_batch) in refused {
+        let set = if what == "a missing set" {
+            "nope"
+        } else {
+            "default"
+        };
+        let outcome = store
+            .apply_flag_changes(set, refused_batch, "mallory")
+            .await;
+        assert!(outcome.is_err(), "{what}: applied {outcome:?}");
+        assert_eq!(store.snapshot("default").await.unwrap(), before, "{what}");
+        assert_eq!(audit_count(store.as_ref()).await, audited, "{what}");
+    }
+    assert!(matches!(
+        store.get_flag_set("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // A first push creates its set in the same version as its flags.
+    let fresh = store
+        .apply_flag_changes(
+            "fresh",
+            FlagBatch {
+                changes: vec![create("x", flag("on")), create("y", flag("off"))],
+                expected_flag_set_version: Some(0),
+                create_flag_set: Some(FlagSetFields::default()),
+            },
+            "ada",
+        )
+        .await
+        .unwrap();
+    assert!(fresh.created_flag_set);
+    assert_eq!(fresh.flag_set_version, 1);
+    assert_eq!(store.list_flags("fresh").await.unwrap().flags.len(), 2);
+
+    let deleted = store
+        .apply_flag_changes("default", batch(vec![delete("a", 1)]), "ada")
+        .await
+        .unwrap();
+    assert_eq!(
+        (deleted.flag_set_version, deleted.deleted),
+        (4, vec!["a".to_owned()])
+    );
+    assert!(matches!(
+        store.get_flag("default", "a").await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

@@ -170,6 +170,7 @@ pub const METHODS: &[(&str, Scope)] = &[
     ("/bunting.v1.Admin/DeleteFlag", Scope::FlagsWrite),
     ("/bunting.v1.Admin/ListFlags", Scope::FlagsRead),
     ("/bunting.v1.Admin/ListAudit", Scope::FlagsRead),
+    ("/bunting.v1.Admin/ApplyFlagChanges", Scope::FlagsWrite),
     // Experiments.
     (
         "/bunting.v1.Experiments/CreateExperiment",
@@ -199,6 +200,7 @@ pub const METHODS: &[(&str, Scope)] = &[
     // Cluster administration.
     ("/bunting.v1.ClusterAdmin/Status", Scope::ClusterRead),
     ("/bunting.v1.ClusterAdmin/Drain", Scope::ClusterAdmin),
+    ("/bunting.v1.ClusterAdmin/Undrain", Scope::ClusterAdmin),
     // Tokens.
     ("/bunting.v1.Tokens/CreateToken", Scope::TokensAdmin),
     ("/bunting.v1.Tokens/ListTokens", Scope::TokensAdmin),

@@ -24,8 +24,8 @@ use bunting_stores::experiments::{
 };
 use bunting_stores::secret_url::SecretUrl;
 use bunting_stores::{
-    AdminStore, AuditEntry, FlagList, FlagRecord, FlagSetFields, FlagSetRecord, FlagSetSnapshot,
-    PostgresSettings, PostgresStore, StoreError, Subscription,
+    AdminStore, AuditEntry, BatchOutcome, FlagBatch, FlagList, FlagRecord, FlagSetFields,
+    FlagSetRecord, FlagSetSnapshot, PostgresSettings, PostgresStore, StoreError, Subscription,
 };
 
 /// Connection attempts are this far apart at least, however many calls arrive meanwhile.
@@ -166,6 +166,18 @@ impl AdminStore for PendingStore {
         self.connected()
             .await?
             .delete_flag_set(id, expected_version, actor)
+            .await
+    }
+
+    async fn apply_flag_changes(
+        &self,
+        flag_set: &str,
+        batch: FlagBatch,
+        actor: &str,
+    ) -> Result<BatchOutcome, StoreError> {
+        self.connected()
+            .await?
+            .apply_flag_changes(flag_set, batch, actor)
             .await
     }
 

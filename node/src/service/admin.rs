@@ -269,6 +269,30 @@ impl AdminRpc for Admin {
         }))
     }
 
+    async fn apply_flag_changes(
+        &self,
+        request: Request<pb::ApplyFlagChangesRequest>,
+    ) -> Result<Response<pb::ApplyFlagChangesResponse>, Status> {
+        let store = self.store()?;
+        let caller = caller(request.extensions())?.clone();
+        let req = request.into_inner();
+        check_flag_set_id("flag_set_id", &req.flag_set_id)?;
+        check_flag_set(&caller, &req.flag_set_id)?;
+        let batch = super::admin_batch::batch(&req)?;
+        check_actor(&req.actor)?;
+        let actor = audit_actor(&caller, &req.actor)?;
+        let outcome = store
+            .apply_flag_changes(&req.flag_set_id, batch, &actor)
+            .await
+            .map_err(|e| store_status("apply_flag_changes", e))?;
+        Ok(Response::new(pb::ApplyFlagChangesResponse {
+            flag_set_version: outcome.flag_set_version,
+            flags: outcome.written.into_iter().map(flag).collect(),
+            deleted_keys: outcome.deleted,
+            created_flag_set: outcome.created_flag_set,
+        }))
+    }
+
     async fn list_audit(
         &self,
         request: Request<pb::ListAuditRequest>,

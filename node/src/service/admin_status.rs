@@ -88,16 +88,21 @@ pub fn check_expected_version(field: &str, version: i64) -> Result<(), Status> {
 
 /// A flag definition: a JSON object in flagd's flag format, without a `key` member.
 pub fn parse_definition(definition: &str) -> Result<Value, Status> {
+    parse_definition_at("definition", definition)
+}
+
+/// [`parse_definition`] of a field elsewhere in the request (`changes[3].definition`).
+pub fn parse_definition_at(field: &str, definition: &str) -> Result<Value, Status> {
     // The engine's parser: a repeated key is refused (serde_json would keep the last one).
     let value: Value = bunting_engine::parse_document(definition)
-        .map_err(|e| bad_field("definition", format!("is not a valid flag definition: {e}")))?;
+        .map_err(|e| bad_field(field, format!("is not a valid flag definition: {e}")))?;
     match value.as_object() {
         None => Err(bad_field(
-            "definition",
+            field,
             "is not a JSON object; a flag is an object in flagd's flag format",
         )),
         Some(flag) if flag.contains_key("key") => Err(bad_field(
-            "definition",
+            field,
             "carries a \"key\" member; the flag's key is the request's key field",
         )),
         Some(_) => Ok(value),

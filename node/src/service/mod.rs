@@ -3,6 +3,7 @@
 //! ClusterAdmin, with gRPC health and reflection beside them.
 
 mod admin;
+mod admin_batch;
 mod admin_status;
 mod admission;
 mod analysis_settings;

@@ -1,5 +1,5 @@
 //! `bunting.v1.Topology` (the shard map for shard-aware clients) and `bunting.v1.ClusterAdmin`
-//! (membership status and draining, behind `bunting cluster status|drain`).
+//! (membership status, draining and undraining, behind `bunting cluster status|drain|undrain`).
 //!
 //! A node without a `[cluster]` section answers Topology as a cluster of one (every shard its own,
 //! epoch 0), so the Rust client works against a single node unchanged; ClusterAdmin answers
@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use bunting_cluster::{MemberState, NodeId, ShardMap};
+use bunting_cluster::{ClusterError, MemberState, NodeId, ShardMap};
 use bunting_proto::bunting::v1::{
     ClusterNode, ClusterStatusRequest, ClusterStatusResponse, DrainRequest, DrainResponse,
-    GetTopologyRequest, GetTopologyResponse, MemberStatus, NodeState,
-    cluster_admin_server::ClusterAdmin, topology_server::Topology,
+    GetTopologyRequest, GetTopologyResponse, MemberStatus, NodeState, UndrainRequest,
+    UndrainResponse, cluster_admin_server::ClusterAdmin, topology_server::Topology,
 };
 use tonic::{Request, Response, Status};
 
@@ -170,5 +170,26 @@ impl ClusterAdmin for TopologyService {
             .await
             .map_err(|e| Status::failed_precondition(format!("drain {node}: {e}")))?;
         Ok(Response::new(DrainResponse { epoch }))
+    }
+
+    async fn undrain(
+        &self,
+        request: Request<UndrainRequest>,
+    ) -> Result<Response<UndrainResponse>, Status> {
+        let cluster = self.routing()?.cluster();
+        let name = request.into_inner().node_id;
+        let node: NodeId = name.parse().map_err(|e| {
+            Status::invalid_argument(bounded(format!("node_id {}: {e}", quoted(&name))))
+        })?;
+        let epoch = cluster.undrain(&node, DRAIN_TIMEOUT).await.map_err(|e| {
+            let hint = match e {
+                ClusterError::NotDraining(_) => {
+                    "; `bunting cluster status` shows which members are draining"
+                }
+                _ => "",
+            };
+            Status::failed_precondition(format!("undrain {node}: {e}{hint}"))
+        })?;
+        Ok(Response::new(UndrainResponse { epoch }))
     }
 }
