@@ -188,7 +188,7 @@ impl State {
             after: change.after,
             flag_set_version: change.version,
         });
-        let notice = match (change.action, change.flag_key) {
+        match (change.action, change.flag_key) {
             (AuditAction::Delete, None) => ChangeNotice::Deleted {
                 flag_set: change.flag_set.to_owned(),
                 version: change.version,
@@ -199,8 +199,7 @@ impl State {
                 version: change.version,
                 at: change.at,
             },
-        };
-        notice
+        }
     }
 
     /// A new set at version 1, or a deleted one brought back one version past its deletion,
