@@ -59,7 +59,7 @@ impl<Q> Here<Q> {
     }
 }
 
-impl Here<crate::shard::ResolveRequest> {
+impl Here<crate::messages::ResolveRequest> {
     /// Whether the flag's rules loop (see the admission gate's looping lane).
     pub fn loops(&self) -> bool {
         self.loops_on(Some(&self.query.key))

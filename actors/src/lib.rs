@@ -16,6 +16,7 @@ mod catalog;
 mod current;
 mod error;
 mod lane;
+mod messages;
 mod node;
 mod owned;
 mod resolved;
@@ -27,10 +28,10 @@ pub use bunting_keyspace::shard_of;
 pub use catalog::{Catalog, Update};
 pub use error::NodeError;
 pub use lane::{Here, Lane, ResolveAllRequest};
+pub use messages::{BulkRequest, ResolveRequest, TrackRefused, TrackRequest};
 pub use node::{Node, NodeConfig};
-pub use owned::TrackRefused;
 pub use resolved::{ResolvedFlag, ResolvedSet};
-pub use shard::{BulkRequest, ResolveRequest, ShardServices, TrackRequest};
+pub use shard::ShardServices;
 pub use user_state::{MemoryUserStates, UserState, UserStateError, UserStateStore};
 
 #[cfg(test)]

@@ -16,10 +16,12 @@ use crate::catalog::{Catalog, Update};
 use crate::current::Current;
 use crate::error::NodeError;
 use crate::lane::{Here, Lane, ResolveAllRequest};
-use crate::owned::TrackRefused;
+use crate::messages::{
+    BulkRequest, Precedence, ResolveRequest, ShardMsg, SupervisorMsg, TrackRefused, TrackRequest,
+};
 use crate::resolved::{self, ResolvedFlag, ResolvedSet};
-use crate::shard::{BulkRequest, ResolveRequest, ShardMsg, ShardServices, TrackRequest};
-use crate::supervisor::{NodeSupervisor, Precedence, ShardSlots, SupervisorArgs, SupervisorMsg};
+use crate::shard::ShardServices;
+use crate::supervisor::{NodeSupervisor, ShardSlots, SupervisorArgs};
 use bunting_experiments::{ExperimentId, ExperimentTotals, RunningExperiments};
 use bunting_keyspace::shard_of;
 

@@ -11,10 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bunting_experiments::{
     EventStore, EventStoreError, Experiment, ExperimentId, ExperimentTotals, RunningExperiments,
-    ShardFlush, TrackError, Tracked, UserExposure,
+    ShardFlush, Tracked, UserExposure,
 };
 
-use crate::shard::TrackRequest;
+use crate::messages::{TrackRefused, TrackRequest};
 use crate::user_state::{self, UserState, UserStateError, UserStateStore};
 
 #[derive(Debug, Default)]
@@ -28,17 +28,6 @@ pub struct Owned {
     /// The shard map epoch at which this node acquired the shard: the fencing token every write
     /// of a user's record carries (see [`UserStateStore`]).
     epoch: u64,
-}
-
-/// Why a tracked event was not counted.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum TrackRefused {
-    #[error(transparent)]
-    BadEvent(#[from] TrackError),
-    #[error("shard {0} is not owned by this node")]
-    NotOwner(u32),
-    #[error("could not store the user's state: {0}")]
-    Store(#[from] UserStateError),
 }
 
 impl Owned {

@@ -6,14 +6,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bunting_engine::{EvaluationContext, FlagSet, FlagType, ResolveError};
-use bunting_experiments::{EventStore, ExperimentId, ExperimentTotals, RunningExperiments};
+use bunting_engine::{EvaluationContext, ResolveError};
+use bunting_experiments::{EventStore, RunningExperiments};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::catalog::Catalog;
-use crate::owned::{Owned, TrackRefused};
-use crate::resolved::{self, ResolvedFlag, ResolvedSet};
-use crate::supervisor::SupervisorMsg;
+use crate::messages::{ShardMsg, SupervisorMsg, TrackRefused};
+use crate::owned::Owned;
+use crate::resolved::{self, ResolvedFlag};
 use crate::user_state::{UserStateError, UserStateStore};
 
 /// Where shards keep what outlives them: per-user records and the experiment statistics.
@@ -29,100 +29,6 @@ impl ShardServices {
         ShardServices {
             user_states: Arc::new(crate::user_state::MemoryUserStates::default()),
             events: Arc::new(bunting_experiments::MemoryEventStore::default()),
-        }
-    }
-}
-
-/// A conversion event for one user.
-#[derive(Debug, Clone)]
-pub struct TrackRequest {
-    pub user: String,
-    pub event: String,
-    pub value: f64,
-    /// Only experiments on this flag set; `None`: every set.
-    pub flag_set: Option<String>,
-}
-
-/// One flag to resolve for one subject.
-#[derive(Debug, Clone)]
-pub struct ResolveRequest {
-    /// The flag set (flagd's selector); `None` is the node's default set.
-    pub set: Option<Arc<str>>,
-    pub key: String,
-    /// The type the caller asked for; `None` returns whatever the variant holds.
-    pub wanted: Option<FlagType>,
-    pub context: EvaluationContext,
-}
-
-/// Several flags for one subject, untyped, against a flag set the caller pinned: bulk
-/// evaluation's unit of work, so one mailbox round trip serves one subject.
-#[derive(Debug, Clone)]
-pub struct BulkRequest {
-    /// The pinned set's id (for experiments, which are on a flag of a named set).
-    pub set: Arc<str>,
-    /// The flag set to evaluate, chosen once by the caller for the whole batch. Shards install a
-    /// new catalog one after another, so two shards may briefly hold different versions; evaluating
-    /// the pinned set keeps every subject of one batch on one version.
-    pub flags: Arc<FlagSet>,
-    /// The keys to resolve, in the order the answers come back. Shared by every subject of the
-    /// batch, so the list is not copied per subject.
-    pub keys: Arc<[String]>,
-    pub context: EvaluationContext,
-}
-
-pub enum ShardMsg {
-    Resolve(ResolveRequest, RpcReplyPort<ResolvedFlag>),
-    /// One answer per key of the request, in its order.
-    ResolveMany(BulkRequest, RpcReplyPort<Vec<ResolvedFlag>>),
-    /// Every flag of a set for one subject, in key order.
-    ResolveAll {
-        set: Option<Arc<str>>,
-        context: EvaluationContext,
-        reply: RpcReplyPort<Result<ResolvedSet, ResolveError>>,
-    },
-    /// The supervisor's fan-out of a new catalog.
-    Install(Arc<Catalog>),
-    /// The supervisor's fan-out of the running experiments.
-    Experiments(Arc<RunningExperiments>),
-    /// Take (`Some(epoch)`: claim the shard at that map epoch and load the users' records) or
-    /// give up (`None`: flush, then forget them) ownership of this shard's users. The reply
-    /// carries the number of users loaded.
-    Own(
-        Option<u64>,
-        Option<RpcReplyPort<Result<usize, UserStateError>>>,
-    ),
-    /// A conversion event for a user of this shard.
-    Track(
-        TrackRequest,
-        RpcReplyPort<Result<Vec<ExperimentId>, TrackRefused>>,
-    ),
-    /// Write changed statistics to the event store (periodic, and before shutdown).
-    Flush(Option<RpcReplyPort<Result<usize, String>>>),
-    /// This shard's live statistics of one experiment (`None` when not owned or none counted).
-    Totals(ExperimentId, RpcReplyPort<Option<ExperimentTotals>>),
-    /// Fails the actor, so tests can watch the supervisor restart it.
-    #[cfg(test)]
-    Crash,
-}
-
-// ractor's `cluster` feature (on for the whole workspace: the cluster crate needs it) drops the
-// blanket `Message` impl; this message never leaves the node, so the default (local-only) impl.
-impl ractor::Message for ShardMsg {}
-
-impl std::fmt::Debug for ShardMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ShardMsg::Resolve(r, _) => write!(f, "Resolve({:?})", r.key),
-            ShardMsg::ResolveMany(r, _) => write!(f, "ResolveMany({} keys)", r.keys.len()),
-            ShardMsg::ResolveAll { set, .. } => write!(f, "ResolveAll({set:?})"),
-            ShardMsg::Install(c) => write!(f, "Install({:?})", c.changed_at()),
-            ShardMsg::Experiments(e) => write!(f, "Experiments({} running)", e.len()),
-            ShardMsg::Own(own, _) => write!(f, "Own({own:?})"),
-            ShardMsg::Track(t, _) => write!(f, "Track({:?})", t.event),
-            ShardMsg::Flush(_) => f.write_str("Flush"),
-            ShardMsg::Totals(id, _) => write!(f, "Totals({id})"),
-            #[cfg(test)]
-            ShardMsg::Crash => f.write_str("Crash"),
         }
     }
 }

@@ -5,14 +5,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
 use bunting_experiments::RunningExperiments;
 
 use crate::catalog::{Catalog, Update};
 use crate::current::Current;
-use crate::shard::{Shard, ShardArgs, ShardMsg, ShardServices};
+use crate::messages::{Precedence, ShardMsg, SupervisorMsg};
+use crate::shard::{Shard, ShardArgs, ShardServices};
 
 /// The shard actors' current references, shared with the [`crate::Node`] handle so that a
 /// restarted shard is reachable at once. Index = shard number.
@@ -33,75 +34,6 @@ impl ShardSlots {
 
     pub(crate) fn len(&self) -> usize {
         self.depths.len()
-    }
-}
-
-/// Which updates a catalog takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precedence {
-    /// Only a newer version than the one held (every source's ordinary change).
-    Newer,
-    /// Any other version, older included: the flag store's word, when the node got ahead of it
-    /// (see `Catalog::restore`).
-    Authority,
-}
-
-pub enum SupervisorMsg {
-    /// Apply a change under `Precedence`; the reply (if asked for) says whether it changed
-    /// what the node serves.
-    Apply(Update, Precedence, Option<RpcReplyPort<bool>>),
-    /// Periodic: publish mailbox depths as metrics, and have owned shards flush their statistics.
-    Sample,
-    /// Install the running experiments on every shard (and on shards restarted later).
-    Experiments(Arc<RunningExperiments>, Option<RpcReplyPort<()>>),
-    /// Which shards this node owns (index = shard) under the shard map of `epoch`; shards whose
-    /// ownership changed are told (a shard gained is acquired at `epoch`, its fencing token). The
-    /// reply comes once every shard concerned has the message in its mailbox, so anything the
-    /// caller sends a shard afterwards is handled after it.
-    Own {
-        owned: Vec<bool>,
-        epoch: u64,
-        reply: Option<RpcReplyPort<()>>,
-    },
-    /// From a shard: a write it made as the owner acquired at `epoch` was fenced (another node
-    /// claimed the shard, at `owner_epoch`), and it has stopped acting as the owner.
-    Fenced {
-        shard: u32,
-        epoch: u64,
-        owner_epoch: u64,
-    },
-    #[cfg(test)]
-    CrashShard(u32),
-}
-
-// ractor's `cluster` feature (on for the whole workspace: the cluster crate needs it) drops the
-// blanket `Message` impl; this message never leaves the node, so the default (local-only) impl.
-impl ractor::Message for SupervisorMsg {}
-
-impl std::fmt::Debug for SupervisorMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SupervisorMsg::Apply(u, p, _) => {
-                write!(f, "Apply({} v{}, {p:?})", u.set(), u.version())
-            }
-            SupervisorMsg::Sample => f.write_str("Sample"),
-            SupervisorMsg::Experiments(e, _) => write!(f, "Experiments({} running)", e.len()),
-            SupervisorMsg::Own { owned, epoch, .. } => write!(
-                f,
-                "Own({} shards at epoch {epoch})",
-                owned.iter().filter(|o| **o).count()
-            ),
-            SupervisorMsg::Fenced {
-                shard,
-                epoch,
-                owner_epoch,
-            } => write!(
-                f,
-                "Fenced(shard {shard} at epoch {epoch} by epoch {owner_epoch})"
-            ),
-            #[cfg(test)]
-            SupervisorMsg::CrashShard(i) => write!(f, "CrashShard({i})"),
-        }
     }
 }
 

@@ -40,14 +40,14 @@ pub struct Guarded {
     pub while_open: &'static str,
 }
 
-/// The Redis shared tier's breaker (src/shared_tier/redis_tier.rs).
+/// The Redis shared tier's breaker (stores/src/shared_tier/redis_tier.rs).
 pub const SHARED_TIER: Guarded = Guarded {
     what: "shared tier",
     metric_prefix: "bunting_shared_tier",
     while_open: "evaluation continues from memory",
 };
 
-/// The experiment event store's breaker (src/store/guarded_events.rs).
+/// The experiment event store's breaker (stores/src/guarded_events.rs).
 pub const EVENT_STORE: Guarded = Guarded {
     what: "event store",
     metric_prefix: "bunting_event_store",

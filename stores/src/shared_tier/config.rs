@@ -35,7 +35,7 @@ pub struct RedisTierConfig {
     /// A file holding the deployment's shared-tier signing key (at least 32 bytes; surrounding
     /// whitespace ignored). Every node of a deployment needs the same key: flag snapshots and the
     /// running experiments are sealed with it in Redis, and a node refuses what it cannot verify
-    /// (`src/shared_tier/seal.rs`). Absent: the key is read from `signing_key_env`.
+    /// (`stores/src/shared_tier/seal.rs`). Absent: the key is read from `signing_key_env`.
     pub signing_key_file: Option<PathBuf>,
     /// The environment variable holding the signing key when there is no `signing_key_file`.
     pub signing_key_env: String,
