@@ -353,6 +353,7 @@ fn bunting_v1_services_are_as_documented() {
         "UpdateFlag",
         "DeleteFlag",
         "ListFlags",
+        "ApplyFlagChanges",
         "ListAudit",
     ]
     .iter()

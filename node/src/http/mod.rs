@@ -19,6 +19,7 @@
 //! - [`listener`]: the accept loop (the edge's connection cap, header and idle timeouts) and
 //!   hyper's per-connection limits.
 
+mod answer;
 mod caller;
 mod connect;
 mod cors;

@@ -10,12 +10,12 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bunting_actors::ResolvedFlag;
-use bunting_engine::{Entry, ErrorCode, ResolveError};
+use bunting_engine::{Entry, ResolveError};
 use prost_types::Struct;
 use serde_json::{Map, Value, json};
 
 use super::Edge;
+use super::answer::{self, BulkAnswer, FlagAnswer};
 use super::caller;
 use super::etag;
 use super::problem::{Code, Problem};
@@ -60,7 +60,11 @@ pub async fn evaluate_flag(
     if let Some(error) = &resolved.error {
         return Err(resolution_problem(Some(&key), error));
     }
-    let mut response = Json(Value::Object(success(&key, resolved))).into_response();
+    let mut response = Json(FlagAnswer {
+        key: &key,
+        resolved: &resolved,
+    })
+    .into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     routed.stamp.apply_headers(headers);
@@ -101,22 +105,14 @@ pub async fn evaluate_all(
     let all = routed.answer.map_err(|e| resolution_problem(None, &e))?;
     edge.served(&name, all.version);
     let version = all.version;
-    let flags: Vec<Value> = all
-        .flags
-        .into_iter()
-        .map(|(key, resolved)| {
-            Value::Object(match &resolved.error {
-                Some(error) => failure(&key, error),
-                None => success(&key, resolved),
-            })
-        })
-        .collect();
-    let body = json!({
-        "flags": flags,
-        "metadata": all.metadata,
-        "eventStreams": [{"type": "sse", "endpoint": {"requestUri": events_uri(set.as_deref())}}],
-    });
-    let bytes = serde_json::to_vec(&body).map_err(|e| Problem::Internal(e.to_string()))?;
+    let events_uri = events_uri(set.as_deref());
+    let answer = BulkAnswer {
+        all: &all,
+        events_uri: &events_uri,
+    };
+    // About 100 bytes a flag; one allocation for most answers.
+    let mut bytes = Vec::with_capacity(256 + all.flags.len() * 128);
+    serde_json::to_writer(&mut bytes, &answer).map_err(|e| Problem::Internal(e.to_string()))?;
     let etag = match inputs {
         Some((local, etag)) if local == version => etag,
         _ => etag::for_body(&bytes),
@@ -332,51 +328,8 @@ fn buckets_by_targeting_key(edge: &Edge, set: &str, key: &str) -> bool {
     )
 }
 
-/// OFREP's `evaluationSuccess`. A flag whose caller's default applies (disabled, or no default
-/// variant chosen) has no `value`: OFREP's `codeDefaultFlag`.
-fn success(key: &str, resolved: ResolvedFlag) -> Map<String, Value> {
-    let mut out = Map::new();
-    out.insert("key".to_owned(), Value::String(key.to_owned()));
-    if let Some(value) = resolved.value {
-        out.insert("value".to_owned(), value);
-    }
-    out.insert(
-        "reason".to_owned(),
-        Value::String(resolved.reason.as_str().to_owned()),
-    );
-    if let Some(variant) = resolved.variant {
-        out.insert("variant".to_owned(), Value::String(variant));
-    }
-    out.insert("metadata".to_owned(), Value::Object(resolved.metadata));
-    out
-}
-
-/// OFREP's `evaluationFailure` / `flagNotFound` inside a bulk answer.
-fn failure(key: &str, error: &ResolveError) -> Map<String, Value> {
-    let mut out = Map::new();
-    out.insert("key".to_owned(), Value::String(key.to_owned()));
-    out.insert(
-        "errorCode".to_owned(),
-        Value::String(code_of(error).as_str().to_owned()),
-    );
-    out.insert(
-        "errorDetails".to_owned(),
-        Value::String(error.message.clone()),
-    );
-    out
-}
-
-fn code_of(error: &ResolveError) -> Code {
-    match error.code {
-        ErrorCode::FlagNotFound => Code::FlagNotFound,
-        ErrorCode::ParseError => Code::ParseError,
-        // An untyped resolution cannot mismatch; budgets and other run-time failures are GENERAL.
-        ErrorCode::TypeMismatch | ErrorCode::General => Code::General,
-    }
-}
-
 pub(super) fn resolution_problem(key: Option<&str>, error: &ResolveError) -> Problem {
-    Problem::evaluation(key, code_of(error), error.message.clone())
+    Problem::evaluation(key, answer::code_of(error), error.message.clone())
 }
 
 pub(super) fn dispatch_problem(key: Option<&str>, error: DispatchError) -> Problem {
