@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,16 +118,30 @@ async fn banner(node: &TestNode) -> Option<bool> {
         .and_then(|r| r.into_inner().value)
 }
 
-/// Waits until `node` serves `banner` as `expected`.
-async fn until_banner(node: &TestNode, expected: bool, what: &str) {
+/// Waits until `holds` says yes, failing the test with `what` after [`PATIENCE`].
+async fn eventually<F: Future<Output = bool>>(what: &str, mut holds: impl FnMut() -> F) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while banner(node).await != Some(expected) {
+    while !holds().await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what}: banner is not {expected} within {PATIENCE:?}"
+            "{what}: not within {PATIENCE:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `node` serves `banner` as `expected`.
+async fn until_banner(node: &TestNode, expected: bool, what: &str) {
+    let what = format!("{what}: banner is {expected}");
+    eventually(&what, || async { banner(node).await == Some(expected) }).await;
+}
+
+/// The version of the default set the tier holds.
+async fn tier_version(tier: &MemoryTier) -> Option<u64> {
+    tier.snapshot(DEFAULT_FLAG_SET)
+        .await
+        .unwrap()
+        .map(|snapshot| snapshot.version)
 }
 
 /// One Admin API write, as a row of a table.
@@ -372,22 +387,15 @@ async fn a_write_reaches_evaluation_on_every_node_of_one_store_and_the_tier() {
     .unwrap();
     until_banner(&first, true, "the writing node").await;
     until_banner(&second, true, "the other node").await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let snapshot = tier.snapshot(DEFAULT_FLAG_SET).await.unwrap();
-        if snapshot.as_ref().map(|s| s.version) == Some(3) {
-            let Some(TierContent::Flags(document)) = snapshot.map(|s| s.content) else {
-                panic!("the tier holds a tombstone");
-            };
-            assert_eq!(document["flags"]["banner"], flag("on"));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the tier does not hold version 3: {snapshot:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the tier holds version 3", || async {
+        tier_version(&tier).await == Some(3)
+    })
+    .await;
+    let snapshot = tier.snapshot(DEFAULT_FLAG_SET).await.unwrap();
+    let Some(TierContent::Flags(document)) = snapshot.map(|s| s.content) else {
+        panic!("the tier holds a tombstone");
+    };
+    assert_eq!(document["flags"]["banner"], flag("on"));
 
     // Without the tier, writes still land and reach both nodes (through the store's notices);
     // once it is back, the nodes bring it up to date by version.
@@ -403,20 +411,10 @@ async fn a_write_reaches_evaluation_on_every_node_of_one_store_and_the_tier() {
     until_banner(&first, false, "tier away, the writing node").await;
     until_banner(&second, false, "tier away, the other node").await;
     tier.set_reachable(true);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tier
-        .snapshot(DEFAULT_FLAG_SET)
-        .await
-        .unwrap()
-        .map(|s| s.version)
-        != Some(4)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the tier was not brought up to version 4 within {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the tier brought up to version 4", || async {
+        tier_version(&tier).await == Some(4)
+    })
+    .await;
     first.stop().await;
     second.stop().await;
 }

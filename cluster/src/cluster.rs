@@ -399,48 +399,19 @@ impl Cluster {
                 _ => return Err(ClusterError::ShutDown),
             }
         } else {
-            let unreachable = |error| ClusterError::Unreachable {
-                node: node.clone(),
-                error,
-            };
-            let actor = self.reachable(node).map_err(|e| match e {
-                CallError::UnknownNode(n) => ClusterError::UnknownNode(n),
-                CallError::NodeDown(n) => ClusterError::NodeDown(n),
-                other => unreachable(other),
-            })?;
-            let bytes = wire::encode_request(Request::Drain {
+            let request = Request::Drain {
                 from: shared.me.id.clone(),
-            });
-            match self.request(node, &actor, bytes, timeout).await {
-                Ok(Response::Ok(_)) => {}
-                Ok(Response::Busy) => return Err(unreachable(CallError::Busy(node.clone()))),
-                Ok(Response::Error(message)) => {
-                    return Err(unreachable(CallError::Remote {
-                        node: node.clone(),
-                        message,
-                    }));
-                }
-                Err(error) => return Err(unreachable(error)),
-            }
+            };
+            self.ask(node, request, timeout).await?;
         }
-        loop {
-            {
-                let map = maps.borrow_and_update();
-                if map.member(node).is_none() {
-                    return Ok(map.epoch());
-                }
-            }
-            match tokio::time::timeout_at(deadline, maps.changed()).await {
-                Err(_) => {
-                    return Err(ClusterError::DrainTimeout {
-                        node: node.clone(),
-                        timeout,
-                    });
-                }
-                Ok(Err(_)) => return Err(ClusterError::ShutDown),
-                Ok(Ok(())) => {}
-            }
-        }
+        until_map(&mut maps, deadline, |map| map.member(node).is_none())
+            .await
+            .map_err(|e| {
+                e.unwrap_or_else(|| ClusterError::DrainTimeout {
+                    node: node.clone(),
+                    timeout,
+                })
+            })
     }
 
     /// Returns a draining `node` to service: the node (reached over the cluster if it is not this
@@ -468,50 +439,50 @@ impl Cluster {
                 _ => return Err(ClusterError::ShutDown),
             }
         } else {
-            let unreachable = |error| ClusterError::Unreachable {
-                node: node.clone(),
-                error,
-            };
-            let actor = self.reachable(node).map_err(|e| match e {
-                CallError::UnknownNode(n) => ClusterError::UnknownNode(n),
-                CallError::NodeDown(n) => ClusterError::NodeDown(n),
-                other => unreachable(other),
-            })?;
-            let bytes = wire::encode_request(Request::Undrain {
+            let request = Request::Undrain {
                 from: shared.me.id.clone(),
-            });
-            match self.request(node, &actor, bytes, timeout).await {
-                Ok(Response::Ok(_)) => {}
-                Ok(Response::Error(message)) if message == NOT_DRAINING => {
-                    return Err(ClusterError::NotDraining(node.clone()));
-                }
-                Ok(Response::Busy) => return Err(unreachable(CallError::Busy(node.clone()))),
-                Ok(Response::Error(message)) => {
-                    return Err(unreachable(CallError::Remote {
-                        node: node.clone(),
-                        message,
-                    }));
-                }
-                Err(error) => return Err(unreachable(error)),
-            }
+            };
+            self.ask(node, request, timeout).await?;
         }
-        loop {
-            {
-                let map = maps.borrow_and_update();
-                if map.member(node).is_some() {
-                    return Ok(map.epoch());
-                }
+        until_map(&mut maps, deadline, |map| map.member(node).is_some())
+            .await
+            .map_err(|e| {
+                e.unwrap_or_else(|| ClusterError::UndrainTimeout {
+                    node: node.clone(),
+                    timeout,
+                })
+            })
+    }
+
+    /// Asks `node` (not this one) to act on `request` over the cluster port; its refusal to
+    /// undrain a node that is not draining comes back as [`ClusterError::NotDraining`].
+    async fn ask(
+        &self,
+        node: &NodeId,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let unreachable = |error| ClusterError::Unreachable {
+            node: node.clone(),
+            error,
+        };
+        let actor = self.reachable(node).map_err(|e| match e {
+            CallError::UnknownNode(n) => ClusterError::UnknownNode(n),
+            CallError::NodeDown(n) => ClusterError::NodeDown(n),
+            other => unreachable(other),
+        })?;
+        let bytes = wire::encode_request(request);
+        match self.request(node, &actor, bytes, timeout).await {
+            Ok(Response::Ok(_)) => Ok(()),
+            Ok(Response::Error(message)) if message == NOT_DRAINING => {
+                Err(ClusterError::NotDraining(node.clone()))
             }
-            match tokio::time::timeout_at(deadline, maps.changed()).await {
-                Err(_) => {
-                    return Err(ClusterError::UndrainTimeout {
-                        node: node.clone(),
-                        timeout,
-                    });
-                }
-                Ok(Err(_)) => return Err(ClusterError::ShutDown),
-                Ok(Ok(())) => {}
-            }
+            Ok(Response::Busy) => Err(unreachable(CallError::Busy(node.clone()))),
+            Ok(Response::Error(message)) => Err(unreachable(CallError::Remote {
+                node: node.clone(),
+                message,
+            })),
+            Err(error) => Err(unreachable(error)),
         }
     }
 
@@ -563,6 +534,28 @@ fn incarnation() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Waits until the map this node adopts satisfies `done`, and returns its epoch. `Err(None)` at
+/// `deadline` (the caller names what timed out), `Err(Some(ShutDown))` if the cluster stops.
+async fn until_map(
+    maps: &mut watch::Receiver<Arc<ShardMap>>,
+    deadline: tokio::time::Instant,
+    done: impl Fn(&ShardMap) -> bool,
+) -> Result<u64, Option<ClusterError>> {
+    loop {
+        {
+            let map = maps.borrow_and_update();
+            if done(&map) {
+                return Ok(map.epoch());
+            }
+        }
+        match tokio::time::timeout_at(deadline, maps.changed()).await {
+            Err(_) => return Err(None),
+            Ok(Err(_)) => return Err(Some(ClusterError::ShutDown)),
+            Ok(Ok(())) => {}
+        }
+    }
 }
 
 #[cfg(test)]
