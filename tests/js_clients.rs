@@ -509,11 +509,10 @@ fn expect_flagd_web(label: &str, got: &Value) {
             "errorCode": "FLAG_NOT_FOUND"},
         "type mismatch": {"value": -1, "variant": null, "reason": "ERROR",
             "errorCode": "TYPE_MISMATCH"},
-        // ResolveAll lists a disabled flag as the gRPC service does: reason DISABLED and no value
-        // arm. The provider types each cached flag by its value arm, so it answers the flag with
-        // TYPE_MISMATCH and the caller gets its code default, as a disabled flag should give.
+        // ResolveAll leaves a disabled flag out, as flagd's does, so the provider answers it as
+        // it answers a flag it never heard of: the caller's code default.
         "disabled": {"value": false, "variant": null, "reason": "ERROR",
-            "errorCode": "TYPE_MISMATCH"},
+            "errorCode": "FLAG_NOT_FOUND"},
     });
     expect_fields(&format!("{label}, page load"), &got["before"], &expected);
 

@@ -21,6 +21,7 @@ use super::ofrep::{decode, dispatch_problem, read_body, resolution_problem};
 use super::problem::Problem;
 use super::{Edge, caller};
 use crate::service::Evaluator;
+use crate::service::flagd_evaluation::listed_by_resolve_all;
 
 /// The label of these calls in the node's metrics.
 const SERVICE: &str = "flagd.evaluation.v1.connect";
@@ -58,8 +59,7 @@ async fn resolve_all_json(edge: &Edge, headers: &HeaderMap, body: Body) -> Resul
     let all = routed.answer.map_err(|e| resolution_problem(None, &e))?;
     let mut flags = Map::new();
     for (key, resolved) in all.flags {
-        // Like flagd (and the gRPC service), a flag that fails to resolve is left out.
-        if resolved.error.is_some() {
+        if !listed_by_resolve_all(&resolved) {
             continue;
         }
         let mut flag = Map::new();

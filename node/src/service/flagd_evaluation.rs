@@ -5,7 +5,7 @@
 use std::pin::Pin;
 
 use bunting_actors::ResolvedFlag;
-use bunting_engine::FlagType;
+use bunting_engine::{FlagType, Reason};
 use bunting_proto::flagd::evaluation::{v1, v2};
 use futures_core::Stream;
 use serde_json::Value;
@@ -211,9 +211,7 @@ macro_rules! flagd_evaluation_service {
                 let stamp = routed.stamp;
                 let mut flags = std::collections::HashMap::with_capacity(all.flags.len());
                 for (key, mut r) in all.flags {
-                    // Like flagd, a flag that fails to resolve is left out rather than failing
-                    // the whole call.
-                    if r.error.is_some() {
+                    if !listed_by_resolve_all(&r) {
                         continue;
                     }
                     let value = match r.value.take() {
@@ -276,6 +274,14 @@ flagd_evaluation_service!(FlagdV1, v1, "flagd.evaluation.v1", present_v1);
 flagd_evaluation_service!(FlagdV2, v2, "flagd.evaluation.v2", present_v2);
 
 /// A typed resolution's flag and stamp, or flagd's status for its resolution error.
+/// Whether flagd's `ResolveAll` lists a flag: not when it failed to resolve (rather than failing
+/// the whole call), and not when it is disabled (flagd's `ResolveAllValues` skips disabled flags,
+/// so providers built on it, `@openfeature/flagd-web-provider` among them, answer such a flag as
+/// not found and use the code default). Shared with the Connect form (`http/connect.rs`).
+pub(crate) fn listed_by_resolve_all(resolved: &ResolvedFlag) -> bool {
+    resolved.error.is_none() && resolved.reason != Reason::Disabled
+}
+
 fn resolved(routed: Routed<ResolvedFlag>) -> Result<(ResolvedFlag, crate::routing::Stamp), Status> {
     match &routed.answer.error {
         Some(error) => Err(resolution_status(error)),
