@@ -437,3 +437,77 @@ async fn a_token_without_the_scope_is_refused_and_a_separate_admin_listener_turn
     assert!(text(&answer).contains("admin_addr"), "{}", text(&answer));
     node.stop().await;
 }
+
+/// The console in headless Chromium (tests/js/console.mjs, playwright-core from
+/// `scripts/node-env`): keyboard-only sign-in, labels, create, search, edit with review, kill
+/// switch and rollback, each change seen through OFREP. Fails, never skips, without Node, the
+/// packages or Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser() {
+    let js = common::workspace().join("tests/js");
+    assert!(
+        js.join("node_modules/playwright-core/package.json")
+            .exists(),
+        "playwright-core is not installed in {}: run scripts/node-env",
+        js.display()
+    );
+    let chromium = std::env::var("BUNTING_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: run scripts/node-env (it installs Debian's chromium)"
+    );
+    let node_js = std::env::var("BUNTING_NODE").unwrap_or_else(|_| "node".into());
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("console-screenshots");
+    let (node, _admin) = memory_node().await;
+    let base = format!("http://{}", http(&node));
+    let command = {
+        let (node_js, js, shots) = (node_js.clone(), js.clone(), shots.clone());
+        move || {
+            std::process::Command::new(&node_js)
+                .arg(js.join("console.mjs"))
+                .arg(&base)
+                .arg(TEST_TOKEN)
+                .arg(&shots)
+                .current_dir(&js)
+                .output()
+        }
+    };
+    // The node serves on this runtime while the script runs on a blocking thread.
+    let output = tokio::task::spawn_blocking(command)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {node_js}: {e}; run scripts/node-env"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "console.mjs failed:\n{stdout}\n{stderr}"
+    );
+    let got: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("console.mjs printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(got["keyboardSignIn"], true, "{got}");
+    assert_eq!(got["unlabeled"], json!([]), "{got}");
+    assert_eq!(got["consoleErrors"], json!([]), "{got}");
+    assert_eq!(got["search"], json!(["checkout"]), "{got}");
+    assert_eq!(got["reviewShowsBoth"], true, "{got}");
+    assert_eq!(got["values"]["created"], false, "{got}");
+    assert_eq!(got["values"]["rolledOut"], true, "{got}");
+    assert_ne!(
+        got["values"]["killed"], true,
+        "a killed flag still served its rollout: {got}"
+    );
+    assert_eq!(got["states"]["afterToggle"], "DISABLED", "{got}");
+    assert_eq!(got["rolledBack"], true, "{got}");
+    assert_eq!(got["values"]["afterRollback"], false, "{got}");
+    assert_eq!(got["states"]["afterRollback"], "ENABLED", "{got}");
+    for shot in ["01-sign-in", "05-review", "08-audit", "09-rolled-back"] {
+        assert!(
+            shots.join(format!("{shot}.png")).exists(),
+            "no screenshot {shot}"
+        );
+    }
+    node.stop().await;
+}

@@ -61,7 +61,8 @@ pub fn page(title: &str, header: Option<Header<'_>>, body: &str) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{title} · Bunting</title>\
-         <link rel=\"stylesheet\" href=\"/ui/console.css\"></head>\
+         <link rel=\"stylesheet\" href=\"/ui/console.css\">\
+         <link rel=\"icon\" href=\"/ui/favicon.svg\" type=\"image/svg+xml\"></head>\
          <body><header><span class=\"brand\">Bunting</span>{nav}</header>\
          <main><h1>{title}</h1>{body}</main></body></html>\n",
         title = escape(title),

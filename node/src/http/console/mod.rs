@@ -31,6 +31,10 @@ use crate::auth::{Caller, Principal, Scope, scope};
 /// The stylesheet, served at `/ui/console.css`.
 const CSS: &str = include_str!("console.css");
 
+/// The icon, served at `/ui/favicon.svg` (without one, browsers ask for `/favicon.ico`, which
+/// the edge does not serve, and log the 404).
+const ICON: &str = include_str!("favicon.svg");
+
 /// The strictest policy the pages work under: only this origin's stylesheet, no script at all,
 /// forms post only here, and no page may frame the console.
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
@@ -42,6 +46,7 @@ pub fn routes(edge: &Edge) -> Router<Edge> {
         .route("/ui", get(pages::home))
         .route("/ui/", get(pages::home))
         .route("/ui/console.css", get(css))
+        .route("/ui/favicon.svg", get(icon))
         .route("/ui/sign-in", get(pages::sign_in_form).post(pages::sign_in))
         .route("/ui/sign-out", post(pages::sign_out))
         .route("/ui/sets", get(pages::sets))
@@ -99,6 +104,10 @@ async fn security_headers(mut response: Response) -> Response {
 
 async fn css() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
+}
+
+async fn icon() -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], ICON).into_response()
 }
 
 /// What the console holds for itself beside the edge's state.

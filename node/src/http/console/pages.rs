@@ -392,7 +392,8 @@ fn flag_body(signed: &Signed, set: &str, flag: &pb::Flag, text: &str, notice: &s
     };
     let url = flag_url(set, &flag.key);
     format!(
-        "{notice}<p><a href=\"/ui/sets/{s}\">Flag set {set_text}</a> · version {version}</p>\
+        "{notice}<p><a href=\"/ui/sets/{s}\">Flag set {set_text}</a> · version {version} · \
+         <a href=\"/ui/sets/{s}/audit\">Audit log</a></p>\
          <section aria-labelledby=\"state-h\"><h2 id=\"state-h\">State: <span class=\"state\" id=\"state\">{state}</span></h2>\
          <form method=\"post\" action=\"{url}/toggle\">{csrf}\
          <input type=\"hidden\" name=\"expected_version\" value=\"{version}\">\
