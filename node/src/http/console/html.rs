@@ -97,7 +97,7 @@ pub fn side_by_side(left_title: &str, left: &str, right_title: &str, right: &str
             } else {
                 "changed"
             };
-            let _ = writeln!(lines, "<span class=\"{class}\">{}</span>", escape(line));
+            let _ = write!(lines, "<span class=\"{class}\">{}</span>", escape(line));
         }
         format!(
             "<section class=\"column\"><h2>{}</h2><pre>{lines}</pre></section>",
