@@ -328,6 +328,32 @@ async fn an_edit_is_reviewed_then_saved_and_the_audit_page_rolls_it_back() {
                         "defaultVariant": "off",
                         "targeting": {"fractional": [["on", 100], ["off", 0]]}});
     let version = before.version.to_string();
+    // The review checks with the engine first: a broken edit comes back with its problem's path
+    // and no diff to save.
+    let broken = json!({"state": "ENABLED", "variants": {"on": true},
+                        "defaultVariant": "on", "targeting": {"if": [{"bogus_op": [1]}, "on"]}});
+    let refused = post(
+        addr,
+        &format!("{flag}/preview"),
+        Some(&session),
+        &[
+            ("csrf", &token),
+            ("expected_version", &version),
+            ("definition", &broken.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(refused.status, 422, "{}", text(&refused));
+    assert!(
+        text(&refused).contains("flags.banner.targeting"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        !text(&refused).contains("id=\"save\""),
+        "{}",
+        text(&refused)
+    );
     let review = post(
         addr,
         &format!("{flag}/preview"),

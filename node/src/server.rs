@@ -578,6 +578,7 @@ impl BoundServer {
                 crate::http::console::Console {
                     // Only where the admin API shares the client-facing ports (see there).
                     enabled: self.admin.is_none(),
+                    compile: compile_options(&self.config),
                     admin: Admin::new(self.store.clone(), &self.config.flags),
                     sessions: crate::http::console::session::Sessions::new(Default::default()),
                 },

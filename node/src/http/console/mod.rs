@@ -114,6 +114,9 @@ async fn icon() -> Response {
 #[derive(Debug)]
 pub struct Console {
     pub enabled: bool,
+    /// How this node compiles flag sets (`server::compile_options`): the review page checks an
+    /// edit with them, so it reports what the save would.
+    pub compile: bunting_engine::CompileOptions,
     pub admin: crate::service::Admin,
     pub sessions: session::Sessions,
 }

@@ -473,6 +473,35 @@ pub async fn preview(
             );
         }
     };
+    // The engine's check before the diff: a definition the save would refuse is shown again
+    // with its problems, and nothing is sent.
+    let request = or_refuse!(authorized(
+        &edge,
+        &signed,
+        "/bunting.v1.Admin/GetFlagSet",
+        pb::GetFlagSetRequest { id: set.clone() }
+    ));
+    let record = rpc!(&signed, admin(&edge).get_flag_set(request));
+    let evaluators = record.flag_set.and_then(|s| s.evaluators);
+    let found = problems(&edge.inner.console.compile, &key, &wanted, evaluators);
+    if !found.is_empty() {
+        let notice = format!(
+            "{}{}",
+            html::notice(
+                "error",
+                "The engine refuses this definition; nothing was saved. Fix the problems below \
+                 (each at its path) and review again."
+            ),
+            problem_list(&found)
+        );
+        let body = flag_body(&signed, &set, &flag, text, &notice);
+        return page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("Flag {key}"),
+            Some(signed.header()),
+            &body,
+        );
+    }
     let expected = form.version("expected_version");
     let body = confirm_body(&signed, &set, &flag, &wanted, expected, "");
     page(
@@ -481,6 +510,42 @@ pub async fn preview(
         Some(signed.header()),
         &body,
     )
+}
+
+/// The engine's errors in `wanted` as flag `key` of a set with `evaluators`: the document the
+/// store compiles on save holds the whole set, but a flag's problems depend only on itself and
+/// the set's evaluators, and carry the same paths (`flags.<key>.targeting...`).
+fn problems(
+    options: &bunting_engine::CompileOptions,
+    key: &str,
+    wanted: &Value,
+    evaluators: Option<prost_types::Struct>,
+) -> Vec<(String, String)> {
+    let evaluators = evaluators
+        .and_then(|e| bunting_proto::json::struct_into_json(e).ok())
+        .unwrap_or_default();
+    let mut flags = serde_json::Map::new();
+    flags.insert(key.to_owned(), wanted.clone());
+    let document = serde_json::json!({"flags": flags, "$evaluators": evaluators});
+    match bunting_engine::compile_value(&document, options) {
+        Ok(compiled) => compiled
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.severity == bunting_engine::Severity::Error)
+            .map(|d| (d.path, d.message))
+            .collect(),
+        Err(e) => vec![(String::new(), e.to_string())],
+    }
+}
+
+fn problem_list(problems: &[(String, String)]) -> String {
+    let items: String = problems
+        .iter()
+        .map(|(path, message)| {
+            format!("<li><code>{}</code> {}</li>", escape(path), escape(message))
+        })
+        .collect();
+    format!("<ul class=\"problems\" aria-label=\"Problems\">{items}</ul>")
 }
 
 /// Before and after side by side, and the form that saves `wanted` against `expected`.
