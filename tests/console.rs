@@ -73,15 +73,57 @@ async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Answer {
 }
 
 async fn post(addr: SocketAddr, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Answer {
+    let cookie = cookie.map(|c| format!("bunting_session={c}"));
+    post_cookie(addr, path, cookie.as_deref(), form).await
+}
+
+/// A form post with `cookie` as the whole `cookie` header.
+async fn post_cookie(
+    addr: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> Answer {
     let body = form
         .iter()
         .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
         .collect::<Vec<_>>()
         .join("&");
-    let cookie = cookie.map(|c| format!("bunting_session={c}"));
     let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
-    headers.extend(cookie.iter().map(|c| ("cookie", c.as_str())));
+    headers.extend(cookie.map(|c| ("cookie", c)));
     send(addr, "POST", path, &headers, body.as_bytes()).await
+}
+
+/// The value a `set-cookie` header of `answer` gives cookie `name`, with its attributes.
+fn set_cookie<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+    answer
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+fn cookie_value(set_cookie: &str) -> &str {
+    let pair = set_cookie.split(';').next().unwrap();
+    &pair[pair.find('=').unwrap() + 1..]
+}
+
+/// Posts the sign-in form with `token`, as a browser does after loading it: the form's own CSRF
+/// token in its cookie and in the hidden field.
+async fn post_sign_in(addr: SocketAddr, token: &str) -> Answer {
+    let form = get(addr, "/ui/sign-in", None).await;
+    let cookie = set_cookie(&form, "bunting_sign_in").expect("a sign-in cookie");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    let value = cookie_value(cookie);
+    assert!(text(&form).contains(value), "the form carries its token");
+    post_cookie(
+        addr,
+        "/ui/sign-in",
+        Some(&format!("bunting_sign_in={value}")),
+        &[("sign_in_csrf", value), ("token", token)],
+    )
+    .await
 }
 
 /// A form field as `application/x-www-form-urlencoded` text.
@@ -99,9 +141,9 @@ fn encode(text: &str) -> String {
 
 /// Signs in with `token`: the session cookie's value.
 async fn sign_in(addr: SocketAddr, token: &str) -> String {
-    let answer = post(addr, "/ui/sign-in", None, &[("token", token)]).await;
+    let answer = post_sign_in(addr, token).await;
     assert_eq!(answer.status, 303, "{}", text(&answer));
-    let cookie = answer.header("set-cookie").expect("a session cookie");
+    let cookie = set_cookie(&answer, "bunting_session").expect("a session cookie");
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
@@ -110,11 +152,7 @@ async fn sign_in(addr: SocketAddr, token: &str) -> String {
         !cookie.contains(secret),
         "the cookie carries the token: {cookie}"
     );
-    cookie
-        .strip_prefix("bunting_session=")
-        .and_then(|rest| rest.split(';').next())
-        .unwrap()
-        .to_owned()
+    cookie_value(cookie).to_owned()
 }
 
 /// The CSRF token a page's forms carry.
@@ -195,9 +233,9 @@ async fn pages_need_a_session_and_writes_a_csrf_token_else_nothing_changes() {
     // A bad token is refused without echoing it.
     let forged = ApiToken::generate().unwrap().reveal();
     for token in [forged.as_str(), "bnt_<script>", ""] {
-        let answer = post(addr, "/ui/sign-in", None, &[("token", token)]).await;
+        let answer = post_sign_in(addr, token).await;
         assert_eq!(answer.status, 401, "{token}");
-        assert!(answer.header("set-cookie").is_none());
+        assert!(set_cookie(&answer, "bunting_session").is_none());
         let body = text(&answer);
         assert!(!body.contains("<script>"), "{body}");
         if token.len() > 30 {
@@ -206,6 +244,31 @@ async fn pages_need_a_session_and_writes_a_csrf_token_else_nothing_changes() {
                 "the page quotes the secret: {body}"
             );
         }
+    }
+
+    // A sign-in posted from another site (no sign-in cookie, or another form's) signs nobody in,
+    // even with a good token.
+    let other_form =
+        cookie_value(set_cookie(&get(addr, "/ui/sign-in", None).await, "bunting_sign_in").unwrap())
+            .to_owned();
+    let theirs = ApiToken::generate().unwrap().reveal()[5..21].repeat(4);
+    for (cookie, field) in [
+        (None, other_form.as_str()),
+        (
+            Some(format!("bunting_sign_in={theirs}")),
+            other_form.as_str(),
+        ),
+        (Some(format!("bunting_sign_in={other_form}")), ""),
+    ] {
+        let answer = post_cookie(
+            addr,
+            "/ui/sign-in",
+            cookie.as_deref(),
+            &[("sign_in_csrf", field), ("token", TEST_TOKEN)],
+        )
+        .await;
+        assert_eq!(answer.status, 403, "{cookie:?} {field}");
+        assert!(set_cookie(&answer, "bunting_session").is_none());
     }
 
     let session = sign_in(addr, TEST_TOKEN).await;

@@ -148,12 +148,17 @@ impl Signed {
 
 /// The session cookie's value in `headers`, if any.
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, session::COOKIE)
+}
+
+/// The value of cookie `name` in `headers`, if any.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(session::COOKIE)?.strip_prefix('='))
+        .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Why a request is not signed in.

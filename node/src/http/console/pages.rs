@@ -52,9 +52,26 @@ pub async fn sign_in_form(Query(params): Params) -> Response {
     sign_in_page(StatusCode::OK, &notice)
 }
 
+/// The sign-in form, with a fresh sign-in CSRF token in its cookie and in a hidden field.
 fn sign_in_page(status: StatusCode, notice: &str) -> Response {
+    let token = match session::new_token() {
+        Ok(token) => token,
+        Err(e) => {
+            tracing::error!(error = %e, "console: no sign-in token");
+            return super::page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign in",
+                None,
+                &html::notice(
+                    "error",
+                    "The node could not make a sign-in form; try again.",
+                ),
+            );
+        }
+    };
     let body = format!(
         "{notice}<form method=\"post\" action=\"/ui/sign-in\" class=\"stack\">\
+         <input type=\"hidden\" name=\"sign_in_csrf\" value=\"{token}\">\
          <label for=\"token\">API token</label>\
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required \
          autofocus aria-describedby=\"token-help\" placeholder=\"bnt_…\">\
@@ -64,12 +81,37 @@ fn sign_in_page(status: StatusCode, notice: &str) -> Response {
          flags:write to change).</p>\
          <button type=\"submit\">Sign in</button></form>"
     );
-    super::page(status, "Sign in", None, &body)
+    let mut response = super::page(status, "Sign in", None, &body);
+    set_cookie(
+        &mut response,
+        &format!(
+            "{}={token}; HttpOnly; SameSite=Strict; Path=/ui/sign-in",
+            session::SIGN_IN_COOKIE
+        ),
+    );
+    response
 }
 
-pub async fn sign_in(State(edge): State<Edge>, body: Bytes) -> Response {
+fn set_cookie(response: &mut Response, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+pub async fn sign_in(State(edge): State<Edge>, headers: HeaderMap, body: Bytes) -> Response {
     let form = Form::parse(&body);
     let refused = |text: &str| sign_in_page(StatusCode::UNAUTHORIZED, &html::notice("error", text));
+    let expected = super::cookie(&headers, session::SIGN_IN_COOKIE).unwrap_or("");
+    if !session::csrf_matches(expected, form.get("sign_in_csrf")) {
+        return sign_in_page(
+            StatusCode::FORBIDDEN,
+            &html::notice(
+                "error",
+                "This sign-in form expired or did not come from this console; nothing was done. \
+                 Sign in with the form below.",
+            ),
+        );
+    }
     let token = match ApiToken::parse(form.get("token").trim()) {
         Ok(token) => token,
         Err(e) => {
@@ -101,15 +143,23 @@ pub async fn sign_in(State(edge): State<Edge>, body: Bytes) -> Response {
     let mut response = Redirect::to("/ui/sets").into_response();
     // The HTTP listener serves plain HTTP (TLS, where used, ends in front of it), so the node
     // cannot know whether the browser's connection is secure: no `Secure` attribute. SameSite
-    // keeps other sites' forms from carrying the cookie.
-    let cookie = format!(
-        "{}={}; HttpOnly; SameSite=Strict; Path=/ui",
-        session::COOKIE,
-        created.cookie
+    // keeps other sites' requests from carrying the cookie.
+    set_cookie(
+        &mut response,
+        &format!(
+            "{}={}; HttpOnly; SameSite=Strict; Path=/ui",
+            session::COOKIE,
+            created.cookie
+        ),
     );
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
+    // The sign-in token is spent.
+    set_cookie(
+        &mut response,
+        &format!(
+            "{}=; HttpOnly; SameSite=Strict; Path=/ui/sign-in; Max-Age=0",
+            session::SIGN_IN_COOKIE
+        ),
+    );
     response
 }
 
@@ -121,13 +171,13 @@ pub async fn sign_out(State(edge): State<Edge>, headers: HeaderMap, body: Bytes)
     };
     edge.inner.console.sessions.remove(&signed.cookie);
     let mut response = Redirect::to("/ui/sign-in?out=1").into_response();
-    let expired = format!(
-        "{}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0",
-        session::COOKIE
+    set_cookie(
+        &mut response,
+        &format!(
+            "{}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0",
+            session::COOKIE
+        ),
     );
-    if let Ok(value) = HeaderValue::from_str(&expired) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
     response
 }
 

@@ -24,6 +24,17 @@ const ID_BYTES: usize = 32;
 /// The cookie the session id travels in.
 pub const COOKIE: &str = "bunting_session";
 
+/// The cookie the sign-in form's own CSRF token travels in (`Path=/ui/sign-in`): a sign-in post
+/// must carry the same value in its form, which another site's form cannot, since a
+/// `SameSite=Strict` cookie is not sent with it. Without it, another site could sign a browser in
+/// with the other site's token, and the user's changes would be made, and audited, as that token.
+pub const SIGN_IN_COOKIE: &str = "bunting_sign_in";
+
+/// A fresh 256-bit token in hex (the sign-in form's CSRF token).
+pub fn new_token() -> Result<String, RandomError> {
+    random().map(hex::encode)
+}
+
 /// How long sessions last and how many there may be.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
