@@ -575,6 +575,13 @@ impl BoundServer {
                 fractional_mode(&self.config).as_str(),
                 closing.clone(),
                 self.loaded.clone(),
+                crate::http::console::Console {
+                    // Only where the admin API shares the client-facing ports (see there).
+                    enabled: self.admin.is_none(),
+                    compile: compile_options(&self.config),
+                    admin: Admin::new(self.store.clone(), &self.config.flags),
+                    sessions: crate::http::console::session::Sessions::new(Default::default()),
+                },
             );
             tokio::spawn(crate::http::serve(
                 listener,

@@ -61,7 +61,7 @@ pub fn push(args: &Push<'_>) -> Result<ExitCode, CliError> {
             .flat_map(|list| list.flags.iter())
             .map(|f| (f.key.clone(), f.clone()))
             .collect();
-        let (changes, summary) = plan(flags, &current, args.prune);
+        let (changes, summary) = bunting_node::service::flag_history::plan(flags, &current, args.prune);
         let mut out = std::io::stdout().lock();
         let version = if changes.is_empty() && existing.is_some() {
             existing.as_ref().map_or(0, |l| l.flag_set_version)
@@ -106,66 +106,6 @@ pub fn push(args: &Push<'_>) -> Result<ExitCode, CliError> {
     })
 }
 
-/// The writes that make the set's flags `wanted`: creates, updates (each against the version it
-/// was read at) and, with `prune`, deletes; identical flags are left alone.
-pub(super) fn plan(
-    wanted: &Map<String, Value>,
-    current: &BTreeMap<String, pb::Flag>,
-    prune: bool,
-) -> (Vec<pb::FlagChange>, Summary) {
-    let mut summary = Summary::default();
-    let mut changes = Vec::new();
-    for (key, definition) in wanted {
-        match current.get(key) {
-            Some(flag) if same_definition(&flag.definition, definition) => summary.unchanged += 1,
-            Some(flag) => {
-                changes.push(pb::FlagChange {
-                    kind: pb::FlagChangeKind::Update.into(),
-                    key: key.clone(),
-                    definition: definition.to_string(),
-                    expected_version: flag.version,
-                });
-                summary.updated += 1;
-            }
-            None => {
-                changes.push(pb::FlagChange {
-                    kind: pb::FlagChangeKind::Create.into(),
-                    key: key.clone(),
-                    definition: definition.to_string(),
-                    expected_version: 0,
-                });
-                summary.created += 1;
-            }
-        }
-    }
-    for (key, flag) in current {
-        if wanted.contains_key(key) {
-            continue;
-        }
-        if prune {
-            changes.push(pb::FlagChange {
-                kind: pb::FlagChangeKind::Delete.into(),
-                key: key.clone(),
-                definition: String::new(),
-                expected_version: flag.version,
-            });
-            summary.deleted += 1;
-        } else {
-            summary.kept.push(key.clone());
-        }
-    }
-    (changes, summary)
-}
-
-#[derive(Debug, Default)]
-pub(super) struct Summary {
-    pub created: usize,
-    pub updated: usize,
-    pub unchanged: usize,
-    pub deleted: usize,
-    pub kept: Vec<String>,
-}
-
 /// The file as JSON, refused before anything is sent if the engine reports an error in it.
 fn read_document(path: &Path) -> Result<Map<String, Value>, CliError> {
     let compiled = crate::flag_file::load(path, None, crate::cli::FractionalArg::String)?;
@@ -193,30 +133,5 @@ fn read_document(path: &Path) -> Result<Map<String, Value>, CliError> {
             "{}: not a JSON object",
             path.display()
         ))),
-    }
-}
-
-/// Whether the stored definition (JSON text) is the file's, compared as JSON values so key order
-/// and whitespace do not count as changes.
-fn same_definition(stored: &str, wanted: &Value) -> bool {
-    serde_json::from_str::<Value>(stored).is_ok_and(|s| &s == wanted)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn definitions_compare_as_json() {
-        let wanted: Value = serde_json::json!({"state": "ENABLED", "variants": {"a": 1}});
-        assert!(same_definition(
-            r#"{"variants":{"a":1},"state":"ENABLED"}"#,
-            &wanted
-        ));
-        assert!(!same_definition(
-            r#"{"variants":{"a":2},"state":"ENABLED"}"#,
-            &wanted
-        ));
-        assert!(!same_definition("not json", &wanted));
     }
 }

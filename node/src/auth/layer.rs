@@ -182,6 +182,20 @@ impl Policy {
 }
 
 impl Policy {
+    /// The principal of `token`, as a console sign-in checks it (any valid token signs in; each
+    /// page then needs its method's scope).
+    pub fn sign_in(&self, token: &ApiToken) -> Result<Arc<Principal>, Status> {
+        self.registry
+            .authenticate(token, Utc::now())
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    /// Spends one call of `scope` from `caller`'s rate budget, as the layer does for gRPC: the
+    /// console's writes count against the same per-token limits.
+    pub fn check_rate(&self, scope: Scope, caller: &Caller) -> Result<(), Status> {
+        self.limits.check(scope, caller)
+    }
+
     /// The principal whose token `header` carries, or UNAUTHENTICATED.
     fn authenticate(&self, header: &[u8]) -> Result<Arc<Principal>, Status> {
         let token = bearer(header).map_err(Status::unauthenticated)?;

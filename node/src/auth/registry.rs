@@ -86,6 +86,25 @@ impl Registry {
         }
         Ok(entry.principal.clone())
     }
+
+    /// The principal of token `id` as it stands now, without its secret: for a console session,
+    /// which proved the secret once at sign-in and is re-checked on every request, so a revoked
+    /// or expired token (or one whose rights changed) takes effect at once.
+    pub fn current(&self, id: &TokenId, now: DateTime<Utc>) -> Result<Arc<Principal>, AuthError> {
+        let tokens = self.tokens.load();
+        let entry = tokens
+            .get(id)
+            .ok_or_else(|| AuthError::Unknown(id.clone()))?;
+        if entry.revoked {
+            return Err(AuthError::Revoked(id.clone()));
+        }
+        match entry.principal.expires_at {
+            Some(at) if entry.principal.expired_at(now) => {
+                Err(AuthError::Expired { id: id.clone(), at })
+            }
+            _ => Ok(entry.principal.clone()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +160,11 @@ mod tests {
         for (token, expected) in cases {
             let got = registry.authenticate(token, now).map(|_| ());
             assert_eq!(got, expected, "{token:?}");
+            // A console session's re-check by id answers the same for every real id.
+            if !std::ptr::eq(token, &forged) {
+                let current = registry.current(token.id(), now).map(|_| ());
+                assert_eq!(current, expected, "current {token:?}");
+            }
         }
         // A reload that revokes takes effect for the next request.
         registry.replace([entry(&good, true, None)]);

@@ -16,12 +16,15 @@
 //!   `@openfeature/flagd-web-provider` speaks it from browsers.
 //! - [`cors`]: the browser's cross-origin rules, for the origins the operator configured.
 //! - [`caller`]: the same tokens and scopes as the gRPC port (`crate::auth::Policy`).
+//! - [`console`]: the web console at `/ui` (server-rendered pages over the Admin service, with
+//!   sign-in sessions and CSRF tokens).
 //! - [`listener`]: the accept loop (the edge's connection cap, header and idle timeouts) and
 //!   hyper's per-connection limits.
 
 mod answer;
 mod caller;
 mod connect;
+pub mod console;
 mod cors;
 mod definitions;
 mod etag;
@@ -69,6 +72,8 @@ struct State {
     event_streams: Arc<Semaphore>,
     /// The latest serialized definition of each set asked for (see [`definitions`]).
     definitions: definitions::Cache,
+    /// The console's Admin service and sessions.
+    console: console::Console,
 }
 
 impl Edge {
@@ -79,6 +84,7 @@ impl Edge {
         fractional: &'static str,
         closing: watch::Receiver<bool>,
         loaded: watch::Receiver<bool>,
+        console: console::Console,
     ) -> Edge {
         let event_streams = Arc::new(Semaphore::new(config.max_event_streams));
         Edge {
@@ -92,6 +98,7 @@ impl Edge {
                 served: Mutex::new(HashMap::new()),
                 event_streams,
                 definitions: definitions::Cache::default(),
+                console,
             }),
         }
     }
@@ -142,6 +149,7 @@ impl Edge {
 /// headers a browser needs to read it.
 pub fn router(edge: Edge) -> Router {
     Router::new()
+        .merge(console::routes(&edge))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
         .route("/ofrep/v1/configuration", get(ofrep::configuration))

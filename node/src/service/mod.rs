@@ -13,6 +13,7 @@ pub(crate) mod events;
 // Public so the A/A simulation (tests/aa_simulation.rs) analyses totals exactly as the RPC does.
 pub mod experiment_results;
 mod experiments;
+pub mod flag_history;
 pub(crate) mod flagd_evaluation;
 mod flagd_sync;
 mod health;

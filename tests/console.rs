@@ -1,0 +1,602 @@
+//! The web console at `/ui` against in-process nodes on in-memory stores: sign-in and its
+//! session cookie, the security headers, the router's refusals (no session, a forged or missing
+//! CSRF token, an ended session, a token without the scope) each changing nothing, and the
+//! writes (kill switch, edit, stale edit, invalid definition, rollback) landing through the Admin
+//! service with the signed-in token in the audit log. Driven with the tests' small HTTP client;
+//! tests/console_browser.rs drives the same pages in Chromium.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bunting_engine::CompileOptions;
+use bunting_node::auth::ApiToken;
+use bunting_node::config::{Config, FlagSourceConfig};
+use bunting_node::server::Stores;
+use bunting_proto::bunting::v1 as pb;
+use bunting_proto::bunting::v1::admin_client::AdminClient;
+use bunting_stores::memory::MemoryAdminStore;
+use bunting_stores::{AdminStore, DEFAULT_FLAG_SET};
+use serde_json::{Value, json};
+
+mod common;
+
+use common::http::{Answer, send};
+use common::in_process::TestNode;
+use common::{Channel, TEST_TOKEN, scratch_dir};
+
+fn config() -> Config {
+    Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        shards: 4,
+        ..Config::default()
+    }
+}
+
+async fn memory_node() -> (TestNode, AdminClient<Channel>) {
+    let store: Arc<dyn AdminStore> = Arc::new(MemoryAdminStore::new(CompileOptions::default()));
+    let node = TestNode::start_with(
+        config(),
+        Stores {
+            flags: store,
+            experiments: None,
+            tier: None,
+        },
+    )
+    .await;
+    let mut admin = AdminClient::new(node.channel().await);
+    common::admin::create_set_with_flags(
+        &mut admin,
+        DEFAULT_FLAG_SET,
+        &[("banner", common::admin_contract::flag("off"))],
+        "ada",
+    )
+    .await;
+    (node, admin)
+}
+
+fn http(node: &TestNode) -> SocketAddr {
+    node.http.expect("the HTTP edge is on")
+}
+
+fn text(answer: &Answer) -> String {
+    String::from_utf8_lossy(&answer.body).into_owned()
+}
+
+async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Answer {
+    let cookie = cookie.map(|c| format!("bunting_session={c}"));
+    let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+    send(addr, "GET", path, &headers, b"").await
+}
+
+async fn post(addr: SocketAddr, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Answer {
+    let cookie = cookie.map(|c| format!("bunting_session={c}"));
+    post_cookie(addr, path, cookie.as_deref(), form).await
+}
+
+/// A form post with `cookie` as the whole `cookie` header.
+async fn post_cookie(
+    addr: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> Answer {
+    let body = form
+        .iter()
+        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+    headers.extend(cookie.map(|c| ("cookie", c)));
+    send(addr, "POST", path, &headers, body.as_bytes()).await
+}
+
+/// The value a `set-cookie` header of `answer` gives cookie `name`, with its attributes.
+fn set_cookie<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+    answer
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+fn cookie_value(set_cookie: &str) -> &str {
+    let pair = set_cookie.split(';').next().unwrap();
+    &pair[pair.find('=').unwrap() + 1..]
+}
+
+/// Posts the sign-in form with `token`, as a browser does after loading it: the form's own CSRF
+/// token in its cookie and in the hidden field.
+async fn post_sign_in(addr: SocketAddr, token: &str) -> Answer {
+    let form = get(addr, "/ui/sign-in", None).await;
+    let cookie = set_cookie(&form, "bunting_sign_in").expect("a sign-in cookie");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    let value = cookie_value(cookie);
+    assert!(text(&form).contains(value), "the form carries its token");
+    post_cookie(
+        addr,
+        "/ui/sign-in",
+        Some(&format!("bunting_sign_in={value}")),
+        &[("sign_in_csrf", value), ("token", token)],
+    )
+    .await
+}
+
+/// A form field as `application/x-www-form-urlencoded` text.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Signs in with `token`: the session cookie's value.
+async fn sign_in(addr: SocketAddr, token: &str) -> String {
+    let answer = post_sign_in(addr, token).await;
+    assert_eq!(answer.status, 303, "{}", text(&answer));
+    let cookie = set_cookie(&answer, "bunting_session").expect("a session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let secret = token.rsplit('_').next().unwrap();
+    assert!(
+        !cookie.contains(secret),
+        "the cookie carries the token: {cookie}"
+    );
+    cookie_value(cookie).to_owned()
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf(page: &Answer) -> String {
+    let body = text(page);
+    let at = body
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no CSRF field in {body}"));
+    body[at + 19..at + 19 + 64].to_owned()
+}
+
+async fn banner(admin: &mut AdminClient<Channel>) -> pb::Flag {
+    admin
+        .list_flags(pb::ListFlagsRequest {
+            flag_set_id: DEFAULT_FLAG_SET.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flags
+        .into_iter()
+        .find(|f| f.key == "banner")
+        .unwrap()
+}
+
+fn definition(flag: &pb::Flag) -> Value {
+    serde_json::from_str(&flag.definition).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_need_a_session_and_writes_a_csrf_token_else_nothing_changes() {
+    let (node, mut admin) = memory_node().await;
+    let addr = http(&node);
+    const FLAG: &str = "/ui/sets/default/flags/banner";
+
+    // Without a session every page sends the browser to sign in.
+    for (path, cookie, location) in [
+        ("/ui", None, "/ui/sign-in"),
+        ("/ui/sets", None, "/ui/sign-in"),
+        (FLAG, None, "/ui/sign-in"),
+        (
+            "/ui/sets/default/audit",
+            Some("00".repeat(32)),
+            "/ui/sign-in?ended=1",
+        ),
+        (
+            "/ui/sets",
+            Some("not-a-session".to_owned()),
+            "/ui/sign-in?ended=1",
+        ),
+    ] {
+        let answer = get(addr, path, cookie.as_deref()).await;
+        assert_eq!(answer.status, 303, "{path}");
+        assert_eq!(answer.header("location"), Some(location), "{path}");
+    }
+
+    // Every console answer carries the security headers, the sign-in page included.
+    let form = get(addr, "/ui/sign-in", None).await;
+    assert_eq!(form.status, 200);
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(form.header(name), Some(value), "{name}");
+    }
+    let csp = form.header("content-security-policy").unwrap();
+    for directive in [
+        "default-src 'none'",
+        "frame-ancestors 'none'",
+        "style-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(text(&form).contains("<label for=\"token\">"));
+
+    // A bad token is refused without echoing it.
+    let forged = ApiToken::generate().unwrap().reveal();
+    for token in [forged.as_str(), "bnt_<script>", ""] {
+        let answer = post_sign_in(addr, token).await;
+        assert_eq!(answer.status, 401, "{token}");
+        assert!(set_cookie(&answer, "bunting_session").is_none());
+        let body = text(&answer);
+        assert!(!body.contains("<script>"), "{body}");
+        if token.len() > 30 {
+            assert!(
+                !body.contains(&token[22..]),
+                "the page quotes the secret: {body}"
+            );
+        }
+    }
+
+    // A sign-in posted from another site (no sign-in cookie, or another form's) signs nobody in,
+    // even with a good token.
+    let other_form =
+        cookie_value(set_cookie(&get(addr, "/ui/sign-in", None).await, "bunting_sign_in").unwrap())
+            .to_owned();
+    let theirs = ApiToken::generate().unwrap().reveal()[5..21].repeat(4);
+    for (cookie, field) in [
+        (None, other_form.as_str()),
+        (
+            Some(format!("bunting_sign_in={theirs}")),
+            other_form.as_str(),
+        ),
+        (Some(format!("bunting_sign_in={other_form}")), ""),
+    ] {
+        let answer = post_cookie(
+            addr,
+            "/ui/sign-in",
+            cookie.as_deref(),
+            &[("sign_in_csrf", field), ("token", TEST_TOKEN)],
+        )
+        .await;
+        assert_eq!(answer.status, 403, "{cookie:?} {field}");
+        assert!(set_cookie(&answer, "bunting_session").is_none());
+    }
+
+    let session = sign_in(addr, TEST_TOKEN).await;
+    let page = get(addr, FLAG, Some(&session)).await;
+    assert_eq!(page.status, 200, "{}", text(&page));
+    assert!(!text(&page).contains(TEST_TOKEN), "a page shows the token");
+    let token = csrf(&page);
+    let before = banner(&mut admin).await;
+    let version = before.version.to_string();
+
+    // Forged, missing and other sessions' CSRF tokens, and no session: refused, nothing changed.
+    let other = sign_in(addr, TEST_TOKEN).await;
+    let others_token = csrf(&get(addr, FLAG, Some(&other)).await);
+    let flipped = format!(
+        "{}{}",
+        if token.starts_with('0') { "1" } else { "0" },
+        &token[1..]
+    );
+    let toggle = format!("{FLAG}/toggle");
+    let cases: [(Option<&str>, Option<&str>, u16); 5] = [
+        (Some(&session), Some(&flipped), 403),
+        (Some(&session), None, 403),
+        (Some(&session), Some(&others_token), 403),
+        (None, Some(&token), 401),
+        (Some(&"ab".repeat(32)), Some(&token), 401),
+    ];
+    for (cookie, csrf_sent, status) in cases {
+        let mut form = vec![
+            ("expected_version", version.as_str()),
+            ("state", "DISABLED"),
+        ];
+        form.extend(csrf_sent.map(|t| ("csrf", t)));
+        let answer = post(addr, &toggle, cookie, &form).await;
+        assert_eq!(answer.status, status, "{cookie:?} {csrf_sent:?}");
+        assert!(
+            text(&answer).contains("Nothing was changed"),
+            "{}",
+            text(&answer)
+        );
+    }
+    assert_eq!(
+        banner(&mut admin).await,
+        before,
+        "a refused form changed the flag"
+    );
+
+    // The kill switch: one click with the session's token, audited as the signed-in token.
+    let form = [
+        ("csrf", token.as_str()),
+        ("expected_version", &version),
+        ("state", "DISABLED"),
+    ];
+    let answer = post(addr, &toggle, Some(&session), &form).await;
+    assert_eq!(answer.status, 303, "{}", text(&answer));
+    let after = banner(&mut admin).await;
+    assert_eq!(definition(&after)["state"], "DISABLED");
+    let audit = admin
+        .list_audit(pb::ListAuditRequest {
+            flag_set_id: DEFAULT_FLAG_SET.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token_id = ApiToken::parse(TEST_TOKEN).unwrap().id().to_string();
+    assert!(
+        audit.entries[0].actor.contains(&token_id),
+        "{:?}",
+        audit.entries[0].actor
+    );
+    // The same form again is stale now: refused with the diff, not applied.
+    let stale = post(addr, &toggle, Some(&session), &form).await;
+    assert_eq!(stale.status, 409, "{}", text(&stale));
+    assert!(
+        text(&stale).contains("someone else changed"),
+        "{}",
+        text(&stale)
+    );
+    assert_eq!(banner(&mut admin).await, after);
+
+    // An edit the engine refuses names the path of the problem, and saves nothing.
+    let broken = json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+                        "defaultVariant": "missing"});
+    let answer = post(
+        addr,
+        &format!("{FLAG}/save"),
+        Some(&session),
+        &[
+            ("csrf", &token),
+            ("expected_version", &after.version.to_string()),
+            ("definition", &broken.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 422, "{}", text(&answer));
+    assert!(
+        text(&answer).contains("defaultVariant"),
+        "{}",
+        text(&answer)
+    );
+    assert_eq!(banner(&mut admin).await, after);
+
+    // Signing out ends the session: its cookie no longer opens a page.
+    let answer = post(addr, "/ui/sign-out", Some(&session), &[("csrf", &token)]).await;
+    assert_eq!(answer.status, 303);
+    let answer = get(addr, "/ui/sets", Some(&session)).await;
+    assert_eq!(answer.header("location"), Some("/ui/sign-in?ended=1"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_is_reviewed_then_saved_and_the_audit_page_rolls_it_back() {
+    let (node, mut admin) = memory_node().await;
+    let addr = http(&node);
+    let session = sign_in(addr, TEST_TOKEN).await;
+    let flag = "/ui/sets/default/flags/banner";
+    let token = csrf(&get(addr, flag, Some(&session)).await);
+    let before = banner(&mut admin).await;
+    let wanted = json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+                        "defaultVariant": "off",
+                        "targeting": {"fractional": [["on", 100], ["off", 0]]}});
+    let version = before.version.to_string();
+    // The review checks with the engine first: a broken edit comes back with its problem's path
+    // and no diff to save.
+    let broken = json!({"state": "ENABLED", "variants": {"on": true},
+                        "defaultVariant": "on", "targeting": {"if": [{"bogus_op": [1]}, "on"]}});
+    let refused = post(
+        addr,
+        &format!("{flag}/preview"),
+        Some(&session),
+        &[
+            ("csrf", &token),
+            ("expected_version", &version),
+            ("definition", &broken.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(refused.status, 422, "{}", text(&refused));
+    assert!(
+        text(&refused).contains("flags.banner.targeting"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        !text(&refused).contains("id=\"save\""),
+        "{}",
+        text(&refused)
+    );
+    let review = post(
+        addr,
+        &format!("{flag}/preview"),
+        Some(&session),
+        &[
+            ("csrf", &token),
+            ("expected_version", &version),
+            ("definition", &wanted.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(review.status, 200, "{}", text(&review));
+    assert!(text(&review).contains("fractional"));
+    assert_eq!(banner(&mut admin).await, before, "a review saved");
+    let saved = post(
+        addr,
+        &format!("{flag}/save"),
+        Some(&session),
+        &[
+            ("csrf", &token),
+            ("expected_version", &version),
+            ("definition", &wanted.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(saved.status, 303, "{}", text(&saved));
+    assert_eq!(definition(&banner(&mut admin).await), wanted);
+
+    // The audit page offers every earlier version; rolling back restores the flags of version
+    // 2 (the set's creation was 1, banner's 2) as one new version.
+    let audit = get(addr, "/ui/sets/default/audit", Some(&session)).await;
+    assert_eq!(audit.status, 200);
+    assert!(
+        text(&audit).contains("Roll back to version 2"),
+        "{}",
+        text(&audit)
+    );
+    let set_version = admin
+        .list_flags(pb::ListFlagsRequest {
+            flag_set_id: DEFAULT_FLAG_SET.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flag_set_version;
+    // A rollback from a page older than the set is refused.
+    let stale = post(
+        addr,
+        "/ui/sets/default/rollback",
+        Some(&session),
+        &[
+            ("csrf", &token),
+            ("to_version", "2"),
+            ("current_version", &(set_version - 1).to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(stale.status, 409, "{}", text(&stale));
+    let rolled = post(
+        addr,
+        "/ui/sets/default/rollback",
+        Some(&session),
+        &[
+            ("csrf", &token),
+            ("to_version", "2"),
+            ("current_version", &set_version.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(rolled.status, 303, "{}", text(&rolled));
+    assert_eq!(definition(&banner(&mut admin).await), definition(&before));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_the_scope_is_refused_and_a_separate_admin_listener_turns_the_console_off()
+{
+    let dir = scratch_dir("console-scope");
+    let evaluator = ApiToken::generate().unwrap();
+    let tokens = json!([{"id": evaluator.id().as_str(), "name": "evaluator",
+                         "hash": evaluator.hash().to_hex(), "scopes": ["evaluate"],
+                         "flag_sets": null}]);
+    let tokens_file = dir.join("tokens.json");
+    std::fs::write(&tokens_file, tokens.to_string()).unwrap();
+    let flags = dir.join("flags.json");
+    std::fs::write(&flags, json!({"flags": {}}).to_string()).unwrap();
+    let mut file_config = config();
+    file_config.flags = FlagSourceConfig::File {
+        path: flags.clone(),
+        set: DEFAULT_FLAG_SET.into(),
+        broken_flags: Default::default(),
+    };
+    file_config.auth.tokens_file = Some(tokens_file);
+    let node = TestNode::start(file_config.clone()).await;
+    let addr = http(&node);
+    let session = sign_in(addr, &evaluator.reveal()).await;
+    let answer = get(addr, "/ui/sets", Some(&session)).await;
+    assert_eq!(answer.status, 403, "{}", text(&answer));
+    assert!(text(&answer).contains("flags:read"), "{}", text(&answer));
+    node.stop().await;
+
+    let mut separate = file_config;
+    separate.admin_addr = Some("127.0.0.1:0".parse().unwrap());
+    let node = TestNode::start(separate).await;
+    let answer = get(http(&node), "/ui/sign-in", None).await;
+    assert_eq!(answer.status, 404);
+    assert!(text(&answer).contains("admin_addr"), "{}", text(&answer));
+    node.stop().await;
+}
+
+/// The console in headless Chromium (tests/js/console.mjs, playwright-core from
+/// `scripts/node-env`): keyboard-only sign-in, labels, create, search, edit with review, kill
+/// switch and rollback, each change seen through OFREP. Fails, never skips, without Node, the
+/// packages or Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser() {
+    let js = common::workspace().join("tests/js");
+    assert!(
+        js.join("node_modules/playwright-core/package.json")
+            .exists(),
+        "playwright-core is not installed in {}: run scripts/node-env",
+        js.display()
+    );
+    let chromium = std::env::var("BUNTING_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: run scripts/node-env (it installs Debian's chromium)"
+    );
+    let node_js = std::env::var("BUNTING_NODE").unwrap_or_else(|_| "node".into());
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("console-screenshots");
+    let (node, _admin) = memory_node().await;
+    let base = format!("http://{}", http(&node));
+    let command = {
+        let (node_js, js, shots) = (node_js.clone(), js.clone(), shots.clone());
+        move || {
+            std::process::Command::new(&node_js)
+                .arg(js.join("console.mjs"))
+                .arg(&base)
+                .arg(TEST_TOKEN)
+                .arg(&shots)
+                .current_dir(&js)
+                .output()
+        }
+    };
+    // The node serves on this runtime while the script runs on a blocking thread.
+    let output = tokio::task::spawn_blocking(command)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {node_js}: {e}; run scripts/node-env"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "console.mjs failed:\n{stdout}\n{stderr}"
+    );
+    let got: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("console.mjs printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(got["keyboardSignIn"], true, "{got}");
+    assert_eq!(got["unlabeled"], json!([]), "{got}");
+    assert_eq!(got["consoleErrors"], json!([]), "{got}");
+    assert_eq!(got["search"], json!(["checkout"]), "{got}");
+    assert_eq!(got["reviewShowsBoth"], true, "{got}");
+    assert_eq!(got["values"]["created"], false, "{got}");
+    assert_eq!(got["values"]["rolledOut"], true, "{got}");
+    assert_ne!(
+        got["values"]["killed"], true,
+        "a killed flag still served its rollout: {got}"
+    );
+    assert_eq!(got["states"]["afterToggle"], "DISABLED", "{got}");
+    assert_eq!(got["rolledBack"], true, "{got}");
+    assert_eq!(got["values"]["afterRollback"], false, "{got}");
+    assert_eq!(got["states"]["afterRollback"], "ENABLED", "{got}");
+    for shot in ["01-sign-in", "05-review", "08-audit", "09-rolled-back"] {
+        assert!(
+            shots.join(format!("{shot}.png")).exists(),
+            "no screenshot {shot}"
+        );
+    }
+    node.stop().await;
+}
