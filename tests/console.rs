@@ -16,6 +16,7 @@ use bunting_node::config::{Config, FlagSourceConfig};
 use bunting_node::server::Stores;
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
+use bunting_proto::bunting::v1::tokens_client::TokensClient;
 use bunting_stores::memory::MemoryAdminStore;
 use bunting_stores::{AdminStore, DEFAULT_FLAG_SET};
 use serde_json::{Value, json};
@@ -24,6 +25,7 @@ mod common;
 
 use common::http::{Answer, send};
 use common::in_process::TestNode;
+use common::postgres::TestDb;
 use common::{Channel, TEST_TOKEN, scratch_dir};
 
 fn config() -> Config {
@@ -524,6 +526,199 @@ async fn a_token_without_the_scope_is_refused_and_a_separate_admin_listener_turn
     let answer = get(http(&node), "/ui/sign-in", None).await;
     assert_eq!(answer.status, 404);
     assert!(text(&answer).contains("admin_addr"), "{}", text(&answer));
+    node.stop().await;
+}
+
+/// A node on PostgreSQL (the token store lives there), its flags in the same database.
+async fn postgres_node(db: &TestDb) -> TestNode {
+    let mut config = config();
+    config.flags = FlagSourceConfig::Postgres {
+        url: db.url.clone().into(),
+        version_check: std::time::Duration::from_secs(3600),
+    };
+    TestNode::start(config).await
+}
+
+async fn token_list(node: &TestNode) -> Vec<pb::TokenInfo> {
+    TokensClient::new(node.channel().await)
+        .list_tokens(pb::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+}
+
+/// The new token's secret a created page shows, if it shows one.
+fn shown_secret(page: &Answer) -> Option<String> {
+    let body = text(page);
+    let at = body.find("<pre id=\"secret\"")?;
+    let start = at + body[at..].find('>')? + 1;
+    let end = start + body[start..].find("</pre>")?;
+    Some(body[start..end].to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_created_with_their_secret_shown_once_listed_and_revoked() {
+    let db = TestDb::create().await;
+    let node = postgres_node(&db).await;
+    let addr = http(&node);
+    let session = sign_in(addr, TEST_TOKEN).await;
+    let page = get(addr, "/ui/tokens", Some(&session)).await;
+    assert_eq!(page.status, 200, "{}", text(&page));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert!(text(&page).contains("bootstrap"), "{}", text(&page));
+    let token = csrf(&page);
+    let fields = [
+        ("name", "ci <reader>"),
+        ("scope.flags:read", "on"),
+        ("flag_sets", "default"),
+        ("expires_days", "30"),
+    ];
+
+    // Forged or missing CSRF, and a bad expiry: refused, no token made.
+    let before = token_list(&node).await.len();
+    for (csrf_sent, expiry, status) in [
+        (Some("00".repeat(32)), "30", 403),
+        (None, "30", 403),
+        (Some(token.clone()), "soon", 422),
+    ] {
+        let mut form = fields.to_vec();
+        form[3].1 = expiry;
+        form.extend(csrf_sent.as_deref().map(|c| ("csrf", c)));
+        let answer = post(addr, "/ui/tokens", Some(&session), &form).await;
+        assert_eq!(answer.status, status, "{}", text(&answer));
+        assert!(shown_secret(&answer).is_none());
+    }
+    assert_eq!(token_list(&node).await.len(), before, "nothing created");
+
+    // Created: the secret is shown on the page the form leads to, once.
+    let mut form = fields.to_vec();
+    form.push(("csrf", &token));
+    let answer = post(addr, "/ui/tokens", Some(&session), &form).await;
+    assert_eq!(answer.status, 303, "{}", text(&answer));
+    let location = answer.header("location").unwrap().to_owned();
+    assert!(location.starts_with("/ui/tokens/created?id="), "{location}");
+    let created = get(addr, &location, Some(&session)).await;
+    assert_eq!(created.header("cache-control"), Some("no-store"));
+    let secret = shown_secret(&created).unwrap_or_else(|| panic!("{}", text(&created)));
+    let parsed = ApiToken::parse(&secret).unwrap();
+    let again = get(addr, &location, Some(&session)).await;
+    assert_eq!(again.status, 200);
+    assert!(shown_secret(&again).is_none(), "shown twice");
+    assert!(!text(&again).contains(&secret));
+    let list = get(addr, "/ui/tokens", Some(&session)).await;
+    assert!(!text(&list).contains(&secret), "the list shows the secret");
+    assert!(text(&list).contains("ci &lt;reader&gt;"), "{}", text(&list));
+    let info = token_list(&node)
+        .await
+        .into_iter()
+        .find(|t| t.id == parsed.id().as_str())
+        .unwrap();
+    assert_eq!(info.scopes, ["flags:read"]);
+    assert_eq!(info.flag_sets, ["default"]);
+    assert!(info.expires_at.is_some() && info.revoked_at.is_none());
+
+    // The new token signs in but lacks tokens:admin: its pages and posts are refused, and the
+    // bootstrap token is not revoked.
+    let reader = sign_in(addr, &secret).await;
+    let refused = get(addr, "/ui/tokens", Some(&reader)).await;
+    assert_eq!(refused.status, 403, "{}", text(&refused));
+    assert!(text(&refused).contains("tokens:admin"));
+    let readers_csrf = csrf(&get(addr, "/ui/sets", Some(&reader)).await);
+    let bootstrap = ApiToken::parse(TEST_TOKEN).unwrap().id().to_string();
+    for (path, form) in [
+        (
+            format!("/ui/tokens/{bootstrap}/revoke"),
+            vec![("csrf", readers_csrf.as_str())],
+        ),
+        (
+            "/ui/tokens".to_owned(),
+            vec![
+                ("csrf", readers_csrf.as_str()),
+                ("name", "escalated"),
+                ("scope.flags:read", "on"),
+                ("all_flag_sets", "on"),
+            ],
+        ),
+    ] {
+        let answer = post(addr, &path, Some(&reader), &form).await;
+        assert_eq!(answer.status, 403, "{path}: {}", text(&answer));
+    }
+    let now = token_list(&node).await;
+    assert_eq!(now.len(), before + 1, "nothing created");
+    assert!(
+        now.iter().all(|t| t.revoked_at.is_none()),
+        "nothing revoked"
+    );
+
+    // Revoke: a confirmation page, then a CSRF-checked post; the token's session ends.
+    let confirm_path = format!("/ui/tokens/{}/revoke", parsed.id());
+    let confirm = get(addr, &confirm_path, Some(&session)).await;
+    assert_eq!(confirm.status, 200, "{}", text(&confirm));
+    assert!(text(&confirm).contains("ci &lt;reader&gt;"));
+    let forged = post(
+        addr,
+        &confirm_path,
+        Some(&session),
+        &[("csrf", &"11".repeat(32))],
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+    assert!(
+        token_list(&node)
+            .await
+            .iter()
+            .all(|t| t.revoked_at.is_none())
+    );
+    let revoked = post(
+        addr,
+        &confirm_path,
+        Some(&session),
+        &[("csrf", &csrf(&confirm))],
+    )
+    .await;
+    assert_eq!(revoked.status, 303, "{}", text(&revoked));
+    let list = get(addr, revoked.header("location").unwrap(), Some(&session)).await;
+    assert!(text(&list).contains("Revoked token"), "{}", text(&list));
+    let info = token_list(&node)
+        .await
+        .into_iter()
+        .find(|t| t.id == parsed.id().as_str())
+        .unwrap();
+    assert!(info.revoked_at.is_some());
+    let ended = get(addr, "/ui/sets", Some(&reader)).await;
+    assert_eq!(ended.header("location"), Some("/ui/sign-in?ended=1"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_page_says_a_single_node_has_no_cluster_and_refuses_forged_drains() {
+    let (node, _admin) = memory_node().await;
+    let addr = http(&node);
+    let session = sign_in(addr, TEST_TOKEN).await;
+    let page = get(addr, "/ui/cluster", Some(&session)).await;
+    assert_eq!(page.status, 200, "{}", text(&page));
+    assert!(
+        text(&page).contains("no [cluster] section"),
+        "{}",
+        text(&page)
+    );
+    let token = csrf(&page);
+    for (path, csrf_sent, status) in [
+        ("/ui/cluster/drain", "00".repeat(32), 403),
+        ("/ui/cluster/undrain", String::new(), 403),
+        // A good form on a node without a cluster: the service's refusal, as a page.
+        ("/ui/cluster/drain", token.clone(), 409),
+    ] {
+        let answer = post(
+            addr,
+            path,
+            Some(&session),
+            &[("csrf", &csrf_sent), ("node_id", "node-1")],
+        )
+        .await;
+        assert_eq!(answer.status, status, "{path}: {}", text(&answer));
+    }
     node.stop().await;
 }
 

@@ -580,6 +580,15 @@ impl BoundServer {
                     enabled: self.admin.is_none(),
                     compile: compile_options(&self.config),
                     admin: Admin::new(self.store.clone(), &self.config.flags),
+                    tokens: TokensService::new(
+                        self.auth.store.clone(),
+                        self.auth.policy.registry().clone(),
+                    ),
+                    cluster: TopologyService::new(
+                        self.routing.clone(),
+                        advertised.clone(),
+                        self.config.shards,
+                    ),
                     sessions: crate::http::console::session::Sessions::new(Default::default()),
                 },
             );

@@ -2,6 +2,8 @@
 //!
 //! - [`html`]: the one escaping function and the page layout; no template engine.
 //! - [`session`]: sign-in sessions (random ids in a bounded in-memory table) and CSRF tokens.
+//! - [`tokens`]: the tokens page over `bunting.v1.Tokens`; [`cluster`]: the cluster page over
+//!   `bunting.v1.ClusterAdmin`; both called in process like the Admin service, same scope table.
 //! - [`pages`]: the pages, each a call to the same `bunting.v1.Admin` service the gRPC port
 //!   serves, with the signed-in token's [`Caller`] in the request's extensions, after the same
 //!   scope table's check ([`crate::auth::scope::required`]) the auth layer makes for gRPC.
@@ -9,9 +11,31 @@
 //! Every answer carries the security headers in [`security_headers`]; the stylesheet is in the
 //! binary (`include_str!`), and there is no script at all, so the CSP forbids every script.
 
+/// Runs `$call` (an Admin RPC future), or returns its refusal as a page.
+macro_rules! rpc {
+    ($signed:expr, $call:expr) => {
+        match $call.await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return status_page($signed, &status),
+        }
+    };
+}
+
+/// Unwraps a `Result<_, Response>`, returning the refusal.
+macro_rules! or_refuse {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(refusal) => return refusal.into_response(),
+        }
+    };
+}
+
+mod cluster;
 mod html;
 mod pages;
 pub mod session;
+mod tokens;
 
 use std::time::Instant;
 
@@ -26,7 +50,7 @@ use bunting_proto::bunting::v1::admin_server::Admin as AdminRpc;
 use chrono::Utc;
 
 use super::Edge;
-use crate::auth::{Caller, Principal, Scope, scope};
+use crate::auth::{Caller, Principal, scope};
 
 /// The stylesheet, served at `/ui/console.css`.
 const CSS: &str = include_str!("console.css");
@@ -58,6 +82,15 @@ pub fn routes(edge: &Edge) -> Router<Edge> {
         .route("/ui/sets/{set}/flags/{key}/save", post(pages::save))
         .route("/ui/sets/{set}/audit", get(pages::audit))
         .route("/ui/sets/{set}/rollback", post(pages::rollback))
+        .route("/ui/tokens", get(tokens::list).post(tokens::create))
+        .route("/ui/tokens/created", get(tokens::created))
+        .route(
+            "/ui/tokens/{id}/revoke",
+            get(tokens::confirm).post(tokens::revoke),
+        )
+        .route("/ui/cluster", get(cluster::status))
+        .route("/ui/cluster/drain", post(cluster::drain))
+        .route("/ui/cluster/undrain", post(cluster::undrain))
         .layer(axum::middleware::from_fn_with_state(edge.clone(), guard))
         .layer(axum::middleware::map_response(security_headers))
 }
@@ -118,6 +151,8 @@ pub struct Console {
     /// edit with them, so it reports what the save would.
     pub compile: bunting_engine::CompileOptions,
     pub admin: crate::service::Admin,
+    pub tokens: crate::service::TokensService,
+    pub cluster: crate::service::TopologyService,
     pub sessions: session::Sessions,
 }
 
@@ -271,12 +306,11 @@ fn authorized<T>(
             signed.principal.describe()
         )));
     }
-    if matches!(scope, Scope::FlagsWrite) {
-        edge.inner
-            .policy
-            .check_rate(scope, &signed.caller)
-            .map_err(|s| Refused::from(status_page(signed, &s)))?;
-    }
+    // Write scopes spend the caller's write budget, as through the gRPC layer; reads spend none.
+    edge.inner
+        .policy
+        .check_rate(scope, &signed.caller)
+        .map_err(|s| Refused::from(status_page(signed, &s)))?;
     let mut request = tonic::Request::new(message);
     request.extensions_mut().insert(signed.caller.clone());
     Ok(request)

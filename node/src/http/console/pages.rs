@@ -181,26 +181,6 @@ pub async fn sign_out(State(edge): State<Edge>, headers: HeaderMap, body: Bytes)
     response
 }
 
-/// Runs `$call` (an Admin RPC future), or returns its refusal as a page.
-macro_rules! rpc {
-    ($signed:expr, $call:expr) => {
-        match $call.await {
-            Ok(response) => response.into_inner(),
-            Err(status) => return status_page($signed, &status),
-        }
-    };
-}
-
-/// Unwraps a `Result<_, Response>`, returning the refusal.
-macro_rules! or_refuse {
-    ($result:expr) => {
-        match $result {
-            Ok(value) => value,
-            Err(refusal) => return refusal.into_response(),
-        }
-    };
-}
-
 pub async fn sets(State(edge): State<Edge>, headers: HeaderMap) -> Response {
     let signed = or_refuse!(reader(&edge, &headers));
     let request = or_refuse!(authorized(

@@ -64,6 +64,23 @@ struct Session {
     csrf: [u8; ID_BYTES],
     created: Instant,
     used: Instant,
+    /// A token secret just created in this session, kept until the one page that shows it.
+    secret: Option<Secret>,
+}
+
+/// A token secret waiting for its one showing; its `Debug` never prints it.
+pub struct Secret(String);
+
+impl Secret {
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// A session as a request sees it.
@@ -122,6 +139,7 @@ impl Sessions {
                 csrf,
                 created: now,
                 used: now,
+                secret: None,
             },
         );
         Ok(Created {
@@ -146,6 +164,23 @@ impl Sessions {
             token: session.token.clone(),
             csrf: hex::encode(session.csrf),
         })
+    }
+
+    /// Keeps `secret` in the session `id` names until [`Sessions::take_secret`] (a newer one
+    /// replaces it): the create form redirects to a page that shows it, so a reload of that page
+    /// neither shows it again nor posts the form again.
+    pub fn hold_secret(&self, id: &str, secret: String) {
+        if let Some(id) = decode(id)
+            && let Some(session) = self.lock().get_mut(&key(&id))
+        {
+            session.secret = Some(Secret(secret));
+        }
+    }
+
+    /// The secret the session `id` names holds, removed: a second call answers `None`.
+    pub fn take_secret(&self, id: &str) -> Option<Secret> {
+        let id = decode(id)?;
+        self.lock().get_mut(&key(&id))?.secret.take()
     }
 
     /// Ends the session `id` names (sign-out), if it exists.
@@ -259,6 +294,25 @@ mod tests {
         assert_eq!(sessions.len(), 2);
         sessions.remove(&third.cookie);
         assert!(sessions.get(&third.cookie, at).is_none());
+    }
+
+    #[test]
+    fn a_held_secret_is_taken_once_by_its_own_session_and_never_debug_printed() {
+        let sessions = Sessions::new(limits(4));
+        let now = Instant::now();
+        let mine = sessions.create(token("00000000000000aa"), now).unwrap();
+        let other = sessions.create(token("00000000000000aa"), now).unwrap();
+        sessions.hold_secret(&mine.cookie, "bnt_secret_value".into());
+        assert!(!format!("{sessions:?}").contains("bnt_secret_value"));
+        assert!(sessions.take_secret(&other.cookie).is_none());
+        assert_eq!(
+            sessions
+                .take_secret(&mine.cookie)
+                .map(|s| s.reveal().to_owned()),
+            Some("bnt_secret_value".to_owned())
+        );
+        assert!(sessions.take_secret(&mine.cookie).is_none(), "shown once");
+        sessions.hold_secret("not a session", "x".into());
     }
 
     #[test]
