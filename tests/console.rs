@@ -16,7 +16,9 @@ use bunting_node::config::{Config, FlagSourceConfig};
 use bunting_node::server::Stores;
 use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::admin_client::AdminClient;
+use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use bunting_proto::bunting::v1::tokens_client::TokensClient;
+use bunting_proto::flagd::evaluation::v1 as flagd;
 use bunting_stores::memory::MemoryAdminStore;
 use bunting_stores::{AdminStore, DEFAULT_FLAG_SET};
 use serde_json::{Value, json};
@@ -719,6 +721,204 @@ async fn the_cluster_page_says_a_single_node_has_no_cluster_and_refuses_forged_d
         .await;
         assert_eq!(answer.status, status, "{path}: {}", text(&answer));
     }
+    node.stop().await;
+}
+
+/// A 50/50 flag `checkout` in set `default` of a PostgreSQL node, for experiments.
+async fn checkout(node: &TestNode) {
+    let flag = json!({
+        "state": "ENABLED",
+        "variants": {"control": "blue", "treatment": "green"},
+        "defaultVariant": "control",
+        "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
+    });
+    common::admin::create_set_with_flags(
+        &mut AdminClient::new(node.channel().await),
+        DEFAULT_FLAG_SET,
+        &[("checkout", flag)],
+        "ada",
+    )
+    .await;
+}
+
+/// `users` users evaluate `checkout` on the node (each an exposure of a running experiment), and
+/// a share of each arm (treatment's larger) sends a `purchase`.
+async fn simulate(node: &TestNode, users: u32) {
+    let mut flags = flagd::service_client::ServiceClient::new(node.channel().await);
+    let mut experiments = ExperimentsClient::new(node.channel().await);
+    for user in 0..users {
+        let key = format!("user-{user}");
+        let context = prost_types::Struct {
+            fields: [(
+                "targetingKey".to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(key.clone())),
+                },
+            )]
+            .into(),
+        };
+        let answer = flags
+            .resolve_string(flagd::ResolveStringRequest {
+                flag_key: "checkout".into(),
+                context: Some(context),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let every = if answer.variant == "treatment" { 3 } else { 6 };
+        if user % every == 0 {
+            experiments
+                .track(pb::TrackRequest {
+                    targeting_key: key,
+                    event: "purchase".into(),
+                    value: 20.0,
+                    flag_set_id: None,
+                })
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn experiment_state(node: &TestNode, id: &str) -> Option<i32> {
+    ExperimentsClient::new(node.channel().await)
+        .get_experiment(pb::GetExperimentRequest { id: id.into() })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().experiment)
+        .map(|e| e.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_is_created_started_and_its_results_drawn_and_refusals_change_nothing() {
+    let db = TestDb::create().await;
+    let node = postgres_node(&db).await;
+    checkout(&node).await;
+    let addr = http(&node);
+    let session = sign_in(addr, TEST_TOKEN).await;
+    let new = get(
+        addr,
+        "/ui/experiments/new?set=default&flag=checkout",
+        Some(&session),
+    )
+    .await;
+    assert_eq!(new.status, 200, "{}", text(&new));
+    assert!(
+        text(&new).contains("<option>treatment</option>"),
+        "{}",
+        text(&new)
+    );
+    let token = csrf(&new);
+    let fields = [
+        ("set", "default"),
+        ("flag", "checkout"),
+        ("id", "checkout-colour"),
+        ("control", "control"),
+        (
+            "metrics",
+            "purchased purchase conversion\nrevenue purchase mean",
+        ),
+        ("engine", "frequentist"),
+        ("sides", "two"),
+        ("sequential", "off"),
+        ("alpha", "0.05"),
+    ];
+
+    // A reader (no experiments:write) and forged CSRF tokens: refused, nothing created.
+    let reader = TokensClient::new(node.channel().await)
+        .create_token(pb::CreateTokenRequest {
+            name: "analyst".into(),
+            scopes: vec!["flags:read".into(), "experiments:read".into()],
+            all_flag_sets: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token_secret;
+    let readers = sign_in(addr, &reader).await;
+    let readers_csrf = csrf(&get(addr, "/ui/experiments", Some(&readers)).await);
+    for (cookie, csrf_sent, status, why) in [
+        (&readers, readers_csrf.as_str(), 403, "experiments:write"),
+        (&session, "", 403, "CSRF"),
+        (&session, &"ab".repeat(32), 403, "CSRF"),
+    ] {
+        let mut form = fields.to_vec();
+        form.push(("csrf", csrf_sent));
+        let answer = post(addr, "/ui/experiments", Some(cookie), &form).await;
+        assert_eq!(answer.status, status, "{}", text(&answer));
+        assert!(text(&answer).contains(why), "{}", text(&answer));
+    }
+    assert_eq!(experiment_state(&node, "checkout-colour").await, None);
+
+    let mut form = fields.to_vec();
+    form.push(("csrf", &token));
+    let created = post(addr, "/ui/experiments", Some(&session), &form).await;
+    assert_eq!(created.status, 303, "{}", text(&created));
+    assert_eq!(
+        created.header("location"),
+        Some("/ui/experiments/checkout-colour")
+    );
+    let draft = get(addr, "/ui/experiments/checkout-colour", Some(&session)).await;
+    assert!(
+        text(&draft).contains("Start experiment"),
+        "{}",
+        text(&draft)
+    );
+    let draft_state = Some(i32::from(pb::ExperimentState::Draft));
+    for (cookie, csrf_sent) in [(&readers, readers_csrf.as_str()), (&session, "")] {
+        let answer = post(
+            addr,
+            "/ui/experiments/checkout-colour/start",
+            Some(cookie),
+            &[("csrf", csrf_sent)],
+        )
+        .await;
+        assert_eq!(answer.status, 403, "{}", text(&answer));
+        assert_eq!(
+            experiment_state(&node, "checkout-colour").await,
+            draft_state
+        );
+    }
+    let started = post(
+        addr,
+        "/ui/experiments/checkout-colour/start",
+        Some(&session),
+        &[("csrf", &csrf(&draft))],
+    )
+    .await;
+    assert_eq!(started.status, 303, "{}", text(&started));
+    assert_eq!(
+        experiment_state(&node, "checkout-colour").await,
+        Some(i32::from(pb::ExperimentState::Running))
+    );
+
+    // Traffic through the node's gRPC API, then the results page: the rule, a table per
+    // metric, the lift's interval drawn.
+    let results = common::eventually(
+        "results with users",
+        std::time::Duration::from_secs(20),
+        || async {
+            simulate(&node, 300).await;
+            let page = get(addr, "/ui/experiments/checkout-colour", Some(&readers)).await;
+            let body = text(&page);
+            (page.status == 200 && body.contains("<svg")).then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        results.contains("Decision rule: <strong>frequentist, fixed horizon"),
+        "{results}"
+    );
+    for expected in [
+        "purchased (conversion)",
+        "revenue (mean)",
+        "Stop experiment",
+        "<title>Relative lift of purchased against control</title>",
+    ] {
+        assert!(results.contains(expected), "{expected}: {results}");
+    }
+    assert!(!results.contains("Sample ratio mismatch"), "{results}");
     node.stop().await;
 }
 

@@ -589,6 +589,11 @@ impl BoundServer {
                         advertised.clone(),
                         self.config.shards,
                     ),
+                    experiments: ExperimentsService::new(
+                        self.experiments.clone(),
+                        &self.config.flags,
+                        dispatch.clone(),
+                    ),
                     sessions: crate::http::console::session::Sessions::new(Default::default()),
                 },
             );

@@ -50,7 +50,7 @@ pub fn page(title: &str, header: Option<Header<'_>>, body: &str) -> String {
         None => String::new(),
         Some(h) => format!(
             "<nav aria-label=\"Console\"><a href=\"/ui/sets\">Flag sets</a>\
-             <a href=\"/ui/tokens\">Tokens</a><a href=\"/ui/cluster\">Cluster</a>\
+             <a href=\"/ui/experiments\">Experiments</a><a href=\"/ui/tokens\">Tokens</a><a href=\"/ui/cluster\">Cluster</a>\
              <span class=\"who\">Signed in as {who}</span>\
              <form method=\"post\" action=\"/ui/sign-out\" class=\"inline\">{csrf}\
              <button type=\"submit\">Sign out</button></form></nav>",

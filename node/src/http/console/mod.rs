@@ -3,7 +3,9 @@
 //! - [`html`]: the one escaping function and the page layout; no template engine.
 //! - [`session`]: sign-in sessions (random ids in a bounded in-memory table) and CSRF tokens.
 //! - [`tokens`]: the tokens page over `bunting.v1.Tokens`; [`cluster`]: the cluster page over
-//!   `bunting.v1.ClusterAdmin`; both called in process like the Admin service, same scope table.
+//!   `bunting.v1.ClusterAdmin`; [`experiments`]: experiments and their results (with
+//!   [`chart`]'s inline SVG) over `bunting.v1.Experiments`; all called in process like the
+//!   Admin service, after the same scope table's check.
 //! - [`pages`]: the pages, each a call to the same `bunting.v1.Admin` service the gRPC port
 //!   serves, with the signed-in token's [`Caller`] in the request's extensions, after the same
 //!   scope table's check ([`crate::auth::scope::required`]) the auth layer makes for gRPC.
@@ -31,7 +33,9 @@ macro_rules! or_refuse {
     };
 }
 
+mod chart;
 mod cluster;
+mod experiments;
 mod html;
 mod pages;
 pub mod session;
@@ -88,6 +92,14 @@ pub fn routes(edge: &Edge) -> Router<Edge> {
             "/ui/tokens/{id}/revoke",
             get(tokens::confirm).post(tokens::revoke),
         )
+        .route(
+            "/ui/experiments",
+            get(experiments::list).post(experiments::create),
+        )
+        .route("/ui/experiments/new", get(experiments::new))
+        .route("/ui/experiments/{id}", get(experiments::show))
+        .route("/ui/experiments/{id}/start", post(experiments::start))
+        .route("/ui/experiments/{id}/stop", post(experiments::stop))
         .route("/ui/cluster", get(cluster::status))
         .route("/ui/cluster/drain", post(cluster::drain))
         .route("/ui/cluster/undrain", post(cluster::undrain))
@@ -153,6 +165,7 @@ pub struct Console {
     pub admin: crate::service::Admin,
     pub tokens: crate::service::TokensService,
     pub cluster: crate::service::TopologyService,
+    pub experiments: crate::service::ExperimentsService,
     pub sessions: session::Sessions,
 }
 

@@ -354,7 +354,7 @@ pub async fn create_flag(
 }
 
 /// The flag `key` of `set` now, or a page saying it is not there.
-async fn read_flag(
+pub(super) async fn read_flag(
     edge: &Edge,
     signed: &Signed,
     set: &str,
