@@ -2,8 +2,11 @@
 //! session cookie, the security headers, the router's refusals (no session, a forged or missing
 //! CSRF token, an ended session, a token without the scope) each changing nothing, and the
 //! writes (kill switch, edit, stale edit, invalid definition, rollback) landing through the Admin
-//! service with the signed-in token in the audit log. Driven with the tests' small HTTP client;
-//! tests/console_browser.rs drives the same pages in Chromium.
+//! service with the signed-in token in the audit log. On PostgreSQL nodes: the tokens page (the
+//! secret shown once), the experiments pages (results with the chart and the rule), each write
+//! refused for a token without its scope or a forged CSRF token; the cluster page on a node
+//! without `[cluster]`. Driven with the tests' small HTTP client; the last two tests drive the
+//! same pages in Chromium (tests/js/console.mjs, tests/js/console_admin.mjs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -922,12 +925,10 @@ async fn an_experiment_is_created_started_and_its_results_drawn_and_refusals_cha
     node.stop().await;
 }
 
-/// The console in headless Chromium (tests/js/console.mjs, playwright-core from
-/// `scripts/node-env`): keyboard-only sign-in, labels, create, search, edit with review, kill
-/// switch and rollback, each change seen through OFREP. Fails, never skips, without Node, the
-/// packages or Chromium.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_works_in_a_real_browser() {
+/// Runs the Chromium script `script` (in tests/js) against `base` with [`TEST_TOKEN`] on a
+/// blocking thread, while this runtime serves the node: the JSON line it prints, and the
+/// screenshot directory. Fails, never skips, without Node, the packages or Chromium.
+async fn browser_script(script: &str, base: String) -> (Value, std::path::PathBuf) {
     let js = common::workspace().join("tests/js");
     assert!(
         js.join("node_modules/playwright-core/package.json")
@@ -945,13 +946,16 @@ async fn the_console_works_in_a_real_browser() {
         .parent()
         .unwrap()
         .join("console-screenshots");
-    let (node, _admin) = memory_node().await;
-    let base = format!("http://{}", http(&node));
     let command = {
-        let (node_js, js, shots) = (node_js.clone(), js.clone(), shots.clone());
+        let (node_js, js, shots, script) = (
+            node_js.clone(),
+            js.clone(),
+            shots.clone(),
+            script.to_owned(),
+        );
         move || {
             std::process::Command::new(&node_js)
-                .arg(js.join("console.mjs"))
+                .arg(js.join(script))
                 .arg(&base)
                 .arg(TEST_TOKEN)
                 .arg(&shots)
@@ -968,10 +972,22 @@ async fn the_console_works_in_a_real_browser() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "console.mjs failed:\n{stdout}\n{stderr}"
+        "{script} failed:\n{stdout}\n{stderr}"
     );
     let got: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("console.mjs printed no JSON ({e}):\n{stdout}\n{stderr}"));
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    (got, shots)
+}
+
+/// The console in headless Chromium (tests/js/console.mjs, playwright-core from
+/// `scripts/node-env`): keyboard-only sign-in, labels, create, search, edit with review, kill
+/// switch and rollback, each change seen through OFREP. Fails, never skips, without Node, the
+/// packages or Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser() {
+    let (node, _admin) = memory_node().await;
+    let base = format!("http://{}", http(&node));
+    let (got, shots) = browser_script("console.mjs", base).await;
     assert_eq!(got["keyboardSignIn"], true, "{got}");
     assert_eq!(got["unlabeled"], json!([]), "{got}");
     assert_eq!(got["consoleErrors"], json!([]), "{got}");
@@ -988,6 +1004,55 @@ async fn the_console_works_in_a_real_browser() {
     assert_eq!(got["values"]["afterRollback"], false, "{got}");
     assert_eq!(got["states"]["afterRollback"], "ENABLED", "{got}");
     for shot in ["01-sign-in", "05-review", "08-audit", "09-rolled-back"] {
+        assert!(
+            shots.join(format!("{shot}.png")).exists(),
+            "no screenshot {shot}"
+        );
+    }
+    node.stop().await;
+}
+
+/// The tokens and experiments pages in headless Chromium (tests/js/console_admin.mjs) against a
+/// node on PostgreSQL: a token's secret shown once and not after a reload, its revocation
+/// refused at the edge; an experiment created and started in the browser, traffic sent through
+/// the node's gRPC API once it runs, and its results drawn with the decision rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_experiments_work_in_a_real_browser() {
+    let db = TestDb::create().await;
+    let node = postgres_node(&db).await;
+    checkout(&node).await;
+    let script = tokio::spawn(browser_script(
+        "console_admin.mjs",
+        format!("http://{}", http(&node)),
+    ));
+    let running = Some(i32::from(pb::ExperimentState::Running));
+    while !script.is_finished() {
+        if experiment_state(&node, "checkout-colour").await == running {
+            simulate(&node, 200).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let (got, shots) = script.await.unwrap();
+    assert_eq!(got["secretShown"], true, "{got}");
+    assert_eq!(got["secretAfterReload"], false, "{got}");
+    assert_eq!(got["revoked"], true, "{got}");
+    assert_eq!(got["revokedStatus"], 401, "{got}");
+    assert_eq!(got["experimentState"], "running", "{got}");
+    assert_eq!(got["charts"], 1, "a chart for its one metric: {got}");
+    assert!(
+        got["rule"]
+            .as_str()
+            .unwrap()
+            .contains("frequentist, sequential"),
+        "{got}"
+    );
+    assert_eq!(got["unlabeled"], json!([]), "{got}");
+    assert_eq!(got["consoleErrors"], json!([]), "{got}");
+    for shot in [
+        "10-token-created",
+        "11-token-reloaded",
+        "16-experiment-results",
+    ] {
         assert!(
             shots.join(format!("{shot}.png")).exists(),
             "no screenshot {shot}"

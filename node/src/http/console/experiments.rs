@@ -425,6 +425,15 @@ impl Rule {
         }
     }
 
+    /// The drawn interval's name, for the table's header.
+    fn interval_name(self) -> &'static str {
+        match self {
+            Rule::Sequential => "Sequential interval",
+            Rule::Bayesian => "Credible interval",
+            Rule::Fixed | Rule::OneSided => "Confidence interval",
+        }
+    }
+
     /// The deciding figure's name and value as the page prints them.
     fn figure(self, lift: &pb::Lift) -> String {
         match self {
@@ -540,8 +549,8 @@ fn render_results(r: &pb::GetExperimentResultsResponse) -> String {
             out,
             "<section class=\"metric\"><h2>{name} ({kind})</h2>\
              <table><thead><tr><th scope=\"col\">Arm</th><th scope=\"col\">Users</th>\
-             <th scope=\"col\">{measure}</th><th scope=\"col\">Lift</th>\
-             <th scope=\"col\">Interval</th><th scope=\"col\">Decided on</th>\
+             <th scope=\"col\">{measure}</th><th scope=\"col\">Relative lift</th>\
+             <th scope=\"col\">{interval}</th><th scope=\"col\">Decided on</th>\
              <th scope=\"col\">Verdict</th></tr></thead><tbody>{rows}</tbody></table>{chart}\
              </section>",
             name = escape(&metric.metric),
@@ -551,6 +560,7 @@ fn render_results(r: &pb::GetExperimentResultsResponse) -> String {
             } else {
                 "Mean"
             },
+            interval = rule.interval_name(),
             chart = chart::lift(&title, &chart_rows, true),
         );
     }
