@@ -4,9 +4,10 @@
 //! writes (kill switch, edit, stale edit, invalid definition, rollback) landing through the Admin
 //! service with the signed-in token in the audit log. On PostgreSQL nodes: the tokens page (the
 //! secret shown once), the experiments pages (results with the chart and the rule), each write
-//! refused for a token without its scope or a forged CSRF token; the cluster page on a node
-//! without `[cluster]`. Driven with the tests' small HTTP client; the last two tests drive the
-//! same pages in Chromium (tests/js/console.mjs, tests/js/console_admin.mjs).
+//! refused for a token without its scope or a forged CSRF token; the cluster page of a node
+//! without `[cluster]` and of a one-member cluster (drain, undrain). Driven with the tests' small
+//! HTTP client; two tests drive the pages in Chromium (tests/js/console.mjs and
+//! tests/js/console_admin.mjs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -1058,5 +1059,104 @@ async fn tokens_and_experiments_work_in_a_real_browser() {
             "no screenshot {shot}"
         );
     }
+    node.stop().await;
+}
+
+/// The cluster page of a one-member cluster, in process: the member, its state and shards, the
+/// epoch, and the Drain button; drained and undrained from the page, a forged undrain refused
+/// with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_page_shows_a_one_member_cluster() {
+    let dir = scratch_dir("console-cluster");
+    let cookie = dir.join("cookie");
+    std::fs::write(&cookie, "console-test-cluster-cookie-0123456789").unwrap();
+    let (port, _) = common::free_ports();
+    let mut config = config();
+    config.cluster = Some(
+        serde_json::from_value(json!({
+            "node_id": "node-1",
+            "listen": format!("127.0.0.1:{port}"),
+            "cookie_file": cookie,
+        }))
+        .unwrap(),
+    );
+    let store: Arc<dyn AdminStore> = Arc::new(MemoryAdminStore::new(CompileOptions::default()));
+    let node = TestNode::start_with(
+        config,
+        Stores {
+            flags: store,
+            experiments: None,
+            tier: None,
+        },
+    )
+    .await;
+    let addr = http(&node);
+    let session = sign_in(addr, TEST_TOKEN).await;
+    let page = common::eventually(
+        "the member in the status",
+        std::time::Duration::from_secs(10),
+        || async {
+            let page = get(addr, "/ui/cluster", Some(&session)).await;
+            (page.status == 200 && text(&page).contains("node-1")).then_some(page)
+        },
+    )
+    .await;
+    let body = text(&page);
+    for expected in [
+        "node-1 (this node, coordinator)",
+        "<td class=\"state\">up</td><td>4</td>",
+        "aria-label=\"Drain node-1\"",
+        "Epoch ",
+    ] {
+        assert!(body.contains(expected), "{expected}: {body}");
+    }
+    // Drain the member, then undrain it; a forged undrain in between changes nothing.
+    let token = csrf(&page);
+    let state_shown = |wanted: &'static str| {
+        let session = session.clone();
+        async move {
+            let page = get(addr, "/ui/cluster", Some(&session)).await;
+            text(&page)
+                .contains(&format!("<td class=\"state\">{wanted}</td>"))
+                .then_some(page)
+        }
+    };
+    let patience = std::time::Duration::from_secs(10);
+    let drained = post(
+        addr,
+        "/ui/cluster/drain",
+        Some(&session),
+        &[("csrf", &token), ("node_id", "node-1")],
+    )
+    .await;
+    assert_eq!(drained.status, 303, "{}", text(&drained));
+    assert_eq!(
+        drained.header("location"),
+        Some("/ui/cluster?drained=node-1")
+    );
+    let page = common::eventually("draining", patience, || state_shown("draining")).await;
+    assert!(
+        text(&page).contains("aria-label=\"Undrain node-1\""),
+        "{}",
+        text(&page)
+    );
+    let forged = post(
+        addr,
+        "/ui/cluster/undrain",
+        Some(&session),
+        &[("csrf", &"00".repeat(32)), ("node_id", "node-1")],
+    )
+    .await;
+    assert_eq!(forged.status, 403, "{}", text(&forged));
+    assert!(text(&get(addr, "/ui/cluster", Some(&session)).await).contains("draining"));
+    let undrained = post(
+        addr,
+        "/ui/cluster/undrain",
+        Some(&session),
+        &[("csrf", &token), ("node_id", "node-1")],
+    )
+    .await;
+    assert_eq!(undrained.status, 303, "{}", text(&undrained));
+    common::eventually("up again", patience, || state_shown("up")).await;
     node.stop().await;
 }
