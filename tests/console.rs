@@ -800,6 +800,9 @@ async fn an_experiment_is_created_started_and_its_results_drawn_and_refusals_cha
     checkout(&node).await;
     let addr = http(&node);
     let session = sign_in(addr, TEST_TOKEN).await;
+    let flag_page = get(addr, "/ui/sets/default/flags/checkout", Some(&session)).await;
+    let link = "/ui/experiments/new?set=default&amp;flag=checkout";
+    assert!(text(&flag_page).contains(link), "{}", text(&flag_page));
     let new = get(
         addr,
         "/ui/experiments/new?set=default&flag=checkout",

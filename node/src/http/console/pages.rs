@@ -423,7 +423,8 @@ fn flag_body(signed: &Signed, set: &str, flag: &pb::Flag, text: &str, notice: &s
     let url = flag_url(set, &flag.key);
     format!(
         "{notice}<p><a href=\"/ui/sets/{s}\">Flag set {set_text}</a> · version {version} · \
-         <a href=\"/ui/sets/{s}/audit\">Audit log</a></p>\
+         <a href=\"/ui/sets/{s}/audit\">Audit log</a> · \
+         <a href=\"/ui/experiments/new?set={s}&amp;flag={k}\">New experiment on this flag</a></p>\
          <section aria-labelledby=\"state-h\"><h2 id=\"state-h\">State: <span class=\"state\" id=\"state\">{state}</span></h2>\
          <form method=\"post\" action=\"{url}/toggle\">{csrf}\
          <input type=\"hidden\" name=\"expected_version\" value=\"{version}\">\
@@ -437,6 +438,7 @@ fn flag_body(signed: &Signed, set: &str, flag: &pb::Flag, text: &str, notice: &s
          <textarea id=\"definition\" name=\"definition\" rows=\"20\" spellcheck=\"false\">{text}</textarea>\
          <button type=\"submit\">Review changes</button></form></section>",
         s = segment(set),
+        k = segment(&flag.key),
         set_text = escape(set),
         version = flag.version,
         state = escape(state),
