@@ -499,6 +499,123 @@ async fn an_edit_is_reviewed_then_saved_and_the_audit_page_rolls_it_back() {
     node.stop().await;
 }
 
+/// The hidden `definition` a review page would save, unescaped.
+fn reviewed_definition(page: &Answer) -> Value {
+    let body = text(page);
+    let start = body
+        .find("name=\"definition\" value=\"")
+        .map(|i| i + "name=\"definition\" value=\"".len())
+        .expect("no definition to save on the review page");
+    let end = body[start..].find('"').map(|n| start + n).unwrap();
+    let raw = body[start..end]
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&raw).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_in_percentages_is_reviewed_then_saved_and_a_bad_one_changes_nothing() {
+    let (node, mut admin) = memory_node().await;
+    let addr = http(&node);
+    let session = sign_in(addr, TEST_TOKEN).await;
+    let flag = "/ui/sets/default/flags/banner";
+    let page = get(addr, flag, Some(&session)).await;
+    assert!(
+        text(&page).contains("<label for=\"pct_0\">off %</label>"),
+        "{}",
+        text(&page)
+    );
+    let token = csrf(&page);
+    let before = banner(&mut admin).await;
+    let version = before.version.to_string();
+    // Variants in the flag's order: off, on.
+    let refused: [(&[(&str, &str)], &str); 3] = [
+        (&[("pct_0", "70"), ("pct_1", "20")], "add up to 90, not 100"),
+        (
+            &[("pct_0", "50.5"), ("pct_1", "49.5")],
+            "not a whole number",
+        ),
+        (&[("pct_0", "-1"), ("pct_1", "101")], "not a whole number"),
+    ];
+    for (fields, says) in refused {
+        let mut form = vec![
+            ("csrf", token.as_str()),
+            ("expected_version", version.as_str()),
+        ];
+        form.extend_from_slice(fields);
+        let answer = post(addr, &format!("{flag}/rollout"), Some(&session), &form).await;
+        assert_eq!(answer.status, 422, "{fields:?}: {}", text(&answer));
+        assert!(
+            text(&answer).contains(says),
+            "{fields:?}: {}",
+            text(&answer)
+        );
+        assert_eq!(
+            banner(&mut admin).await,
+            before,
+            "{fields:?} changed the flag"
+        );
+    }
+    // A forged CSRF token is refused like any write.
+    let forged = post(
+        addr,
+        &format!("{flag}/rollout"),
+        Some(&session),
+        &[
+            ("csrf", "0000"),
+            ("expected_version", &version),
+            ("pct_0", "0"),
+            ("pct_1", "100"),
+        ],
+    )
+    .await;
+    assert_eq!(forged.status, 403, "{}", text(&forged));
+
+    let review = post(
+        addr,
+        &format!("{flag}/rollout"),
+        Some(&session),
+        &[
+            ("csrf", &token),
+            ("expected_version", &version),
+            ("pct_0", "25"),
+            ("pct_1", "75"),
+        ],
+    )
+    .await;
+    assert_eq!(review.status, 200, "{}", text(&review));
+    let wanted = reviewed_definition(&review);
+    assert_eq!(
+        wanted["targeting"],
+        json!({"fractional": [["off", 25], ["on", 75]]})
+    );
+    assert_eq!(banner(&mut admin).await, before, "a review saved");
+    let saved = post(
+        addr,
+        &format!("{flag}/save"),
+        Some(&session),
+        &[
+            ("csrf", &token),
+            ("expected_version", &version),
+            ("definition", &wanted.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(saved.status, 303, "{}", text(&saved));
+    assert_eq!(definition(&banner(&mut admin).await), wanted);
+    // The page reads the split back into the form.
+    let page = get(addr, flag, Some(&session)).await;
+    assert!(
+        text(&page).contains("id=\"pct_1\" name=\"pct_1\" type=\"number\" min=\"0\" max=\"100\" step=\"1\" inputmode=\"numeric\" value=\"75\""),
+        "{}",
+        text(&page)
+    );
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_the_scope_is_refused_and_a_separate_admin_listener_turns_the_console_off()
 {

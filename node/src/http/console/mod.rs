@@ -38,6 +38,7 @@ mod cluster;
 mod experiments;
 mod html;
 mod pages;
+mod rollout;
 pub mod session;
 mod tokens;
 
@@ -83,6 +84,7 @@ pub fn routes(edge: &Edge) -> Router<Edge> {
         .route("/ui/sets/{set}/flags/{key}", get(pages::flag))
         .route("/ui/sets/{set}/flags/{key}/toggle", post(pages::toggle))
         .route("/ui/sets/{set}/flags/{key}/preview", post(pages::preview))
+        .route("/ui/sets/{set}/flags/{key}/rollout", post(pages::rollout))
         .route("/ui/sets/{set}/flags/{key}/save", post(pages::save))
         .route("/ui/sets/{set}/audit", get(pages::audit))
         .route("/ui/sets/{set}/rollback", post(pages::rollback))

@@ -15,6 +15,7 @@ use bunting_proto::bunting::v1::admin_server::Admin as AdminRpc;
 use serde_json::Value;
 
 use super::html::{self, escape, segment};
+use super::rollout;
 use super::session;
 use super::{
     Form, Refused, Signed, admin, authorized, page, reader, status_page, violations, writer,
@@ -430,7 +431,7 @@ fn flag_body(signed: &Signed, set: &str, flag: &pb::Flag, text: &str, notice: &s
          <input type=\"hidden\" name=\"expected_version\" value=\"{version}\">\
          <input type=\"hidden\" name=\"state\" value=\"{next}\">\
          <button type=\"submit\" id=\"toggle\">{action}</button></form></section>\
-         <section aria-labelledby=\"edit-h\"><h2 id=\"edit-h\">Definition</h2>\
+         {rollout}<section aria-labelledby=\"edit-h\"><h2 id=\"edit-h\">Definition</h2>\
          <form method=\"post\" action=\"{url}/preview\" class=\"stack\">{csrf}\
          <input type=\"hidden\" name=\"expected_version\" value=\"{version}\">\
          <label for=\"definition\">Variants, targeting and rollout (flagd JSON; a rollout is \
@@ -444,6 +445,7 @@ fn flag_body(signed: &Signed, set: &str, flag: &pb::Flag, text: &str, notice: &s
         state = escape(state),
         csrf = html::csrf_field(&signed.csrf),
         text = escape(text),
+        rollout = rollout::section(&url, &signed.csrf, flag.version, &rollout::current(&d)),
     )
 }
 
@@ -475,6 +477,46 @@ pub async fn toggle(
         form.version("expected_version"),
     )
     .await
+}
+
+/// The rollout form's split, written as the flag's targeting and shown for review like any edit.
+pub async fn rollout(
+    State(edge): State<Edge>,
+    Path((set, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = Form::parse(&body);
+    let signed = or_refuse!(writer(&edge, &headers, &form));
+    let (flag, _) = or_refuse!(read_flag(&edge, &signed, &set, &key).await);
+    let stored = definition(&flag);
+    let variants = rollout::current(&stored);
+    match rollout::parse(&variants, |name| form.get(name).to_owned()) {
+        Ok(split) => {
+            let wanted = rollout::apply(&stored, &split);
+            let expected = form.version("expected_version");
+            let body = confirm_body(&signed, &set, &flag, &wanted, expected, "");
+            page(
+                StatusCode::OK,
+                &format!("Review flag {key}"),
+                Some(signed.header()),
+                &body,
+            )
+        }
+        Err(e) => {
+            let notice = html::notice(
+                "error",
+                &format!("Rollout not taken: {e}. Nothing was saved; correct it and review again."),
+            );
+            let body = flag_body(&signed, &set, &flag, &html::pretty(&stored), &notice);
+            page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("Flag {key}"),
+                Some(signed.header()),
+                &body,
+            )
+        }
+    }
 }
 
 pub async fn preview(
