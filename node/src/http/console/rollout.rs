@@ -190,10 +190,16 @@ mod tests {
         }
     }
 
+    /// Form fields, and the split (or refusal) they give.
+    type Row = (
+        &'static [(&'static str, &'static str)],
+        Result<Vec<(&'static str, u32)>, RolloutError>,
+    );
+
     #[test]
     fn a_form_must_give_whole_percentages_adding_up_to_100() {
         let variants = current(&flag(Value::Null));
-        let table: [(&[(&str, &str)], Result<Vec<(&str, u32)>, RolloutError>); 6] = [
+        let table: [Row; 6] = [
             (
                 &[("pct_0", "70"), ("pct_1", "30")],
                 Ok(vec![("off", 70), ("on", 30)]),
