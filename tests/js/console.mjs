@@ -1,7 +1,8 @@
 // The web console (/ui) in headless Chromium against a real node (tests/console.rs starts it):
 // sign in with the keyboard only, create a flag, edit its targeting to a 100% rollout and review
 // the diff, flip its kill switch, and roll back from the audit page, reading the flag's value
-// through OFREP (the HTTP edge's evaluation API) after each step. Screenshots of every page go to
+// through a stock OpenFeature provider (the server SDK with @openfeature/ofrep-provider) after
+// each step. Screenshots of every page go to
 // SCREENSHOT_DIR.
 //
 // usage: node console.mjs BASE_URL TOKEN SCREENSHOT_DIR
@@ -9,6 +10,8 @@
 // "states": {...}, "search": [...], "reviewShowsBoth": bool, "rolledBack": bool,
 // "consoleErrors": [...]} (a CSP refusal would show in consoleErrors).
 import { mkdirSync } from 'node:fs';
+import { OpenFeature } from '@openfeature/server-sdk';
+import { OFREPProvider } from '@openfeature/ofrep-provider';
 import { chromium } from 'playwright-core';
 
 const [baseUrl, token, shots] = process.argv.slice(2);
@@ -25,15 +28,16 @@ const timer = setTimeout(() => {
   process.exit(2);
 }, 90_000);
 
-// OFREP's single-flag evaluation: the value, or the error code (or reason) when there is none.
+// The flag as an application sees it: the stock OpenFeature server SDK with the stock OFREP
+// provider (@openfeature/ofrep-provider, as tests/js/ofrep_checks.mjs), sending the token. The
+// value, or the error code when the provider reports one (a disabled flag: GENERAL in 0.1.3).
+await OpenFeature.setProviderAndWait(
+  new OFREPProvider({ baseUrl, headers: [['Authorization', `Bearer ${token}`]] }),
+);
+const client = OpenFeature.getClient();
 async function evaluate(key) {
-  const res = await fetch(`${baseUrl}/ofrep/v1/evaluate/flags/${key}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-    body: JSON.stringify({ context: { targetingKey: 'user-1' } }),
-  });
-  const body = await res.json();
-  return 'value' in body ? body.value : (body.errorCode ?? body.reason ?? null);
+  const details = await client.getBooleanDetails(key, false, { targetingKey: 'user-1' });
+  return details.errorCode ?? details.value;
 }
 
 // Evaluates `key` until its answer is `wanted` (or passes it, a function), or the patience ends.
