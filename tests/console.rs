@@ -1102,8 +1102,8 @@ async fn browser_script(script: &str, base: String) -> (Value, std::path::PathBu
 
 /// The console in headless Chromium (tests/js/console.mjs, playwright-core from
 /// `scripts/node-env`): keyboard-only sign-in, labels, create, search, edit with review, kill
-/// switch and rollback, each change seen through the stock OFREP provider (server SDK). Fails, never skips, without Node, the
-/// packages or Chromium.
+/// switch and rollback, each change seen through the stock OFREP provider (server SDK). Fails,
+/// never skips, without Node, the packages or Chromium.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_a_real_browser() {
     let (node, _admin) = memory_node().await;
