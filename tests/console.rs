@@ -574,6 +574,31 @@ async fn a_rollout_in_percentages_is_reviewed_then_saved_and_a_bad_one_changes_n
     .await;
     assert_eq!(forged.status, 403, "{}", text(&forged));
 
+    // The editor's live check: the engine's problems as JSON, for this session's forms only.
+    let broken = json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "maybe"});
+    let checked = post(
+        addr,
+        &format!("{flag}/check"),
+        Some(&session),
+        &[("csrf", &token), ("definition", &broken.to_string())],
+    )
+    .await;
+    assert_eq!(checked.status, 200, "{}", text(&checked));
+    let answer: Value = serde_json::from_str(&text(&checked)).unwrap();
+    assert_eq!(
+        answer["problems"][0]["path"], "flags.banner.defaultVariant",
+        "{answer}"
+    );
+    let forged_check = post(
+        addr,
+        &format!("{flag}/check"),
+        Some(&session),
+        &[("csrf", "0000"), ("definition", &broken.to_string())],
+    )
+    .await;
+    assert_eq!(forged_check.status, 403, "{}", text(&forged_check));
+    assert_eq!(banner(&mut admin).await, before, "a check changed the flag");
+
     let review = post(
         addr,
         &format!("{flag}/rollout"),
@@ -1114,6 +1139,8 @@ async fn the_console_works_in_a_real_browser() {
     assert_eq!(got["consoleErrors"], json!([]), "{got}");
     assert_eq!(got["search"], json!(["checkout"]), "{got}");
     assert_eq!(got["reviewShowsBoth"], true, "{got}");
+    assert_eq!(got["liveProblem"], true, "live validation: {got}");
+    assert_eq!(got["liveAccepted"], true, "live validation: {got}");
     assert_eq!(got["values"]["created"], false, "{got}");
     assert_eq!(got["values"]["rolledOut"], true, "{got}");
     assert_ne!(

@@ -112,6 +112,20 @@ try {
   await unlabeled('flag');
   const editor = page.locator('#definition');
   const definition = JSON.parse(await editor.inputValue());
+  // Live validation: a broken edit lists the engine's problem at its path while typing, and a
+  // fixed one says the engine accepts it; nothing is saved either way.
+  await editor.fill(JSON.stringify({ ...definition, defaultVariant: 'maybe' }, null, 2));
+  await page
+    .locator('#live-problems code', { hasText: 'flags.checkout.defaultVariant' })
+    .first()
+    .waitFor({ timeout: 10_000 })
+    .then(() => { result.liveProblem = true; }, () => { result.liveProblem = false; });
+  await shot('05a-live-validation');
+  await editor.fill(JSON.stringify(definition, null, 2));
+  await page
+    .locator('#live-problems', { hasText: 'accepts' })
+    .waitFor({ timeout: 10_000 })
+    .then(() => { result.liveAccepted = true; }, () => { result.liveAccepted = false; });
   definition.targeting = { fractional: [['on', 100], ['off', 0]] };
   await editor.fill(JSON.stringify(definition, null, 2));
   await Promise.all([page.waitForNavigation(), page.click('text=Review changes')]);

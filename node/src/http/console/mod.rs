@@ -10,8 +10,10 @@
 //!   serves, with the signed-in token's [`Caller`] in the request's extensions, after the same
 //!   scope table's check ([`crate::auth::scope::required`]) the auth layer makes for gRPC.
 //!
-//! Every answer carries the security headers in [`security_headers`]; the stylesheet is in the
-//! binary (`include_str!`), and there is no script at all, so the CSP forbids every script.
+//! Every answer carries the security headers in [`security_headers`]; the stylesheet and the one
+//! script (live validation in the flag editor, `console.js`) are in the binary (`include_str!`),
+//! and the CSP allows scripts from this origin only: no inline script, no `eval`. Every page
+//! works without the script.
 
 /// Runs `$call` (an Admin RPC future), or returns its refusal as a page.
 macro_rules! rpc {
@@ -60,14 +62,18 @@ use crate::auth::{Caller, Principal, scope};
 /// The stylesheet, served at `/ui/console.css`.
 const CSS: &str = include_str!("console.css");
 
+/// Live validation for the flag editor, served at `/ui/console.js`: the only script, written to
+/// insert text only (`textContent`), so no HTML from an answer ever reaches the page.
+const SCRIPT: &str = include_str!("console.js");
+
 /// The icon, served at `/ui/favicon.svg` (without one, browsers ask for `/favicon.ico`, which
 /// the edge does not serve, and log the 404).
 const ICON: &str = include_str!("favicon.svg");
 
 /// The strictest policy the pages work under: only this origin's stylesheet, no script at all,
 /// forms post only here, and no page may frame the console.
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                   frame-ancestors 'none'; base-uri 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+                   img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The console's routes; [`super::router`] merges them in.
 pub fn routes(edge: &Edge) -> Router<Edge> {
@@ -75,6 +81,7 @@ pub fn routes(edge: &Edge) -> Router<Edge> {
         .route("/ui", get(pages::home))
         .route("/ui/", get(pages::home))
         .route("/ui/console.css", get(css))
+        .route("/ui/console.js", get(script))
         .route("/ui/favicon.svg", get(icon))
         .route("/ui/sign-in", get(pages::sign_in_form).post(pages::sign_in))
         .route("/ui/sign-out", post(pages::sign_out))
@@ -85,6 +92,7 @@ pub fn routes(edge: &Edge) -> Router<Edge> {
         .route("/ui/sets/{set}/flags/{key}/toggle", post(pages::toggle))
         .route("/ui/sets/{set}/flags/{key}/preview", post(pages::preview))
         .route("/ui/sets/{set}/flags/{key}/rollout", post(pages::rollout))
+        .route("/ui/sets/{set}/flags/{key}/check", post(pages::check))
         .route("/ui/sets/{set}/flags/{key}/save", post(pages::save))
         .route("/ui/sets/{set}/audit", get(pages::audit))
         .route("/ui/sets/{set}/rollback", post(pages::rollback))
@@ -151,6 +159,14 @@ async fn security_headers(mut response: Response) -> Response {
 
 async fn css() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
 }
 
 async fn icon() -> Response {

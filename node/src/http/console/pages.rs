@@ -436,8 +436,11 @@ fn flag_body(signed: &Signed, set: &str, flag: &pb::Flag, text: &str, notice: &s
          <input type=\"hidden\" name=\"expected_version\" value=\"{version}\">\
          <label for=\"definition\">Variants, targeting and rollout (flagd JSON; a rollout is \
          <code>fractional</code> with percentages)</label>\
-         <textarea id=\"definition\" name=\"definition\" rows=\"20\" spellcheck=\"false\">{text}</textarea>\
-         <button type=\"submit\">Review changes</button></form></section>",
+         <textarea id=\"definition\" name=\"definition\" rows=\"20\" spellcheck=\"false\" \
+         data-check=\"{url}/check\" aria-describedby=\"live-problems\">{text}</textarea>\
+         <div id=\"live-problems\" aria-live=\"polite\"></div>\
+         <button type=\"submit\">Review changes</button></form></section>\
+         <script src=\"/ui/console.js\" defer></script>",
         s = segment(set),
         k = segment(&flag.key),
         set_text = escape(set),
@@ -584,6 +587,38 @@ pub async fn preview(
         Some(signed.header()),
         &body,
     )
+}
+
+/// The engine's check of an edit in progress, for the editor's live validation (`console.js`):
+/// `{"problems": [{"path", "message"}]}` as JSON, the same problems "Review changes" would list.
+/// Needs the session and its CSRF token like a write; reads the set's evaluators, writes nothing.
+pub async fn check(
+    State(edge): State<Edge>,
+    Path((set, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = Form::parse(&body);
+    let signed = or_refuse!(writer(&edge, &headers, &form));
+    let found = match bunting_engine::parse_document(form.get("definition")) {
+        Err(e) => vec![(String::new(), format!("not valid JSON: {e}"))],
+        Ok(wanted) => {
+            let request = or_refuse!(authorized(
+                &edge,
+                &signed,
+                "/bunting.v1.Admin/GetFlagSet",
+                pb::GetFlagSetRequest { id: set.clone() }
+            ));
+            let record = rpc!(&signed, admin(&edge).get_flag_set(request));
+            let evaluators = record.flag_set.and_then(|s| s.evaluators);
+            problems(&edge.inner.console.compile, &key, &wanted, evaluators)
+        }
+    };
+    let problems: Vec<Value> = found
+        .into_iter()
+        .map(|(path, message)| serde_json::json!({"path": path, "message": message}))
+        .collect();
+    axum::Json(serde_json::json!({ "problems": problems })).into_response()
 }
 
 /// The engine's errors in `wanted` as flag `key` of a set with `evaluators`: the document the
