@@ -497,13 +497,12 @@ pub async fn rollout(
     match rollout::parse(&variants, |name| form.get(name).to_owned()) {
         Ok(split) => {
             let wanted = rollout::apply(&stored, &split);
-            let expected = form.version("expected_version");
-            let body = confirm_body(&signed, &set, &flag, &wanted, expected, "");
-            page(
-                StatusCode::OK,
-                &format!("Review flag {key}"),
-                Some(signed.header()),
-                &body,
+            review(
+                &signed,
+                &set,
+                &flag,
+                &wanted,
+                form.version("expected_version"),
             )
         }
         Err(e) => {
@@ -511,13 +510,7 @@ pub async fn rollout(
                 "error",
                 &format!("Rollout not taken: {e}. Nothing was saved; correct it and review again."),
             );
-            let body = flag_body(&signed, &set, &flag, &html::pretty(&stored), &notice);
-            page(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &format!("Flag {key}"),
-                Some(signed.header()),
-                &body,
-            )
+            edit_refused(&signed, &set, &flag, &html::pretty(&stored), &notice)
         }
     }
 }
@@ -541,13 +534,7 @@ pub async fn preview(
                     "The definition is not valid JSON: {e}. Nothing was saved; fix it and review again."
                 ),
             );
-            let body = flag_body(&signed, &set, &flag, text, &notice);
-            return page(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &format!("Flag {key}"),
-                Some(signed.header()),
-                &body,
-            );
+            return edit_refused(&signed, &set, &flag, text, &notice);
         }
     };
     // The engine's check before the diff: a definition the save would refuse is shown again
@@ -571,19 +558,35 @@ pub async fn preview(
             ),
             problem_list(&found)
         );
-        let body = flag_body(&signed, &set, &flag, text, &notice);
-        return page(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &format!("Flag {key}"),
-            Some(signed.header()),
-            &body,
-        );
+        return edit_refused(&signed, &set, &flag, text, &notice);
     }
-    let expected = form.version("expected_version");
-    let body = confirm_body(&signed, &set, &flag, &wanted, expected, "");
+    review(
+        &signed,
+        &set,
+        &flag,
+        &wanted,
+        form.version("expected_version"),
+    )
+}
+
+/// The flag page again, editor holding `text`, with `notice` saying why the edit was not taken.
+fn edit_refused(signed: &Signed, set: &str, flag: &pb::Flag, text: &str, notice: &str) -> Response {
+    let body = flag_body(signed, set, flag, text, notice);
+    page(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &format!("Flag {}", flag.key),
+        Some(signed.header()),
+        &body,
+    )
+}
+
+/// The review page: stored and `wanted` side by side, and the form that saves `wanted` against
+/// version `expected`.
+fn review(signed: &Signed, set: &str, flag: &pb::Flag, wanted: &Value, expected: i64) -> Response {
+    let body = confirm_body(signed, set, flag, wanted, expected, "");
     page(
         StatusCode::OK,
-        &format!("Review flag {key}"),
+        &format!("Review flag {}", flag.key),
         Some(signed.header()),
         &body,
     )
@@ -752,13 +755,7 @@ async fn save_definition(
                 ),
                 violations(&status)
             );
-            let body = flag_body(signed, set, current, text, &notice);
-            page(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &title,
-                Some(signed.header()),
-                &body,
-            )
+            edit_refused(signed, set, current, text, &notice)
         }
         Err(status) if status.code() == tonic::Code::FailedPrecondition => {
             // Someone else saved first: show theirs against this edit, and offer to save this
