@@ -231,6 +231,27 @@ impl StoreError {
     }
 }
 
+/// One committed write, as the audit log records it and its change notice announces it; every
+/// store builds one per write (PostgreSQL writes it inside the write's transaction).
+#[derive(Debug)]
+pub(crate) struct Change<'a> {
+    pub flag_set: &'a str,
+    pub flag_key: Option<&'a str>,
+    pub action: AuditAction,
+    pub actor: &'a str,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub version: i64,
+    pub at: DateTime<Utc>,
+}
+
+impl Change<'_> {
+    /// Whether this write deleted the set itself (a deleted flag is a change to its set).
+    pub(crate) fn deletes_set(&self) -> bool {
+        self.action == AuditAction::Delete && self.flag_key.is_none()
+    }
+}
+
 /// `flag set "id"`, as errors and the audit name a set.
 pub(crate) fn set_name(id: &str) -> String {
     format!("flag set {id:?}")

@@ -15,6 +15,7 @@ mod batch;
 pub mod breaker;
 mod document;
 pub mod experiments;
+mod fanout;
 pub mod file;
 pub mod guarded_events;
 pub mod memory;

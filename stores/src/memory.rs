@@ -7,17 +7,18 @@
 //! optimistic concurrency, validation, the audit log and change notices.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bunting_engine::CompileOptions;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
 
-use crate::admin::{check_version, flag_name, set_name};
+use crate::admin::{Change, check_version, flag_name, set_name};
 use crate::batch;
 use crate::document::{self, check_name};
+use crate::fanout::Fanout;
 use crate::{
     AdminStore, AuditAction, AuditEntry, BatchOutcome, ChangeNotice, FlagBatch, FlagChange,
     FlagList, FlagRecord, FlagSetFields, FlagSetRecord, FlagSetSnapshot, MAX_AUDIT_PAGE,
@@ -36,13 +37,13 @@ pub struct MemoryAdminStore {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// Every set ever created, deleted ones as tombstones (they keep counting versions).
     sets: BTreeMap<String, Set>,
     /// In commit order; an entry's id is its index plus one.
     audit: Vec<AuditEntry>,
-    subscribers: Vec<Subscriber>,
+    subscribers: Fanout<ChangeNotice>,
 }
 
 #[derive(Debug)]
@@ -66,19 +67,16 @@ struct Flag {
     deleted: bool,
 }
 
-#[derive(Debug)]
-struct Subscriber {
-    notices: mpsc::Sender<ChangeNotice>,
-    /// Notices were dropped for want of room: send a resync before the next one.
-    missed: bool,
-}
-
 impl MemoryAdminStore {
     /// An empty store that validates writes with `compile`, as a node compiles what it serves.
     pub fn new(compile: CompileOptions) -> MemoryAdminStore {
         MemoryAdminStore {
             compile,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                sets: BTreeMap::new(),
+                audit: Vec::new(),
+                subscribers: Fanout::new(ChangeNotice::Resync),
+            }),
         }
     }
 
@@ -131,6 +129,28 @@ impl Set {
         )
     }
 
+    /// A new live flag `key`, or its tombstone brought back one version past its deletion.
+    fn create_flag(&mut self, key: &str, definition: Value, at: DateTime<Utc>) -> &mut Flag {
+        let version = self
+            .flags
+            .get(key)
+            .map_or(1, |tombstone| tombstone.version + 1);
+        let flag = Flag {
+            definition,
+            version,
+            created_at: at,
+            updated_at: at,
+            deleted: false,
+        };
+        match self.flags.entry(key.to_owned()) {
+            Entry::Occupied(mut entry) => {
+                entry.insert(flag);
+                entry.into_mut()
+            }
+            Entry::Vacant(entry) => entry.insert(flag),
+        }
+    }
+
     /// A write to the set or one of its flags: the set's next version.
     fn bump(&mut self, at: DateTime<Utc>) -> i64 {
         self.version += 1;
@@ -140,6 +160,20 @@ impl Set {
 }
 
 impl Flag {
+    /// Deleted: it keeps counting versions, so a re-created flag is newer than any copy of it.
+    fn tombstone(&mut self, at: DateTime<Utc>) {
+        self.deleted = true;
+        self.version += 1;
+        self.updated_at = at;
+    }
+
+    /// A new definition for a live flag; returns the one it replaced.
+    fn replace(&mut self, definition: Value, at: DateTime<Utc>) -> Value {
+        self.version += 1;
+        self.updated_at = at;
+        std::mem::replace(&mut self.definition, definition)
+    }
+
     fn record(&self, flag_set: &str, key: &str, flag_set_version: i64) -> FlagRecord {
         FlagRecord {
             flag_set_id: flag_set.to_owned(),
@@ -176,6 +210,7 @@ impl State {
 
     /// Appends `change` to the audit log; returns the notice it makes.
     fn audit(&mut self, change: Change<'_>) -> ChangeNotice {
+        let deletes_set = change.deletes_set();
         let id = i64::try_from(self.audit.len()).unwrap_or(i64::MAX - 1) + 1;
         self.audit.push(AuditEntry {
             id,
@@ -188,17 +223,18 @@ impl State {
             after: change.after,
             flag_set_version: change.version,
         });
-        match (change.action, change.flag_key) {
-            (AuditAction::Delete, None) => ChangeNotice::Deleted {
+        if deletes_set {
+            ChangeNotice::Deleted {
                 flag_set: change.flag_set.to_owned(),
                 version: change.version,
                 at: change.at,
-            },
-            _ => ChangeNotice::Changed {
+            }
+        } else {
+            ChangeNotice::Changed {
                 flag_set: change.flag_set.to_owned(),
                 version: change.version,
                 at: change.at,
-            },
+            }
         }
     }
 
@@ -252,36 +288,8 @@ impl State {
     }
 
     fn notify(&mut self, notice: &ChangeNotice) {
-        self.subscribers.retain_mut(|subscriber| {
-            if subscriber.missed {
-                match subscriber.notices.try_send(ChangeNotice::Resync) {
-                    Ok(()) => subscriber.missed = false,
-                    Err(mpsc::error::TrySendError::Full(_)) => return true,
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                }
-            }
-            match subscriber.notices.try_send(notice.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    subscriber.missed = true;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        self.subscribers.send(notice);
     }
-}
-
-/// One committed write, as the audit log records it.
-struct Change<'a> {
-    flag_set: &'a str,
-    flag_key: Option<&'a str>,
-    action: AuditAction,
-    actor: &'a str,
-    before: Option<Value>,
-    after: Option<Value>,
-    version: i64,
-    at: DateTime<Utc>,
 }
 
 #[async_trait]
@@ -345,9 +353,7 @@ impl AdminStore for MemoryAdminStore {
         let before = set.document();
         let at = Utc::now();
         for flag in set.flags.values_mut().filter(|flag| !flag.deleted) {
-            flag.deleted = true;
-            flag.version += 1;
-            flag.updated_at = at;
+            flag.tombstone(at);
         }
         set.deleted = true;
         let version = set.bump(at);
@@ -412,21 +418,10 @@ impl AdminStore for MemoryAdminStore {
         let doc = document::build(&set.metadata, &set.evaluators, [(key, &definition)]);
         document::validate(&doc, &self.compile)?;
         let at = Utc::now();
-        // A tombstone of the key is brought back one version past its deletion.
-        let flag_version = set
-            .flags
-            .get(key)
-            .map_or(1, |tombstone| tombstone.version + 1);
-        let flag = Flag {
-            definition,
-            version: flag_version,
-            created_at: at,
-            updated_at: at,
-            deleted: false,
-        };
         let version = set.bump(at);
-        let record = flag.record(flag_set, key, version);
-        set.flags.insert(key.to_owned(), flag);
+        let record = set
+            .create_flag(key, definition, at)
+            .record(flag_set, key, version);
         state.committed(Change {
             flag_set,
             flag_key: Some(key),
@@ -461,9 +456,7 @@ impl AdminStore for MemoryAdminStore {
                 what: flag_name(flag_set, key),
             });
         };
-        let before = std::mem::replace(&mut flag.definition, definition);
-        flag.version += 1;
-        flag.updated_at = at;
+        let before = flag.replace(definition, at);
         let record = flag.record(flag_set, key, version);
         state.committed(Change {
             flag_set,
@@ -498,9 +491,7 @@ impl AdminStore for MemoryAdminStore {
                 what: flag_name(flag_set, key),
             });
         };
-        flag.deleted = true;
-        flag.version += 1;
-        flag.updated_at = at;
+        flag.tombstone(at);
         let before = flag.definition.clone();
         state.committed(Change {
             flag_set,
@@ -597,33 +588,10 @@ impl AdminStore for MemoryAdminStore {
                     };
                     let flag = match set.flags.get_mut(&key) {
                         Some(flag) if !flag.deleted => {
-                            flag.definition = definition;
-                            flag.version += 1;
-                            flag.updated_at = at;
+                            flag.replace(definition, at);
                             flag
                         }
-                        _ => {
-                            // A tombstone of the key comes back one version past its deletion.
-                            let version = set
-                                .flags
-                                .get(&key)
-                                .map_or(1, |tombstone| tombstone.version + 1);
-                            set.flags.insert(
-                                key.clone(),
-                                Flag {
-                                    definition,
-                                    version,
-                                    created_at: at,
-                                    updated_at: at,
-                                    deleted: false,
-                                },
-                            );
-                            set.flags
-                                .get_mut(&key)
-                                .ok_or_else(|| StoreError::NotFound {
-                                    what: flag_name(flag_set, &key),
-                                })?
-                        }
+                        _ => set.create_flag(&key, definition, at),
                     };
                     let record = flag.record(flag_set, &key, version);
                     let after = record.definition.clone();
@@ -632,9 +600,7 @@ impl AdminStore for MemoryAdminStore {
                 }
                 FlagChange::Delete { .. } => {
                     if let Some(flag) = set.flags.get_mut(&key) {
-                        flag.deleted = true;
-                        flag.version += 1;
-                        flag.updated_at = at;
+                        flag.tombstone(at);
                     }
                     outcome.deleted.push(key.clone());
                     (AuditAction::Delete, None)
@@ -733,11 +699,7 @@ impl AdminStore for MemoryAdminStore {
     }
 
     async fn subscribe(&self) -> Result<Subscription, StoreError> {
-        let (notices, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
-        self.state().subscribers.push(Subscriber {
-            notices,
-            missed: false,
-        });
+        let receiver = self.state().subscribers.subscribe(SUBSCRIBER_BUFFER, false);
         Ok(Subscription::new(receiver))
     }
 }

@@ -23,7 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{Connection, FromRow};
 
-use super::admin::{check_version, flag_name, set_name};
+use super::admin::{Change, check_version, flag_name, set_name};
 use super::document::{self, check_name};
 use super::{
     AdminStore, AuditAction, AuditEntry, BatchOutcome, FlagBatch, FlagList, FlagRecord,
@@ -909,17 +909,6 @@ async fn bump_set(
 
 /// The tail every write shares: its audit row and its notification, inside its transaction (a
 /// notification is delivered only when the transaction commits, and never if it rolls back).
-struct Change<'a> {
-    flag_set: &'a str,
-    flag_key: Option<&'a str>,
-    action: AuditAction,
-    actor: &'a str,
-    before: Option<Value>,
-    after: Option<Value>,
-    version: i64,
-    at: DateTime<Utc>,
-}
-
 impl Change<'_> {
     async fn record(self, conn: &mut PgConnection) -> Result<(), Failure> {
         self.audit(conn).await?;
@@ -951,7 +940,7 @@ impl Change<'_> {
             flag_set: self.flag_set.to_owned(),
             version: self.version,
             at: Some(self.at),
-            deleted: self.action == AuditAction::Delete && self.flag_key.is_none(),
+            deleted: self.deletes_set(),
         };
         let payload = serde_json::to_string(&payload)
             .map_err(|e| StoreError::Internal { source: e.into() })?;

@@ -14,8 +14,8 @@ use serde_json::Value;
 use sqlx::postgres::PgConnection;
 use sqlx::types::Json;
 
-use super::{Change, Failure, FlagRow, PostgresStore, SetRow, bump_set, lock_set};
-use crate::admin::{check_version, set_name};
+use super::{Failure, FlagRow, PostgresStore, SetRow, bump_set, lock_set};
+use crate::admin::{Change, check_version, set_name};
 use crate::batch;
 use crate::document::{self, check_name};
 use crate::{AuditAction, BatchOutcome, FlagBatch, FlagChange, FlagSetFields, StoreError};

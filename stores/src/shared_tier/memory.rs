@@ -12,12 +12,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bunting_experiments::Experiment;
-use tokio::sync::mpsc;
 
 use super::{
     BreakerState, ChangeStream, SharedTier, SharedTierError, SnapshotWrite, TierChange,
     TierContent, TierSnapshot, WriteOutcome,
 };
+use crate::fanout::Fanout;
 use crate::secret_url::RedactedUrl;
 
 /// Changes that may wait for one slow subscriber; beyond it the subscriber is sent
@@ -31,19 +31,13 @@ pub struct MemoryTier {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     snapshots: BTreeMap<String, (u64, TierContent)>,
     owners: BTreeMap<u32, u64>,
     user_states: BTreeMap<u32, BTreeMap<String, Vec<u8>>>,
     running: Option<Vec<Experiment>>,
-    subscribers: Vec<Subscriber>,
-}
-
-#[derive(Debug)]
-struct Subscriber {
-    changes: mpsc::Sender<TierChange>,
-    missed: bool,
+    subscribers: Fanout<TierChange>,
 }
 
 impl Default for MemoryTier {
@@ -56,7 +50,13 @@ impl MemoryTier {
     pub fn new() -> MemoryTier {
         MemoryTier {
             reachable: AtomicBool::new(true),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                snapshots: BTreeMap::new(),
+                owners: BTreeMap::new(),
+                user_states: BTreeMap::new(),
+                running: None,
+                subscribers: Fanout::new(TierChange::Resync),
+            }),
         }
     }
 
@@ -126,23 +126,7 @@ impl MemoryTier {
 
 impl State {
     fn publish(&mut self, change: &TierChange) {
-        self.subscribers.retain_mut(|subscriber| {
-            if subscriber.missed {
-                match subscriber.changes.try_send(TierChange::Resync) {
-                    Ok(()) => subscriber.missed = false,
-                    Err(mpsc::error::TrySendError::Full(_)) => return true,
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                }
-            }
-            match subscriber.changes.try_send(change.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    subscriber.missed = true;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        self.subscribers.send(change);
     }
 }
 
@@ -221,14 +205,9 @@ impl SharedTier for MemoryTier {
     }
 
     fn subscribe(&self) -> ChangeStream {
-        let (changes, stream) = mpsc::channel(SUBSCRIBER_BUFFER);
         // Like a Redis subscription once it is established: a resync first, so the subscriber
         // reads what it may have missed before it subscribed.
-        let missed = changes.try_send(TierChange::Resync).is_err();
-        self.state()
-            .subscribers
-            .push(Subscriber { changes, missed });
-        stream
+        self.state().subscribers.subscribe(SUBSCRIBER_BUFFER, true)
     }
 
     async fn claim_user_states(
