@@ -5,9 +5,10 @@
 //!   below may change);
 //! - an RFC 3339 UTC time (`2026-12-07T22:28:48Z`) is `<time>`;
 //! - a token id (16 hex digits, random) is `<id>`;
-//! - `bunting cluster status`: the map's epoch (how many maps the coordinator placed before the
-//!   last member joined depends on when each heartbeat landed) and each member's HEARD(ms) (the
-//!   time since its last heartbeat) are `<n>`.
+//! - the shard map's epoch (`epoch 3`, `"epoch": 3`) is `<n>`: how many maps the coordinator
+//!   placed while the members joined depends on when each heartbeat landed;
+//! - `bunting cluster status`: each member's HEARD(ms) (the time since its last heartbeat) is
+//!   `<n>`.
 //!
 //! Everything else (shard counts, ids, versions, counts, statistics) must match exactly: a fresh
 //! database and the tour's fixed order make them the same on every run.
@@ -18,12 +19,14 @@ use regex::Regex;
 pub fn normalize(command: &str, lines: &[String]) -> Vec<String> {
     let time = Regex::new(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z\b").unwrap();
     let token_id = Regex::new(r"\b[0-9a-f]{16}\b").unwrap();
+    let epoch = Regex::new(r#"\b(epoch"?:?) \d+\b"#).unwrap();
     let cluster_status = command.contains("cluster status") && !command.contains("--json");
     lines
         .iter()
         .map(|line| {
             let line = time.replace_all(line, "<time>");
             let line = token_id.replace_all(&line, "<id>");
+            let line = epoch.replace_all(&line, "$1 <n>");
             let mut words: Vec<&str> = line.split_whitespace().collect();
             if cluster_status {
                 mask_cluster_status(&mut words);
@@ -33,11 +36,8 @@ pub fn normalize(command: &str, lines: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// `epoch 3  coordinator node-1 ...` and member rows `node-1  up  78  0  127.0.0.1:8101 ...`.
+/// Member rows: `node-1  up  78  0  127.0.0.1:8101 ...`.
 fn mask_cluster_status(words: &mut [&str]) {
-    if words.first() == Some(&"epoch") && words.len() > 1 {
-        words[1] = "<n>";
-    }
     let member_row = words.len() >= 4
         && ["up", "draining", "down", "joining"].contains(&words[1])
         && words[3].parse::<u64>().is_ok();
@@ -93,6 +93,11 @@ mod tests {
              18e195edea658ae4  bootstrap",
         );
         assert_eq!(diff("bunting cluster status", 10, &shown, &printed), None);
+        let shown =
+            lines("{\n  \"epoch\": 2,\ndrained node-4: the cluster serves epoch 4 without it");
+        let printed =
+            lines("{\n  \"epoch\": 13,\ndrained node-4: the cluster serves epoch 5 without it");
+        assert_eq!(diff("bunting resolve", 1, &shown, &printed), None);
     }
 
     #[test]
