@@ -51,9 +51,12 @@ fn the_readme_tour_runs_and_prints_what_it_shows() {
             skipped.line, skipped.lang, skipped.reason
         );
     }
+    // A README that lost its blocks or samples (a renamed heading, a changed fence) must not
+    // pass by running nothing.
+    let shown = tour.steps.iter().filter(|s| s.expect.is_some()).count();
     assert!(
-        tour.steps.len() >= 40,
-        "only {} tour commands found",
+        tour.steps.len() >= 40 && shown >= 20,
+        "only {} tour commands found, {shown} with output shown",
         tour.steps.len()
     );
     let busy: Vec<u16> = PORTS

@@ -99,13 +99,23 @@ impl Session {
         }
     }
 
-    /// What the session runs for a README command: the same text, with the tour's database
-    /// name this session's (the cluster configs name it the same way).
+    /// What the session runs for a README command: the same text, with the tour's database name
+    /// and Redis key pattern this session's (as in its copies of the cluster configs).
     pub fn rewrite(&self, command: &str) -> String {
-        command.replace(
-            "CREATE DATABASE bunting'",
-            &format!("CREATE DATABASE {}'", self.database),
-        )
+        let ours = command
+            .replace("DATABASE bunting'", &format!("DATABASE {}'", self.database))
+            .replace("'{bunting*'", &format!("'{{{}*'", self.redis_prefix));
+        // A command that reaches the reader's data some other way would drop or delete it on
+        // the machine running the test.
+        let database = format!("DATABASE {}'", self.database);
+        let keys = format!("{{{}", self.redis_prefix);
+        assert!(
+            ours.matches("DATABASE ").count() == ours.matches(&database).count()
+                && ours.matches("{bunting").count() == ours.matches(&keys).count(),
+            "a README command names a database or Redis keys in a form \
+             tests/readme_tour/session.rs does not rewrite: {command}"
+        );
+        ours
     }
 
     /// Runs `steps` in one bash whose `PATH` starts with `bin_dir`, stopping at the first plain
