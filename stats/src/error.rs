@@ -84,7 +84,10 @@ impl fmt::Display for Arm {
 ///   variance near `f64::MAX`, a control mean near zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
 pub enum Unavailable {
-    #[error("not enough data: the {arm} arm has {users} users, at least 2 are needed")]
+    #[error(
+        "not enough data: the {arm} arm has {users} user{}, at least 2 are needed",
+        plural_s(.users)
+    )]
     NotEnoughData { arm: Arm, users: u64 },
     #[error(
         "not enough information: every user in the {arm} arm has the same value (a rate of 0% or \
@@ -97,4 +100,30 @@ pub enum Unavailable {
     ZeroControlMean,
     #[error("values out of floating-point range")]
     Overflow,
+}
+
+/// "1 user", "0 users": `NotEnoughData` is mostly read with 0 or 1 (the README tour shows it).
+fn plural_s(n: &u64) -> &'static str {
+    if *n == 1 { "" } else { "s" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_enough_data_counts_users_in_words() {
+        let message = |users| {
+            Unavailable::NotEnoughData {
+                arm: Arm::Control,
+                users,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            message(1),
+            "not enough data: the control arm has 1 user, at least 2 are needed"
+        );
+        assert!(message(0).contains("has 0 users,"), "{}", message(0));
+    }
 }
