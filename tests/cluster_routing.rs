@@ -16,7 +16,7 @@ use std::time::Duration;
 use bunting_proto::bunting::v1::ClusterStatusRequest;
 use bunting_proto::bunting::v1::cluster_admin_client::ClusterAdminClient;
 use bunting_proto::flagd::evaluation::v2;
-use common::cluster::{ClusterNode, agreement, file_flags, status_text, topology};
+use common::cluster::{ClusterNode, agreement, file_flags, owners, status_text, topology};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
 };
@@ -299,6 +299,21 @@ async fn a_three_node_cluster_routes_forwards_and_drains() {
         status_text(&n1).await
     );
     assert!(n1.is_running() && stranger.is_running());
+    // And it owns nothing: a node with seeds must be let in before it owns a shard, so one
+    // refused at join never forms a cluster of one owning them all (it used to, at epoch 0).
+    let alone = topology(&stranger).await.expect("the stranger answers");
+    assert!(owners(&alone).is_empty(), "{alone:?}");
+    assert_eq!(
+        metric(&stranger.metrics_text(), "bunting_shards_owned"),
+        0,
+        "{}",
+        stranger.metrics_text()
+    );
+    assert!(
+        !stranger.log().contains("placed a new shard map"),
+        "{}",
+        stranger.log()
+    );
 
     // `bunting cluster drain node-3`: its shards move to the others; it can then stop cleanly.
     let drain = bunting(&["cluster", "drain", "node-3", "--node", &n1.grpc.to_string()]);

@@ -136,7 +136,10 @@ impl Cluster {
             peer_protocol: config.peer_protocol,
             vnodes: config.vnodes_per_node,
         };
-        let view = View::new(me.clone(), config.failure_timeout);
+        let view = match config.seeds.is_empty() {
+            true => View::new(me.clone(), config.failure_timeout),
+            false => View::new(me.clone(), config.failure_timeout).must_join(),
+        };
         let (map, _) = watch::channel(view.map().clone());
         let (notices, _) = broadcast::channel(NOTICE_BUFFER);
         let shared = Arc::new(Shared {
@@ -254,8 +257,8 @@ impl Cluster {
         self.inner.cluster_addr
     }
 
-    /// The current shard map and every later one this node adopts. Starts with a map of just
-    /// this node at epoch 0.
+    /// The current shard map and every later one this node adopts. Starts at epoch 0 with a
+    /// map of just this node, or, for a node with seeds (it must be let in first), of no one.
     pub fn shard_map(&self) -> watch::Receiver<Arc<ShardMap>> {
         self.inner.shared.map.subscribe()
     }

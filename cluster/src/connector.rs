@@ -30,6 +30,18 @@ const SWEEP: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Peers remembered as already warned about (refused handshakes).
 const MAX_WARNED: usize = 1024;
+/// Refused handshakes waiting for their verdict, at most.
+const MAX_PENDING_REFUSALS: usize = 1024;
+/// How long after a handshake closed unauthenticated the connector waits for the peer to get
+/// connected anyway before it warns. Two nodes dialling each other at once is normal
+/// (ractor_cluster keeps one connection and closes the other before it authenticates, often
+/// before the dialler learnt the peer's name); only a peer still not connected after this is
+/// worth a warning (a wrong cookie, or not a Bunting node). A refusal is settled as soon as the
+/// peer is connected (an unnamed one once the dialled address is known as a member's).
+const REFUSAL_GRACE: Duration = Duration::from_secs(5);
+/// A peer with nothing listening for this long is warned about; shorter absences (a peer
+/// starting a moment after this node) are logged at debug. Other failures warn at once.
+const DIAL_WARN_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub(crate) enum ConnectorCmd {
@@ -44,7 +56,9 @@ enum SessionEvent {
     Opened(NodeServerSessionInformation),
     Authenticated(NodeServerSessionInformation),
     Disconnected(NodeServerSessionInformation),
-    DialFailed(SocketAddr, String),
+    /// The address, the error, and whether the peer is merely not there (yet): nothing
+    /// listening, or no answer in time.
+    DialFailed(SocketAddr, String, bool),
 }
 
 struct Events(mpsc::UnboundedSender<SessionEvent>);
@@ -84,11 +98,26 @@ struct Session {
     closing: bool,
 }
 
+/// A handshake that closed before authenticating, judged after [`REFUSAL_GRACE`].
+#[derive(Debug)]
+struct Refusal {
+    at: Instant,
+    /// The peer's name as it announced it, if it got that far.
+    name: String,
+    peer: Option<NodeId>,
+    addr: String,
+    /// The address dialled, for an outbound connection.
+    dialled: Option<SocketAddr>,
+    inbound: bool,
+}
+
 #[derive(Debug)]
 struct Dial {
     delay: Duration,
     next_at: Instant,
     in_flight_since: Option<Instant>,
+    /// When the current streak of failures began.
+    failing_since: Option<Instant>,
     /// Failures are logged once per streak, then quietly retried.
     warned: bool,
 }
@@ -99,18 +128,21 @@ impl Dial {
             delay: MIN_BACKOFF,
             next_at: now,
             in_flight_since: None,
+            failing_since: None,
             warned: false,
         }
     }
 
     fn failed(&mut self, now: Instant) {
         self.in_flight_since = None;
+        self.failing_since.get_or_insert(now);
         self.next_at = now + self.delay;
         self.delay = (self.delay * 2).min(MAX_BACKOFF);
     }
 
     fn succeeded(&mut self) {
         self.in_flight_since = None;
+        self.failing_since = None;
         self.delay = MIN_BACKOFF;
         self.warned = false;
     }
@@ -140,6 +172,7 @@ pub(crate) fn spawn(
         targets: Vec::new(),
         events_tx,
         warned_refused: HashSet::new(),
+        refusals: Vec::new(),
     };
     tokio::spawn(connector.run(commands, events))
 }
@@ -154,6 +187,8 @@ struct Connector {
     events_tx: mpsc::UnboundedSender<SessionEvent>,
     /// Peers whose failed inbound handshakes were already logged.
     warned_refused: HashSet<String>,
+    /// Handshakes that closed unauthenticated, not yet judged.
+    refusals: Vec<Refusal>,
 }
 
 impl Connector {
@@ -175,6 +210,7 @@ impl Connector {
                 _ = sweep.tick() => {
                     let now = Instant::now();
                     self.expire_handshakes(now);
+                    self.judge_refusals(now);
                     self.dial_due(now);
                 }
             }
@@ -238,13 +274,20 @@ impl Connector {
                     self.log_refused(&ses, &session);
                 }
             }
-            SessionEvent::DialFailed(addr, error) => {
+            SessionEvent::DialFailed(addr, error, absent) => {
                 if let Some(dial) = self.dials.get_mut(&addr) {
-                    if !dial.warned {
-                        tracing::warn!(%addr, %error, "cannot connect to cluster peer; retrying");
-                        dial.warned = true;
-                    }
                     dial.failed(now);
+                    let failing_for = dial
+                        .failing_since
+                        .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+                    // A peer not there yet is normal for a few seconds (it starts after this
+                    // node); anything else (TLS refused, say) is a misconfiguration: said at once.
+                    if !dial.warned && (!absent || failing_for >= DIAL_WARN_AFTER) {
+                        tracing::warn!(%addr, %error, "cannot connect to cluster peer for {failing_for:?}; retrying");
+                        dial.warned = true;
+                    } else if !dial.warned {
+                        tracing::debug!(%addr, %error, "cannot connect to cluster peer yet; retrying");
+                    }
                 }
             }
         }
@@ -279,31 +322,77 @@ impl Connector {
             }
             return;
         }
-        let connected = peer_id(ses).is_some_and(|id| {
-            self.sessions
-                .values()
-                .any(|s| s.authenticated && s.peer.as_ref() == Some(&id))
-        });
-        if connected {
-            return;
+        // Judged later (`judge_refusals`): by then a simultaneous dial's other connection has
+        // authenticated. Bounded: a flood of refused connections drops verdicts, not memory.
+        if self.refusals.len() < MAX_PENDING_REFUSALS {
+            self.refusals.push(Refusal {
+                at: Instant::now(),
+                name,
+                peer: peer_id(ses),
+                addr: ses.peer_addr.clone(),
+                dialled: (!session.inbound).then_some(session.peer_addr).flatten(),
+                inbound: session.inbound,
+            });
         }
-        let key = if session.inbound {
-            name.clone()
-        } else {
-            ses.peer_addr.clone()
-        };
-        // Bounded: a stream of connections under ever new names must not grow this forever.
-        if self.warned_refused.len() >= MAX_WARNED {
-            self.warned_refused.clear();
-        }
-        if self.warned_refused.insert(key) {
-            tracing::warn!(
-                peer = %name,
-                addr = %ses.peer_addr,
-                direction = if session.inbound { "inbound" } else { "outbound" },
-                "cluster connection closed before authenticating: wrong cookie, a duplicate \
-                 connection, or not a Bunting node"
-            );
+    }
+
+    /// Settles refused handshakes: one whose peer is connected lost a simultaneous dial (debug);
+    /// one whose peer is still not connected after [`REFUSAL_GRACE`] is warned about, once per
+    /// peer; the rest wait.
+    fn judge_refusals(&mut self, now: Instant) {
+        for refusal in std::mem::take(&mut self.refusals) {
+            // The id behind a dialled address, once known (a seed's, after it answered).
+            let peer = refusal.peer.clone().or_else(|| {
+                let dialled = refusal.dialled?;
+                self.targets
+                    .iter()
+                    .find(|(_, addr)| *addr == dialled)
+                    .map(|(id, _)| id.clone())
+            });
+            let connected = self.sessions.values().any(|s| {
+                s.authenticated
+                    && ((peer.is_some() && s.peer == peer)
+                        || (!s.inbound
+                            && refusal.dialled.is_some()
+                            && s.peer_addr == refusal.dialled))
+            });
+            let direction = if refusal.inbound {
+                "inbound"
+            } else {
+                "outbound"
+            };
+            if !connected && now.saturating_duration_since(refusal.at) < REFUSAL_GRACE {
+                self.refusals.push(refusal);
+                continue;
+            }
+            if connected {
+                tracing::debug!(
+                    peer = %refusal.name,
+                    addr = %refusal.addr,
+                    direction,
+                    "a cluster connection closed before authenticating while another to the same \
+                     peer authenticated (simultaneous dials)"
+                );
+                continue;
+            }
+            let key = if refusal.inbound {
+                refusal.name.clone()
+            } else {
+                refusal.addr.clone()
+            };
+            // Bounded: a stream of connections under ever new names must not grow this forever.
+            if self.warned_refused.len() >= MAX_WARNED {
+                self.warned_refused.clear();
+            }
+            if self.warned_refused.insert(key) {
+                tracing::warn!(
+                    peer = %refusal.name,
+                    addr = %refusal.addr,
+                    direction,
+                    "cluster connection closed before authenticating and the peer is still not \
+                     connected: wrong cookie, or not a Bunting node"
+                );
+            }
         }
     }
 
@@ -395,12 +484,21 @@ impl Connector {
                     }
                 };
                 let result = tokio::time::timeout(CONNECT_TIMEOUT, connect).await;
-                let error = match result {
+                let (error, absent) = match result {
                     Ok(Ok(())) => return,
-                    Ok(Err(error)) => error.to_string(),
-                    Err(_) => format!("connect timed out after {CONNECT_TIMEOUT:?}"),
+                    Ok(Err(ractor_cluster::ClientConnectErr::Socket(error))) => (
+                        error.to_string(),
+                        matches!(
+                            error.kind(),
+                            std::io::ErrorKind::ConnectionRefused
+                                | std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::TimedOut
+                        ),
+                    ),
+                    Ok(Err(error)) => (error.to_string(), false),
+                    Err(_) => (format!("connect timed out after {CONNECT_TIMEOUT:?}"), true),
                 };
-                let _ = events.send(SessionEvent::DialFailed(addr, error));
+                let _ = events.send(SessionEvent::DialFailed(addr, error, absent));
             });
         }
     }

@@ -7,7 +7,8 @@
 //! heartbeats to each other; a peer silent for `failure_timeout` is Down. The coordinator (the
 //! live member with the smallest [`NodeId`]) places a [`ShardMap`] whenever the live,
 //! non-draining membership changes, and every node adopts the map that supersedes its own
-//! (`view` holds these rules). Requests between nodes (`Cluster::call`) reach the target's
+//! (`view` holds these rules). A node with seeds owns nothing until a peer has accepted it, so
+//! one refused at join (a wrong cookie) never forms a cluster of one. Requests between nodes (`Cluster::call`) reach the target's
 //! [`ForwardHandler`].
 //!
 //! Detection bound: a node that stops is Down on every peer within

@@ -11,6 +11,11 @@
 //!   clock step back a restarted node has a smaller one, and must still get back in once its
 //!   previous run is down or forgotten.)
 //! - The coordinator is the smallest id among this node and the members it considers alive.
+//! - A node started with seeds must join before it owns anything: it starts with a map of no
+//!   members (epoch 0) and places no map until a peer has accepted it (its first accepted
+//!   heartbeat). So a node that never gets in (a wrong cookie, another shard count) owns no
+//!   shard, where it used to form a cluster of one owning them all. Only a node without seeds
+//!   bootstraps a cluster by itself.
 //! - The coordinator places a new map when the set of live, non-draining members (with their
 //!   gRPC addresses) differs from the current map's, with epoch = highest epoch seen + 1.
 //! - Every node adopts a map only if it supersedes the one it holds (`ShardMap::supersedes`).
@@ -101,6 +106,9 @@ pub(crate) struct View {
     map: Arc<ShardMap>,
     map_digest: u64,
     max_epoch: u64,
+    /// Whether this node may place maps: from the start for a node without seeds, from the
+    /// first accepted heartbeat for one that must join.
+    admitted: bool,
 }
 
 impl View {
@@ -125,7 +133,18 @@ impl View {
             left: BTreeMap::new(),
             gossip: BTreeMap::new(),
             max_epoch: 0,
+            admitted: true,
         }
+    }
+
+    /// A view for a node that must join a cluster (it has seeds): it owns nothing and places
+    /// nothing until a peer accepts it.
+    pub(crate) fn must_join(mut self) -> View {
+        let map = ShardMap::place(0, self.me.id.clone(), self.me.shards, self.me.vnodes, &[]);
+        self.map_digest = digest(&map);
+        self.map = Arc::new(map);
+        self.admitted = false;
+        self
     }
 
     pub(crate) fn me(&self) -> &SelfInfo {
@@ -181,6 +200,7 @@ impl View {
             }
         }
         self.gossip.remove(&hb.node);
+        self.admitted = true;
         self.members.insert(
             hb.node,
             Member {
@@ -269,7 +289,7 @@ impl View {
     /// If this node is the coordinator and the live membership differs from the map's, places
     /// and adopts the next map.
     pub(crate) fn place_if_coordinator(&mut self, now: Instant) -> Option<Arc<ShardMap>> {
-        if *self.coordinator(now) != self.me.id {
+        if !self.admitted || *self.coordinator(now) != self.me.id {
             return None;
         }
         let members = self.placement(now);
@@ -435,6 +455,33 @@ mod tests {
         assert!(
             !b.adopt((*map).clone()),
             "the same map is not adopted twice"
+        );
+    }
+
+    #[test]
+    fn a_node_with_seeds_owns_nothing_and_places_nothing_until_a_peer_accepts_it() {
+        let t0 = Instant::now();
+        let mut m = View::new(me("a"), TIMEOUT).must_join();
+        assert_eq!(m.map().epoch(), 0);
+        assert!(m.map().members().is_empty());
+        assert_eq!((0..32).filter(|&s| m.map().owner(s).is_some()).count(), 0);
+        // Alone (nobody accepts it: a wrong cookie, say), it never places a map of itself, not
+        // even after draining and undraining, which change its placement.
+        assert_eq!(m.place_if_coordinator(t0), None);
+        m.set_draining();
+        assert_eq!(m.place_if_coordinator(t0), None);
+        m.clear_draining();
+        assert_eq!(m.place_if_coordinator(t0 + TIMEOUT * 5), None);
+        // A peer's heartbeat admits it; as the smallest id it now places the two of them.
+        m.on_heartbeat(hb("b", 1), t0);
+        let map = m.place_if_coordinator(t0).expect("placed once admitted");
+        assert_eq!((map.epoch(), ids(&map)), (1, vec!["a", "b"]));
+
+        // A node without seeds bootstraps: it owns every shard at epoch 0 from the start.
+        let alone = View::new(me("a"), TIMEOUT);
+        assert_eq!(
+            (0..32).filter(|&s| alone.map().owner(s).is_some()).count(),
+            32
         );
     }
 

@@ -42,7 +42,7 @@ use bunting_stores::breaker::BreakerSettings;
 use bunting_stores::experiments::{ExperimentStore, ExperimentStoreError};
 use bunting_stores::file::{FileOptions, FileSource, FileSourceError};
 use bunting_stores::guarded_events::GuardedEventStore;
-use bunting_stores::postgres::PostgresSettings;
+use bunting_stores::postgres::{NodeIdLock, NodeLockError, PostgresSettings};
 use bunting_stores::scylladb::{ScyllaSettings, ScyllaStore};
 use bunting_stores::secret_url::RedactedUrl;
 use bunting_stores::shared_tier::{self, SharedTier, SharedTierError};
@@ -81,6 +81,9 @@ pub enum ServerError {
     Auth(#[from] auth::AuthSetupError),
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Another process runs with this node's cluster id (see `NodeIdLock`).
+    #[error(transparent)]
+    NodeId(#[from] NodeLockError),
 }
 
 /// A node whose sockets are bound and whose actor tree is running, not yet serving.
@@ -118,6 +121,9 @@ pub struct BoundServer {
     /// `true` once the node serves its flag source's flags (see `Feed::Store::loaded`): what
     /// gRPC health reports as SERVING.
     loaded: watch::Receiver<bool>,
+    /// This node's cluster id, held on PostgreSQL while the process runs (`None` without a
+    /// cluster or without PostgreSQL).
+    node_lock: Option<NodeIdLock>,
 }
 
 /// How this node compiles flag sets: its `fractional` mode, `[evaluation]` budget and
@@ -183,10 +189,46 @@ fn plan_caps(config: &Config) -> Result<edge::fd_limit::Caps, ServerError> {
 pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     metrics_http::handle();
     let caps = plan_caps(&config)?;
+    // First: a second process with a member's id stops before it binds a port or loads a flag.
+    let node_lock = node_id_lock(&config).await?;
     // Lazy: an unreachable Redis does not stop the node; a config that cannot work does.
     let tier = shared_tier::connect(&config.shared_tier).await?;
     let sources = configured_sources(&config, tier).await?;
-    finish_bind(config, caps, sources).await
+    finish_bind(config, caps, sources, node_lock).await
+}
+
+/// How long taking the node id lock waits for PostgreSQL at start-up.
+const NODE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Takes this node's cluster id on PostgreSQL, refusing to start when another process holds it.
+/// Only a clustered node whose flags are on PostgreSQL has a database to hold it in; a cluster
+/// on flag files relies on the cluster port's duplicate-id log line. A PostgreSQL unreachable at
+/// start-up does not stop the node (it serves the shared tier's flags meanwhile): the lock is
+/// taken once the database answers, and the node stops if another process got it first.
+async fn node_id_lock(config: &Config) -> Result<Option<NodeIdLock>, ServerError> {
+    let (Some(cluster), FlagSourceConfig::Postgres { url, .. }) = (&config.cluster, &config.flags)
+    else {
+        return Ok(None);
+    };
+    let node_id = NodeId::new(cluster.node_id.clone())
+        .map_err(|e| ServerError::Config(format!("cluster.node_id: {e}")))?;
+    match NodeIdLock::take(url.expose(), node_id.as_str(), NODE_LOCK_TIMEOUT).await {
+        Ok(lock) => Ok(Some(lock)),
+        Err(NodeLockError::Store(StoreError::Unavailable { source })) => {
+            tracing::warn!(
+                node = %node_id,
+                error = %source,
+                "PostgreSQL is unreachable: starting without this node's id lock; it is taken \
+                 once the database answers"
+            );
+            Ok(Some(NodeIdLock::pending(
+                url.expose(),
+                node_id.as_str(),
+                NODE_LOCK_TIMEOUT,
+            )?))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// [`bind`] on `stores` instead of the flag source and shared tier the config names.
@@ -211,7 +253,7 @@ pub async fn bind_with(config: Config, stores: Stores) -> Result<BoundServer, Se
         experiments_start: experiment_feed::Start::Store,
         tier: stores.tier,
     };
-    finish_bind(config, caps, sources).await
+    finish_bind(config, caps, sources, None).await
 }
 
 /// How often a node on injected stores re-reads their versions (PostgreSQL's default is 10 s;
@@ -300,6 +342,7 @@ async fn finish_bind(
     config: Config,
     caps: edge::fd_limit::Caps,
     sources: Sources,
+    node_lock: Option<NodeIdLock>,
 ) -> Result<BoundServer, ServerError> {
     let Sources {
         catalog,
@@ -392,6 +435,7 @@ async fn finish_bind(
         actors,
         auth,
         loaded,
+        node_lock,
     })
 }
 
@@ -508,7 +552,29 @@ impl BoundServer {
 
     /// Serves until `shutdown` completes, then ends the streams, drains in-flight requests and
     /// stops the actor tree.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+    pub async fn serve(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        // Losing the node id to another process (see `NodeIdLock`) shuts the node down like a
+        // signal does, and `serve` then returns the error.
+        let node_lock = self.node_lock.take().map(Arc::new);
+        let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel();
+        let shutdown = {
+            let node_lock = node_lock.clone();
+            async move {
+                match node_lock {
+                    Some(lock) => tokio::select! {
+                        () = shutdown => {}
+                        error = lock.lost() => {
+                            tracing::error!(%error, "stopping: this node's id is taken");
+                            let _ = lost_tx.send(error);
+                        }
+                    },
+                    None => shutdown.await,
+                }
+            }
+        };
         let advertised = self.advertised_grpc();
         let http_addr = self.http_addr();
         let (closing_tx, closing) = watch::channel(false);
@@ -756,6 +822,11 @@ impl BoundServer {
         self.node.shutdown().await;
         // The tree has stopped; its runtime goes now rather than whenever `self` is dropped.
         drop(self.actors);
+        // Held to the end: the id is free for a successor only once this process is done.
+        drop(node_lock);
+        if let Ok(error) = lost_rx.try_recv() {
+            return Err(error.into());
+        }
         served.map_err(ServerError::from)
     }
 }

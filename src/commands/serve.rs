@@ -24,6 +24,24 @@ pub struct Overrides {
     pub broken_flags: Option<BrokenFlagsArg>,
 }
 
+/// `RUST_LOG`'s filter (`info` without it), with ractor_cluster's node server held to errors
+/// unless `RUST_LOG` names ractor_cluster: it warns on every session that ends, including the
+/// losing side of two nodes dialling each other at once, which every healthy start has. The
+/// cluster's connector reports sessions itself and warns only about those that matter (a
+/// refused handshake whose peer never connected).
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let filter = rust_log
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    match rust_log.is_some_and(|spec| spec.contains("ractor_cluster")) {
+        true => filter,
+        false => match "ractor_cluster::node=error".parse() {
+            Ok(directive) => filter.add_directive(directive),
+            Err(_) => filter,
+        },
+    }
+}
+
 pub fn run(config: Option<&Path>, overrides: Overrides) -> Result<ExitCode, CliError> {
     let Overrides {
         flags,
@@ -33,9 +51,7 @@ pub fn run(config: Option<&Path>, overrides: Overrides) -> Result<ExitCode, CliE
         broken_flags: broken_flags_arg,
     } = overrides;
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_ansi(colour_logs())
         .init();
     let mut config = match config {

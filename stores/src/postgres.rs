@@ -12,6 +12,9 @@
 
 mod batch;
 mod listen;
+mod node_lock;
+
+pub use node_lock::{NodeIdLock, NodeLockError, lock_key};
 
 use std::time::Duration;
 

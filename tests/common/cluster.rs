@@ -77,6 +77,22 @@ impl ClusterNode {
         }
     }
 
+    /// Replaces the node's seeds (for nodes seeded with each other, whose ports are known only
+    /// once all of them exist).
+    pub fn with_seeds(self, seeds: &[SocketAddr]) -> ClusterNode {
+        let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text: Vec<String> = text
+            .lines()
+            .map(|line| match line.starts_with("seeds = ") {
+                true => format!("seeds = [{}]", seeds.join(", ")),
+                false => line.to_owned(),
+            })
+            .collect();
+        std::fs::write(&self.config, text.join("\n") + "\n").unwrap();
+        self
+    }
+
     /// Appends TOML to the node's config (sections such as `[shared_tier]`).
     pub fn extra_config(self, toml: &str) -> ClusterNode {
         let mut text = std::fs::read_to_string(&self.config).unwrap();
@@ -132,6 +148,31 @@ impl ClusterNode {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.process = Some(process);
+    }
+
+    /// Starts the process expecting it to exit within `patience` (a refused start): its exit
+    /// status, or `None` when it was still running (it is then killed).
+    pub fn run_expecting_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bunting"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(workspace())
+            .env("BUNTING_CLUSTER_COOKIE", &self.cookie)
+            .env("BUNTING_BOOTSTRAP_TOKEN", super::TEST_TOKEN)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let mut process = Guarded::spawn(command, &format!("bunting serve ({})", self.id));
+        process.wait_for(patience)
     }
 
     /// `kill -9`.

@@ -258,7 +258,8 @@ impl Routing {
 /// sender is gone (the cluster shut down). Shards gained load their users' state; shards lost
 /// flush and forget theirs.
 ///
-/// A member starts with a map of just itself (epoch 0). Acting on it at once would make a member
+/// A member without seeds starts with a map of just itself (epoch 0; one with seeds starts with
+/// a map of no one, which owns nothing). Acting on it at once would make a member
 /// that restarts into a running cluster own every shard until it hears the cluster's map, so an
 /// epoch-0 map is acted on only after `alone_after` (the failure detection bound) has passed
 /// without a newer one: by then a member with live peers has heard from them, and one without any
