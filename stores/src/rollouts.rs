@@ -8,6 +8,7 @@
 //! one active (running or paused) rollout per flag, and a scheduled change leaves "pending" once
 //! (fired or cancelled), so it fires at most once whichever controller claims it.
 
+mod lease;
 mod memory;
 mod postgres;
 
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use lease::{LEASE_KEY, Lease, PgLease, SoleLease};
 pub use memory::MemoryRolloutStore;
 pub use postgres::PostgresRolloutStore;
 
