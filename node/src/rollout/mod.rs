@@ -7,6 +7,7 @@
 //! ([`webhook`]).
 
 pub mod controller;
+pub mod counts;
 pub mod webhook;
 
 pub use controller::{ControlError, Controller, GuardrailCounts, Taken};

@@ -3,7 +3,12 @@
 //! fire once; a second controller continuing from the stored state.
 
 // The memory admin store is the point here: the controller on in-process stores.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_types)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_types
+)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
