@@ -164,13 +164,31 @@ impl Controller {
                 "started",
             )
             .await?;
-        self.counts
-            .start(&spec, principal)
-            .await
-            .map_err(ControlError::Counts)?;
         let first = spec.ramp.steps().first().map_or(100, |s| s.percent());
-        self.write_flag(&spec, step_definition(&flag.definition, &spec, first))
-            .await?;
+        let begun = match self.counts.start(&spec, principal).await {
+            Ok(()) => {
+                self.write_flag(&spec, step_definition(&flag.definition, &spec, first))
+                    .await
+            }
+            Err(e) => Err(ControlError::Counts(e)),
+        };
+        if let Err(e) = begun {
+            // Recorded but not begun: end it, so the flag is free and no tick acts on a rollout
+            // that counts nothing. The flag was not written (or the write is what failed).
+            let ended = record.state.abort(millis(now)).map_err(ControlError::from);
+            if let Ok(to) = ended {
+                let reason = format!("could not begin: {e}");
+                if let Err(abort) = self
+                    .rollouts
+                    .transition(&spec.id, record.version, to, principal, &reason)
+                    .await
+                {
+                    tracing::warn!(rollout = %spec.id, error = %abort, "ending a rollout that could not begin failed");
+                }
+            }
+            self.stop_counting(&spec, principal).await;
+            return Err(e);
+        }
         metrics::counter!("bunting_rollouts_started_total").increment(1);
         tracing::info!(rollout = %spec.id, flag_set = %spec.flag_set, flag = %spec.flag_key,
             principal, percent = first, "rollout started");

@@ -37,6 +37,8 @@ struct Scripted {
     running_experiment: Mutex<Option<ExperimentId>>,
     started: Mutex<Vec<String>>,
     stopped: Mutex<Vec<String>>,
+    /// Refuse to start counting (an experiment store that is down).
+    refuse_start: Mutex<bool>,
 }
 
 impl Scripted {
@@ -69,6 +71,9 @@ impl GuardrailCounts for Scripted {
         Ok(self.running_experiment.lock().unwrap().clone())
     }
     async fn start(&self, spec: &RolloutSpec, _: &str) -> Result<(), String> {
+        if *self.refuse_start.lock().unwrap() {
+            return Err("experiment store unavailable".to_owned());
+        }
         self.started.lock().unwrap().push(spec.id.to_string());
         Ok(())
     }
@@ -582,4 +587,37 @@ async fn a_scheduled_rollout_start_runs_as_its_author() {
         f.flag().await["targeting"],
         json!({"fractional": [["on", 10], ["off", 90]]})
     );
+}
+
+#[tokio::test]
+async fn a_rollout_that_cannot_begin_counting_is_ended_and_the_flag_left_alone() {
+    let f = fixture(None).await;
+    *f.counts.refuse_start.lock().unwrap() = true;
+    let err = f
+        .controller
+        .start_rollout(input(), "ada", at(0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "guardrail counts: experiment store unavailable"
+    );
+    assert_eq!(f.flag().await, pre());
+    assert!(matches!(f.state().await, RolloutState::Aborted { .. }));
+    let history = f.rollouts.history(&id()).await.unwrap();
+    assert!(
+        history
+            .last()
+            .unwrap()
+            .reason
+            .starts_with("could not begin")
+    );
+    // The flag is free again.
+    *f.counts.refuse_start.lock().unwrap() = false;
+    let mut again = input();
+    again.id = "banner-on-2".into();
+    f.controller
+        .start_rollout(again, "ada", at(1))
+        .await
+        .unwrap();
 }
