@@ -165,7 +165,11 @@ async fn the_rollout_continues_on_another_node_when_the_controllers_node_dies() 
         .await
         .unwrap();
 
-    assert_eq!(a.tick(at(1)).await, Some(vec![]), "a holds the lease; too early");
+    assert_eq!(
+        a.tick(at(1)).await,
+        Some(vec![]),
+        "a holds the lease; too early"
+    );
     assert_eq!(b.tick(at(1)).await, None, "b does not act");
     let id = RolloutId::new("banner-on").unwrap();
     assert_eq!(
@@ -207,9 +211,16 @@ async fn the_rollout_continues_on_another_node_when_the_controllers_node_dies() 
     );
     assert_eq!(
         b.tick(at(183)).await,
-        Some(vec![Taken::Completed { rollout: id.clone() }])
+        Some(vec![Taken::Completed {
+            rollout: id.clone()
+        }])
     );
-    let flag = b.flags.get_flag("default", "banner").await.unwrap().definition;
+    let flag = b
+        .flags
+        .get_flag("default", "banner")
+        .await
+        .unwrap()
+        .definition;
     assert_eq!(flag["defaultVariant"], "on");
     assert!(matches!(
         b.rollouts.get_rollout(&id).await.unwrap().state,
@@ -226,7 +237,13 @@ async fn the_rollout_continues_on_another_node_when_the_controllers_node_dies() 
         .collect();
     assert_eq!(
         writers,
-        ["rollout:banner-on", "rollout:banner-on", "rollout:banner-on", "rollout:banner-on", "ada"],
+        [
+            "rollout:banner-on",
+            "rollout:banner-on",
+            "rollout:banner-on",
+            "rollout:banner-on",
+            "ada"
+        ],
         "newest first: the completion, 100%, 50%, the start at 5%, then the flag's creation"
     );
 }
@@ -268,7 +285,10 @@ async fn a_scheduled_change_fires_once_at_its_time_after_a_restart() {
     let mut second = node(&db, key(2)).await;
     assert_eq!(second.tick(at(599)).await, Some(vec![]), "not due yet");
     let fired = second.tick(due).await.unwrap();
-    assert!(matches!(fired.as_slice(), [Taken::Fired { .. }]), "{fired:?}");
+    assert!(
+        matches!(fired.as_slice(), [Taken::Fired { .. }]),
+        "{fired:?}"
+    );
     let flag = second.flags.get_flag("default", "banner").await.unwrap();
     assert_eq!(flag.definition["defaultVariant"], "on");
     assert_eq!(second.tick(at(700)).await, Some(vec![]), "fired once");
@@ -278,5 +298,9 @@ async fn a_scheduled_change_fires_once_at_its_time_after_a_restart() {
         .await
         .unwrap();
     assert_eq!(audit.len(), 2, "the creation and the one scheduled write");
-    assert!(audit[0].actor.starts_with("schedule:"), "{}", audit[0].actor);
+    assert!(
+        audit[0].actor.starts_with("schedule:"),
+        "{}",
+        audit[0].actor
+    );
 }
