@@ -11,9 +11,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bunting_experiments::{ArmTotals, ExperimentId, ExperimentTotals};
 use bunting_rollouts::{
-    Action, FlagCheckError, FlagFacts, PauseCause, RolloutError, RolloutId, RolloutInput,
-    RolloutSpec, RolloutState, TransitionError, check_against_flag, completed_definition, decide,
-    judge_guardrails, step_definition,
+    Action, FlagCheckError, FlagFacts, GuardrailLook, PauseCause, RolloutError, RolloutId,
+    RolloutInput, RolloutSpec, RolloutState, TransitionError, check_against_flag,
+    completed_definition, decide, judge_guardrails, step_definition,
 };
 use bunting_stores::rollouts::{
     RolloutRecord, RolloutStore, RolloutStoreError, ScheduledAction, ScheduledChange,
@@ -90,6 +90,17 @@ pub enum Taken {
         schedule: i64,
         error: String,
     },
+}
+
+/// A rollout as `status` shows it: the record, each guardrail's estimate, interval and verdict
+/// now, how many users have seen the released variant, and what the next tick would do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutStatus {
+    pub record: RolloutRecord,
+    /// Empty once the rollout has ended (its counts are no longer read).
+    pub guardrails: Vec<GuardrailLook>,
+    pub released_users: u64,
+    pub next: Action,
 }
 
 /// The controller's dependencies; cheap to clone into the loop.
@@ -210,6 +221,52 @@ impl Controller {
             .await?)
     }
 
+    /// The rollout's status at `now`: the same judgement the next tick makes, without acting.
+    pub async fn status(
+        &self,
+        id: &RolloutId,
+        now: DateTime<Utc>,
+    ) -> Result<RolloutStatus, ControlError> {
+        let record = self.rollouts.get_rollout(id).await?;
+        if !record.state.is_active() {
+            return Ok(RolloutStatus {
+                record,
+                guardrails: Vec::new(),
+                released_users: 0,
+                next: Action::Hold {
+                    why: bunting_rollouts::Hold::NotRunning,
+                },
+            });
+        }
+        let (looks, released_users) = self.judge(&record.spec).await?;
+        let next = decide(
+            &record.spec,
+            &record.state,
+            &looks,
+            released_users,
+            millis(now),
+        );
+        Ok(RolloutStatus {
+            record,
+            guardrails: looks,
+            released_users,
+            next,
+        })
+    }
+
+    /// Every guardrail judged on the cluster's counts, and the users who saw the released variant.
+    async fn judge(&self, spec: &RolloutSpec) -> Result<(Vec<GuardrailLook>, u64), ControlError> {
+        let totals = self
+            .counts
+            .totals(spec)
+            .await
+            .map_err(ControlError::Counts)?;
+        let empty = ArmTotals::default();
+        let baseline = totals.arms.get(&spec.baseline).unwrap_or(&empty);
+        let released = totals.arms.get(&spec.released).unwrap_or(&empty);
+        Ok((judge_guardrails(spec, baseline, released), released.exposed))
+    }
+
     /// Re-applies the paused step's split (a manual edit is overwritten: resuming is the decision
     /// to do so), then runs again with the step's clock restarted.
     pub async fn resume(
@@ -327,16 +384,8 @@ impl Controller {
                 audit_id: entry.id,
             }));
         }
-        let totals = self
-            .counts
-            .totals(spec)
-            .await
-            .map_err(ControlError::Counts)?;
-        let empty = ArmTotals::default();
-        let baseline = totals.arms.get(&spec.baseline).unwrap_or(&empty);
-        let released = totals.arms.get(&spec.released).unwrap_or(&empty);
-        let looks = judge_guardrails(spec, baseline, released);
-        match decide(spec, &record.state, &looks, released.exposed, millis(now)) {
+        let (looks, released_users) = self.judge(spec).await?;
+        match decide(spec, &record.state, &looks, released_users, millis(now)) {
             Action::Hold { .. } => Ok(None),
             Action::Advance { to } => {
                 let percent = spec.ramp.get(to).map_or(100, |s| s.percent());

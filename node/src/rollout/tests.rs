@@ -621,3 +621,39 @@ async fn a_rollout_that_cannot_begin_counting_is_ended_and_the_flag_left_alone()
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn status_shows_each_guardrail_and_what_the_next_tick_would_do() {
+    let f = fixture(None).await;
+    f.controller
+        .start_rollout(input(), "ada", at(0))
+        .await
+        .unwrap();
+    f.counts.set(20_000, 0.10, 0.05);
+    let status = f.controller.status(&id(), at(5)).await.unwrap();
+    assert_eq!(status.released_users, 20_000);
+    let [look] = status.guardrails.as_slice() else {
+        panic!("{status:?}");
+    };
+    assert_eq!(look.metric.as_str(), "purchase");
+    assert!((look.estimate.unwrap() + 0.5).abs() < 1e-9, "{look:?}");
+    let (lower, upper) = look.interval.unwrap();
+    assert!(lower < -0.5 && upper < 0.0, "{look:?}");
+    assert_eq!(look.verdict, bunting_rollouts::Verdict::Regressed);
+    assert!(matches!(
+        status.next,
+        bunting_rollouts::Action::RollBack { .. }
+    ));
+    // Status does not act: the flag is still at the first step.
+    assert_eq!(
+        f.flag().await["targeting"],
+        json!({"fractional": [["on", 10], ["off", 90]]})
+    );
+    f.controller.tick(at(6)).await;
+    let ended = f.controller.status(&id(), at(7)).await.unwrap();
+    assert!(ended.guardrails.is_empty());
+    assert!(matches!(
+        ended.record.state,
+        RolloutState::RolledBack { .. }
+    ));
+}
