@@ -496,7 +496,10 @@ impl Controller {
         }
     }
 
-    /// Writes the rollout's flag as its principal, at the version just read.
+    /// Writes the rollout's flag as its principal, at the version just read. Always a write, even
+    /// of the definition the flag already has: the audit entry is what tells a later tick that
+    /// the flag is the rollout's again (after a resume, say, when a person's edit had been undone
+    /// by hand to exactly the step's split).
     async fn write_flag(&self, spec: &RolloutSpec, definition: Value) -> Result<(), ControlError> {
         self.put_flag(
             &spec.flag_set,
@@ -515,7 +518,6 @@ impl Controller {
         principal: &str,
     ) -> Result<(), ControlError> {
         match self.flags.get_flag(flag_set, flag_key).await {
-            Ok(current) if current.definition == definition => Ok(()),
             Ok(current) => {
                 self.flags
                     .update_flag(flag_set, flag_key, definition, current.version, principal)

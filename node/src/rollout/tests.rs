@@ -657,3 +657,38 @@ async fn status_shows_each_guardrail_and_what_the_next_tick_would_do() {
         RolloutState::RolledBack { .. }
     ));
 }
+
+#[tokio::test]
+async fn resuming_after_an_edit_undone_by_hand_does_not_pause_again() {
+    let f = fixture(None).await;
+    f.controller
+        .start_rollout(input(), "ada", at(0))
+        .await
+        .unwrap();
+    let step_0 = f.flag().await;
+    let current = f.flags.get_flag("default", "banner").await.unwrap();
+    let mut edited = step_0.clone();
+    edited["defaultVariant"] = json!("on");
+    let edited = f
+        .flags
+        .update_flag("default", "banner", edited, current.version, "grace")
+        .await
+        .unwrap();
+    // grace puts back exactly what the rollout had written.
+    f.flags
+        .update_flag("default", "banner", step_0.clone(), edited.version, "grace")
+        .await
+        .unwrap();
+    let taken = f.controller.tick(at(1)).await;
+    assert!(
+        matches!(taken.as_slice(), [Taken::PausedForManualEdit { .. }]),
+        "{taken:?}"
+    );
+    f.controller
+        .resume(&id(), "ada", "edit undone", at(2))
+        .await
+        .unwrap();
+    assert_eq!(f.last_writer().await, "rollout:banner-on");
+    assert_eq!(f.controller.tick(at(3)).await, []);
+    assert!(matches!(f.state().await, RolloutState::Running { .. }));
+}
