@@ -51,6 +51,7 @@ async fn memory_node() -> (TestNode, AdminClient<Channel>) {
         Stores {
             flags: store,
             experiments: None,
+            rollouts: None,
             tier: None,
         },
     )
@@ -1233,6 +1234,7 @@ async fn the_cluster_page_shows_a_one_member_cluster() {
         Stores {
             flags: store,
             experiments: None,
+            rollouts: None,
             tier: None,
         },
     )

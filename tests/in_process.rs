@@ -98,6 +98,7 @@ fn on(flags: Arc<dyn AdminStore>, tier: Option<Arc<dyn SharedTier>>) -> Stores {
     Stores {
         flags,
         experiments: None,
+        rollouts: None,
         tier,
     }
 }

@@ -92,6 +92,10 @@ pub struct StoreStart {
     /// PostgreSQL was unreachable: the catalog is the shared tier's, and both stores are pending
     /// ones that answer `Unavailable` until they connect.
     pub pending: bool,
+    /// The connected store itself, for the rollout store and the controller's lease (both need
+    /// PostgreSQL proper); `None` when pending: such a node runs no rollout controller until it
+    /// restarts, and the cluster's other nodes hold the lease meanwhile.
+    pub postgres: Option<PostgresStore>,
 }
 
 /// Connects to PostgreSQL and reads the initial catalog. If PostgreSQL cannot be reached and there
@@ -113,6 +117,7 @@ pub async fn start_store(
                         store,
                         experiments: Arc::new(PostgresExperimentStore::new(&postgres)),
                         pending: false,
+                        postgres: Some(postgres),
                     });
                 }
                 Err(e) => e,
@@ -139,6 +144,7 @@ pub async fn start_store(
         store: pending.clone(),
         experiments: Arc::new(PendingExperimentStore::new(pending)),
         pending: true,
+        postgres: None,
     })
 }
 

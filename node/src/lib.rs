@@ -12,6 +12,7 @@ pub mod experiment_feed;
 pub mod feed;
 pub mod http;
 pub mod metrics_http;
+pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod service;

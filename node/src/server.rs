@@ -43,6 +43,7 @@ use bunting_stores::experiments::{ExperimentStore, ExperimentStoreError};
 use bunting_stores::file::{FileOptions, FileSource, FileSourceError};
 use bunting_stores::guarded_events::GuardedEventStore;
 use bunting_stores::postgres::{NodeIdLock, NodeLockError, PostgresSettings};
+use bunting_stores::rollouts::{Lease, PgLease, PostgresRolloutStore, RolloutStore, SoleLease};
 use bunting_stores::scylladb::{ScyllaSettings, ScyllaStore};
 use bunting_stores::secret_url::RedactedUrl;
 use bunting_stores::shared_tier::{self, SharedTier, SharedTierError};
@@ -109,6 +110,9 @@ pub struct BoundServer {
     /// Where the experiment follower starts: the store, or the shared tier when PostgreSQL was
     /// unreachable at start-up.
     experiments_start: experiment_feed::Start,
+    /// The rollout store and the controller's lease (see `crate::rollout`); `None` for a file
+    /// source or a node that started without PostgreSQL.
+    rollouts: Option<RolloutSetup>,
     tier: Option<Arc<dyn shared_tier::SharedTier>>,
     /// The connection caps derived from the open-files limit (`crate::edge`).
     caps: edge::Caps,
@@ -155,7 +159,17 @@ pub struct Stores {
     pub flags: Arc<dyn AdminStore>,
     /// The Experiments API answers UNAVAILABLE without one.
     pub experiments: Option<Arc<dyn ExperimentStore>>,
+    /// Rollouts and scheduled changes; with an experiment store too, the node runs the rollout
+    /// controller (alone: an in-process node holds its lease unconditionally).
+    pub rollouts: Option<Arc<dyn RolloutStore>>,
     pub tier: Option<Arc<dyn SharedTier>>,
+}
+
+/// The rollout store and the lease that decides whether this node's controller acts.
+#[derive(Debug)]
+struct RolloutSetup {
+    store: Arc<dyn RolloutStore>,
+    lease: Box<dyn Lease>,
 }
 
 /// Where the node's catalog, feed and admin stores come from, however they were chosen.
@@ -166,6 +180,7 @@ struct Sources {
     loaded: watch::Receiver<bool>,
     experiments: Option<Arc<dyn ExperimentStore>>,
     experiments_start: experiment_feed::Start,
+    rollouts: Option<RolloutSetup>,
     tier: Option<Arc<dyn SharedTier>>,
 }
 
@@ -251,6 +266,10 @@ pub async fn bind_with(config: Config, stores: Stores) -> Result<BoundServer, Se
         loaded,
         experiments: stores.experiments,
         experiments_start: experiment_feed::Start::Store,
+        rollouts: stores.rollouts.map(|store| RolloutSetup {
+            store,
+            lease: Box::new(SoleLease),
+        }),
         tier: stores.tier,
     };
     finish_bind(config, caps, sources, None).await
@@ -267,6 +286,7 @@ async fn configured_sources(
 ) -> Result<Sources, ServerError> {
     let options = compile_options(config);
     let mut experiments: Option<Arc<dyn ExperimentStore>> = None;
+    let mut rollouts: Option<RolloutSetup> = None;
     let mut experiments_start = experiment_feed::Start::Store;
     let (catalog, feed, admin_store, loaded) = match &config.flags {
         FlagSourceConfig::File {
@@ -304,6 +324,10 @@ async fn configured_sources(
             // answers UNAVAILABLE until it connects) and the running experiments come from the
             // shared tier meanwhile.
             experiments = Some(start.experiments);
+            rollouts = start.postgres.as_ref().map(|postgres| RolloutSetup {
+                store: Arc::new(PostgresRolloutStore::new(postgres)),
+                lease: Box::new(PgLease::new(postgres)),
+            });
             if start.pending {
                 experiments_start = experiment_feed::Start::SharedTier;
             }
@@ -333,6 +357,7 @@ async fn configured_sources(
         loaded,
         experiments,
         experiments_start,
+        rollouts,
         tier,
     })
 }
@@ -351,6 +376,7 @@ async fn finish_bind(
         loaded,
         experiments,
         experiments_start,
+        rollouts,
         tier,
     } = sources;
     // After the flag store: on PostgreSQL, its migrations have created the token table.
@@ -429,6 +455,7 @@ async fn finish_bind(
         routing,
         experiments,
         experiments_start,
+        rollouts,
         tier,
         caps,
         gate,
@@ -631,6 +658,16 @@ impl BoundServer {
             self.config.max_bulk_evaluations,
         )
         .routed(self.routing.clone());
+        let rollout_task = match (self.rollouts, &self.store, &self.experiments) {
+            (Some(setup), Some(flags), Some(experiments)) => Some(spawn_rollout_controller(
+                setup,
+                flags.clone(),
+                experiments.clone(),
+                dispatch.clone(),
+                closing.clone(),
+            )),
+            _ => None,
+        };
         let drain_timeout = Duration::from_millis(self.config.drain_timeout_ms.get());
         // The HTTP edge: the same dispatch and the same policy as the gRPC services.
         let http_task = self.http.map(|(listener, _)| {
@@ -814,6 +851,9 @@ impl BoundServer {
         if let Some(task) = experiments_task {
             let _ = task.await;
         }
+        if let Some(task) = rollout_task {
+            let _ = task.await;
+        }
         // Statistics not yet flushed are written before the actors stop: a graceful shutdown
         // loses no counted event.
         if let Err(e) = self.node.flush().await {
@@ -897,4 +937,53 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     bind(config).await?.serve(shutdown).await
+}
+
+/// The environment variable naming the rollback webhook (`http://host:port/path`). An environment
+/// variable, not a config key: such URLs carry their secret in the path, and config files get
+/// committed.
+pub const ROLLOUT_WEBHOOK_ENV: &str = "BUNTING_ROLLOUT_WEBHOOK";
+
+/// Runs the rollout controller until `closing`: every node with PostgreSQL runs the loop, and the
+/// lease lets one of them act.
+fn spawn_rollout_controller(
+    setup: RolloutSetup,
+    flags: Arc<dyn AdminStore>,
+    experiments: Arc<dyn ExperimentStore>,
+    dispatch: Dispatch,
+    mut closing: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let webhook = match std::env::var(ROLLOUT_WEBHOOK_ENV) {
+        Ok(raw) if !raw.is_empty() => {
+            match crate::rollout::webhook::Webhook::parse(
+                &raw,
+                crate::rollout::webhook::DEFAULT_TIMEOUT,
+            ) {
+                Ok(hook) => Some(hook),
+                Err(e) => {
+                    // The error names no part of the URL (it may hold a secret).
+                    tracing::error!(error = %e, "{ROLLOUT_WEBHOOK_ENV} refused: rollbacks will not be posted");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let controller = crate::rollout::Controller::new(
+        flags,
+        setup.store,
+        Arc::new(crate::rollout::counts::NodeCounts::new(
+            experiments,
+            dispatch,
+        )),
+        webhook,
+    );
+    tokio::spawn(crate::rollout::run(
+        controller,
+        setup.lease,
+        crate::rollout::TICK,
+        async move {
+            let _ = closing.wait_for(|closed| *closed).await;
+        },
+    ))
 }

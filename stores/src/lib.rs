@@ -1,6 +1,6 @@
 //! Everything a Bunting node keeps outside its own memory, behind traits the node holds as
 //! `Arc<dyn …>`: the admin store of flag sets ([`AdminStore`]: PostgreSQL, or [`memory`] for
-//! tests), the read-only flag file ([`file`]), the experiment store ([`experiments`]), the
+//! tests), the read-only flag file ([`file`]), the experiment store ([`experiments`]), rollouts and scheduled changes ([`rollouts`]), the
 //! experiment event stores ([`scylladb`], [`guarded_events`]; the embedded one is in
 //! `bunting-experiments`), per-user state on disk ([`user_state_file`]) and the shared tier
 //! ([`shared_tier`]: Redis, or in memory), with the circuit breaker they share ([`breaker`]) and
@@ -20,6 +20,7 @@ pub mod file;
 pub mod guarded_events;
 pub mod memory;
 pub mod postgres;
+pub mod rollouts;
 pub mod scylladb;
 pub mod secret_url;
 pub mod shared_tier;

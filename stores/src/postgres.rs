@@ -137,6 +137,12 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A connection of its own, outside the pool: for a session-scoped lock (the rollout
+    /// controller's lease) that must live exactly as long as one connection does.
+    pub(super) async fn dedicated_connection(&self) -> Result<PgConnection, StoreError> {
+        connect_once(&self.connect_options, self.settings.acquire_timeout).await
+    }
+
     /// A database error in the store's terms, as this store's own calls report them.
     pub(super) async fn db_error(&self, error: sqlx::Error) -> StoreError {
         self.fail(Failure::Db(error)).await

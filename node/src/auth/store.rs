@@ -55,12 +55,21 @@ pub enum TokenFileError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// A checked token name: 1 to 128 characters, no control characters (it goes into audit rows).
+/// A checked token name: 1 to 128 characters, no control characters (it goes into audit rows),
+/// and not starting with a prefix the node writes under itself (`rollout:`, `schedule:`): the
+/// rollout controller takes an audit entry by `rollout:<id>` for its own write, so a token of that
+/// name could edit a flag mid-rollout without pausing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenName(String);
 
+/// Principals the node's own writers use; no token may be named like them.
+pub const RESERVED_NAME_PREFIXES: [&str; 2] = ["rollout:", "schedule:"];
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("token name {0:?} must be 1 to 128 characters without control characters")]
+#[error(
+    "token name {0:?} must be 1 to 128 characters without control characters, not starting \
+     with rollout: or schedule: (the node's own writers)"
+)]
 pub struct BadTokenName(pub String);
 
 impl TokenName {
@@ -69,6 +78,9 @@ impl TokenName {
         if trimmed.is_empty()
             || trimmed.chars().count() > MAX_NAME_CHARS
             || trimmed.chars().any(char::is_control)
+            || RESERVED_NAME_PREFIXES
+                .iter()
+                .any(|p| trimmed.to_ascii_lowercase().starts_with(p))
         {
             return Err(BadTokenName(name.chars().take(MAX_NAME_CHARS).collect()));
         }
@@ -498,8 +510,17 @@ mod tests {
     #[test]
     fn token_names_are_checked() {
         assert_eq!(TokenName::parse("  ci  ").unwrap().as_str(), "ci");
-        for bad in ["", "   ", "a\nb", &"x".repeat(129)] {
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            &"x".repeat(129),
+            "rollout:banner-on",
+            " Rollout:x",
+            "schedule:7",
+        ] {
             assert!(TokenName::parse(bad).is_err(), "{bad:?}");
         }
+        assert!(TokenName::parse("rollouts-bot").is_ok());
     }
 }
