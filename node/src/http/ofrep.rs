@@ -15,7 +15,7 @@ use prost_types::Struct;
 use serde_json::{Map, Value, json};
 
 use super::Edge;
-use super::answer::{self, BulkAnswer, FlagAnswer};
+use super::answer::{self, FlagAnswer};
 use super::caller;
 use super::etag;
 use super::problem::{Code, Problem};
@@ -106,13 +106,10 @@ pub async fn evaluate_all(
     edge.served(&name, all.version);
     let version = all.version;
     let events_uri = events_uri(set.as_deref());
-    let answer = BulkAnswer {
-        all: &all,
-        events_uri: &events_uri,
-    };
     // About 100 bytes a flag; one allocation for most answers.
     let mut bytes = Vec::with_capacity(256 + all.flags.len() * 128);
-    serde_json::to_writer(&mut bytes, &answer).map_err(|e| Problem::Internal(e.to_string()))?;
+    answer::write_bulk(&mut bytes, &all, &events_uri)
+        .map_err(|e| Problem::Internal(e.to_string()))?;
     let etag = match inputs {
         Some((local, etag)) if local == version => etag,
         _ => etag::for_body(&bytes),
