@@ -30,7 +30,7 @@ pub use error::NodeError;
 pub use lane::{Here, Lane, ResolveAllRequest};
 pub use messages::{BulkRequest, ResolveRequest, TrackRefused, TrackRequest};
 pub use node::{Node, NodeConfig};
-pub use resolved::{ResolvedFlag, ResolvedSet};
+pub use resolved::{FlagView, ResolvedFlag, ResolvedSet, SetHeader};
 pub use shard::ShardServices;
 pub use user_state::{MemoryUserStates, UserState, UserStateError, UserStateStore};
 

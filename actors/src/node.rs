@@ -19,7 +19,7 @@ use crate::lane::{Here, Lane, ResolveAllRequest};
 use crate::messages::{
     BulkRequest, Precedence, ResolveRequest, ShardMsg, SupervisorMsg, TrackRefused, TrackRequest,
 };
-use crate::resolved::{self, ResolvedFlag, ResolvedSet};
+use crate::resolved::{self, FlagView, ResolvedFlag, ResolvedSet, SetHeader};
 use crate::shard::ShardServices;
 use crate::supervisor::{NodeSupervisor, ShardSlots, SupervisorArgs};
 use bunting_experiments::{ExperimentId, ExperimentTotals, RunningExperiments};
@@ -193,6 +193,22 @@ impl Node {
         let all = resolved::resolve_all(here.flags()?, &here.query.context);
         resolved::count_exceeded(&here.set, all.flags.iter().map(|(k, r)| (k, r)));
         Ok(all)
+    }
+
+    /// [`Node::resolve_all_here`] with each flag handed to `visit` as the engine resolves it,
+    /// borrowed from the set: for a front end that writes the answers out and keeps nothing.
+    pub fn visit_all_here(
+        &self,
+        here: Here<ResolveAllRequest>,
+        visit: impl FnMut(&str, FlagView<'_>),
+    ) -> Result<SetHeader, ResolveError> {
+        self.resolved_here.fetch_add(1, Ordering::Relaxed);
+        Ok(resolved::visit_all(
+            &here.set,
+            here.flags()?,
+            &here.query.context,
+            visit,
+        ))
     }
 
     /// How many requests (one flag, or all of a set) this node has answered on the fast path

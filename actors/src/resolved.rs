@@ -27,7 +27,36 @@ pub struct ResolvedSet {
     pub version: u64,
 }
 
+/// One flag's answer, borrowed: from the engine as it resolves (the fast path, where nothing is
+/// copied) or from a [`ResolvedFlag`].
+#[derive(Debug, Clone, Copy)]
+pub struct FlagView<'a> {
+    pub value: Option<&'a Value>,
+    pub variant: Option<&'a str>,
+    pub reason: Reason,
+    pub error: Option<&'a ResolveError>,
+    pub metadata: &'a Metadata,
+}
+
+/// What a visited resolve-all tells besides its flags: the set's version and metadata as the
+/// evaluation that answered held them (see [`ResolvedSet`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetHeader {
+    pub metadata: Metadata,
+    pub version: u64,
+}
+
 impl ResolvedFlag {
+    pub fn view(&self) -> FlagView<'_> {
+        FlagView {
+            value: self.value.as_ref(),
+            variant: self.variant.as_deref(),
+            reason: self.reason,
+            error: self.error.as_ref(),
+            metadata: &self.metadata,
+        }
+    }
+
     pub(crate) fn from_resolution<V: Into<Value>>(
         resolution: Resolution<'_, V>,
         flag_set_version: u64,
@@ -94,6 +123,36 @@ pub(crate) fn resolve_all(set: &FlagSet, ctx: &bunting_engine::EvaluationContext
     }
 }
 
+/// Every flag of `set` for one subject, in key order, each handed to `visit` as the engine
+/// resolves it: [`resolve_all`] without the copies, for a caller that only writes the answers out.
+/// Answers that ran out of budget are counted as in [`count_exceeded`].
+pub(crate) fn visit_all(
+    name: &str,
+    set: &FlagSet,
+    ctx: &bunting_engine::EvaluationContext,
+    mut visit: impl FnMut(&str, FlagView<'_>),
+) -> SetHeader {
+    for (key, r) in set.resolve_all(ctx) {
+        if let Some(error) = &r.error {
+            count_one_exceeded(name, key, error);
+        }
+        visit(
+            key,
+            FlagView {
+                value: r.value,
+                variant: r.variant,
+                reason: r.reason,
+                error: r.error.as_ref(),
+                metadata: r.metadata,
+            },
+        );
+    }
+    SetHeader {
+        metadata: set.metadata().clone(),
+        version: set.version(),
+    }
+}
+
 /// Counts the evaluations that ran out of the engine's budget, per flag set, flag and budget
 /// (`bunting_evaluation_budget_exceeded_total`): the answer is already flagd's GENERAL error,
 /// and the metric tells the operator which rule to fix. Keys are bounded by the set's limits.
@@ -103,18 +162,24 @@ pub(crate) fn count_exceeded<'a>(
     resolved: impl IntoIterator<Item = (&'a String, &'a ResolvedFlag)>,
 ) {
     for (key, answer) in resolved {
-        if let Some(kind) = answer.error.as_ref().and_then(|e| e.exceeded) {
-            let budget = match kind {
-                bunting_engine::BudgetKind::Steps => "steps",
-                bunting_engine::BudgetKind::BuiltBytes => "built_bytes",
-            };
-            metrics::counter!(
-                "bunting_evaluation_budget_exceeded_total",
-                "flag_set" => set.to_owned(),
-                "flag" => key.clone(),
-                "budget" => budget,
-            )
-            .increment(1);
+        if let Some(error) = &answer.error {
+            count_one_exceeded(set, key, error);
         }
+    }
+}
+
+fn count_one_exceeded(set: &str, key: &str, error: &ResolveError) {
+    if let Some(kind) = error.exceeded {
+        let budget = match kind {
+            bunting_engine::BudgetKind::Steps => "steps",
+            bunting_engine::BudgetKind::BuiltBytes => "built_bytes",
+        };
+        metrics::counter!(
+            "bunting_evaluation_budget_exceeded_total",
+            "flag_set" => set.to_owned(),
+            "flag" => key.to_owned(),
+            "budget" => budget,
+        )
+        .increment(1);
     }
 }

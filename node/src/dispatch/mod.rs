@@ -20,7 +20,10 @@ mod track;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bunting_actors::{Lane, Node, ResolveAllRequest, ResolveRequest, ResolvedFlag, ResolvedSet};
+use bunting_actors::{
+    FlagView, Here, Lane, Node, ResolveAllRequest, ResolveRequest, ResolvedFlag, ResolvedSet,
+    SetHeader,
+};
 use bunting_cluster::NodeId;
 use bunting_engine::{EvaluationContext, FlagType, ResolveError};
 use bunting_experiments::{ExperimentId, ExperimentTotals};
@@ -30,6 +33,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::routing::peer::PeerError;
 use crate::routing::peer::wire::{Answer, Request, Resolve, Target};
 use crate::routing::{Route, Routing, Stamp};
+use crate::service::Admitted;
 use crate::service::Gate;
 use tally::Tally;
 
@@ -46,6 +50,18 @@ pub struct Dispatch {
     routing: Option<Routing>,
     /// The most subjects × flags one bulk call may ask for (the node's `max_bulk_evaluations`).
     max_bulk_evaluations: usize,
+}
+
+/// A resolve-all past admission and routing (see [`Dispatch::route_all`]).
+enum AllLane {
+    /// To be evaluated on the caller's task, which holds its admission and, when a rule of the
+    /// set may loop, a turn in the looping lane, until it drops them after evaluating.
+    Here {
+        here: Here<ResolveAllRequest>,
+        held: (Admitted, Option<OwnedSemaphorePermit>),
+    },
+    /// Answered by a shard or by the owner.
+    Answered(Result<ResolvedSet, ResolveError>),
 }
 
 /// An answer and what it tells the client about routing (`bunting-epoch`, `bunting-owner`).
@@ -250,8 +266,78 @@ impl Dispatch {
         set: Option<Arc<str>>,
         context: Option<Struct>,
     ) -> Result<Routed<Result<ResolvedSet, ResolveError>>, DispatchError> {
-        let admitted = self.gate.take(service)?;
         let started = Instant::now();
+        let (lane, stamp) = self.route_all(service, set, context).await?;
+        let answer = match lane {
+            AllLane::Here { here, held } => {
+                let answer = self.node.resolve_all_here(here);
+                drop(held);
+                answer
+            }
+            AllLane::Answered(answer) => answer,
+        };
+        metrics::histogram!("bunting_evaluation_seconds", "service" => service)
+            .record(started.elapsed().as_secs_f64());
+        if let Ok(all) = &answer {
+            // One counter update per reason, not per flag: a resolve-all is a hundred flags.
+            let mut tally = Tally::default();
+            all.flags
+                .iter()
+                .for_each(|(_, r)| tally.count_reason(r.reason));
+            tally.record_counts(service);
+        }
+        Ok(Routed { answer, stamp })
+    }
+
+    /// [`Dispatch::resolve_all`] for a front end that writes each flag out and keeps nothing:
+    /// on the fast path each flag is handed to `visit` as the engine resolves it, borrowed from
+    /// the set (a bulk answer of a few hundred flags spent a tenth of its time copying them into
+    /// a [`ResolvedSet`] and dropping it); an answer from a shard or a peer is visited as it came.
+    pub async fn visit_all(
+        &self,
+        service: &'static str,
+        set: Option<Arc<str>>,
+        context: Option<Struct>,
+        mut visit: impl FnMut(&str, FlagView<'_>),
+    ) -> Result<Routed<Result<SetHeader, ResolveError>>, DispatchError> {
+        let started = Instant::now();
+        let (lane, stamp) = self.route_all(service, set, context).await?;
+        let mut tally = Tally::default();
+        let mut counted = |key: &str, flag: FlagView<'_>| {
+            tally.count_reason(flag.reason);
+            visit(key, flag);
+        };
+        let answer = match lane {
+            AllLane::Here { here, held } => {
+                let answer = self.node.visit_all_here(here, &mut counted);
+                drop(held);
+                answer
+            }
+            AllLane::Answered(answer) => answer.map(|all| {
+                all.flags.iter().for_each(|(key, r)| counted(key, r.view()));
+                SetHeader {
+                    metadata: all.metadata,
+                    version: all.version,
+                }
+            }),
+        };
+        metrics::histogram!("bunting_evaluation_seconds", "service" => service)
+            .record(started.elapsed().as_secs_f64());
+        if answer.is_ok() {
+            tally.record_counts(service);
+        }
+        Ok(Routed { answer, stamp })
+    }
+
+    /// Admission and routing of a resolve-all: evaluated by a shard or the owner (answered), or
+    /// left to the caller to evaluate on its own task, holding admission and its looping turn.
+    async fn route_all(
+        &self,
+        service: &'static str,
+        set: Option<Arc<str>>,
+        context: Option<Struct>,
+    ) -> Result<(AllLane, Stamp), DispatchError> {
+        let admitted = self.gate.take(service)?;
         let context = self.gate.context(context)?;
         let (owner, stamp) = self.route(&context);
         let request = ResolveAllRequest { set, context };
@@ -259,30 +345,25 @@ impl Dispatch {
             None => self.node.lane_all(request),
             Some(_) => Lane::Shard(request),
         };
-        let answer = match lane {
+        let lane = match lane {
             Lane::Here(here) => {
-                let _turn = self.looping_turn(here.loops()).await;
-                let answer = self.node.resolve_all_here(here);
-                drop(admitted);
-                answer
+                let turn = self.looping_turn(here.loops()).await;
+                AllLane::Here {
+                    here,
+                    held: (admitted, turn),
+                }
             }
             Lane::Shard(request) => {
                 let this = self.clone();
-                Gate::hold(admitted, async move {
-                    this.resolve_all_away(owner, request).await
-                })
-                .await?
+                AllLane::Answered(
+                    Gate::hold(admitted, async move {
+                        this.resolve_all_away(owner, request).await
+                    })
+                    .await?,
+                )
             }
         };
-        metrics::histogram!("bunting_evaluation_seconds", "service" => service)
-            .record(started.elapsed().as_secs_f64());
-        if let Ok(all) = &answer {
-            // One counter update per reason, not per flag: a resolve-all is a hundred flags.
-            let mut tally = Tally::default();
-            all.flags.iter().for_each(|(_, r)| tally.count_reason(r));
-            tally.record_counts(service);
-        }
-        Ok(Routed { answer, stamp })
+        Ok((lane, stamp))
     }
 
     /// A resolve-all forwarded to `owner`, or evaluated here (see [`Dispatch::resolve_away`]).

@@ -3,7 +3,7 @@
 //! tree first (a bulk answer over a few hundred flags spent most of its time building and
 //! dropping that tree), and a bulk answer's constant parts are written as bytes.
 
-use bunting_actors::{ResolvedFlag, ResolvedSet};
+use bunting_actors::{FlagView, ResolvedFlag};
 use bunting_engine::{ErrorCode, Metadata, ResolveError};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
@@ -43,38 +43,72 @@ impl Serialize for FlagAnswer<'_> {
 }
 
 /// OFREP's bulk answer, `{"flags": [...], "metadata": {...}, "eventStreams": [...]}`, written
-/// straight into `out`: the same bytes serde would write for [`FlagAnswer`] elements, without
-/// its per-string escaping pass over the member names and reasons, which are constants here.
-/// At a few hundred flags that pass was the largest user-space cost of a bulk answer.
-pub fn write_bulk(
-    out: &mut Vec<u8>,
-    all: &ResolvedSet,
-    events_uri: &str,
-) -> Result<(), serde_json::Error> {
-    out.extend_from_slice(b"{\"flags\":[");
-    for (i, (key, resolved)) in all.flags.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+/// one flag at a time as the dispatch visits them ([`Dispatch::visit_all`]): the same bytes
+/// serde writes for each [`FlagAnswer`], without its per-string escaping pass over the member
+/// names and reasons, which are constants here. At a few hundred flags that pass was the largest
+/// user-space cost of a bulk answer.
+///
+/// [`Dispatch::visit_all`]: crate::dispatch::Dispatch::visit_all
+#[derive(Debug)]
+pub struct BulkWriter {
+    out: Vec<u8>,
+    flags: usize,
+    /// The first failure; later flags are skipped and [`BulkWriter::finish`] returns it.
+    failed: Option<serde_json::Error>,
+}
+
+impl BulkWriter {
+    /// A writer sized for about `flags` flags (about 100 bytes each: one allocation for most
+    /// answers).
+    pub fn with_capacity(flags: usize) -> BulkWriter {
+        let mut out = Vec::with_capacity(256 + flags.saturating_mul(128));
+        out.extend_from_slice(b"{\"flags\":[");
+        BulkWriter {
+            out,
+            flags: 0,
+            failed: None,
         }
-        write_flag(out, key, resolved)?;
     }
-    out.extend_from_slice(b"],\"metadata\":");
-    write_metadata(out, &all.metadata)?;
-    out.extend_from_slice(b",\"eventStreams\":[{\"type\":\"sse\",\"endpoint\":{\"requestUri\":");
-    write_str(out, events_uri)?;
-    out.extend_from_slice(b"}}]}");
-    Ok(())
+
+    pub fn flag(&mut self, key: &str, flag: FlagView<'_>) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.flags > 0 {
+            self.out.push(b',');
+        }
+        self.flags += 1;
+        if let Err(e) = write_flag(&mut self.out, key, flag) {
+            self.failed = Some(e);
+        }
+    }
+
+    /// The whole answer, with the set's metadata and its event stream's URI.
+    pub fn finish(
+        mut self,
+        metadata: &Metadata,
+        events_uri: &str,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let out = &mut self.out;
+        out.extend_from_slice(b"],\"metadata\":");
+        write_metadata(out, metadata)?;
+        out.extend_from_slice(
+            b",\"eventStreams\":[{\"type\":\"sse\",\"endpoint\":{\"requestUri\":",
+        );
+        write_str(out, events_uri)?;
+        out.extend_from_slice(b"}}]}");
+        Ok(self.out)
+    }
 }
 
 /// One flag of a bulk answer, as [`FlagAnswer`] serializes it.
-fn write_flag(
-    out: &mut Vec<u8>,
-    key: &str,
-    resolved: &ResolvedFlag,
-) -> Result<(), serde_json::Error> {
+fn write_flag(out: &mut Vec<u8>, key: &str, flag: FlagView<'_>) -> Result<(), serde_json::Error> {
     out.extend_from_slice(b"{\"key\":");
     write_str(out, key)?;
-    if let Some(error) = &resolved.error {
+    if let Some(error) = flag.error {
         out.extend_from_slice(b",\"errorCode\":\"");
         out.extend_from_slice(code_of(error).as_str().as_bytes());
         out.extend_from_slice(b"\",\"errorDetails\":");
@@ -82,20 +116,20 @@ fn write_flag(
         out.push(b'}');
         return Ok(());
     }
-    if let Some(value) = &resolved.value {
+    if let Some(value) = flag.value {
         out.extend_from_slice(b",\"value\":");
         serde_json::to_writer(&mut *out, value)?;
     }
     // Reasons are upper-case ASCII constants: nothing to escape.
     out.extend_from_slice(b",\"reason\":\"");
-    out.extend_from_slice(resolved.reason.as_str().as_bytes());
+    out.extend_from_slice(flag.reason.as_str().as_bytes());
     out.push(b'"');
-    if let Some(variant) = &resolved.variant {
+    if let Some(variant) = flag.variant {
         out.extend_from_slice(b",\"variant\":");
         write_str(out, variant)?;
     }
     out.extend_from_slice(b",\"metadata\":");
-    write_metadata(out, &resolved.metadata)?;
+    write_metadata(out, flag.metadata)?;
     out.push(b'}');
     Ok(())
 }
@@ -138,7 +172,15 @@ mod tests {
     use bunting_engine::{ErrorCode, Metadata, Reason, ResolveError};
     use serde_json::{Value, json};
 
-    use super::{FlagAnswer, write_bulk};
+    use super::{BulkWriter, FlagAnswer};
+
+    fn write_bulk(all: &ResolvedSet, events_uri: &str) -> Vec<u8> {
+        let mut writer = BulkWriter::with_capacity(all.flags.len());
+        for (key, resolved) in &all.flags {
+            writer.flag(key, resolved.view());
+        }
+        writer.finish(&all.metadata, events_uri).unwrap()
+    }
 
     fn flag(value: Option<Value>, variant: Option<&str>, reason: Reason) -> ResolvedFlag {
         ResolvedFlag {
@@ -207,8 +249,7 @@ mod tests {
             version: 7,
         };
         for uri in ["/ofrep/v1/events", "/ofrep/v1/events?flagSet=a%22b"] {
-            let mut written = Vec::new();
-            write_bulk(&mut written, &all, uri).unwrap();
+            let written = write_bulk(&all, uri);
             let flags: Vec<String> = all
                 .flags
                 .iter()
@@ -239,8 +280,7 @@ mod tests {
             metadata: Metadata::new(),
             version: 1,
         };
-        let mut written = Vec::new();
-        write_bulk(&mut written, &all, "/e").unwrap();
+        let written = write_bulk(&all, "/e");
         assert_eq!(
             String::from_utf8(written).unwrap(),
             r#"{"flags":[],"metadata":{},"eventStreams":[{"type":"sse","endpoint":{"requestUri":"/e"}}]}"#

@@ -15,7 +15,7 @@ use prost_types::Struct;
 use serde_json::{Map, Value, json};
 
 use super::Edge;
-use super::answer::{self, FlagAnswer};
+use super::answer::{self, BulkWriter, FlagAnswer};
 use super::caller;
 use super::etag;
 use super::problem::{Code, Problem};
@@ -97,18 +97,19 @@ pub async fn evaluate_all(
         metrics::counter!("bunting_http_not_modified_total", "evaluated" => "no").increment(1);
         return Ok(not_modified(&edge, etag));
     }
+    let mut writer = BulkWriter::with_capacity(node.catalog().get(&name).map_or(0, |f| f.len()));
     let routed = edge
         .dispatch()
-        .resolve_all(SERVICE, set.clone(), Some(request.context))
+        .visit_all(SERVICE, set.clone(), Some(request.context), |key, flag| {
+            writer.flag(key, flag);
+        })
         .await
         .map_err(|e| dispatch_problem(None, e))?;
-    let all = routed.answer.map_err(|e| resolution_problem(None, &e))?;
-    edge.served(&name, all.version);
-    let version = all.version;
-    let events_uri = events_uri(set.as_deref());
-    // About 100 bytes a flag; one allocation for most answers.
-    let mut bytes = Vec::with_capacity(256 + all.flags.len() * 128);
-    answer::write_bulk(&mut bytes, &all, &events_uri)
+    let header = routed.answer.map_err(|e| resolution_problem(None, &e))?;
+    edge.served(&name, header.version);
+    let version = header.version;
+    let bytes = writer
+        .finish(&header.metadata, &events_uri(set.as_deref()))
         .map_err(|e| Problem::Internal(e.to_string()))?;
     let etag = match inputs {
         Some((local, etag)) if local == version => etag,

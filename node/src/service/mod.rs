@@ -26,7 +26,7 @@ pub(crate) mod wire_text;
 
 pub use admin::{Admin, DEFAULT_AUDIT_PAGE};
 pub use admin_status::{MAX_FLAG_KEY_CHARS, MAX_FLAG_SET_ID_CHARS};
-pub use admission::{ContextRefused, Gate, Limits, Refused, StreamSlot};
+pub use admission::{Admitted, ContextRefused, Gate, Limits, Refused, StreamSlot};
 pub use bulk::BulkEvaluation;
 pub use evaluator::Evaluator;
 pub use events::changed_flags;
