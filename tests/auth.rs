@@ -797,6 +797,45 @@ async fn every_rpc_refuses_every_bad_caller_and_changes_nothing() {
         }
     }
 
+    // A scheduled change is cancelled only by a token for its flag set.
+    let far = rollouts
+        .schedule_change(pb::ScheduleChangeRequest {
+            due_at: Some(prost_types::Timestamp {
+                seconds: 4_000_000_000,
+                nanos: 0,
+            }),
+            change: Some(pb::schedule_change_request::Change::FlagChange(
+                pb::ScheduledFlagChange {
+                    flag_set_id: "shop".into(),
+                    flag_key: "banner".into(),
+                    definition: flag("later").to_string(),
+                },
+            )),
+            actor: "ops".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .change
+        .unwrap();
+    let cancel = |token: &str| {
+        let mut c = RolloutsClient::new(bearer(token).wrap(channel.clone()));
+        async move {
+            c.cancel_scheduled(pb::CancelScheduledRequest {
+                id: far.id,
+                actor: "someone".into(),
+            })
+            .await
+        }
+    };
+    let refused = cancel(&other_set).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let cancelled = cancel(&exactly[&Scope::FlagsWrite]).await.unwrap();
+    assert_eq!(
+        cancelled.into_inner().change.unwrap().state,
+        pb::ScheduleState::Cancelled as i32
+    );
+
     // A tokens:admin token cannot mint a token with a scope or a set it does not have.
     for (scopes, sets) in [
         (vec!["evaluate"], vec!["shop"]),

@@ -258,14 +258,23 @@ impl RolloutsRpc for RolloutsService {
         let req = request.into_inner();
         let principal = audit_actor(&caller, &req.actor)?;
         if !caller.allows_all_sets() {
-            // The request names only the change: find its flag set before cancelling it.
+            // The request names only the change: find its flag set before cancelling it. Only a
+            // pending change can be cancelled, so the pending ones are where to look; one not
+            // among them (gone, settled, or past the list's bound) is not cancelled for a caller
+            // whose sets cannot be checked.
             let pending = controller
                 .rollouts()
-                .list_scheduled(false)
+                .list_scheduled(true)
                 .await
                 .map_err(|e| rollouts_status("cancel_scheduled", e))?;
-            if let Some(change) = pending.iter().find(|c| c.id == req.id) {
-                check_flag_set(&caller, action_set(&change.action))?;
+            match pending.iter().find(|c| c.id == req.id) {
+                Some(change) => check_flag_set(&caller, action_set(&change.action))?,
+                None => {
+                    return Err(Status::not_found(format!(
+                        "scheduled change {} is not pending on a flag set this token may touch",
+                        req.id
+                    )));
+                }
             }
         }
         let change = controller
