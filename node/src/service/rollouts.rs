@@ -635,6 +635,105 @@ fn scheduled(change: &ScheduledChange) -> pb::ScheduledChange {
 mod tests {
     use super::*;
 
+    fn good() -> pb::RolloutDefinition {
+        pb::RolloutDefinition {
+            id: "r1".into(),
+            flag_set_id: "default".into(),
+            flag_key: "banner".into(),
+            released_variant: "on".into(),
+            baseline_variant: "off".into(),
+            steps: vec![
+                pb::RampStep {
+                    percent: 10,
+                    min_duration_seconds: 60,
+                    min_users: 100,
+                },
+                pb::RampStep {
+                    percent: 100,
+                    min_duration_seconds: 60,
+                    min_users: 100,
+                },
+            ],
+            guardrails: vec![pb::Guardrail {
+                metric: Some(pb::Metric {
+                    name: "signups".into(),
+                    event: "signup".into(),
+                    kind: pb::MetricKind::Conversion as i32,
+                }),
+                bad: pb::BadDirection::Decrease as i32,
+                tolerance: 0.02,
+            }],
+            alpha: None,
+        }
+    }
+
+    #[test]
+    fn definitions_are_refused_naming_the_offending_field() {
+        let accepted = definition("definition", Some(good()), &Caller::Anonymous).unwrap();
+        assert_eq!(accepted.alpha, DEFAULT_ALPHA);
+        assert_eq!(accepted.steps[0].percent, 10);
+        assert_eq!(accepted.guardrails[0].bad, BadDirection::Decrease);
+        type Edit = fn(&mut pb::RolloutDefinition);
+        let cases: &[(&str, Edit, &str)] = &[
+            ("bad id", |d| d.id = "a/b".into(), "rollout id \"a/b\""),
+            (
+                "no set",
+                |d| d.flag_set_id.clear(),
+                "definition.flag_set_id: is empty",
+            ),
+            (
+                "no flag",
+                |d| d.flag_key.clear(),
+                "definition.flag_key: is empty",
+            ),
+            (
+                "no released variant",
+                |d| d.released_variant.clear(),
+                "definition.released_variant: is empty",
+            ),
+            (
+                "steps down",
+                |d| d.steps[1].percent = 5,
+                "step 1 is 5%, not above step 0's 10%",
+            ),
+            ("no 100%", |d| d.steps[1].percent = 50, "must end at 100%"),
+            (
+                "no direction",
+                |d| d.guardrails[0].bad = 0,
+                "definition.guardrails[0].bad: 0 is not a direction",
+            ),
+            (
+                "no kind",
+                |d| d.guardrails[0].metric.as_mut().unwrap().kind = 9,
+                "definition.guardrails[0].metric.kind: 9 is not a metric kind",
+            ),
+            (
+                "no metric",
+                |d| d.guardrails[0].metric = None,
+                "definition.guardrails[0].metric: is required",
+            ),
+            (
+                "tolerance",
+                |d| d.guardrails[0].tolerance = 2.0,
+                "tolerates a regression of 2",
+            ),
+            ("alpha", |d| d.alpha = Some(0.9), "alpha 0.9"),
+        ];
+        for (name, edit, needle) in cases {
+            let mut d = good();
+            edit(&mut d);
+            let status = definition("definition", Some(d), &Caller::Anonymous).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{name}");
+            assert!(
+                status.message().contains(needle),
+                "{name}: {:?} lacks {needle:?}",
+                status.message()
+            );
+        }
+        let missing = definition("start_rollout", None, &Caller::Anonymous).unwrap_err();
+        assert!(missing.message().starts_with("start_rollout: is required"));
+    }
+
     #[test]
     fn list_limits_default_and_are_bounded() {
         assert_eq!(list_limit(0).unwrap(), DEFAULT_LIST);
