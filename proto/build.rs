@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "bunting/v1/bunting.proto",
     "bunting/v1/cluster.proto",
     "bunting/v1/experiments.proto",
+    "bunting/v1/rollouts.proto",
     "bunting/v1/tokens.proto",
 ];
 

@@ -154,6 +154,28 @@ pub enum Command {
         #[command(subcommand)]
         action: ExperimentAction,
     },
+    /// Safe rollouts on a PostgreSQL-backed node or cluster: create one (a ramp of steps watched
+    /// by guardrail metrics, rolled back on a regression), read its status, pause, resume, abort.
+    ///
+    /// Exit status: 0 on success, 2 when the node cannot be reached or answers an error.
+    Rollout {
+        /// Any node's gRPC address (its admin listener, if it has one).
+        #[arg(long, global = true, default_value = "127.0.0.1:8013")]
+        node: String,
+        #[command(subcommand)]
+        action: RolloutAction,
+    },
+    /// Scheduled changes: a flag definition written at a given time (a rollout start is
+    /// scheduled with `bunting rollout create --at`), listed and cancelled.
+    ///
+    /// Exit status: 0 on success, 2 when the node cannot be reached or answers an error.
+    Schedule {
+        /// Any node's gRPC address (its admin listener, if it has one).
+        #[arg(long, global = true, default_value = "127.0.0.1:8013")]
+        node: String,
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// API tokens: generate a secret locally, or create, list and revoke tokens through a
     /// PostgreSQL-backed node's Tokens API (scope tokens:admin).
     Tokens {
@@ -524,4 +546,117 @@ pub enum TypeArg {
     Integer,
     Float,
     Object,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutAction {
+    /// Start a rollout now (or, with --at, schedule its start): the flag serves the released
+    /// variant to the first step's share of users, and the cluster's controller takes it from
+    /// there.
+    Create {
+        /// 1 to 56 characters of [A-Za-z0-9._-].
+        id: String,
+        /// The flag to roll out.
+        #[arg(long)]
+        flag: String,
+        #[arg(long, default_value = "default")]
+        set: String,
+        /// The variant being released.
+        #[arg(long)]
+        release: String,
+        /// The variant it is compared with (what most users get now).
+        #[arg(long)]
+        baseline: String,
+        /// PERCENT:MIN_SECONDS:MIN_USERS, strictly increasing and ending at 100; repeat per step
+        /// (`--step 5:600:500 --step 50:600:5000 --step 100:0:0`).
+        #[arg(long = "step", required = true, value_name = "PERCENT:SECONDS:USERS")]
+        steps: Vec<String>,
+        /// NAME:EVENT:KIND:BAD:TOLERANCE: KIND `conversion` or `mean`, BAD the direction that is
+        /// a regression (`decrease` or `increase`), TOLERANCE the relative regression tolerated
+        /// (0.02 = 2%); repeat for several guardrails.
+        #[arg(long = "guardrail", value_name = "NAME:EVENT:KIND:BAD:TOLERANCE")]
+        guardrails: Vec<String>,
+        /// The sequential test's level, split over the guardrails.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
+        /// Schedule the start instead: an RFC 3339 time (2030-01-01T09:00:00Z) or +N[smhd] from
+        /// now.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
+    /// One rollout: its state and step, each guardrail's estimate, interval and verdict, and
+    /// what the controller does next.
+    Status {
+        id: String,
+        /// Print the GetRolloutStatus response as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rollouts by id (at most 1000).
+    List {
+        /// Only running and paused ones.
+        #[arg(long)]
+        active: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold the rollout at its step: the controller neither advances nor rolls it back.
+    Pause {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
+    /// Serve the paused step again (a manual edit is overwritten) and restart its clock.
+    Resume {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
+    /// Restore the flag as it was before the rollout, and end the rollout.
+    Abort {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Write a flag's definition at a given time (the flag is created if it does not exist).
+    Add {
+        /// An RFC 3339 time (2030-01-01T09:00:00Z) or +N[smhd] from now.
+        #[arg(long, value_name = "TIME")]
+        at: String,
+        #[arg(long)]
+        flag: String,
+        #[arg(long, default_value = "default")]
+        set: String,
+        /// The flag as a JSON object in flagd's flag format (without `key`).
+        #[arg(long, value_name = "JSON")]
+        definition: String,
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
+    /// Scheduled changes by due time (at most 1000).
+    List {
+        /// Fired and cancelled ones too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a pending change.
+    Cancel {
+        id: i64,
+        #[arg(long, default_value = "bunting-cli")]
+        actor: String,
+    },
 }

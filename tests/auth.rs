@@ -21,6 +21,7 @@ use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::cluster_admin_client::ClusterAdminClient;
 use bunting_proto::bunting::v1::evaluation_client::EvaluationClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
+use bunting_proto::bunting::v1::rollouts_client::RolloutsClient;
 use bunting_proto::bunting::v1::tokens_client::TokensClient;
 use bunting_proto::bunting::v1::topology_client::TopologyClient;
 use bunting_proto::flagd::evaluation::{v1, v2};
@@ -406,6 +407,62 @@ async fn call(method: &str, ch: AuthChannel) -> Result<(), Status> {
                 other => panic!("no call for {other}"),
             }
         }
+        m if m.starts_with("/bunting.v1.Rollouts/") => {
+            let mut c = RolloutsClient::new(ch);
+            let actor = "mallory".to_owned();
+            let id = "ro".to_owned();
+            let action = || pb::RolloutActionRequest {
+                id: id.clone(),
+                reason: "mallory was here".into(),
+                actor: actor.clone(),
+            };
+            match m.rsplit('/').next().unwrap() {
+                "CreateRollout" => c
+                    .create_rollout(pb::CreateRolloutRequest {
+                        definition: Some(rollout_definition("ro2")),
+                        actor: actor.clone(),
+                    })
+                    .await
+                    .map(ok),
+                "GetRolloutStatus" => c
+                    .get_rollout_status(pb::GetRolloutStatusRequest { id: id.clone() })
+                    .await
+                    .map(ok),
+                "ListRollouts" => c
+                    .list_rollouts(pb::ListRolloutsRequest::default())
+                    .await
+                    .map(ok),
+                "PauseRollout" => c.pause_rollout(action()).await.map(ok),
+                "ResumeRollout" => c.resume_rollout(action()).await.map(ok),
+                "AbortRollout" => c.abort_rollout(action()).await.map(ok),
+                "ScheduleChange" => c
+                    .schedule_change(pb::ScheduleChangeRequest {
+                        due_at: Some(prost_types::Timestamp {
+                            seconds: 0,
+                            nanos: 0,
+                        }),
+                        change: Some(pb::schedule_change_request::Change::FlagChange(
+                            pb::ScheduledFlagChange {
+                                flag_set_id: "shop".into(),
+                                flag_key: "banner".into(),
+                                definition: flag("mallory").to_string(),
+                            },
+                        )),
+                        actor: actor.clone(),
+                    })
+                    .await
+                    .map(ok),
+                "ListScheduled" => c
+                    .list_scheduled(pb::ListScheduledRequest::default())
+                    .await
+                    .map(ok),
+                "CancelScheduled" => c
+                    .cancel_scheduled(pb::CancelScheduledRequest { id: 1, actor })
+                    .await
+                    .map(ok),
+                other => panic!("no call for {other}"),
+            }
+        }
         "/bunting.v1.ClusterAdmin/Status" => ClusterAdminClient::new(ch)
             .status(pb::ClusterStatusRequest {})
             .await
@@ -452,7 +509,41 @@ fn has_set(method: &str) -> bool {
     !(method.starts_with("/bunting.v1.ClusterAdmin/")
         || method.starts_with("/bunting.v1.Tokens/")
         || method == "/bunting.v1.Topology/GetTopology"
-        || method == "/bunting.v1.Admin/ListFlagSets")
+        || method == "/bunting.v1.Admin/ListFlagSets"
+        // Lists show only the caller's sets, and a change is found by its id.
+        || method == "/bunting.v1.Rollouts/ListRollouts"
+        || method == "/bunting.v1.Rollouts/ListScheduled"
+        || method == "/bunting.v1.Rollouts/CancelScheduled")
+}
+
+/// A rollout on shop's `banner` (b released against a) whose first step waits for an hour and
+/// 1,000 users, so the controller writes nothing while the test runs.
+fn rollout_definition(id: &str) -> pb::RolloutDefinition {
+    pb::RolloutDefinition {
+        id: id.into(),
+        flag_set_id: "shop".into(),
+        flag_key: "banner".into(),
+        released_variant: "b".into(),
+        baseline_variant: "a".into(),
+        steps: [10, 100]
+            .into_iter()
+            .map(|percent| pb::RampStep {
+                percent,
+                min_duration_seconds: 3600,
+                min_users: 1000,
+            })
+            .collect(),
+        guardrails: vec![pb::Guardrail {
+            metric: Some(pb::Metric {
+                name: "buy".into(),
+                event: "buy".into(),
+                kind: pb::MetricKind::Conversion.into(),
+            }),
+            bad: pb::BadDirection::Decrease.into(),
+            tolerance: 0.02,
+        }],
+        alpha: None,
+    }
 }
 
 fn flag(value: &str) -> serde_json::Value {
@@ -508,6 +599,19 @@ async fn state(admin: &AuthChannel) -> String {
         .unwrap()
         .into_inner();
     out.push_str(&format!("experiments: {}\n", experiments.experiments.len()));
+    let mut rollouts = RolloutsClient::new(admin.clone());
+    let listed = rollouts
+        .list_rollouts(pb::ListRolloutsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    out.push_str(&format!("rollouts: {:?}\n", listed.rollouts));
+    let scheduled = rollouts
+        .list_scheduled(pb::ListScheduledRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    out.push_str(&format!("scheduled: {:?}\n", scheduled.changes));
     let tokens = TokensClient::new(admin.clone())
         .list_tokens(pb::ListTokensRequest {})
         .await
@@ -590,6 +694,16 @@ async fn every_rpc_refuses_every_bad_caller_and_changes_nothing() {
             }],
             actor: "ops".into(),
             ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // A rollout and a scheduled change on shop, so calls by id have a set to be refused on.
+    let mut rollouts = RolloutsClient::new(admin.clone());
+    rollouts
+        .create_rollout(pb::CreateRolloutRequest {
+            definition: Some(rollout_definition("ro")),
+            actor: "ops".into(),
         })
         .await
         .unwrap();
@@ -682,6 +796,45 @@ async fn every_rpc_refuses_every_bad_caller_and_changes_nothing() {
             answers.push(status.message().to_owned());
         }
     }
+
+    // A scheduled change is cancelled only by a token for its flag set.
+    let far = rollouts
+        .schedule_change(pb::ScheduleChangeRequest {
+            due_at: Some(prost_types::Timestamp {
+                seconds: 4_000_000_000,
+                nanos: 0,
+            }),
+            change: Some(pb::schedule_change_request::Change::FlagChange(
+                pb::ScheduledFlagChange {
+                    flag_set_id: "shop".into(),
+                    flag_key: "banner".into(),
+                    definition: flag("later").to_string(),
+                },
+            )),
+            actor: "ops".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .change
+        .unwrap();
+    let cancel = |token: &str| {
+        let mut c = RolloutsClient::new(bearer(token).wrap(channel.clone()));
+        async move {
+            c.cancel_scheduled(pb::CancelScheduledRequest {
+                id: far.id,
+                actor: "someone".into(),
+            })
+            .await
+        }
+    };
+    let refused = cancel(&other_set).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let cancelled = cancel(&exactly[&Scope::FlagsWrite]).await.unwrap();
+    assert_eq!(
+        cancelled.into_inner().change.unwrap().state,
+        pb::ScheduleState::Cancelled as i32
+    );
 
     // A tokens:admin token cannot mint a token with a scope or a set it does not have.
     for (scopes, sets) in [

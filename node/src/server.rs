@@ -16,6 +16,7 @@ use bunting_proto::bunting::v1::admin_server::AdminServer;
 use bunting_proto::bunting::v1::cluster_admin_server::ClusterAdminServer;
 use bunting_proto::bunting::v1::evaluation_server::EvaluationServer;
 use bunting_proto::bunting::v1::experiments_server::ExperimentsServer;
+use bunting_proto::bunting::v1::rollouts_server::RolloutsServer;
 use bunting_proto::bunting::v1::tokens_server::TokensServer;
 use bunting_proto::bunting::v1::topology_server::TopologyServer;
 use bunting_proto::flagd::evaluation::{v1, v2};
@@ -32,11 +33,11 @@ use crate::feed::{self, Feed};
 use crate::metrics_http;
 use crate::routing::Routing;
 use crate::routing::peer::{MAX_PEER_MESSAGE_BYTES, PeerHandler};
-use crate::service::ExperimentsService;
 use crate::service::{
     Admin, BulkEvaluation, Evaluator, FlagdSync, FlagdV1, FlagdV2, Gate, Limits, NodeHealth,
     SyncService, TokensService, TopologyService,
 };
+use crate::service::{ExperimentsService, RolloutsService};
 use bunting_experiments::store::EmbeddedStore;
 use bunting_stores::breaker::BreakerSettings;
 use bunting_stores::experiments::{ExperimentStore, ExperimentStoreError};
@@ -658,15 +659,21 @@ impl BoundServer {
             self.config.max_bulk_evaluations,
         )
         .routed(self.routing.clone());
-        let rollout_task = match (self.rollouts, &self.store, &self.experiments) {
-            (Some(setup), Some(flags), Some(experiments)) => Some(spawn_rollout_controller(
-                setup,
-                flags.clone(),
-                experiments.clone(),
-                dispatch.clone(),
-                closing.clone(),
-            )),
-            _ => None,
+        // One controller per node: its loop acts while this node holds the lease, and the
+        // Rollouts API calls the same operations on it whichever node the caller reached.
+        let (rollouts_api, rollout_task) = match (self.rollouts, &self.store, &self.experiments) {
+            (Some(setup), Some(flags), Some(experiments)) => {
+                let controller = rollout_controller(
+                    setup.store,
+                    flags.clone(),
+                    experiments.clone(),
+                    dispatch.clone(),
+                );
+                let task =
+                    spawn_rollout_controller(controller.clone(), setup.lease, closing.clone());
+                (Some(controller), Some(task))
+            }
+            _ => (None, None),
         };
         let drain_timeout = Duration::from_millis(self.config.drain_timeout_ms.get());
         // The HTTP edge: the same dispatch and the same policy as the gRPC services.
@@ -760,6 +767,8 @@ impl BoundServer {
         let drain = (closing_watch, drain_timeout);
         let admin_server = AdminServer::new(admin);
         let experiments_server = ExperimentsServer::new(experiments);
+        let rollouts_server =
+            RolloutsServer::new(RolloutsService::new(rollouts_api, &self.config.flags));
         let cluster_admin_server = ClusterAdminServer::new(topology.clone());
         let tokens_server = TokensServer::new(TokensService::new(
             self.auth.store.clone(),
@@ -784,6 +793,7 @@ impl BoundServer {
         if admin_serves.is_none() {
             public = public
                 .add_service(admin_server.clone())
+                .add_service(rollouts_server.clone())
                 .add_service(cluster_admin_server.clone())
                 .add_service(tokens_server.clone());
         }
@@ -806,6 +816,7 @@ impl BoundServer {
                 Some(
                     server(serves)?
                         .add_service(admin_server)
+                        .add_service(rollouts_server)
                         .add_service(experiments_server)
                         .add_service(cluster_admin_server)
                         .add_service(tokens_server)
@@ -944,15 +955,13 @@ pub async fn run(
 /// committed.
 pub const ROLLOUT_WEBHOOK_ENV: &str = "BUNTING_ROLLOUT_WEBHOOK";
 
-/// Runs the rollout controller until `closing`: every node with PostgreSQL runs the loop, and the
-/// lease lets one of them act.
-fn spawn_rollout_controller(
-    setup: RolloutSetup,
+/// The node's rollout controller over its stores, with the rollback webhook if one is set.
+fn rollout_controller(
+    store: Arc<dyn RolloutStore>,
     flags: Arc<dyn AdminStore>,
     experiments: Arc<dyn ExperimentStore>,
     dispatch: Dispatch,
-    mut closing: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+) -> crate::rollout::Controller {
     let webhook = match std::env::var(ROLLOUT_WEBHOOK_ENV) {
         Ok(raw) if !raw.is_empty() => {
             match crate::rollout::webhook::Webhook::parse(
@@ -969,18 +978,27 @@ fn spawn_rollout_controller(
         }
         _ => None,
     };
-    let controller = crate::rollout::Controller::new(
+    crate::rollout::Controller::new(
         flags,
-        setup.store,
+        store,
         Arc::new(crate::rollout::counts::NodeCounts::new(
             experiments,
             dispatch,
         )),
         webhook,
-    );
+    )
+}
+
+/// Runs the rollout controller until `closing`: every node with PostgreSQL runs the loop, and the
+/// lease lets one of them act.
+fn spawn_rollout_controller(
+    controller: crate::rollout::Controller,
+    lease: Box<dyn Lease>,
+    mut closing: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(crate::rollout::run(
         controller,
-        setup.lease,
+        lease,
         crate::rollout::TICK,
         async move {
             let _ = closing.wait_for(|closed| *closed).await;

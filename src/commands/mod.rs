@@ -18,6 +18,8 @@ mod flags;
 mod flags_read;
 mod resolve;
 mod rollback;
+mod rollout;
+mod schedule;
 mod serve;
 mod tokens;
 mod validate;
@@ -112,6 +114,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Tokens { node, action } => tokens::run(&node, action),
         Command::Cluster { node, action } => cluster::run(&node, action),
         Command::Experiment { node, action } => experiment::run(&node, action),
+        Command::Rollout { node, action } => rollout::run(&node, action),
+        Command::Schedule { node, action } => schedule::run(&node, action),
         Command::Resolve {
             node,
             flag,

@@ -22,13 +22,14 @@ use tower_service::Service;
 pub enum Plane {
     /// Evaluation, sync, bulk evaluation, topology and Track: what applications call.
     Client,
-    /// Admin, Tokens, ClusterAdmin and Experiments but for Track: what operators call.
+    /// Admin, Rollouts, Tokens, ClusterAdmin and Experiments but for Track: what operators call.
     Admin,
 }
 
 /// Services that are administration as a whole.
-const ADMIN_SERVICES: [&str; 3] = [
+const ADMIN_SERVICES: [&str; 4] = [
     "/bunting.v1.Admin/",
+    "/bunting.v1.Rollouts/",
     "/bunting.v1.Tokens/",
     "/bunting.v1.ClusterAdmin/",
 ];
@@ -165,6 +166,15 @@ mod tests {
             "/bunting.v1.Experiments/GetExperiment",
             "/bunting.v1.Experiments/ListExperiments",
             "/bunting.v1.Experiments/GetExperimentResults",
+            "/bunting.v1.Rollouts/CreateRollout",
+            "/bunting.v1.Rollouts/GetRolloutStatus",
+            "/bunting.v1.Rollouts/ListRollouts",
+            "/bunting.v1.Rollouts/PauseRollout",
+            "/bunting.v1.Rollouts/ResumeRollout",
+            "/bunting.v1.Rollouts/AbortRollout",
+            "/bunting.v1.Rollouts/ScheduleChange",
+            "/bunting.v1.Rollouts/ListScheduled",
+            "/bunting.v1.Rollouts/CancelScheduled",
             "/bunting.v1.ClusterAdmin/Status",
             "/bunting.v1.ClusterAdmin/Drain",
             "/bunting.v1.ClusterAdmin/Undrain",

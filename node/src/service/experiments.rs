@@ -451,7 +451,7 @@ fn millis_timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
-fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+pub(super) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),

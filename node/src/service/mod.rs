@@ -1,5 +1,5 @@
 //! The gRPC services one node serves on its one port: flagd's evaluation (v1, v2) and sync
-//! protocols, and Bunting's own `bunting.v1` Evaluation (bulk), Admin, Experiments, Topology and
+//! protocols, and Bunting's own `bunting.v1` Evaluation (bulk), Admin, Experiments, Rollouts, Topology and
 //! ClusterAdmin, with gRPC health and reflection beside them.
 
 mod admin;
@@ -18,6 +18,7 @@ pub(crate) mod flagd_evaluation;
 mod flagd_sync;
 mod health;
 pub(crate) mod request;
+mod rollouts;
 mod sync_snapshots;
 mod sync_stream;
 mod tokens;
@@ -35,6 +36,7 @@ pub use flagd_evaluation::{FlagdV1, FlagdV2};
 pub use flagd_sync::FlagdSync;
 pub use health::{NodeHealth, SERVICE_NAMES as HEALTH_SERVICE_NAMES, reflection};
 pub use request::SELECTOR_HEADER;
+pub use rollouts::RolloutsService;
 pub use sync_stream::SyncService;
 pub use tokens::TokensService;
 pub use topology::TopologyService;
