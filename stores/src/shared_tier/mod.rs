@@ -15,6 +15,7 @@ mod queue;
 mod redis_tier;
 pub mod seal;
 mod user_states;
+pub mod wal;
 
 pub use user_states::TierUserStates;
 
