@@ -20,11 +20,13 @@
 //! already promised. The log is emptied (cut to zero) once every record in it was replayed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use sha2::{Digest, Sha256};
+
+use super::queue::Write;
 
 /// A per-user write as logged and replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +226,55 @@ fn pack(generation: u64, len: u64) -> u64 {
 
 fn synced_key(packed: u64) -> (u64, u64) {
     (packed >> 48, packed & ((1 << 48) - 1))
+}
+
+impl TryFrom<&Write> for UserWrite {
+    type Error = ();
+
+    /// The per-user writes; the others (snapshots, publishes) are versioned or re-derived and
+    /// are not logged.
+    fn try_from(write: &Write) -> Result<UserWrite, ()> {
+        match write {
+            Write::PutUserState {
+                shard,
+                epoch,
+                user,
+                state,
+            } => Ok(UserWrite::Put {
+                shard: *shard,
+                epoch: *epoch,
+                user: user.clone(),
+                state: state.clone(),
+            }),
+            Write::DeleteUserState { shard, epoch, user } => Ok(UserWrite::Delete {
+                shard: *shard,
+                epoch: *epoch,
+                user: user.clone(),
+            }),
+            _ => Err(()),
+        }
+    }
+}
+
+impl From<UserWrite> for Write {
+    fn from(write: UserWrite) -> Write {
+        match write {
+            UserWrite::Put {
+                shard,
+                epoch,
+                user,
+                state,
+            } => Write::PutUserState {
+                shard,
+                epoch,
+                user,
+                state,
+            },
+            UserWrite::Delete { shard, epoch, user } => {
+                Write::DeleteUserState { shard, epoch, user }
+            }
+        }
+    }
 }
 
 impl UserWrite {
