@@ -218,10 +218,9 @@ fn tier_config(config: &Config) -> shared_tier::config::SharedTierConfig {
     let mut tier = config.shared_tier.clone();
     if let (shared_tier::config::SharedTierConfig::Redis(redis), Some(dir)) =
         (&mut tier, &config.data_dir)
+        && redis.write_ahead_log.is_none()
     {
-        if redis.write_ahead_log.is_none() {
-            redis.write_ahead_log = Some(dir.join("shared-tier").join("user-writes.log"));
-        }
+        redis.write_ahead_log = Some(dir.join("shared-tier").join("user-writes.log"));
     }
     tier
 }

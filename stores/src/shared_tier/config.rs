@@ -7,6 +7,8 @@ use serde::Deserialize;
 use crate::secret_url::SecretUrl;
 
 /// The shared tier (`[shared_tier]`): none, or Redis (one server or a Redis Cluster).
+// Read once at start-up and held once per node: the size of the Redis variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SharedTierConfig {

@@ -485,14 +485,13 @@ impl Inner {
 
     /// Settles the queue's front write `seq`, and its log record if it had one.
     fn settle(&self, seq: u64) {
-        if self.queue.done(seq) {
-            if let Some(wal) = &self.wal {
-                if let Err(e) = wal.replayed() {
-                    // The record stays in the log and is replayed once more at the next start:
-                    // a put or delete of the same state twice, harmless.
-                    tracing::warn!(error = %e, "could not cut the replayed write-ahead log");
-                }
-            }
+        if self.queue.done(seq)
+            && let Some(wal) = &self.wal
+            && let Err(e) = wal.replayed()
+        {
+            // The record stays in the log and is replayed once more at the next start: a put
+            // or delete of the same state twice, harmless.
+            tracing::warn!(error = %e, "could not cut the replayed write-ahead log");
         }
     }
 
