@@ -161,7 +161,14 @@ impl WriteAheadLog {
                     user: write.user().to_owned(),
                 });
             }
-            appends.file.write_all(&record).map_err(|e| self.io(e))?;
+            if let Err(e) = appends.file.write_all(&record) {
+                // A partial record would end the log at the next start, hiding every record
+                // appended after it: cut it off (best effort; if that fails too, the next start
+                // cuts it and loses only what follows).
+                let good = appends.len;
+                let _ = appends.file.set_len(good);
+                return Err(self.io(e));
+            }
             appends.len += record.len() as u64;
             appends.pending += 1;
             let file = appends.file.try_clone().map_err(|e| self.io(e))?;
