@@ -208,9 +208,22 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     // First: a second process with a member's id stops before it binds a port or loads a flag.
     let node_lock = node_id_lock(&config).await?;
     // Lazy: an unreachable Redis does not stop the node; a config that cannot work does.
-    let tier = shared_tier::connect(&config.shared_tier).await?;
+    let tier = shared_tier::connect(&tier_config(&config)).await?;
     let sources = configured_sources(&config, tier).await?;
     finish_bind(config, caps, sources, node_lock).await
+}
+
+/// The shared tier's config, its per-user write-ahead log placed in `data_dir` unless the config
+/// names one: writes queued during a Redis outage then survive the node being killed.
+fn tier_config(config: &Config) -> shared_tier::config::SharedTierConfig {
+    let mut tier = config.shared_tier.clone();
+    if let (shared_tier::config::SharedTierConfig::Redis(redis), Some(dir)) =
+        (&mut tier, &config.data_dir)
+        && redis.write_ahead_log.is_none()
+    {
+        redis.write_ahead_log = Some(dir.join("shared-tier").join("user-writes.log"));
+    }
+    tier
 }
 
 /// How long taking the node id lock waits for PostgreSQL at start-up.

@@ -102,6 +102,13 @@ impl ClusterNode {
         self
     }
 
+    /// Puts top-level settings (such as `data_dir = "..."`) ahead of every section.
+    pub fn top_level_config(self, toml: &str) -> ClusterNode {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, format!("{toml}\n{text}")).unwrap();
+        self
+    }
+
     /// Uses another cookie than the rest of the cluster (the wrong-cookie test).
     pub fn with_cookie(mut self, cookie: &str) -> ClusterNode {
         self.cookie = cookie.to_owned();

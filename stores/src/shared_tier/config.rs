@@ -7,6 +7,8 @@ use serde::Deserialize;
 use crate::secret_url::SecretUrl;
 
 /// The shared tier (`[shared_tier]`): none, or Redis (one server or a Redis Cluster).
+// Read once at start-up and held once per node: the size of the Redis variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SharedTierConfig {
@@ -32,6 +34,14 @@ pub struct RedisTierConfig {
     pub timeout_ms: u64,
     /// Writes kept while Redis is unreachable; beyond this the oldest is dropped.
     pub write_queue: usize,
+    /// The write-ahead log of per-user writes queued while Redis is unreachable, so they survive
+    /// the node being killed (`stores/src/shared_tier/wal.rs`). Absent: the node puts it at
+    /// `<data_dir>/shared-tier/user-writes.log` when it has a `data_dir`, else such writes live
+    /// only in memory until Redis answers.
+    pub write_ahead_log: Option<PathBuf>,
+    /// The log's size bound; past it, per-user writes are refused (not acknowledged) until Redis
+    /// answers and the log is replayed.
+    pub write_ahead_log_max_bytes: u64,
     /// A file holding the deployment's shared-tier signing key (at least 32 bytes; surrounding
     /// whitespace ignored). Every node of a deployment needs the same key: flag snapshots and the
     /// running experiments are sealed with it in Redis, and a node refuses what it cannot verify
@@ -54,6 +64,8 @@ impl Default for RedisTierConfig {
             open_for_ms: 2_000,
             timeout_ms: 1_000,
             write_queue: 10_000,
+            write_ahead_log: None,
+            write_ahead_log_max_bytes: 64 << 20,
             signing_key_file: None,
             signing_key_env: "BUNTING_SHARED_TIER_KEY".to_owned(),
             deployment: None,
@@ -86,6 +98,9 @@ impl RedisTierConfig {
         }
         if self.write_queue == 0 {
             return Err("shared_tier.write_queue must be at least 1".to_owned());
+        }
+        if self.write_ahead_log_max_bytes < 4096 {
+            return Err("shared_tier.write_ahead_log_max_bytes must be at least 4096".to_owned());
         }
         if self.timeout_ms == 0 {
             return Err("shared_tier.timeout_ms must be at least 1".to_owned());

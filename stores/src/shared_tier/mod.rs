@@ -11,10 +11,11 @@
 
 pub mod config;
 mod memory;
-mod queue;
+pub(crate) mod queue;
 mod redis_tier;
 pub mod seal;
 mod user_states;
+pub mod wal;
 
 pub use user_states::TierUserStates;
 
@@ -133,6 +134,10 @@ pub enum SharedTierError {
         what: &'static str,
         source: serde_json::Error,
     },
+    /// A per-user write could not be made durable while the tier is unreachable (the write-ahead
+    /// log is full or its disk failed): it was not queued, so it must not be acknowledged.
+    #[error("shared tier unreachable and the write could not be logged: {0}")]
+    NotLogged(#[from] wal::WalError),
     #[error("shared tier config: {0}")]
     Config(String),
     /// A user-state write of shard `shard` at epoch `epoch` was refused: a node claimed the shard
@@ -158,6 +163,7 @@ impl SharedTierError {
             | SharedTierError::InvalidSnapshot { .. }
             | SharedTierError::Encode { .. }
             | SharedTierError::Fenced { .. }
+            | SharedTierError::NotLogged(_)
             | SharedTierError::Config(_) => false,
         }
     }

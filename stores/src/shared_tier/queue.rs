@@ -2,6 +2,11 @@
 //! order they were made, once the tier answers again; a full queue drops its oldest write (and
 //! counts it): the newest state is the one worth keeping, and snapshot writes are versioned, so a
 //! later one supersedes an earlier one anyway.
+//!
+//! A *durable* write (a per-user write already in the write-ahead log, `wal.rs`) is never dropped:
+//! it was acknowledged to an evaluation. A full queue drops its oldest write that is not durable
+//! instead, or, holding only durable ones, grows past its capacity: the log's size bound, which
+//! refuses new per-user writes, bounds them.
 
 use std::collections::VecDeque;
 
@@ -46,9 +51,16 @@ pub struct WriteQueue {
     inner: Mutex<Inner>,
 }
 
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    write: Write,
+    durable: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    items: VecDeque<(u64, Write)>,
+    items: VecDeque<Entry>,
     next_seq: u64,
 }
 
@@ -63,16 +75,24 @@ impl WriteQueue {
         queue
     }
 
-    pub fn push(&self, write: Write) {
+    /// Queues `write`; `durable`: it is in the write-ahead log, so it is never dropped.
+    pub fn push(&self, write: Write, durable: bool) {
         let mut inner = self.lock();
         let mut dropped = 0u64;
         while inner.items.len() >= self.capacity {
-            inner.items.pop_front();
+            let Some(oldest) = inner.items.iter().position(|e| !e.durable) else {
+                break;
+            };
+            inner.items.remove(oldest);
             dropped += 1;
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        inner.items.push_back((seq, write));
+        inner.items.push_back(Entry {
+            seq,
+            write,
+            durable,
+        });
         let len = inner.items.len();
         drop(inner);
         if dropped > 0 {
@@ -85,19 +105,22 @@ impl WriteQueue {
 
     /// The oldest write, left in place until [`WriteQueue::done`] says it was applied.
     pub fn front(&self) -> Option<(u64, Write)> {
-        self.lock().items.front().cloned()
+        self.lock().items.front().map(|e| (e.seq, e.write.clone()))
     }
 
     /// Removes write `seq` if it is still at the front (a full queue may have dropped it
-    /// meanwhile, and then the new front must stay).
-    pub fn done(&self, seq: u64) {
+    /// meanwhile, and then the new front must stay). True if it removed a durable write, which
+    /// the caller then marks replayed in the log.
+    pub fn done(&self, seq: u64) -> bool {
         let mut inner = self.lock();
-        if inner.items.front().is_some_and(|(s, _)| *s == seq) {
-            inner.items.pop_front();
+        let mut durable = false;
+        if inner.items.front().is_some_and(|e| e.seq == seq) {
+            durable = inner.items.pop_front().is_some_and(|e| e.durable);
         }
         let len = inner.items.len();
         drop(inner);
         self.publish(len);
+        durable
     }
 
     pub fn len(&self) -> usize {
@@ -132,9 +155,9 @@ mod tests {
     #[test]
     fn keeps_order_and_drops_the_oldest_when_full() {
         let q = WriteQueue::new(2, RedactedUrl::new("test"));
-        q.push(publish(1));
-        q.push(publish(2));
-        q.push(publish(3));
+        q.push(publish(1), false);
+        q.push(publish(2), false);
+        q.push(publish(3), false);
         assert_eq!(q.len(), 2);
         let (seq, first) = q.front().unwrap();
         assert_eq!(first, publish(2));
@@ -145,10 +168,29 @@ mod tests {
     #[test]
     fn done_leaves_a_new_front_alone() {
         let q = WriteQueue::new(1, RedactedUrl::new("test"));
-        q.push(publish(1));
+        q.push(publish(1), false);
         let (seq, _) = q.front().unwrap();
-        q.push(publish(2));
-        q.done(seq);
+        q.push(publish(2), false);
+        assert!(!q.done(seq));
         assert_eq!(q.front().unwrap().1, publish(2));
+    }
+
+    #[test]
+    fn a_full_queue_never_drops_a_durable_write() {
+        let q = WriteQueue::new(2, RedactedUrl::new("test"));
+        q.push(publish(1), true);
+        q.push(publish(2), false);
+        q.push(publish(3), true);
+        // The non-durable one went; the durable ones stay, in order.
+        let (seq, first) = q.front().unwrap();
+        assert_eq!(first, publish(1));
+        q.push(publish(4), true);
+        assert_eq!(
+            q.len(),
+            3,
+            "only durable writes: the queue grows past its capacity"
+        );
+        assert!(q.done(seq));
+        assert_eq!(q.front().unwrap().1, publish(3));
     }
 }

@@ -36,6 +36,7 @@ use tokio_stream::StreamExt;
 
 use super::queue::{Write, WriteQueue};
 use super::seal::{Sealed, Sealer};
+use super::wal::{UserWrite, WriteAheadLog};
 use super::{
     ChangeStream, SharedTier, SharedTierError, SnapshotWrite, TierChange, TierContent,
     TierSnapshot, WriteOutcome,
@@ -119,6 +120,8 @@ struct Inner {
     conn: Mutex<Option<Conn>>,
     breaker: Breaker,
     queue: WriteQueue,
+    /// Where queued per-user writes are made durable; `None`: they live only in `queue`.
+    wal: Option<Arc<WriteAheadLog>>,
     /// One drainer at a time, so queued writes are replayed in order.
     draining: Mutex<()>,
     wake_drainer: Arc<Notify>,
@@ -287,6 +290,22 @@ impl RedisTier {
         let sealer = Sealer::new(&signing_key(config)?, config.deployment())
             .map_err(|e| SharedTierError::Config(e.to_string()))?;
         let open_for = Duration::from_millis(config.open_for_ms);
+        let queue = WriteQueue::new(config.write_queue, endpoint.clone());
+        let wal = match &config.write_ahead_log {
+            None => None,
+            Some(path) => {
+                let (wal, recovered) = WriteAheadLog::open(path, config.write_ahead_log_max_bytes)?;
+                if !recovered.writes.is_empty() {
+                    tracing::info!(path = %path.display(), writes = recovered.writes.len(), "replaying per-user writes a previous process logged during a Redis outage");
+                }
+                // Ahead of anything this process writes: they are older. They leave the queue
+                // (and the log) only once Redis answered for them.
+                for write in recovered.writes {
+                    queue.push(write.into(), true);
+                }
+                Some(Arc::new(wal))
+            }
+        };
         let inner = Arc::new(Inner {
             breaker: Breaker::new(
                 BreakerSettings {
@@ -295,7 +314,8 @@ impl RedisTier {
                 },
                 endpoint.clone(),
             ),
-            queue: WriteQueue::new(config.write_queue, endpoint.clone()),
+            queue,
+            wal,
             endpoint,
             target,
             seeds,
@@ -440,19 +460,61 @@ impl Inner {
                 Err(e) => return Err(e),
             }
         }
-        self.queue.push(write);
+        // A per-user write is acknowledged to the evaluation as recorded: it goes to the
+        // write-ahead log first (fsynced, grouped with concurrent ones), and is refused if it
+        // cannot be logged, never queued only in memory.
+        let durable = match (&self.wal, UserWrite::try_from(&write)) {
+            (Some(wal), Ok(logged)) => {
+                let wal = wal.clone();
+                tokio::task::spawn_blocking(move || wal.append(&logged))
+                    .await
+                    .map_err(|e| {
+                        SharedTierError::NotLogged(super::wal::WalError::Io {
+                            path: std::path::PathBuf::new(),
+                            source: std::io::Error::other(e.to_string()),
+                        })
+                    })??;
+                true
+            }
+            _ => false,
+        };
+        self.queue.push(write, durable);
         self.wake_drainer.notify_one();
         Ok(Applied::Queued)
+    }
+
+    /// Settles the queue's front write `seq`, and its log record if it had one.
+    fn settle(&self, seq: u64) {
+        if self.queue.done(seq)
+            && let Some(wal) = &self.wal
+            && let Err(e) = wal.replayed()
+        {
+            // The record stays in the log and is replayed once more at the next start: a put
+            // or delete of the same state twice, harmless.
+            tracing::warn!(error = %e, "could not cut the replayed write-ahead log");
+        }
+    }
+
+    /// Replays the queue now, waiting for a replay under way rather than skipping: a shard
+    /// claim runs this first, so writes a previous process logged at its epoch reach Redis
+    /// before this process's claim fences them.
+    async fn drain_before_claim(&self) {
+        let _draining = self.draining.lock().await;
+        self.drain_locked().await;
     }
 
     async fn drain(&self) {
         let Ok(_draining) = self.draining.try_lock() else {
             return;
         };
+        self.drain_locked().await;
+    }
+
+    async fn drain_locked(&self) {
         let mut fenced = 0u64;
         while let Some((seq, write)) = self.queue.front() {
             match self.apply(&write).await {
-                Ok(_) => self.queue.done(seq),
+                Ok(_) => self.settle(seq),
                 Err(e) if e.is_transient() => break,
                 Err(e @ SharedTierError::Fenced { .. }) => {
                     // Queued before the outage ended, by an owner that has since lost the shard:
@@ -462,13 +524,13 @@ impl Inner {
                     metrics::counter!("bunting_user_state_fenced_total", "at" => "replay")
                         .increment(1);
                     fenced += 1;
-                    self.queue.done(seq);
+                    self.settle(seq);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, ?write, "shared tier refused a queued write; dropped");
                     metrics::counter!("bunting_shared_tier_queue_dropped_total", "endpoint" => self.endpoint.as_str().to_owned())
                         .increment(1);
-                    self.queue.done(seq);
+                    self.settle(seq);
                 }
             }
         }
@@ -800,6 +862,7 @@ impl SharedTier for RedisTier {
         shard: u32,
         epoch: u64,
     ) -> Result<Option<u64>, SharedTierError> {
+        self.inner.drain_before_claim().await;
         let owner = self.inner.keys.owner(shard);
         let script = &self.inner.claim;
         let replaced: i64 = self
