@@ -12,10 +12,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bunting_proto::bunting::v1 as pb;
-use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::evaluation_client::EvaluationClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
-use common::admin::create_set_with_flags;
+use common::admin::{conversion, start_ab_experiment};
 use common::cluster::{ClusterNode, agreement, postgres_flags, status_text, topology};
 use common::postgres::TestDb;
 use serde_json::json;
@@ -97,43 +96,15 @@ async fn bulk_evaluations_record_each_exposure_once_on_its_owner_and_say_who_own
         panic!("no cluster:\n{}", status_text(&n1).await);
     };
 
-    let mut admin = common::connect_with(AdminClient::new, n1.url())
-        .await
-        .unwrap();
-    let flag = json!({
-        "state": "ENABLED",
-        "variants": {"control": "blue", "treatment": "green"},
-        "defaultVariant": "control",
-        "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
-    });
-    create_set_with_flags(&mut admin, "default", &[(FLAG, flag)], "bulk").await;
-    let mut experiments = common::connect_with(ExperimentsClient::new, n2.url())
-        .await
-        .unwrap();
-    experiments
-        .create_experiment(pb::CreateExperimentRequest {
-            id: EXPERIMENT.into(),
-            flag_set_id: "default".into(),
-            flag_key: FLAG.into(),
-            control_variant: "control".into(),
-            metrics: vec![pb::Metric {
-                name: "purchased".into(),
-                event: "purchase".into(),
-                kind: pb::MetricKind::Conversion.into(),
-            }],
-            traffic_split: [("control".to_owned(), 50), ("treatment".to_owned(), 50)].into(),
-            analysis: None,
-            actor: "bulk".into(),
-        })
-        .await
-        .unwrap();
-    experiments
-        .start_experiment(pb::StartExperimentRequest {
-            id: EXPERIMENT.into(),
-            actor: "bulk".into(),
-        })
-        .await
-        .unwrap();
+    start_ab_experiment(
+        n1.url(),
+        n2.url(),
+        FLAG,
+        EXPERIMENT,
+        vec![conversion("purchased", "purchase")],
+        "bulk",
+    )
+    .await;
     // Every node must have the experiment (and the flag's set) before the batches go out.
     for node in nodes {
         let ready = common::poll(Duration::from_secs(15), || async {

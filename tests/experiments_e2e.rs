@@ -18,13 +18,11 @@ use std::time::{Duration, Instant};
 
 use bunting_client::{Client, ClientConfig, EvaluationContext};
 use bunting_proto::bunting::v1 as pb;
-use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
-use common::admin::create_set_with_flags;
+use common::admin::{conversion, start_ab_experiment};
 use common::cluster::{ClusterNode, agreement, postgres_flags, status_text};
 use common::postgres::TestDb;
 use common::redis::RedisServer;
-use serde_json::json;
 use tokio::sync::Mutex;
 
 const USERS: u64 = 20_000;
@@ -75,51 +73,20 @@ async fn an_ab_test_through_the_cluster_counts_every_user_once_and_finds_the_win
     );
 
     // The flag (50/50 by targeting key) and the experiment on it, through the admin APIs.
-    let mut admin = common::connect_with(AdminClient::new, n1.url())
-        .await
-        .unwrap();
-    let flag = json!({
-        "state": "ENABLED",
-        "variants": {"control": "blue", "treatment": "green"},
-        "defaultVariant": "control",
-        "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
-    });
-    create_set_with_flags(&mut admin, "default", &[(FLAG, flag)], "e2e").await;
-    let mut experiments = common::connect_with(ExperimentsClient::new, n2.url())
-        .await
-        .unwrap();
-    experiments
-        .create_experiment(pb::CreateExperimentRequest {
-            id: EXPERIMENT.into(),
-            flag_set_id: "default".into(),
-            flag_key: FLAG.into(),
-            control_variant: "control".into(),
-            metrics: vec![
-                pb::Metric {
-                    name: "purchased".into(),
-                    event: "purchase".into(),
-                    kind: pb::MetricKind::Conversion.into(),
-                },
-                pb::Metric {
-                    name: "revenue".into(),
-                    event: "purchase".into(),
-                    kind: pb::MetricKind::Mean.into(),
-                },
-            ],
-            // As the flag's fractional splits them: the sample-ratio check is made against it.
-            traffic_split: [("control".to_owned(), 50), ("treatment".to_owned(), 50)].into(),
-            analysis: None,
-            actor: "e2e".into(),
-        })
-        .await
-        .unwrap();
-    experiments
-        .start_experiment(pb::StartExperimentRequest {
-            id: EXPERIMENT.into(),
-            actor: "e2e".into(),
-        })
-        .await
-        .unwrap();
+    let revenue = pb::Metric {
+        name: "revenue".into(),
+        event: "purchase".into(),
+        kind: pb::MetricKind::Mean.into(),
+    };
+    start_ab_experiment(
+        n1.url(),
+        n2.url(),
+        FLAG,
+        EXPERIMENT,
+        vec![conversion("purchased", "purchase"), revenue],
+        "e2e",
+    )
+    .await;
     // Every node must count before the simulation starts: wait until each has the experiment
     // (a draft or unknown experiment gives no results; a running one gives zero users).
     for node in [&n1, &n2, &n3] {

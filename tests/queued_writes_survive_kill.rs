@@ -17,11 +17,10 @@ use std::time::Duration;
 
 use bunting_node::config::{RedisTierConfig, SharedTierConfig};
 use bunting_proto::bunting::v1 as pb;
-use bunting_proto::bunting::v1::admin_client::AdminClient;
 use bunting_proto::bunting::v1::experiments_client::ExperimentsClient;
 use bunting_proto::flagd::evaluation::v2;
 use bunting_stores::shared_tier;
-use common::admin::create_set_with_flags;
+use common::admin::{conversion, start_ab_experiment};
 use common::cluster::{ClusterNode, agreement, postgres_flags};
 use common::postgres::TestDb;
 use common::redis::RedisServer;
@@ -48,43 +47,15 @@ async fn per_user_writes_queued_during_a_redis_outage_survive_kill_9() {
     node.start();
     owns_every_shard(&node).await;
 
-    let mut admin = common::connect_with(AdminClient::new, node.url())
-        .await
-        .unwrap();
-    let flag = json!({
-        "state": "ENABLED",
-        "variants": {"control": "blue", "treatment": "green"},
-        "defaultVariant": "control",
-        "targeting": {"fractional": [["control", 50], ["treatment", 50]]}
-    });
-    create_set_with_flags(&mut admin, "default", &[(FLAG, flag)], "test").await;
-    let mut experiments = common::connect_with(ExperimentsClient::new, node.url())
-        .await
-        .unwrap();
-    experiments
-        .create_experiment(pb::CreateExperimentRequest {
-            id: EXPERIMENT.into(),
-            flag_set_id: "default".into(),
-            flag_key: FLAG.into(),
-            control_variant: "control".into(),
-            metrics: vec![pb::Metric {
-                name: "purchased".into(),
-                event: "purchase".into(),
-                kind: pb::MetricKind::Conversion.into(),
-            }],
-            traffic_split: [("control".to_owned(), 50), ("treatment".to_owned(), 50)].into(),
-            analysis: None,
-            actor: "test".into(),
-        })
-        .await
-        .unwrap();
-    experiments
-        .start_experiment(pb::StartExperimentRequest {
-            id: EXPERIMENT.into(),
-            actor: "test".into(),
-        })
-        .await
-        .unwrap();
+    start_ab_experiment(
+        node.url(),
+        node.url(),
+        FLAG,
+        EXPERIMENT,
+        vec![conversion("purchased", "purchase")],
+        "test",
+    )
+    .await;
     let ready = common::poll(PATIENCE, || async {
         let r = results(&node).await.ok()?;
         (r.users.iter().map(|u| u.users).sum::<u64>() == 0).then_some(())
