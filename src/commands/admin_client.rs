@@ -85,6 +85,25 @@ pub(super) fn change_summary(before: &Value, after: &Value) -> String {
         .join("; ")
 }
 
+/// A list command's output: the items as a JSON array with `--json`, else `empty` when there
+/// are none, else one `line` each.
+pub fn listing<T>(
+    items: &[T],
+    json: bool,
+    as_json: impl Fn(&T) -> serde_json::Value,
+    empty: &str,
+    line: impl Fn(&T) -> String,
+) -> String {
+    if json {
+        let list: Vec<serde_json::Value> = items.iter().map(as_json).collect();
+        format!("{:#}\n", serde_json::Value::Array(list))
+    } else if items.is_empty() {
+        format!("{empty}\n")
+    } else {
+        items.iter().map(|item| line(item) + "\n").collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use bunting_proto::bunting::v1 as pb;
 use bunting_proto::bunting::v1::rollouts_client::RolloutsClient;
 use serde_json::{Value, json};
 
-use super::admin_client::{runtime, time};
+use super::admin_client::{listing, runtime, time};
 use crate::cli::RolloutAction;
 use crate::error::CliError;
 
@@ -105,17 +105,7 @@ pub fn run(node: &str, action: RolloutAction) -> Result<ExitCode, CliError> {
                     .map_err(rpc)?
                     .into_inner()
                     .rollouts;
-                if json {
-                    let list: Vec<Value> = rollouts.iter().map(rollout_json).collect();
-                    format!("{:#}\n", Value::Array(list))
-                } else if rollouts.is_empty() {
-                    "no rollouts\n".to_owned()
-                } else {
-                    rollouts.iter().fold(String::new(), |mut out, r| {
-                        let _ = writeln!(out, "{}", summary(r));
-                        out
-                    })
-                }
+                listing(&rollouts, json, rollout_json, "no rollouts", summary)
             }
             RolloutAction::Pause { id, reason, actor } => {
                 let r = client

@@ -1,7 +1,6 @@
 //! `bunting schedule add|list|cancel`: scheduled changes through any node's Rollouts API. The
 //! cluster's rollout controller fires each pending change once, at its time.
 
-use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -10,7 +9,7 @@ use bunting_proto::bunting::v1::rollouts_client::RolloutsClient;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::admin_client::{json_text, runtime, time};
+use super::admin_client::{json_text, listing, runtime, time};
 use crate::cli::ScheduleAction;
 use crate::error::CliError;
 
@@ -59,17 +58,7 @@ pub fn run(node: &str, action: ScheduleAction) -> Result<ExitCode, CliError> {
                     .map_err(rpc)?
                     .into_inner()
                     .changes;
-                if json {
-                    let list: Vec<Value> = changes.iter().map(change_json).collect();
-                    format!("{:#}\n", Value::Array(list))
-                } else if changes.is_empty() {
-                    "no scheduled changes\n".to_owned()
-                } else {
-                    changes.iter().fold(String::new(), |mut out, c| {
-                        let _ = writeln!(out, "{}", line(c));
-                        out
-                    })
-                }
+                listing(&changes, json, change_json, "no scheduled changes", line)
             }
             ScheduleAction::Cancel { id, actor } => {
                 let change = client
